@@ -1,0 +1,99 @@
+//! The collector's settings: defaults, then a TOML config file, then environment and flags.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Command line; every flag can also come from the environment (`KAPPIE_*`) or the file
+/// named by `--config`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "kappie-collector", version, about = "Kappie cluster collector")]
+pub struct Cli {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "KAPPIE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded store.
+    #[arg(long, env = "KAPPIE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the Prometheus HTTP API.
+    #[arg(long, env = "KAPPIE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Address of the gRPC ingest endpoint the node shippers push to.
+    #[arg(long, env = "KAPPIE_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Largest gRPC message accepted, in bytes.
+    #[arg(long, env = "KAPPIE_GRPC_MAX_MESSAGE_BYTES")]
+    pub grpc_max_message_bytes: Option<usize>,
+    /// Most series one shipper session may define.
+    #[arg(long, env = "KAPPIE_MAX_SERIES_PER_SHIPPER")]
+    pub max_series_per_shipper: Option<usize>,
+    /// How far a batch timestamp may be ahead of the collector's clock, in seconds.
+    #[arg(long, env = "KAPPIE_MAX_FUTURE_SKEW_SECONDS")]
+    pub max_future_skew_seconds: Option<u64>,
+    /// sled page cache size in bytes.
+    #[arg(long, env = "KAPPIE_CACHE_CAPACITY_BYTES")]
+    pub cache_capacity_bytes: Option<u64>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "KAPPIE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub grpc_max_message_bytes: usize,
+    pub max_series_per_shipper: usize,
+    pub max_future_skew_seconds: u64,
+    pub cache_capacity_bytes: u64,
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 9095)),
+            grpc_max_message_bytes: 16 * 1024 * 1024,
+            max_series_per_shipper: 100_000,
+            max_future_skew_seconds: 300,
+            cache_capacity_bytes: 64 * 1024 * 1024,
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, overridden by the config file, overridden by environment and flags.
+    pub fn resolve(cli: Cli) -> anyhow::Result<Config> {
+        let mut c = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read config file {}: {e}", path.display())
+                })?;
+                toml::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!("config file {} is invalid: {e}", path.display())
+                })?
+            }
+            None => Config::default(),
+        };
+        macro_rules! take {
+            ($($f:ident),*) => { $( if let Some(v) = cli.$f { c.$f = v; } )* };
+        }
+        take!(
+            data_dir,
+            http_listen,
+            grpc_listen,
+            grpc_max_message_bytes,
+            max_series_per_shipper,
+            max_future_skew_seconds,
+            cache_capacity_bytes,
+            log_format
+        );
+        Ok(c)
+    }
+}

@@ -1,0 +1,429 @@
+//! gRPC ingest: applies node shipper batches exactly once.
+//!
+//! Per shipper the collector remembers the last sequence it applied (`seq/…`), the series
+//! definitions of the shipper's current session (`def/…`) and, per counter series, the
+//! running total (`tot/…`). All three are written through the storage [`Appender`] in the
+//! same atomic, fsynced write as the batch's samples, so a batch is either wholly applied
+//! and remembered or not at all, and the acknowledgement is only sent after that write.
+//! Key layouts are in `storage/docs/format.md`.
+
+use kappie_proto::ingest_server::Ingest;
+use kappie_proto::{
+    HelloRequest, HelloResponse, MetricType, PushRequest, PushResponse, PushStatus,
+};
+use kappie_storage::{Appender, Labels, Storage, StorageError, STALE_NAN_BITS};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tonic::{Request, Response, Status};
+
+/// gRPC metadata key set on the FAILED_PRECONDITION status that asks a shipper to send the
+/// definitions of the listed references again.
+pub const DEFINE_SERIES_METADATA: &str = "kappie-define-series";
+
+/// Ingest limits.
+#[derive(Debug, Clone)]
+pub struct IngestLimits {
+    pub max_series_per_shipper: usize,
+    pub max_future_skew_ms: i64,
+}
+
+/// The tonic service.
+#[derive(Clone)]
+pub struct IngestService {
+    core: Arc<Mutex<Core>>,
+}
+
+struct Def {
+    kind: MetricType,
+    labels: Labels,
+}
+
+struct Core {
+    store: Storage,
+    limits: IngestLimits,
+    /// Definitions of each shipper's current session: shipper -> (session, ref -> def).
+    sessions: HashMap<String, (u64, HashMap<u32, Def>)>,
+    /// Counter totals by series, a cache of the `tot/` keys.
+    totals: HashMap<Labels, f64>,
+}
+
+impl IngestService {
+    pub fn new(store: Storage, limits: IngestLimits) -> Self {
+        IngestService {
+            core: Arc::new(Mutex::new(Core {
+                store,
+                limits,
+                sessions: HashMap::new(),
+                totals: HashMap::new(),
+            })),
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = core.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("ingest worker failed: {e}")))?
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        let req = req.into_inner();
+        validate_shipper_id(&req.shipper_id)?;
+        let last = self.run(move |core| core.hello(&req)).await?;
+        Ok(Response::new(HelloResponse {
+            last_applied_sequence: last,
+        }))
+    }
+
+    async fn push(&self, req: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
+        let req = req.into_inner();
+        validate_shipper_id(&req.shipper_id)?;
+        let resp = self.run(move |core| core.push(req)).await?;
+        Ok(Response::new(resp))
+    }
+}
+
+fn validate_shipper_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > 253 {
+        return Err(Status::invalid_argument(
+            "shipper_id must be 1 to 253 bytes (the node name by default)",
+        ));
+    }
+    Ok(())
+}
+
+fn storage_status(e: StorageError) -> Status {
+    tracing::error!(error = %e, "store write failed");
+    Status::unavailable(format!("store unavailable: {e}; retry later"))
+}
+
+fn seq_key(shipper: &str) -> Vec<u8> {
+    [b"seq/".as_slice(), shipper.as_bytes()].concat()
+}
+
+fn def_prefix(shipper: &str) -> Vec<u8> {
+    let mut k = b"def/".to_vec();
+    k.extend_from_slice(&(shipper.len() as u16).to_be_bytes());
+    k.extend_from_slice(shipper.as_bytes());
+    k
+}
+
+fn def_key(shipper: &str, session: u64, r: u32) -> Vec<u8> {
+    let mut k = def_prefix(shipper);
+    k.extend_from_slice(&session.to_be_bytes());
+    k.extend_from_slice(&r.to_be_bytes());
+    k
+}
+
+fn tot_key(labels: &Labels) -> Vec<u8> {
+    [b"tot/".as_slice(), &labels.encode()].concat()
+}
+
+fn encode_def(d: &Def) -> Vec<u8> {
+    let mut v = vec![d.kind as i32 as u8];
+    v.extend_from_slice(&d.labels.encode());
+    v
+}
+
+fn decode_def(b: &[u8]) -> Result<Def, Status> {
+    let corrupt =
+        |what: &str| Status::data_loss(format!("stored series definition is corrupt: {what}"));
+    let (&kind, rest) = b.split_first().ok_or_else(|| corrupt("empty"))?;
+    let kind = MetricType::try_from(kind as i32).map_err(|_| corrupt("metric type"))?;
+    let labels = Labels::decode(rest).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(Def { kind, labels })
+}
+
+fn valid_metric_name(n: &str) -> bool {
+    let mut c = n.chars();
+    matches!(c.next(), Some(x) if x.is_ascii_alphabetic() || x == '_' || x == ':')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Core {
+    fn last_applied(&self, shipper: &str) -> Result<u64, Status> {
+        match self.store.meta(&seq_key(shipper)).map_err(storage_status)? {
+            None => Ok(0),
+            Some(b) => {
+                let a: [u8; 8] = b
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Status::data_loss("stored sequence number is corrupt"))?;
+                Ok(u64::from_be_bytes(a))
+            }
+        }
+    }
+
+    fn hello(&mut self, req: &HelloRequest) -> Result<u64, Status> {
+        let last = self.last_applied(&req.shipper_id)?;
+        tracing::info!(shipper = %req.shipper_id, session = req.session, node = %req.node_name,
+            version = %req.version, last_applied = last, "shipper session started");
+        Ok(last)
+    }
+
+    /// Loads the shipper's session definitions into memory if they are not there.
+    fn session_defs(
+        &mut self,
+        shipper: &str,
+        session: u64,
+    ) -> Result<&mut HashMap<u32, Def>, Status> {
+        let loaded = matches!(self.sessions.get(shipper), Some((s, _)) if *s == session);
+        if !loaded {
+            let mut prefix = def_prefix(shipper);
+            prefix.extend_from_slice(&session.to_be_bytes());
+            let mut defs = HashMap::new();
+            for (k, v) in self
+                .store
+                .meta_scan_prefix(&prefix)
+                .map_err(storage_status)?
+            {
+                let r: [u8; 4] = k[k.len() - 4..]
+                    .try_into()
+                    .map_err(|_| Status::data_loss("stored definition key is corrupt"))?;
+                defs.insert(u32::from_be_bytes(r), decode_def(&v)?);
+            }
+            self.sessions.insert(shipper.to_owned(), (session, defs));
+        }
+        Ok(&mut self.sessions.get_mut(shipper).expect("inserted above").1)
+    }
+
+    fn push(&mut self, req: PushRequest) -> Result<PushResponse, Status> {
+        if req.sequence == 0 {
+            return Err(Status::invalid_argument("sequence must start at 1"));
+        }
+        let max_ts = now_ms() + self.limits.max_future_skew_ms;
+        if req.timestamp_ms <= 0 || req.timestamp_ms > max_ts {
+            return Err(Status::out_of_range(format!(
+                "timestamp_ms {} is not between the epoch and {} (the collector's clock plus the allowed skew); check the node's clock",
+                req.timestamp_ms, max_ts
+            )));
+        }
+        let shipper = req.shipper_id.clone();
+        let last = self.last_applied(&shipper)?;
+        if req.sequence <= last {
+            tracing::debug!(%shipper, sequence = req.sequence, last, "duplicate batch ignored");
+            return Ok(PushResponse {
+                status: PushStatus::Duplicate as i32,
+                last_applied_sequence: last,
+            });
+        }
+        let new_session = !matches!(self.sessions.get(&shipper), Some((s, _)) if *s == req.session);
+        let max_series = self.limits.max_series_per_shipper;
+        let defs = self.session_defs(&shipper, req.session)?;
+        let plan = plan_batch(&req, defs, max_series)?;
+
+        let mut app = self.store.appender();
+        if new_session {
+            // Definitions of the shipper's earlier sessions are never used again.
+            for (k, _) in self
+                .store
+                .meta_scan_prefix(&def_prefix(&shipper))
+                .map_err(storage_status)?
+            {
+                let session_of_key = k.len().checked_sub(12).map(|i| &k[i..i + 8]);
+                if session_of_key != Some(&req.session.to_be_bytes()[..]) {
+                    app.remove_meta(&k);
+                }
+            }
+        }
+        for (r, def) in &plan.new_defs {
+            app.set_meta(&def_key(&shipper, req.session, *r), &encode_def(def));
+        }
+        let mut totals = Vec::with_capacity(plan.counters.len());
+        for (labels, delta) in plan.counters {
+            let total = self.total(&labels)? + delta;
+            app.append(&labels, req.timestamp_ms, total)
+                .map_err(storage_status)?;
+            app.set_meta(&tot_key(&labels), &total.to_bits().to_be_bytes());
+            totals.push((labels, total));
+        }
+        for (labels, v) in plan.gauges {
+            app.append(&labels, req.timestamp_ms, v)
+                .map_err(storage_status)?;
+        }
+        app.set_meta(&seq_key(&shipper), &req.sequence.to_be_bytes());
+        app.commit().map_err(storage_status)?;
+
+        self.totals.extend(totals);
+        if let Some((_, defs)) = self.sessions.get_mut(&shipper) {
+            defs.extend(plan.new_defs);
+        }
+        Ok(PushResponse {
+            status: PushStatus::Applied as i32,
+            last_applied_sequence: req.sequence,
+        })
+    }
+
+    fn total(&self, labels: &Labels) -> Result<f64, Status> {
+        if let Some(t) = self.totals.get(labels) {
+            return Ok(*t);
+        }
+        match self.store.meta(&tot_key(labels)).map_err(storage_status)? {
+            None => Ok(0.0),
+            Some(b) => Ok(f64::from_bits(u64::from_be_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| Status::data_loss("stored counter total is corrupt"))?,
+            ))),
+        }
+    }
+}
+
+/// What a valid batch writes: new definitions, counter increases and gauge values by
+/// series.
+struct Plan {
+    new_defs: HashMap<u32, Def>,
+    counters: Vec<(Labels, f64)>,
+    gauges: Vec<(Labels, f64)>,
+}
+
+/// Validates a batch against the session's definitions without changing anything.
+fn plan_batch(
+    req: &PushRequest,
+    defs: &HashMap<u32, Def>,
+    max_series: usize,
+) -> Result<Plan, Status> {
+    let mut new_defs: HashMap<u32, Def> = HashMap::new();
+    for d in &req.definitions {
+        let def = validate_definition(d)?;
+        match defs.get(&d.r#ref).or_else(|| new_defs.get(&d.r#ref)) {
+            Some(old) if old.kind != def.kind || old.labels != def.labels => {
+                return Err(Status::invalid_argument(format!(
+                    "series {} is already defined differently in session {}",
+                    d.r#ref, req.session
+                )));
+            }
+            Some(_) => {}
+            None => {
+                new_defs.insert(d.r#ref, def);
+            }
+        }
+    }
+    if defs.len() + new_defs.len() > max_series {
+        return Err(Status::resource_exhausted(format!(
+            "shipper {} would have {} series, over the limit of {max_series} (--max-series-per-shipper)",
+            req.shipper_id,
+            defs.len() + new_defs.len()
+        )));
+    }
+    let lookup = |r: u32| defs.get(&r).or_else(|| new_defs.get(&r));
+    let mut unknown: Vec<u32> = req
+        .deltas
+        .iter()
+        .map(|d| d.r#ref)
+        .chain(req.gauges.iter().map(|g| g.r#ref))
+        .filter(|r| lookup(*r).is_none())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        let list = unknown
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut st = Status::failed_precondition(format!(
+            "batch {} references series {list} that session {} has not defined; send their definitions again",
+            req.sequence, req.session
+        ));
+        if let Ok(v) = list.parse() {
+            st.metadata_mut().insert(DEFINE_SERIES_METADATA, v);
+        }
+        return Err(st);
+    }
+    let mut counters: HashMap<u32, f64> = HashMap::new();
+    for d in &req.deltas {
+        if lookup(d.r#ref).map(|x| x.kind) != Some(MetricType::Counter) {
+            return Err(Status::invalid_argument(format!(
+                "series {} is a gauge but got a counter delta",
+                d.r#ref
+            )));
+        }
+        if !d.delta.is_finite() || d.delta < 0.0 {
+            return Err(Status::invalid_argument(format!(
+                "series {}: counter delta {} must be finite and not negative",
+                d.r#ref, d.delta
+            )));
+        }
+        *counters.entry(d.r#ref).or_default() += d.delta;
+    }
+    let mut gauges = Vec::with_capacity(req.gauges.len());
+    for g in &req.gauges {
+        let def = lookup(g.r#ref)
+            .filter(|x| x.kind == MetricType::Gauge)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "series {} is a counter but got a gauge value",
+                    g.r#ref
+                ))
+            })?;
+        let v = if g.stale {
+            f64::from_bits(STALE_NAN_BITS)
+        } else {
+            g.value
+        };
+        gauges.push((def.labels.clone(), v));
+    }
+    let counters = counters
+        .into_iter()
+        .map(|(r, delta)| {
+            (
+                lookup(r).map(|d| d.labels.clone()).unwrap_or_default(),
+                delta,
+            )
+        })
+        .collect();
+    Ok(Plan {
+        new_defs,
+        counters,
+        gauges,
+    })
+}
+
+fn validate_definition(d: &kappie_proto::SeriesDefinition) -> Result<Def, Status> {
+    let kind = MetricType::try_from(d.r#type)
+        .ok()
+        .filter(|k| *k != MetricType::Unspecified)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "series {}: metric type must be COUNTER or GAUGE",
+                d.r#ref
+            ))
+        })?;
+    if !valid_metric_name(&d.metric) {
+        return Err(Status::invalid_argument(format!(
+            "series {}: invalid metric name {:?}",
+            d.r#ref, d.metric
+        )));
+    }
+    if d.labels.iter().any(|l| l.name.starts_with("__")) {
+        return Err(Status::invalid_argument(format!(
+            "series {}: label names starting with __ are reserved",
+            d.r#ref
+        )));
+    }
+    let labels = Labels::new(
+        std::iter::once(("__name__".to_owned(), d.metric.clone()))
+            .chain(d.labels.iter().map(|l| (l.name.clone(), l.value.clone()))),
+    )
+    .map_err(|e| Status::invalid_argument(format!("series {}: {e}", d.r#ref)))?;
+    Ok(Def { kind, labels })
+}

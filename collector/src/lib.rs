@@ -1,0 +1,18 @@
+//! Kappie's cluster collector.
+//!
+//! This crate owns the collector process: gRPC ingest of node shipper batches (applied
+//! exactly once and durable before they are acknowledged, with running counter totals so
+//! counters stay monotonic across shipper restarts), the embedded store it writes through
+//! (`kappie-storage`), and the Prometheus-compatible HTTP API that Grafana, `kubectl
+//! port-forward` users and the `kappie` CLI query. PromQL beyond instant vector selectors,
+//! remote read and remote write arrive with their own issues and plug into [`api::router`]
+//! and the storage `Querier`.
+
+pub mod api;
+pub mod config;
+pub mod ingest;
+pub mod promql;
+pub mod server;
+
+pub use config::Config;
+pub use server::{serve, Running};

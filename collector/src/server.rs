@@ -1,0 +1,110 @@
+//! Starts and stops the collector's servers.
+
+use crate::api::{self, ApiState};
+use crate::ingest::{IngestLimits, IngestService};
+use crate::Config;
+use anyhow::Context;
+use kappie_proto::ingest_server::IngestServer;
+use kappie_storage::{Storage, StorageConfig};
+use std::future::Future;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A collector that is serving.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub store: Storage,
+    http: JoinHandle<std::io::Result<()>>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Waits until both servers have stopped (after the shutdown future resolved).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.http.await.context("HTTP server task")??;
+        self.grpc.await.context("gRPC server task")??;
+        Ok(())
+    }
+}
+
+/// Opens the store and starts the HTTP and gRPC servers; both stop gracefully when
+/// `shutdown` resolves.
+pub async fn serve(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let store = Storage::open(
+        &config.data_dir,
+        &StorageConfig {
+            cache_capacity_bytes: config.cache_capacity_bytes,
+        },
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the store in {} (is another collector using it?)",
+            config.data_dir.display()
+        )
+    })?;
+
+    let http_listener = TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+    let grpc_listener = TcpListener::bind(config.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+
+    let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut rx_http = tx.subscribe();
+    let mut rx_grpc = tx.subscribe();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(());
+    });
+
+    let app = api::router(ApiState {
+        store: store.clone(),
+    });
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx_http.recv().await;
+            })
+            .await
+    });
+
+    let ingest = IngestService::new(
+        store.clone(),
+        IngestLimits {
+            max_series_per_shipper: config.max_series_per_shipper,
+            max_future_skew_ms: (config.max_future_skew_seconds as i64).saturating_mul(1000),
+        },
+    );
+    let svc = IngestServer::new(ingest).max_decoding_message_size(config.grpc_max_message_bytes);
+    let incoming = tokio_stream_from(grpc_listener);
+    let grpc = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = rx_grpc.recv().await;
+            })
+            .await
+    });
+    tracing::info!(%http_addr, %grpc_addr, data_dir = %config.data_dir.display(), "collector serving");
+    Ok(Running {
+        http_addr,
+        grpc_addr,
+        store,
+        http,
+        grpc,
+    })
+}
+
+fn tokio_stream_from(l: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(l)
+}

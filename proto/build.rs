@@ -1,0 +1,12 @@
+//! Generates the gRPC code with protox (a pure-Rust protobuf compiler), so building Kappie
+//! needs no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/kappie.proto");
+    let fds = protox::compile(["kappie.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,16 @@
+use thiserror::Error;
+
+/// Everything that can go wrong inside the store.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error(
+        "corrupt store: {0}; restore the data directory from a backup or start with an empty one"
+    )]
+    Corrupt(String),
+    #[error("invalid label set: {0}")]
+    InvalidLabels(String),
+    #[error("invalid matcher: {0}")]
+    InvalidMatcher(String),
+}

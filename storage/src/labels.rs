@@ -1,0 +1,216 @@
+//! Label sets and label matchers.
+
+use crate::StorageError;
+use regex::Regex;
+
+/// One label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Label {
+    pub name: String,
+    pub value: String,
+}
+
+/// A label set, sorted by name, names unique, no empty values (Prometheus treats an empty
+/// value as an absent label).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Labels(Vec<Label>);
+
+impl Labels {
+    /// Builds a label set from pairs; sorts them, drops empty values and refuses duplicate
+    /// or invalid names.
+    pub fn new<N: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (N, V)>,
+    ) -> Result<Self, StorageError> {
+        let mut v: Vec<Label> = pairs
+            .into_iter()
+            .map(|(n, v)| Label {
+                name: n.into(),
+                value: v.into(),
+            })
+            .filter(|l| !l.value.is_empty())
+            .collect();
+        v.sort();
+        for w in v.windows(2) {
+            if w[0].name == w[1].name {
+                return Err(StorageError::InvalidLabels(format!(
+                    "label name {:?} appears twice",
+                    w[0].name
+                )));
+            }
+        }
+        for l in &v {
+            if !valid_label_name(&l.name) {
+                return Err(StorageError::InvalidLabels(format!(
+                    "invalid label name {:?}: must match [a-zA-Z_][a-zA-Z0-9_]*",
+                    l.name
+                )));
+            }
+        }
+        Ok(Labels(v))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|l| l.name.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].value.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Label> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Encoding used in sled keys and values: `name 0xff value 0xff` per label. 0xff never
+    /// occurs in UTF-8, so the encoding is unambiguous and sorts like the label set.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.0
+                .iter()
+                .map(|l| l.name.len() + l.value.len() + 2)
+                .sum(),
+        );
+        for l in &self.0 {
+            out.extend_from_slice(l.name.as_bytes());
+            out.push(0xff);
+            out.extend_from_slice(l.value.as_bytes());
+            out.push(0xff);
+        }
+        out
+    }
+
+    pub fn decode(mut b: &[u8]) -> Result<Self, StorageError> {
+        let mut v = Vec::new();
+        while !b.is_empty() {
+            let mut next = || -> Result<String, StorageError> {
+                let end = b
+                    .iter()
+                    .position(|&c| c == 0xff)
+                    .ok_or_else(|| StorageError::Corrupt("label set without terminator".into()))?;
+                let s = std::str::from_utf8(&b[..end])
+                    .map_err(|e| StorageError::Corrupt(format!("label not UTF-8: {e}")))?
+                    .to_owned();
+                b = &b[end + 1..];
+                Ok(s)
+            };
+            let name = next()?;
+            let value = next()?;
+            v.push(Label { name, value });
+        }
+        Ok(Labels(v))
+    }
+}
+
+/// Whether `name` is a valid Prometheus label name.
+pub fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The four matcher operators of PromQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchOp {
+    Equal,
+    NotEqual,
+    Regex,
+    NotRegex,
+}
+
+/// A label matcher. Regular expressions are fully anchored, as in Prometheus. A missing
+/// label matches as the empty string.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    pub name: String,
+    pub op: MatchOp,
+    pub value: String,
+    re: Option<Regex>,
+}
+
+impl Matcher {
+    pub fn new(
+        op: MatchOp,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, StorageError> {
+        let value = value.into();
+        let re = match op {
+            MatchOp::Regex | MatchOp::NotRegex => {
+                Some(Regex::new(&format!("^(?s:{value})$")).map_err(|e| {
+                    StorageError::InvalidMatcher(format!("bad regex {value:?}: {e}"))
+                })?)
+            }
+            _ => None,
+        };
+        Ok(Matcher {
+            name: name.into(),
+            op,
+            value,
+            re,
+        })
+    }
+
+    /// Whether a label value (empty when the label is absent) satisfies the matcher.
+    pub fn matches(&self, v: &str) -> bool {
+        match (self.op, &self.re) {
+            (MatchOp::Equal, _) => v == self.value,
+            (MatchOp::NotEqual, _) => v != self.value,
+            (MatchOp::Regex, Some(re)) => re.is_match(v),
+            (MatchOp::NotRegex, Some(re)) => !re.is_match(v),
+            _ => false,
+        }
+    }
+
+    pub fn matches_labels(&self, labels: &Labels) -> bool {
+        self.matches(labels.get(&self.name).unwrap_or(""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_roundtrip_and_sorting() {
+        let l = Labels::new([("b", "2"), ("a", "1"), ("__name__", "m"), ("empty", "")]).unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.get("a"), Some("1"));
+        assert_eq!(l.get("empty"), None);
+        assert_eq!(Labels::decode(&l.encode()).unwrap(), l);
+    }
+
+    #[test]
+    fn refuses_duplicates_and_bad_names() {
+        assert!(Labels::new([("a", "1"), ("a", "2")]).is_err());
+        assert!(Labels::new([("1a", "1")]).is_err());
+        assert!(Labels::new([("a-b", "1")]).is_err());
+    }
+
+    #[test]
+    fn matchers_are_anchored_and_missing_is_empty() {
+        let l = Labels::new([("a", "foobar")]).unwrap();
+        assert!(!Matcher::new(MatchOp::Regex, "a", "foo")
+            .unwrap()
+            .matches_labels(&l));
+        assert!(Matcher::new(MatchOp::Regex, "a", "foo.*")
+            .unwrap()
+            .matches_labels(&l));
+        assert!(Matcher::new(MatchOp::NotRegex, "a", "bar")
+            .unwrap()
+            .matches_labels(&l));
+        assert!(Matcher::new(MatchOp::Equal, "missing", "")
+            .unwrap()
+            .matches_labels(&l));
+        assert!(Matcher::new(MatchOp::NotEqual, "a", "x")
+            .unwrap()
+            .matches_labels(&l));
+        assert!(Matcher::new(MatchOp::Regex, "a", "(").is_err());
+    }
+}

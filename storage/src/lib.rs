@@ -1,0 +1,76 @@
+//! Kappie's embedded time-series store.
+//!
+//! This crate owns everything the collector persists: series and their label sets, samples,
+//! and the small pieces of ingest state (per-shipper sequence numbers, counter totals,
+//! session definitions) that must be written in the *same* atomic, durable write as the
+//! samples they describe. It exposes two seams that the rest of Kappie uses and that the
+//! full engine (Gorilla chunks, inverted index, WAL, retention) will sit behind:
+//! an [`Appender`] that commits or rolls back a batch atomically, and a [`Querier`] that
+//! selects series by label matchers and a time range.
+//!
+//! The engine here is the first, simple one: every sample is its own sled key. That is
+//! deliberately temporary (see `docs/format.md`); the seam is what the rest of the code
+//! depends on.
+
+mod engine;
+mod error;
+mod labels;
+
+pub use engine::{Storage, StorageAppender, StorageConfig};
+pub use error::StorageError;
+pub use labels::{Label, Labels, MatchOp, Matcher};
+
+/// Prometheus's staleness marker: the NaN bit pattern Prometheus writes when a series
+/// disappears. Queries skip samples with exactly these bits.
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Whether `v` is Prometheus's staleness marker (an ordinary NaN is not).
+pub fn is_stale_marker(v: f64) -> bool {
+    v.to_bits() == STALE_NAN_BITS
+}
+
+/// Dense id of a series inside one store.
+pub type SeriesId = u64;
+
+/// One sample: milliseconds since the Unix epoch and a value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub t: i64,
+    pub v: f64,
+}
+
+/// A series with the samples of the selected time range, in time order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
+/// Writes samples and ingest state as one atomic unit.
+///
+/// Nothing is visible to queriers or survives a crash until [`Appender::commit`] returns
+/// `Ok`; after that everything is durable (fsynced). Dropping an appender without
+/// committing rolls it back.
+pub trait Appender {
+    /// Queues one sample of the series with these labels (which must include `__name__`).
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<SeriesId, StorageError>;
+    /// Queues a write of an ingest-state key (see [`Storage::meta`]) in the same atomic unit.
+    fn set_meta(&mut self, key: &[u8], value: &[u8]);
+    /// Queues the removal of an ingest-state key in the same atomic unit.
+    fn remove_meta(&mut self, key: &[u8]);
+    /// Makes everything queued durable and visible, atomically.
+    fn commit(self) -> Result<(), StorageError>;
+}
+
+/// Reads series by label matchers.
+pub trait Querier {
+    /// Every series matching all `matchers`, with its samples in `[mint, maxt]` (inclusive,
+    /// milliseconds). Series with no sample in the range are left out. Series come sorted by
+    /// their label sets.
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, StorageError>;
+}
