@@ -1,1 +1,18 @@
+//! Kappie's node shipper.
+//!
+//! This crate owns what runs on every node: the data [`source::Source`]s that read the
+//! kernel's network counters (/proc, sysfs and sock_diag here; eBPF, Cilium and Windows
+//! sources plug in behind the same trait), the turning of cumulative kernel counters into
+//! deltas against a baseline that survives restarts and knows reboots
+//! ([`state`]), the bounded queue that coalesces deltas per series during a collector
+//! outage ([`queue`]), and the gRPC push client that delivers each batch exactly once
+//! ([`push`]). [`agent`] ties them into the collection loop.
 
+pub mod agent;
+pub mod config;
+pub mod push;
+pub mod queue;
+pub mod series;
+pub mod source;
+pub mod sources;
+pub mod state;

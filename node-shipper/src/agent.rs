@@ -1,0 +1,251 @@
+//! The collection loop: collect from every source each interval, turn counters into
+//! deltas, queue the batch, persist, and push to the collector exactly once.
+
+use crate::config::Config;
+use crate::push::{Delivered, Identity, PushError, Pusher};
+use crate::queue::{Batch, Queue};
+use crate::series::{Kind, SeriesKey};
+use crate::source::{Observation, Source};
+use crate::sources::{utility_sources, Roots};
+use crate::state::{self, Baselines};
+use anyhow::Context;
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// Baselines of series unseen for this long are forgotten.
+const BASELINE_TTL_MS: i64 = 3600 * 1000;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Turns one collection into a batch.
+pub struct Delta {
+    pub baselines: Baselines,
+    node_name: String,
+    cluster: String,
+    last_gauges: HashSet<SeriesKey>,
+}
+
+impl Delta {
+    pub fn new(baselines: Baselines, node_name: &str, cluster: &str) -> Self {
+        Delta { baselines, node_name: node_name.into(), cluster: cluster.into(), last_gauges: HashSet::new() }
+    }
+
+    pub fn key(&self, o: &Observation) -> SeriesKey {
+        let mut labels: Vec<(String, String)> = o.labels.iter().map(|(n, v)| ((*n).to_owned(), v.clone())).collect();
+        labels.push(("node_name".into(), self.node_name.clone()));
+        labels.push(("cluster".into(), self.cluster.clone()));
+        SeriesKey::new(o.metric, labels)
+    }
+
+    /// Counters become increases over the baseline; gauges that disappeared since the
+    /// last collection are marked stale.
+    pub fn batch(&mut self, obs: &[Observation], now: i64) -> Batch {
+        let mut b = Batch { sequence: None, timestamp_ms: now, counters: Vec::new(), gauges: Vec::new() };
+        let mut seen = HashSet::new();
+        let mut gauges = HashSet::new();
+        for o in obs {
+            let key = self.key(o);
+            if !seen.insert(key.clone()) {
+                tracing::debug!(?key, "series reported twice in one collection; keeping the first");
+                continue;
+            }
+            match o.kind {
+                Kind::Counter => {
+                    let d = self.baselines.delta(&key, o.value, now);
+                    b.counters.push((key, d));
+                }
+                Kind::Gauge => {
+                    gauges.insert(key.clone());
+                    b.gauges.push((key, Some(o.value)));
+                }
+            }
+        }
+        for gone in self.last_gauges.difference(&gauges) {
+            b.gauges.push((gone.clone(), None));
+        }
+        self.last_gauges = gauges;
+        self.baselines.prune(now, BASELINE_TTL_MS);
+        b
+    }
+}
+
+/// The shipper's moving parts.
+struct Agent {
+    delta: Delta,
+    queue: Queue,
+    next_seq: u64,
+    pusher: Pusher,
+    hello_done: bool,
+    state_file: std::path::PathBuf,
+    boot_id: String,
+}
+
+impl Agent {
+    fn save(&self) -> Result<(), state::StateError> {
+        state::save(&self.state_file, &self.boot_id, self.next_seq, &self.delta.baselines, self.queue.batches().cloned())
+    }
+
+    /// Sends queued batches in order until the queue is empty or a send fails. A batch is
+    /// numbered, and the number saved, before its first send.
+    async fn send_all(&mut self) -> anyhow::Result<()> {
+        if !self.hello_done {
+            let last = self.pusher.hello().await?;
+            let dropped = self.queue.drop_applied(last);
+            self.next_seq = self.next_seq.max(last + 1);
+            self.save()?;
+            tracing::info!(last_applied = last, dropped_applied = dropped, next_seq = self.next_seq, "session started with collector");
+            self.hello_done = true;
+        }
+        while let Some(front) = self.queue.front_mut() {
+            if front.sequence.is_none() {
+                front.sequence = Some(self.next_seq);
+                self.next_seq += 1;
+                self.save()?;
+            }
+            let front = self.queue.front_mut().expect("checked above").clone();
+            match self.pusher.push(&front).await {
+                Ok(d) => {
+                    if d == Delivered::Duplicate {
+                        tracing::info!(sequence = ?front.sequence, "collector had already applied this batch");
+                    }
+                    self.queue.pop_front();
+                    self.save()?;
+                }
+                Err(PushError::Rejected(st)) => {
+                    tracing::error!(sequence = ?front.sequence, code = ?st.code(), message = st.message(),
+                        "collector rejected a batch; dropping it (its counts are lost)");
+                    self.queue.pop_front();
+                    self.save()?;
+                }
+                Err(e @ PushError::Retry(_)) => {
+                    if matches!(&e, PushError::Retry(st) if st.code() == tonic::Code::Unavailable) {
+                        // A new connection may reach a restarted collector; say hello again
+                        // in case its store was replaced.
+                        self.hello_done = false;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one collection on a blocking thread.
+async fn collect(mut sources: Vec<Box<dyn Source>>) -> anyhow::Result<(Vec<Box<dyn Source>>, Vec<Observation>)> {
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut obs = Vec::new();
+        for s in sources.iter_mut() {
+            if let Err(e) = s.collect(&mut obs) {
+                tracing::error!(source = s.name(), error = %e, "source failed; other sources go on");
+            }
+        }
+        tracing::debug!(observations = obs.len(), took_us = started.elapsed().as_micros() as u64, "collected");
+        (sources, obs)
+    })
+    .await
+    .context("collection thread panicked")
+}
+
+/// Runs the shipper until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let roots = Roots { proc: config.proc_root.clone(), sys: config.sys_root.clone() };
+    let sources: Vec<Box<dyn Source>> = utility_sources(&roots, config.top_remotes)
+        .into_iter()
+        .filter(|s| !config.disable_sources.iter().any(|d| d == s.name()))
+        .collect();
+    tracing::info!(sources = ?sources.iter().map(|s| s.name()).collect::<Vec<_>>(), "sources enabled");
+
+    let boot_id = state::read_boot_id(&config.proc_root).context("cannot read the kernel boot id")?;
+    if let Some(dir) = config.state_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    }
+    let (baselines, next_seq, pending) = match state::load(&config.state_file)? {
+        Some(p) => (p.baselines_for_boot(&boot_id), p.next_sequence.max(1), p.pending),
+        None => (Baselines::default(), 1, Vec::new()),
+    };
+    tracing::info!(state_file = %config.state_file.display(), pending = pending.len(), next_seq, "state loaded");
+    let identity = Identity {
+        shipper_id: config.shipper_id.clone(),
+        node_name: config.node_name.clone(),
+        cluster: config.cluster.clone(),
+        session: rand::random::<u64>() | 1,
+    };
+    let pusher = Pusher::new(&config.collector, identity, Duration::from_secs(30))
+        .with_context(|| format!("invalid collector address {:?}", config.collector))?;
+    let mut agent = Agent {
+        delta: Delta::new(baselines, &config.node_name, &config.cluster),
+        queue: Queue::new(config.queue_max_bytes, pending),
+        next_seq,
+        pusher,
+        hello_done: false,
+        state_file: config.state_file.clone(),
+        boot_id,
+    };
+    let mut backoff = Backoff::new(config.max_backoff);
+    let mut sources = Some(sources);
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry_at: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {
+                let (back, obs) = collect(sources.take().expect("returned after every collection")).await?;
+                sources = Some(back);
+                let b = agent.delta.batch(&obs, now_ms());
+                agent.queue.push(b);
+                agent.save()?;
+                retry_at.get_or_insert_with(Instant::now);
+            }
+            _ = sleep_until(retry_at), if retry_at.is_some() => {
+                retry_at = None;
+                match agent.send_all().await {
+                    Ok(()) => backoff.reset(),
+                    Err(e) => {
+                        let wait = backoff.next();
+                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, queued = agent.queue.len(), "push failed; will retry");
+                        retry_at = Some(Instant::now() + wait);
+                    }
+                }
+            }
+        }
+    }
+    agent.save()?;
+    tracing::info!(queued = agent.queue.len(), "shipper stopped; state saved");
+    Ok(())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Capped exponential backoff with jitter.
+struct Backoff {
+    current: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Backoff { current: Duration::from_millis(250), max }
+    }
+    fn reset(&mut self) {
+        self.current = Duration::from_millis(250);
+    }
+    fn next(&mut self) -> Duration {
+        let base = self.current.min(self.max);
+        self.current = (self.current * 2).min(self.max);
+        let jitter = rand::random::<f64>() * 0.4 + 0.8;
+        base.mul_f64(jitter)
+    }
+}

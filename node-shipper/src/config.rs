@@ -1,0 +1,152 @@
+//! The shipper's settings: defaults, then a TOML config file, then environment and flags.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Command line; every flag can also come from the environment or the `--config` file.
+#[derive(Debug, clap::Parser)]
+#[command(name = "kappie-shipper", version, about = "Kappie node shipper")]
+pub struct Cli {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "KAPPIE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC address of the collector.
+    #[arg(long, env = "KAPPIE_COLLECTOR")]
+    pub collector: Option<String>,
+    /// Collection interval (`10s`, `1m`).
+    #[arg(long, env = "KAPPIE_INTERVAL", value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+    /// Local file with the counter baselines and unacknowledged batches.
+    #[arg(long, env = "KAPPIE_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
+    /// Kubernetes node name (`node_name` label); defaults to the hostname.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// `cluster` label.
+    #[arg(long, env = "KAPPIE_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Identity for exactly-once delivery; defaults to the node name.
+    #[arg(long, env = "KAPPIE_SHIPPER_ID")]
+    pub shipper_id: Option<String>,
+    /// How many remote address:port series `kappie_tcp_connection_remote` keeps.
+    #[arg(long, env = "KAPPIE_TOP_REMOTES")]
+    pub top_remotes: Option<usize>,
+    /// Memory budget of the unacknowledged queue, in bytes; past it unsent batches merge.
+    #[arg(long, env = "KAPPIE_QUEUE_MAX_BYTES")]
+    pub queue_max_bytes: Option<usize>,
+    /// Longest wait between retries when the collector is unreachable.
+    #[arg(long, env = "KAPPIE_MAX_BACKOFF", value_parser = humantime::parse_duration)]
+    pub max_backoff: Option<Duration>,
+    /// Sources to switch off, comma separated (`netstat,sockets,interfaces`).
+    #[arg(long, env = "KAPPIE_DISABLE_SOURCES", value_delimiter = ',')]
+    pub disable_sources: Option<Vec<String>>,
+    /// Where the host's /proc is.
+    #[arg(long, env = "KAPPIE_PROC_ROOT")]
+    pub proc_root: Option<PathBuf>,
+    /// Where the host's /sys is.
+    #[arg(long, env = "KAPPIE_SYS_ROOT")]
+    pub sys_root: Option<PathBuf>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "KAPPIE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub collector: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub interval: Duration,
+    pub state_file: PathBuf,
+    pub node_name: String,
+    pub cluster: String,
+    pub shipper_id: String,
+    pub top_remotes: usize,
+    pub queue_max_bytes: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub max_backoff: Duration,
+    pub disable_sources: Vec<String>,
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            collector: "http://127.0.0.1:9095".into(),
+            interval: Duration::from_secs(10),
+            state_file: PathBuf::from("/var/lib/kappie/shipper-state.json"),
+            node_name: String::new(),
+            cluster: "default".into(),
+            shipper_id: String::new(),
+            top_remotes: 100,
+            queue_max_bytes: 16 << 20,
+            max_backoff: Duration::from_secs(30),
+            disable_sources: Vec::new(),
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+            log_format: "text".into(),
+        }
+    }
+}
+
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    /// Defaults, overridden by the config file, overridden by environment and flags.
+    pub fn resolve(cli: Cli) -> anyhow::Result<Config> {
+        let mut c = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {} is invalid: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! take {
+            ($($f:ident),*) => { $( if let Some(v) = cli.$f { c.$f = v; } )* };
+        }
+        take!(
+            collector,
+            interval,
+            state_file,
+            node_name,
+            cluster,
+            shipper_id,
+            top_remotes,
+            queue_max_bytes,
+            max_backoff,
+            disable_sources,
+            proc_root,
+            sys_root,
+            log_format
+        );
+        if c.node_name.is_empty() {
+            c.node_name = std::fs::read_to_string(c.proc_root.join("sys/kernel/hostname"))
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| anyhow::anyhow!("NODE_NAME is not set and the hostname cannot be read: {e}; set --node-name"))?;
+        }
+        if c.shipper_id.is_empty() {
+            c.shipper_id = c.node_name.clone();
+        }
+        if c.interval.is_zero() {
+            anyhow::bail!("--interval must be more than zero");
+        }
+        const KNOWN: [&str; 3] = ["netstat", "sockets", "interfaces"];
+        if let Some(bad) = c.disable_sources.iter().find(|s| !KNOWN.contains(&s.as_str())) {
+            anyhow::bail!("unknown source {bad:?} in --disable-sources; known: {}", KNOWN.join(", "));
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,49 @@
+//! The seam every data source implements.
+
+use crate::series::Kind;
+use std::path::PathBuf;
+
+/// One reading: a cumulative counter value or a gauge value for one series, without the
+/// `node_name` and `cluster` labels (the agent adds them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub metric: &'static str,
+    pub kind: Kind,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
+impl Observation {
+    pub fn counter(metric: &'static str, labels: Vec<(&'static str, String)>, value: f64) -> Self {
+        Observation { metric, kind: Kind::Counter, labels, value }
+    }
+    pub fn gauge(metric: &'static str, labels: Vec<(&'static str, String)>, value: f64) -> Self {
+        Observation { metric, kind: Kind::Gauge, labels, value }
+    }
+}
+
+/// Why a source could not collect.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("cannot parse {path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+}
+
+/// A data source of the node shipper.
+///
+/// `collect` is called once per collection interval from a blocking thread (never on the
+/// async runtime), and appends every reading of this moment to `out`. Counters are the
+/// kernel's cumulative values: the agent turns them into deltas. A source that fails
+/// returns an error; the agent logs it, counts it and goes on with the other sources.
+pub trait Source: Send {
+    /// Short name used in configuration (`--disable-sources`) and logs.
+    fn name(&self) -> &'static str;
+    fn collect(&mut self, out: &mut Vec<Observation>) -> Result<(), SourceError>;
+}
+
+/// Reads a whole file, with the path in the error.
+pub fn read(path: PathBuf) -> Result<String, SourceError> {
+    std::fs::read_to_string(&path).map_err(|err| SourceError::Read { path, err })
+}

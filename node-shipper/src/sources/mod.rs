@@ -1,0 +1,25 @@
+//! The Linux utility sources: /proc and sysfs.
+
+pub mod interfaces;
+pub mod netstat;
+pub mod sockets;
+
+use crate::source::Source;
+use std::path::PathBuf;
+
+/// Where the host's /proc and /sys are (inside a container they are often mounted at
+/// `/host/proc` and `/host/sys`).
+#[derive(Debug, Clone)]
+pub struct Roots {
+    pub proc: PathBuf,
+    pub sys: PathBuf,
+}
+
+/// Every utility source, in a fixed order.
+pub fn utility_sources(roots: &Roots, top_remotes: usize) -> Vec<Box<dyn Source>> {
+    vec![
+        Box::new(netstat::NetstatSource::new(roots.proc.clone())),
+        Box::new(sockets::SocketsSource::new(roots.proc.clone(), top_remotes)),
+        Box::new(interfaces::InterfacesSource::new(roots.sys.clone())),
+    ]
+}

@@ -1,0 +1,177 @@
+//! What the shipper keeps on local disk between runs: the counter baselines of the last
+//! batch it queued, the queued batches themselves and the next sequence number, written
+//! together in one atomic file replace. Because a batch and the baselines it was computed
+//! against are always written in the same replace, and a sequence number is written before
+//! the batch carrying it is sent, a SIGKILL at any point neither loses nor double-counts.
+//!
+//! The kernel's boot id tells a reboot: after one, cumulative /proc counters start again
+//! from zero, so the baselines are cleared (the queued batches are kept; they hold counts
+//! that happened).
+
+use crate::queue::Batch;
+use crate::series::SeriesKey;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const FORMAT_VERSION: u32 = 1;
+
+/// The state file's contents.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedState {
+    pub version: u32,
+    pub boot_id: String,
+    pub next_sequence: u64,
+    /// (series, last cumulative value, when it was last seen in ms).
+    pub baselines: Vec<(SeriesKey, f64, i64)>,
+    pub pending: Vec<Batch>,
+}
+
+/// Errors reading or writing the state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot write state file {path}: {err}; check that its directory exists and is writable")]
+    Write { path: PathBuf, err: std::io::Error },
+    #[error("cannot read state file {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+}
+
+/// Counter baselines.
+#[derive(Debug, Default)]
+pub struct Baselines {
+    values: HashMap<SeriesKey, (f64, i64)>,
+}
+
+impl Baselines {
+    /// Turns a cumulative value into the increase since the last one. A value below the
+    /// baseline is a counter reset (the counter restarted from zero), so all of it is new.
+    pub fn delta(&mut self, key: &SeriesKey, value: f64, now_ms: i64) -> f64 {
+        let prev = self.values.insert(key.clone(), (value, now_ms)).map(|(v, _)| v).unwrap_or(0.0);
+        if value >= prev {
+            value - prev
+        } else {
+            value
+        }
+    }
+
+    /// Forgets series not seen for `ttl_ms` (interfaces and sockets come and go).
+    pub fn prune(&mut self, now_ms: i64, ttl_ms: i64) {
+        self.values.retain(|_, (_, seen)| now_ms - *seen <= ttl_ms);
+    }
+
+    pub fn clear(&mut self) {
+        self.values.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// Reads the kernel's boot id (changes on every boot).
+pub fn read_boot_id(proc_root: &Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(proc_root.join("sys/kernel/random/boot_id"))?.trim().to_owned())
+}
+
+/// Loads the state file; a missing file is a first start.
+pub fn load(path: &Path) -> Result<Option<PersistedState>, StateError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(StateError::Read { path: path.to_owned(), err }),
+    };
+    match serde_json::from_str::<PersistedState>(&text) {
+        Ok(s) if s.version == FORMAT_VERSION => Ok(Some(s)),
+        Ok(s) => {
+            tracing::warn!(path = %path.display(), version = s.version, "state file has an unknown version; starting fresh");
+            Ok(None)
+        }
+        Err(e) => {
+            // Only possible if the file was edited or the disk corrupted it: writes are
+            // atomic replaces. Starting fresh re-sends counts since boot once.
+            tracing::error!(path = %path.display(), error = %e, "state file is corrupt; starting fresh");
+            Ok(None)
+        }
+    }
+}
+
+/// Writes the state file atomically: temp file, fsync, rename, fsync of the directory.
+pub fn save(
+    path: &Path,
+    boot_id: &str,
+    next_sequence: u64,
+    baselines: &Baselines,
+    pending: impl Iterator<Item = Batch>,
+) -> Result<(), StateError> {
+    let st = PersistedState {
+        version: FORMAT_VERSION,
+        boot_id: boot_id.to_owned(),
+        next_sequence,
+        baselines: baselines.values.iter().map(|(k, (v, t))| (k.clone(), *v, *t)).collect(),
+        pending: pending.collect(),
+    };
+    let werr = |err| StateError::Write { path: path.to_owned(), err };
+    let bytes = serde_json::to_vec(&st).map_err(|e| werr(std::io::Error::other(e)))?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+        f.write_all(&bytes).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+    }
+    std::fs::rename(&tmp, path).map_err(werr)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(werr)?;
+    }
+    Ok(())
+}
+
+impl PersistedState {
+    /// Baselines to continue from: the stored ones, unless the machine rebooted since.
+    pub fn baselines_for_boot(&self, boot_id: &str) -> Baselines {
+        if self.boot_id != boot_id {
+            tracing::info!(old = %self.boot_id, new = %boot_id, "node rebooted since the last run: counters restart from zero");
+            return Baselines::default();
+        }
+        Baselines { values: self.baselines.iter().map(|(k, v, t)| (k.clone(), (*v, *t))).collect() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_resets_and_reboots() {
+        let k = SeriesKey::new("m", vec![]);
+        let mut b = Baselines::default();
+        assert_eq!(b.delta(&k, 10.0, 1), 10.0);
+        assert_eq!(b.delta(&k, 15.0, 2), 5.0);
+        assert_eq!(b.delta(&k, 3.0, 3), 3.0, "a decrease is a reset");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        save(&path, "boot-a", 9, &b, std::iter::empty()).unwrap();
+        let st = load(&path).unwrap().unwrap();
+        assert_eq!(st.next_sequence, 9);
+        let mut same = st.baselines_for_boot("boot-a");
+        assert_eq!(same.delta(&k, 4.0, 4), 1.0);
+        let mut rebooted = st.baselines_for_boot("boot-b");
+        assert_eq!(rebooted.delta(&k, 4.0, 4), 4.0);
+        same.prune(100, 10);
+        assert!(same.is_empty());
+    }
+
+    #[test]
+    fn corrupt_or_missing_file_starts_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert!(load(&path).unwrap().is_none());
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(load(&path).unwrap().is_none());
+    }
+}
