@@ -18,7 +18,10 @@ use tokio::time::Instant;
 const BASELINE_TTL_MS: i64 = 3600 * 1000;
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Turns one collection into a batch.
@@ -31,11 +34,20 @@ pub struct Delta {
 
 impl Delta {
     pub fn new(baselines: Baselines, node_name: &str, cluster: &str) -> Self {
-        Delta { baselines, node_name: node_name.into(), cluster: cluster.into(), last_gauges: HashSet::new() }
+        Delta {
+            baselines,
+            node_name: node_name.into(),
+            cluster: cluster.into(),
+            last_gauges: HashSet::new(),
+        }
     }
 
     pub fn key(&self, o: &Observation) -> SeriesKey {
-        let mut labels: Vec<(String, String)> = o.labels.iter().map(|(n, v)| ((*n).to_owned(), v.clone())).collect();
+        let mut labels: Vec<(String, String)> = o
+            .labels
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.clone()))
+            .collect();
         labels.push(("node_name".into(), self.node_name.clone()));
         labels.push(("cluster".into(), self.cluster.clone()));
         SeriesKey::new(o.metric, labels)
@@ -44,13 +56,21 @@ impl Delta {
     /// Counters become increases over the baseline; gauges that disappeared since the
     /// last collection are marked stale.
     pub fn batch(&mut self, obs: &[Observation], now: i64) -> Batch {
-        let mut b = Batch { sequence: None, timestamp_ms: now, counters: Vec::new(), gauges: Vec::new() };
+        let mut b = Batch {
+            sequence: None,
+            timestamp_ms: now,
+            counters: Vec::new(),
+            gauges: Vec::new(),
+        };
         let mut seen = HashSet::new();
         let mut gauges = HashSet::new();
         for o in obs {
             let key = self.key(o);
             if !seen.insert(key.clone()) {
-                tracing::debug!(?key, "series reported twice in one collection; keeping the first");
+                tracing::debug!(
+                    ?key,
+                    "series reported twice in one collection; keeping the first"
+                );
                 continue;
             }
             match o.kind {
@@ -86,7 +106,13 @@ struct Agent {
 
 impl Agent {
     fn save(&self) -> Result<(), state::StateError> {
-        state::save(&self.state_file, &self.boot_id, self.next_seq, &self.delta.baselines, self.queue.batches().cloned())
+        state::save(
+            &self.state_file,
+            &self.boot_id,
+            self.next_seq,
+            &self.delta.baselines,
+            self.queue.batches().cloned(),
+        )
     }
 
     /// Sends queued batches in order until the queue is empty or a send fails. A batch is
@@ -97,7 +123,12 @@ impl Agent {
             let dropped = self.queue.drop_applied(last);
             self.next_seq = self.next_seq.max(last + 1);
             self.save()?;
-            tracing::info!(last_applied = last, dropped_applied = dropped, next_seq = self.next_seq, "session started with collector");
+            tracing::info!(
+                last_applied = last,
+                dropped_applied = dropped,
+                next_seq = self.next_seq,
+                "session started with collector"
+            );
             self.hello_done = true;
         }
         while let Some(front) = self.queue.front_mut() {
@@ -136,7 +167,9 @@ impl Agent {
 }
 
 /// Runs one collection on a blocking thread.
-async fn collect(mut sources: Vec<Box<dyn Source>>) -> anyhow::Result<(Vec<Box<dyn Source>>, Vec<Observation>)> {
+async fn collect(
+    mut sources: Vec<Box<dyn Source>>,
+) -> anyhow::Result<(Vec<Box<dyn Source>>, Vec<Observation>)> {
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let mut obs = Vec::new();
@@ -154,19 +187,32 @@ async fn collect(mut sources: Vec<Box<dyn Source>>) -> anyhow::Result<(Vec<Box<d
 
 /// Runs the shipper until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let roots = Roots { proc: config.proc_root.clone(), sys: config.sys_root.clone() };
+    let roots = Roots {
+        proc: config.proc_root.clone(),
+        sys: config.sys_root.clone(),
+    };
     let sources: Vec<Box<dyn Source>> = utility_sources(&roots, config.top_remotes)
         .into_iter()
         .filter(|s| !config.disable_sources.iter().any(|d| d == s.name()))
         .collect();
     tracing::info!(sources = ?sources.iter().map(|s| s.name()).collect::<Vec<_>>(), "sources enabled");
 
-    let boot_id = state::read_boot_id(&config.proc_root).context("cannot read the kernel boot id")?;
-    if let Some(dir) = config.state_file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create state directory {}", dir.display()))?;
+    let boot_id =
+        state::read_boot_id(&config.proc_root).context("cannot read the kernel boot id")?;
+    if let Some(dir) = config
+        .state_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create state directory {}", dir.display()))?;
     }
     let (baselines, next_seq, pending) = match state::load(&config.state_file)? {
-        Some(p) => (p.baselines_for_boot(&boot_id), p.next_sequence.max(1), p.pending),
+        Some(p) => (
+            p.baselines_for_boot(&boot_id),
+            p.next_sequence.max(1),
+            p.pending,
+        ),
         None => (Baselines::default(), 1, Vec::new()),
     };
     tracing::info!(state_file = %config.state_file.display(), pending = pending.len(), next_seq, "state loaded");
@@ -237,7 +283,10 @@ struct Backoff {
 
 impl Backoff {
     fn new(max: Duration) -> Self {
-        Backoff { current: Duration::from_millis(250), max }
+        Backoff {
+            current: Duration::from_millis(250),
+            max,
+        }
     }
     fn reset(&mut self) {
         self.current = Duration::from_millis(250);

@@ -108,9 +108,12 @@ impl Config {
     pub fn resolve(cli: Cli) -> anyhow::Result<Config> {
         let mut c = match &cli.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {} is invalid: {e}", path.display()))?
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read config file {}: {e}", path.display())
+                })?;
+                toml::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!("config file {} is invalid: {e}", path.display())
+                })?
             }
             None => Config::default(),
         };
@@ -144,8 +147,15 @@ impl Config {
             anyhow::bail!("--interval must be more than zero");
         }
         const KNOWN: [&str; 3] = ["netstat", "sockets", "interfaces"];
-        if let Some(bad) = c.disable_sources.iter().find(|s| !KNOWN.contains(&s.as_str())) {
-            anyhow::bail!("unknown source {bad:?} in --disable-sources; known: {}", KNOWN.join(", "));
+        if let Some(bad) = c
+            .disable_sources
+            .iter()
+            .find(|s| !KNOWN.contains(&s.as_str()))
+        {
+            anyhow::bail!(
+                "unknown source {bad:?} in --disable-sources; known: {}",
+                KNOWN.join(", ")
+            );
         }
         Ok(c)
     }

@@ -4,7 +4,8 @@ use crate::queue::Batch;
 use crate::series::SeriesKey;
 use kappie_proto::ingest_client::IngestClient;
 use kappie_proto::{
-    CounterDelta, GaugeValue, HelloRequest, Label, MetricType, PushRequest, PushStatus, SeriesDefinition,
+    CounterDelta, GaugeValue, HelloRequest, Label, MetricType, PushRequest, PushStatus,
+    SeriesDefinition,
 };
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -52,13 +53,19 @@ pub struct Pusher {
 
 impl Pusher {
     /// A lazily connecting client for `url` (`http://host:port`).
-    pub fn new(url: &str, id: Identity, timeout: Duration) -> Result<Self, tonic::transport::Error> {
+    pub fn new(
+        url: &str,
+        id: Identity,
+        timeout: Duration,
+    ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(Duration::from_secs(5))
             .timeout(timeout)
             .connect_lazy();
         Ok(Pusher {
-            client: IngestClient::new(channel).max_decoding_message_size(16 << 20).max_encoding_message_size(64 << 20),
+            client: IngestClient::new(channel)
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(64 << 20),
             id,
             refs: HashMap::new(),
             confirmed: HashSet::new(),
@@ -94,14 +101,24 @@ impl Pusher {
             timestamp_ms: b.timestamp_ms,
             ..Default::default()
         };
-        let define = |this: &mut Self, key: &SeriesKey, kind: MetricType, defs: &mut Vec<SeriesDefinition>| {
+        let define = |this: &mut Self,
+                      key: &SeriesKey,
+                      kind: MetricType,
+                      defs: &mut Vec<SeriesDefinition>| {
             let r = this.reference(key, kind);
             if !this.confirmed.contains(&r) {
                 defs.push(SeriesDefinition {
                     r#ref: r,
                     metric: key.metric.clone(),
                     r#type: kind as i32,
-                    labels: key.labels.iter().map(|(n, v)| Label { name: n.clone(), value: v.clone() }).collect(),
+                    labels: key
+                        .labels
+                        .iter()
+                        .map(|(n, v)| Label {
+                            name: n.clone(),
+                            value: v.clone(),
+                        })
+                        .collect(),
                 });
             }
             r
@@ -109,11 +126,18 @@ impl Pusher {
         let mut defs = Vec::new();
         for (k, d) in &b.counters {
             let r = define(self, k, MetricType::Counter, &mut defs);
-            req.deltas.push(CounterDelta { r#ref: r, delta: *d });
+            req.deltas.push(CounterDelta {
+                r#ref: r,
+                delta: *d,
+            });
         }
         for (k, v) in &b.gauges {
             let r = define(self, k, MetricType::Gauge, &mut defs);
-            req.gauges.push(GaugeValue { r#ref: r, value: v.unwrap_or(0.0), stale: v.is_none() });
+            req.gauges.push(GaugeValue {
+                r#ref: r,
+                value: v.unwrap_or(0.0),
+                stale: v.is_none(),
+            });
         }
         req.definitions = defs;
         req
@@ -136,22 +160,32 @@ impl Pusher {
                         Delivered::Applied
                     });
                 }
-                Err(st) if st.code() == Code::FailedPrecondition && st.metadata().get(DEFINE_SERIES_METADATA).is_some() => {
-                    tracing::info!(attempt, sequence = seq, "collector asked for series definitions again");
+                Err(st)
+                    if st.code() == Code::FailedPrecondition
+                        && st.metadata().get(DEFINE_SERIES_METADATA).is_some() =>
+                {
+                    tracing::info!(
+                        attempt,
+                        sequence = seq,
+                        "collector asked for series definitions again"
+                    );
                     self.confirmed.clear();
                 }
                 Err(st) => return Err(classify(st)),
             }
         }
-        Err(PushError::Retry(Status::failed_precondition("collector still lacks series definitions")))
+        Err(PushError::Retry(Status::failed_precondition(
+            "collector still lacks series definitions",
+        )))
     }
 }
 
 fn classify(st: Status) -> PushError {
     match st.code() {
-        Code::InvalidArgument | Code::ResourceExhausted | Code::Unimplemented | Code::PermissionDenied => {
-            PushError::Rejected(st)
-        }
+        Code::InvalidArgument
+        | Code::ResourceExhausted
+        | Code::Unimplemented
+        | Code::PermissionDenied => PushError::Rejected(st),
         _ => PushError::Retry(st),
     }
 }

@@ -26,8 +26,16 @@ pub struct Batch {
 
 impl Batch {
     pub fn approx_bytes(&self) -> usize {
-        64 + self.counters.iter().map(|(k, _)| k.approx_bytes() + 8).sum::<usize>()
-            + self.gauges.iter().map(|(k, _)| k.approx_bytes() + 16).sum::<usize>()
+        64 + self
+            .counters
+            .iter()
+            .map(|(k, _)| k.approx_bytes() + 8)
+            .sum::<usize>()
+            + self
+                .gauges
+                .iter()
+                .map(|(k, _)| k.approx_bytes() + 16)
+                .sum::<usize>()
     }
 
     /// Adds `later` to `self` (which must not have been sent).
@@ -57,7 +65,11 @@ pub struct Queue {
 
 impl Queue {
     pub fn new(budget_bytes: usize, batches: Vec<Batch>) -> Self {
-        Queue { batches: batches.into(), budget_bytes, coalesced: 0 }
+        Queue {
+            batches: batches.into(),
+            budget_bytes,
+            coalesced: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -95,7 +107,8 @@ impl Queue {
     /// Drops numbered batches the collector has already applied.
     pub fn drop_applied(&mut self, last_applied: u64) -> usize {
         let before = self.batches.len();
-        self.batches.retain(|b| !matches!(b.sequence, Some(s) if s <= last_applied));
+        self.batches
+            .retain(|b| !matches!(b.sequence, Some(s) if s <= last_applied));
         before - self.batches.len()
     }
 
@@ -149,7 +162,12 @@ mod tests {
         assert_eq!((first.sequence, first.timestamp_ms), (Some(7), 1));
         // Every delta of every series is still there.
         for i in 0..100 {
-            let total: f64 = q.batches().flat_map(|b| &b.counters).filter(|(k, _)| *k == key(i)).map(|(_, d)| d).sum();
+            let total: f64 = q
+                .batches()
+                .flat_map(|b| &b.counters)
+                .filter(|(k, _)| *k == key(i))
+                .map(|(_, d)| d)
+                .sum();
             assert_eq!(total, 1000.0);
         }
         // The newest gauge value wins.

@@ -12,12 +12,21 @@ pub struct SeriesKey {
 impl SeriesKey {
     pub fn new(metric: &str, mut labels: Vec<(String, String)>) -> Self {
         labels.sort();
-        SeriesKey { metric: metric.to_owned(), labels }
+        SeriesKey {
+            metric: metric.to_owned(),
+            labels,
+        }
     }
 
     /// Approximate heap bytes, for the queue's memory budget.
     pub fn approx_bytes(&self) -> usize {
-        self.metric.len() + self.labels.iter().map(|(n, v)| n.len() + v.len() + 48).sum::<usize>() + 48
+        self.metric.len()
+            + self
+                .labels
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 48)
+                .sum::<usize>()
+            + 48
     }
 }
 

@@ -15,10 +15,20 @@ pub struct Observation {
 
 impl Observation {
     pub fn counter(metric: &'static str, labels: Vec<(&'static str, String)>, value: f64) -> Self {
-        Observation { metric, kind: Kind::Counter, labels, value }
+        Observation {
+            metric,
+            kind: Kind::Counter,
+            labels,
+            value,
+        }
     }
     pub fn gauge(metric: &'static str, labels: Vec<(&'static str, String)>, value: f64) -> Self {
-        Observation { metric, kind: Kind::Gauge, labels, value }
+        Observation {
+            metric,
+            kind: Kind::Gauge,
+            labels,
+            value,
+        }
     }
 }
 

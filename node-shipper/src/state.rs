@@ -32,7 +32,9 @@ pub struct PersistedState {
 /// Errors reading or writing the state file.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot write state file {path}: {err}; check that its directory exists and is writable")]
+    #[error(
+        "cannot write state file {path}: {err}; check that its directory exists and is writable"
+    )]
     Write { path: PathBuf, err: std::io::Error },
     #[error("cannot read state file {path}: {err}")]
     Read { path: PathBuf, err: std::io::Error },
@@ -48,7 +50,11 @@ impl Baselines {
     /// Turns a cumulative value into the increase since the last one. A value below the
     /// baseline is a counter reset (the counter restarted from zero), so all of it is new.
     pub fn delta(&mut self, key: &SeriesKey, value: f64, now_ms: i64) -> f64 {
-        let prev = self.values.insert(key.clone(), (value, now_ms)).map(|(v, _)| v).unwrap_or(0.0);
+        let prev = self
+            .values
+            .insert(key.clone(), (value, now_ms))
+            .map(|(v, _)| v)
+            .unwrap_or(0.0);
         if value >= prev {
             value - prev
         } else {
@@ -76,7 +82,11 @@ impl Baselines {
 
 /// Reads the kernel's boot id (changes on every boot).
 pub fn read_boot_id(proc_root: &Path) -> std::io::Result<String> {
-    Ok(std::fs::read_to_string(proc_root.join("sys/kernel/random/boot_id"))?.trim().to_owned())
+    Ok(
+        std::fs::read_to_string(proc_root.join("sys/kernel/random/boot_id"))?
+            .trim()
+            .to_owned(),
+    )
 }
 
 /// Loads the state file; a missing file is a first start.
@@ -84,7 +94,12 @@ pub fn load(path: &Path) -> Result<Option<PersistedState>, StateError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(StateError::Read { path: path.to_owned(), err }),
+        Err(err) => {
+            return Err(StateError::Read {
+                path: path.to_owned(),
+                err,
+            })
+        }
     };
     match serde_json::from_str::<PersistedState>(&text) {
         Ok(s) if s.version == FORMAT_VERSION => Ok(Some(s)),
@@ -113,10 +128,17 @@ pub fn save(
         version: FORMAT_VERSION,
         boot_id: boot_id.to_owned(),
         next_sequence,
-        baselines: baselines.values.iter().map(|(k, (v, t))| (k.clone(), *v, *t)).collect(),
+        baselines: baselines
+            .values
+            .iter()
+            .map(|(k, (v, t))| (k.clone(), *v, *t))
+            .collect(),
         pending: pending.collect(),
     };
-    let werr = |err| StateError::Write { path: path.to_owned(), err };
+    let werr = |err| StateError::Write {
+        path: path.to_owned(),
+        err,
+    };
     let bytes = serde_json::to_vec(&st).map_err(|e| werr(std::io::Error::other(e)))?;
     let tmp = path.with_extension("tmp");
     {
@@ -126,7 +148,9 @@ pub fn save(
     }
     std::fs::rename(&tmp, path).map_err(werr)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(werr)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(werr)?;
     }
     Ok(())
 }
@@ -138,7 +162,13 @@ impl PersistedState {
             tracing::info!(old = %self.boot_id, new = %boot_id, "node rebooted since the last run: counters restart from zero");
             return Baselines::default();
         }
-        Baselines { values: self.baselines.iter().map(|(k, v, t)| (k.clone(), (*v, *t))).collect() }
+        Baselines {
+            values: self
+                .baselines
+                .iter()
+                .map(|(k, v, t)| (k.clone(), (*v, *t)))
+                .collect(),
+        }
     }
 }
 

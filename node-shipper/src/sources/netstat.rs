@@ -42,12 +42,18 @@ pub fn parse_netstat(text: &str) -> Result<Vec<ProcStat>, String> {
             .split_once(':')
             .ok_or_else(|| format!("line {values:?} has no table name"))?;
         if table != vtable {
-            return Err(format!("value line for {vtable:?} follows header of {table:?}"));
+            return Err(format!(
+                "value line for {vtable:?} follows header of {table:?}"
+            ));
         }
         let names: Vec<&str> = names.split_whitespace().collect();
         let vals: Vec<&str> = vals.split_whitespace().collect();
         if names.len() != vals.len() {
-            return Err(format!("{table}: {} names but {} values", names.len(), vals.len()));
+            return Err(format!(
+                "{table}: {} names but {} values",
+                names.len(),
+                vals.len()
+            ));
         }
         for (n, v) in names.iter().zip(vals) {
             let value: f64 = v
@@ -55,7 +61,11 @@ pub fn parse_netstat(text: &str) -> Result<Vec<ProcStat>, String> {
                 .map(|x| x as f64)
                 .or_else(|_| v.parse::<u64>().map(|x| x as f64))
                 .map_err(|_| format!("{table} {n}: value {v:?} is not an integer"))?;
-            out.push(ProcStat { table: table.to_owned(), name: (*n).to_owned(), value });
+            out.push(ProcStat {
+                table: table.to_owned(),
+                name: (*n).to_owned(),
+                value,
+            });
         }
     }
     Ok(out)
@@ -70,14 +80,20 @@ pub fn parse_snmp6(text: &str) -> Result<Vec<(String, f64)>, String> {
             let (Some(n), Some(v), None) = (it.next(), it.next(), it.next()) else {
                 return Err(format!("line {l:?} is not `name value`"));
             };
-            let v: u64 = v.parse().map_err(|_| format!("{n}: value {v:?} is not an integer"))?;
+            let v: u64 = v
+                .parse()
+                .map_err(|_| format!("{n}: value {v:?} is not an integer"))?;
             Ok((n.to_owned(), v as f64))
         })
         .collect()
 }
 
 /// Maps parsed tables to observations.
-pub fn observations(netstat_and_snmp: &[ProcStat], snmp6: &[(String, f64)], out: &mut Vec<Observation>) {
+pub fn observations(
+    netstat_and_snmp: &[ProcStat],
+    snmp6: &[(String, f64)],
+    out: &mut Vec<Observation>,
+) {
     for s in netstat_and_snmp {
         let metric = match s.table.as_str() {
             "Tcp" | "TcpExt" => "kappie_tcp_connection_stats",
@@ -88,11 +104,19 @@ pub fn observations(netstat_and_snmp: &[ProcStat], snmp6: &[(String, f64)], out:
         if NOT_COUNTERS.contains(&(s.table.as_str(), s.name.as_str())) {
             continue;
         }
-        out.push(Observation::counter(metric, vec![("statistic_name", s.name.clone())], s.value));
+        out.push(Observation::counter(
+            metric,
+            vec![("statistic_name", s.name.clone())],
+            s.value,
+        ));
     }
     for (n, v) in snmp6 {
         if n.starts_with("Udp6") {
-            out.push(Observation::counter("kappie_udp_connection_stats", vec![("statistic_name", n.clone())], *v));
+            out.push(Observation::counter(
+                "kappie_udp_connection_stats",
+                vec![("statistic_name", n.clone())],
+                *v,
+            ));
         }
     }
 }
@@ -137,16 +161,27 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
     }
 
     #[test]
     fn parses_captured_netstat_and_snmp() {
         let ns = parse_netstat(&fixture("proc_net_netstat")).unwrap();
-        assert!(ns.iter().any(|s| s.table == "TcpExt" && s.name == "DelayedACKs"));
-        assert!(ns.iter().any(|s| s.table == "IpExt" && s.name == "InOctets"));
+        assert!(ns
+            .iter()
+            .any(|s| s.table == "TcpExt" && s.name == "DelayedACKs"));
+        assert!(ns
+            .iter()
+            .any(|s| s.table == "IpExt" && s.name == "InOctets"));
         let snmp = parse_netstat(&fixture("proc_net_snmp")).unwrap();
-        let mc = snmp.iter().find(|s| s.table == "Tcp" && s.name == "MaxConn").unwrap();
+        let mc = snmp
+            .iter()
+            .find(|s| s.table == "Tcp" && s.name == "MaxConn")
+            .unwrap();
         assert_eq!(mc.value, -1.0);
         let snmp6 = parse_snmp6(&fixture("proc_net_snmp6")).unwrap();
         assert!(snmp6.iter().any(|(n, _)| n == "Udp6InDatagrams"));
@@ -156,19 +191,29 @@ mod tests {
         let mut out = Vec::new();
         observations(&all, &snmp6, &mut out);
         let names = |m: &str| -> Vec<String> {
-            out.iter().filter(|o| o.metric == m).map(|o| o.labels[0].1.clone()).collect()
+            out.iter()
+                .filter(|o| o.metric == m)
+                .map(|o| o.labels[0].1.clone())
+                .collect()
         };
         let tcp = names("kappie_tcp_connection_stats");
         assert!(tcp.contains(&"DelayedACKs".to_string()));
         assert!(tcp.contains(&"ActiveOpens".to_string()));
-        assert!(!tcp.contains(&"CurrEstab".to_string()), "gauges are not counters");
+        assert!(
+            !tcp.contains(&"CurrEstab".to_string()),
+            "gauges are not counters"
+        );
         let ip = names("kappie_ip_connection_stats");
         assert!(ip.contains(&"InReceives".to_string()) && ip.contains(&"InOctets".to_string()));
         assert!(!ip.contains(&"DefaultTTL".to_string()));
         let udp = names("kappie_udp_connection_stats");
         assert!(udp.contains(&"NoPorts".to_string()) && udp.contains(&"Udp6NoPorts".to_string()));
         // No name appears twice within one metric.
-        for m in ["kappie_tcp_connection_stats", "kappie_ip_connection_stats", "kappie_udp_connection_stats"] {
+        for m in [
+            "kappie_tcp_connection_stats",
+            "kappie_ip_connection_stats",
+            "kappie_udp_connection_stats",
+        ] {
             let mut n = names(m);
             let len = n.len();
             n.sort();

@@ -64,11 +64,17 @@ pub fn parse_socket_table(text: &str) -> Result<Vec<SocketEntry>, String> {
 /// `0100007F:1F90` (IPv4) or 32 hex digits `:port` (IPv6). The address is printed as 32-bit
 /// words in the kernel's native byte order; the port is already in host order.
 fn parse_hex_addr(s: &str) -> Result<SocketAddr, String> {
-    let (a, p) = s.split_once(':').ok_or_else(|| format!("bad address {s:?}"))?;
+    let (a, p) = s
+        .split_once(':')
+        .ok_or_else(|| format!("bad address {s:?}"))?;
     let port = u16::from_str_radix(p, 16).map_err(|_| format!("bad port in {s:?}"))?;
     let word = |i: usize| -> Result<[u8; 4], String> {
-        let w = a.get(i * 8..i * 8 + 8).ok_or_else(|| format!("bad address {s:?}"))?;
-        Ok(u32::from_str_radix(w, 16).map_err(|_| format!("bad address {s:?}"))?.to_ne_bytes())
+        let w = a
+            .get(i * 8..i * 8 + 8)
+            .ok_or_else(|| format!("bad address {s:?}"))?;
+        Ok(u32::from_str_radix(w, 16)
+            .map_err(|_| format!("bad address {s:?}"))?
+            .to_ne_bytes())
     };
     let ip = match a.len() {
         8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
@@ -134,7 +140,9 @@ impl SocketsSource {
         let path = self.proc_root.join("net").join(name);
         match std::fs::metadata(&path) {
             // No IPv6 in this kernel: no tcp6/udp6.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name.ends_with('6') => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name.ends_with('6') => {
+                return Ok(Vec::new())
+            }
             _ => {}
         }
         let text = read(path.clone())?;
@@ -151,13 +159,20 @@ impl Source for SocketsSource {
         let mut tcp = self.table("tcp")?;
         tcp.extend(self.table("tcp6")?);
         for (state, n) in count_states(&tcp) {
-            out.push(Observation::gauge("kappie_tcp_state", vec![("state", state.to_owned())], n as f64));
+            out.push(Observation::gauge(
+                "kappie_tcp_state",
+                vec![("state", state.to_owned())],
+                n as f64,
+            ));
         }
         let (top, other) = top_remotes(&tcp, self.top);
         for (addr, n) in top {
             out.push(Observation::gauge(
                 "kappie_tcp_connection_remote",
-                vec![("address", addr.ip().to_string()), ("port", addr.port().to_string())],
+                vec![
+                    ("address", addr.ip().to_string()),
+                    ("port", addr.port().to_string()),
+                ],
                 n as f64,
             ));
         }
@@ -167,7 +182,11 @@ impl Source for SocketsSource {
             other as f64,
         ));
         let udp = self.table("udp")?.len() + self.table("udp6")?.len();
-        out.push(Observation::gauge("kappie_udp_active_sockets", vec![], udp as f64));
+        out.push(Observation::gauge(
+            "kappie_udp_active_sockets",
+            vec![],
+            udp as f64,
+        ));
         Ok(())
     }
 }
@@ -177,20 +196,33 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
     }
 
     #[test]
     fn parses_captured_tables() {
         let v4 = parse_socket_table(&fixture("proc_net_tcp")).unwrap();
         let v6 = parse_socket_table(&fixture("proc_net_tcp6")).unwrap();
-        assert!(v4.iter().any(|e| e.local.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) && e.state == 10));
-        assert!(v6.iter().any(|e| e.local.ip() == IpAddr::V6(Ipv6Addr::LOCALHOST) && e.state == 10));
+        assert!(v4
+            .iter()
+            .any(|e| e.local.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST) && e.state == 10));
+        assert!(v6
+            .iter()
+            .any(|e| e.local.ip() == IpAddr::V6(Ipv6Addr::LOCALHOST) && e.state == 10));
         // The v4-mapped connection on a dual-stack socket reads as IPv4.
-        assert!(v6.iter().any(|e| e.state == 1 && e.remote.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert!(v6
+            .iter()
+            .any(|e| e.state == 1 && e.remote.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST)));
         let udp = parse_socket_table(&fixture("proc_net_udp")).unwrap();
         let udp6 = parse_socket_table(&fixture("proc_net_udp6")).unwrap();
-        assert_eq!(udp.len() + udp6.len(), fixture("proc_net_udp").lines().count() + fixture("proc_net_udp6").lines().count() - 2);
+        assert_eq!(
+            udp.len() + udp6.len(),
+            fixture("proc_net_udp").lines().count() + fixture("proc_net_udp6").lines().count() - 2
+        );
     }
 
     #[test]
@@ -210,7 +242,11 @@ mod tests {
 
     #[test]
     fn states_remotes_and_exclusions() {
-        let e = |l: &str, r: &str, st: u8| SocketEntry { local: l.parse().unwrap(), remote: r.parse().unwrap(), state: st };
+        let e = |l: &str, r: &str, st: u8| SocketEntry {
+            local: l.parse().unwrap(),
+            remote: r.parse().unwrap(),
+            state: st,
+        };
         let t = vec![
             e("10.0.0.1:1", "0.0.0.0:0", 10),
             e("10.0.0.1:2", "127.0.0.1:80", 1),
@@ -226,7 +262,16 @@ mod tests {
         let s = count_states(&t);
         assert_eq!(s.len(), 11);
         let get = |n: &str| s.iter().find(|x| x.0 == n).unwrap().1;
-        assert_eq!((get("ESTABLISHED"), get("LISTEN"), get("SYN_RECV"), get("TIME_WAIT"), get("SYN_SENT")), (3, 1, 1, 1, 1));
+        assert_eq!(
+            (
+                get("ESTABLISHED"),
+                get("LISTEN"),
+                get("SYN_RECV"),
+                get("TIME_WAIT"),
+                get("SYN_SENT")
+            ),
+            (3, 1, 1, 1, 1)
+        );
     }
 
     #[test]

@@ -1,0 +1,335 @@
+//! gRPC ingest over loopback against a real sled store: exactly-once delivery, restarts and
+//! bad input.
+
+mod common;
+
+use common::InProcess;
+use kappie_proto::ingest_client::IngestClient;
+use kappie_proto::{
+    CounterDelta, GaugeValue, HelloRequest, Label, MetricType, PushRequest, PushResponse,
+    PushStatus, SeriesDefinition,
+};
+use kappie_storage::{MatchOp, Matcher, Querier, Storage};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tonic::Code;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn def(r: u32, metric: &str, kind: MetricType, labels: &[(&str, &str)]) -> SeriesDefinition {
+    SeriesDefinition {
+        r#ref: r,
+        metric: metric.into(),
+        r#type: kind as i32,
+        labels: labels
+            .iter()
+            .map(|(n, v)| Label {
+                name: (*n).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+    }
+}
+
+fn batch(session: u64, seq: u64, t: i64, delta: f64, with_defs: bool) -> PushRequest {
+    PushRequest {
+        shipper_id: "node-a".into(),
+        session,
+        sequence: seq,
+        timestamp_ms: t,
+        definitions: if with_defs {
+            vec![
+                def(
+                    1,
+                    "kappie_tcp_connection_stats",
+                    MetricType::Counter,
+                    &[("statistic_name", "InSegs"), ("node_name", "node-a")],
+                ),
+                def(
+                    2,
+                    "kappie_udp_active_sockets",
+                    MetricType::Gauge,
+                    &[("node_name", "node-a")],
+                ),
+            ]
+        } else {
+            vec![]
+        },
+        deltas: vec![CounterDelta { r#ref: 1, delta }],
+        gauges: vec![GaugeValue {
+            r#ref: 2,
+            value: seq as f64,
+            stale: false,
+        }],
+    }
+}
+
+/// Every stored sample of every series, for "nothing changed" comparisons.
+fn everything(store: &Storage) -> Vec<kappie_storage::Series> {
+    let all = Matcher::new(MatchOp::Regex, "__name__", ".+").unwrap();
+    store.select(&[all], i64::MIN, i64::MAX).unwrap()
+}
+
+fn total(store: &Storage) -> f64 {
+    let m = Matcher::new(MatchOp::Equal, "statistic_name", "InSegs").unwrap();
+    let s = store.select(&[m], i64::MIN, i64::MAX).unwrap();
+    assert_eq!(s.len(), 1);
+    s[0].samples.last().unwrap().v
+}
+
+async fn client(c: &InProcess) -> IngestClient<tonic::transport::Channel> {
+    IngestClient::connect(c.grpc_url()).await.unwrap()
+}
+
+#[tokio::test]
+async fn duplicate_batch_counts_once_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = InProcess::start(dir.path()).await;
+    let mut cl = client(&c).await;
+    let t0 = now_ms() - 10_000;
+    let hello = cl
+        .hello(HelloRequest {
+            shipper_id: "node-a".into(),
+            session: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hello.last_applied_sequence, 0);
+
+    let r = cl
+        .push(batch(7, 1, t0, 5.0, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r,
+        PushResponse {
+            status: PushStatus::Applied as i32,
+            last_applied_sequence: 1
+        }
+    );
+    let r = cl
+        .push(batch(7, 1, t0, 5.0, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        PushStatus::Duplicate as i32,
+        "the same batch again changes nothing"
+    );
+    let store = c.running.as_ref().unwrap().store.clone();
+    assert_eq!(total(&store), 5.0);
+    let r = cl
+        .push(batch(7, 2, t0 + 1000, 3.0, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, PushStatus::Applied as i32);
+    assert_eq!(total(&store), 8.0);
+    drop(store);
+    drop(cl);
+    c.stop().await;
+
+    // Restart on the same data dir: the retried batch 2 is a duplicate, batch 3 applies and
+    // the counter total continues (a new shipper session too).
+    let c = InProcess::start(dir.path()).await;
+    let mut cl = client(&c).await;
+    let hello = cl
+        .hello(HelloRequest {
+            shipper_id: "node-a".into(),
+            session: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hello.last_applied_sequence, 2);
+    let store = c.running.as_ref().unwrap().store.clone();
+    let before = everything(&store);
+    let r = cl
+        .push(batch(7, 2, t0 + 1000, 3.0, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, PushStatus::Duplicate as i32);
+    assert_eq!(everything(&store), before);
+    let r = cl
+        .push(batch(9, 3, t0 + 2000, 4.0, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, PushStatus::Applied as i32);
+    assert_eq!(
+        total(&store),
+        12.0,
+        "totals stay monotonic across shipper sessions and collector restarts"
+    );
+
+    // The query API sees the same.
+    let http = c.http_url();
+    let v = tokio::task::spawn_blocking(move || {
+        common::query(
+            &http,
+            "kappie_tcp_connection_stats{statistic_name=\"InSegs\"}",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(common::single_value(&v), Some(12.0), "{v}");
+    drop(cl);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn undefined_series_asks_for_definitions_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = InProcess::start(dir.path()).await;
+    let mut cl = client(&c).await;
+    let t0 = now_ms() - 10_000;
+    cl.push(batch(1, 1, t0, 1.0, true)).await.unwrap();
+    let store = c.running.as_ref().unwrap().store.clone();
+    let before = everything(&store);
+
+    // A new session that never defined ref 1 and 2.
+    let err = cl
+        .push(batch(2, 2, t0 + 1000, 1.0, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("has not defined"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(err.metadata().get("kappie-define-series").unwrap(), "1,2");
+    assert_eq!(everything(&store), before);
+    // The same batch with definitions goes through, still as sequence 2.
+    let r = cl
+        .push(batch(2, 2, t0 + 1000, 1.0, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, PushStatus::Applied as i32);
+    assert_eq!(total(&store), 2.0);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_batches_get_clear_statuses_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = InProcess::start(dir.path()).await;
+    let mut cl = client(&c).await;
+    let t0 = now_ms() - 10_000;
+    cl.push(batch(1, 1, t0, 1.0, true)).await.unwrap();
+    let store = c.running.as_ref().unwrap().store.clone();
+    let before = everything(&store);
+
+    let mut cases: Vec<(&str, PushRequest, Code)> = Vec::new();
+    let mut b = batch(1, 2, t0, -1.0, false);
+    cases.push(("negative delta", b.clone(), Code::InvalidArgument));
+    b = batch(1, 2, t0, f64::NAN, false);
+    cases.push(("NaN delta", b.clone(), Code::InvalidArgument));
+    b = batch(1, 2, t0, 1.0, false);
+    b.definitions = vec![def(3, "bad-name", MetricType::Gauge, &[])];
+    cases.push(("bad metric name", b.clone(), Code::InvalidArgument));
+    b.definitions = vec![def(3, "ok", MetricType::Gauge, &[("__x", "1")])];
+    cases.push(("reserved label", b.clone(), Code::InvalidArgument));
+    b.definitions = vec![def(3, "ok", MetricType::Gauge, &[("a", "1"), ("a", "2")])];
+    cases.push(("duplicate label", b.clone(), Code::InvalidArgument));
+    b.definitions = vec![def(1, "other", MetricType::Counter, &[])];
+    cases.push(("redefined ref", b.clone(), Code::InvalidArgument));
+    b = batch(1, 2, t0, 1.0, false);
+    b.gauges = vec![GaugeValue {
+        r#ref: 1,
+        value: 1.0,
+        stale: false,
+    }];
+    cases.push(("gauge value on a counter", b.clone(), Code::InvalidArgument));
+    b = batch(1, 2, now_ms() + 3_600_000, 1.0, false);
+    cases.push(("timestamp an hour ahead", b.clone(), Code::OutOfRange));
+    b = batch(1, 0, t0, 1.0, false);
+    cases.push(("sequence 0", b.clone(), Code::InvalidArgument));
+    b = batch(1, 2, t0, 1.0, false);
+    b.shipper_id = String::new();
+    cases.push(("no shipper id", b.clone(), Code::InvalidArgument));
+    b = batch(1, 2, t0, 1.0, false);
+    b.definitions = (10..100_020)
+        .map(|r| def(r, "kappie_x", MetricType::Gauge, &[("i", &r.to_string())]))
+        .collect();
+    cases.push(("too many series", b, Code::ResourceExhausted));
+
+    for (what, req, code) in cases {
+        let err = cl.push(req).await.expect_err(what);
+        assert_eq!(err.code(), code, "{what}: {}", err.message());
+        assert!(!err.message().is_empty());
+        assert_eq!(everything(&store), before, "{what} changed stored data");
+    }
+
+    // Bytes that are not a PushRequest at all.
+    let err = raw_push(&c.grpc_url(), vec![0x0a, 0xff, 0xff, 0xff])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Internal,
+        "gRPC maps parse errors to INTERNAL"
+    );
+    assert!(err.message().contains("decode"), "{}", err.message());
+    assert_eq!(everything(&store), before);
+
+    // The shipper's sequence was not advanced by any of it.
+    let r = cl
+        .push(batch(1, 2, t0 + 1000, 1.0, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, PushStatus::Applied as i32);
+    c.stop().await;
+}
+
+/// Sends arbitrary bytes as the body of `Ingest/Push`.
+async fn raw_push(url: &str, body: Vec<u8>) -> Result<PushResponse, tonic::Status> {
+    use tonic::codec::{Codec, EncodeBuf, Encoder};
+
+    struct Raw;
+    struct RawEncoder;
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            bytes::BufMut::put_slice(buf, &item);
+            Ok(())
+        }
+    }
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = PushResponse;
+        type Encoder = RawEncoder;
+        type Decoder = tonic_prost::ProstDecoder<PushResponse>;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> Self::Decoder {
+            tonic_prost::ProstDecoder::default()
+        }
+    }
+
+    let ch = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut g = tonic::client::Grpc::new(ch);
+    g.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/kappie.v1.Ingest/Push");
+    g.unary(tonic::Request::new(body), path, Raw)
+        .await
+        .map(|r| r.into_inner())
+}
