@@ -16,6 +16,9 @@ const P_LABELS_BY_ID: u8 = b'I';
 const P_SAMPLE: u8 = b'D';
 const P_META: u8 = b'M';
 
+/// An ingest-state key and its value.
+pub type MetaEntry = (Vec<u8>, Vec<u8>);
+
 /// Store settings.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
@@ -117,7 +120,7 @@ impl Storage {
     }
 
     /// Every ingest-state entry whose key starts with `prefix`, in key order.
-    pub fn meta_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn meta_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<MetaEntry>, StorageError> {
         self.inner
             .db
             .scan_prefix(meta_key(prefix))
@@ -279,7 +282,7 @@ mod tests {
             vec![Sample { t: -5, v: 1.0 }, Sample { t: 10, v: 2.0 }]
         );
         let m = Matcher::new(MatchOp::Regex, "__name__", "u.").unwrap();
-        assert_eq!(s.select(&[m.clone()], 0, 10).unwrap().len(), 2);
+        assert_eq!(s.select(std::slice::from_ref(&m), 0, 10).unwrap().len(), 2);
         assert_eq!(s.select(&[m], 0, 9).unwrap().len(), 0);
     }
 

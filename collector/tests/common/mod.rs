@@ -1,11 +1,9 @@
 //! Shared helpers of the collector's integration tests: a collector served in-process on
-//! loopback ports, processes and network namespaces that clean up on drop.
+//! loopback ports and the query API as JSON.
 #![allow(dead_code)] // each test file uses a different subset
 
 use kappie_collector::{Config, Running};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A collector running inside this test process.
 pub struct InProcess {
@@ -66,129 +64,6 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// Whether this process may create network namespaces (root with CAP_SYS_ADMIN).
-pub fn can_netns() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    root && Command::new("ip")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// A network namespace with its loopback up; deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = format!("kappie-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        run("ip", &["netns", "add", &name]);
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    /// Runs `f` on a thread that has entered the namespace; sockets it opens live there.
-    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let fd = std::fs::File::open(&path).expect("open netns");
-                let rc = unsafe {
-                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::CLONE_NEWNET)
-                };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("netns thread")
-        })
-    }
-
-    /// A command run inside the namespace.
-    pub fn command(&self, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
-    }
-
-    /// Output of a command run inside the namespace.
-    pub fn output(&self, program: &str, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run(program: &str, args: &[&str]) {
-    let st = Command::new(program).args(args).status().unwrap();
-    assert!(st.success(), "{program} {args:?} failed");
-}
-
-/// A child process killed on drop.
-pub struct Proc {
-    pub child: Child,
-    pub name: &'static str,
-}
-
-impl Proc {
-    pub fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Proc {
-        let f = std::fs::File::create(log).unwrap();
-        cmd.stdout(f.try_clone().unwrap()).stderr(f);
-        Proc {
-            child: cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}")),
-            name,
-        }
-    }
-
-    /// SIGKILL, as the OOM killer or a node failure would.
-    pub fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `GET /api/v1/query` and the parsed JSON (blocking; call inside `Netns::enter` to reach

@@ -1,0 +1,165 @@
+//! End to end, as processes: a collector and a node shipper in a network namespace of the
+//! test's own (so that the counters and sockets they see move only with the test's
+//! traffic), talking gRPC and HTTP over the namespace's loopback.
+
+mod common;
+
+use common::{query, single_value, workspace_bin};
+use kappie_testkit::{can_netns, wait_for, Netns, Proc};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::time::Duration;
+
+const HTTP: &str = "http://127.0.0.1:19090";
+
+fn start_collector(ns: &Netns, dir: &Path) -> Proc {
+    let mut cmd = ns.command(Path::new(env!("CARGO_BIN_EXE_kappie-collector")));
+    cmd.arg("--data-dir").arg(dir.join("data")).args([
+        "--http-listen",
+        "127.0.0.1:19090",
+        "--grpc-listen",
+        "127.0.0.1:19095",
+    ]);
+    let p = Proc::spawn("collector", cmd, &dir.join("collector.log"));
+    wait_for("collector ready", Duration::from_secs(20), || {
+        ns.enter(|| ureq::get(&format!("{HTTP}/-/ready")).call().ok())
+    });
+    p
+}
+
+fn start_shipper(ns: &Netns, dir: &Path, run: usize) -> Proc {
+    let mut cmd = ns.command(&workspace_bin("kappie-shipper"));
+    cmd.args([
+        "--collector",
+        "http://127.0.0.1:19095",
+        "--interval",
+        "300ms",
+        "--node-name",
+        "e2e-node",
+        "--cluster",
+        "e2e",
+    ])
+    .arg("--state-file")
+    .arg(dir.join("shipper-state.json"));
+    Proc::spawn("shipper", cmd, &dir.join(format!("shipper-{run}.log")))
+}
+
+fn value(ns: &Netns, q: &str) -> Option<f64> {
+    ns.enter(|| single_value(&query(HTTP, q)))
+}
+
+fn skip_without_root() -> bool {
+    if !can_netns() {
+        eprintln!(
+            "SKIPPED: needs root and iproute2 to create network namespaces (CI runs as root)"
+        );
+        return true;
+    }
+    false
+}
+
+#[test]
+fn udp_active_sockets_moves_with_open_sockets() {
+    if skip_without_root() {
+        return;
+    }
+    let ns = Netns::new("udp");
+    let dir = tempfile::tempdir().unwrap();
+    let _collector = start_collector(&ns, dir.path());
+    let _shipper = start_shipper(&ns, dir.path(), 0);
+    let q = "kappie_udp_active_sockets{node_name=\"e2e-node\",cluster=\"e2e\"}";
+    let base = wait_for(
+        "kappie_udp_active_sockets to appear",
+        Duration::from_secs(20),
+        || value(&ns, q),
+    );
+    let ss_count = |ns: &Netns| ns.output("ss", &["-uanH"]).lines().count() as f64;
+    assert_eq!(
+        base,
+        ss_count(&ns),
+        "the gauge equals what ss counts in the namespace"
+    );
+
+    const K: usize = 7;
+    let sockets: Vec<UdpSocket> = ns.enter(|| {
+        (0..K)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect()
+    });
+    wait_for("the gauge to move by K", Duration::from_secs(20), || {
+        (value(&ns, q) == Some(base + K as f64)).then_some(())
+    });
+    assert_eq!(ss_count(&ns), base + K as f64);
+    drop(sockets);
+    wait_for("the gauge to come back", Duration::from_secs(20), || {
+        (value(&ns, q) == Some(base)).then_some(())
+    });
+}
+
+fn kernel_noports(ns: &Netns) -> f64 {
+    let out = ns.output("nstat", &["-asz", "UdpNoPorts"]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("UdpNoPorts"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no UdpNoPorts in nstat output {out:?}"))
+}
+
+/// Datagrams to a port nobody listens on: each one is counted in Udp NoPorts.
+fn send_to_closed_port(ns: &Netns, n: usize) {
+    ns.enter(|| {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..n {
+            s.send_to(b"kappie", "127.0.0.1:9").unwrap();
+        }
+    })
+}
+
+#[test]
+fn sigkilled_shipper_loses_and_doubles_no_counts() {
+    if skip_without_root() {
+        return;
+    }
+    let ns = Netns::new("kill");
+    let dir = tempfile::tempdir().unwrap();
+    let _collector = start_collector(&ns, dir.path());
+    let q = "kappie_udp_connection_stats{statistic_name=\"NoPorts\",node_name=\"e2e-node\"}";
+    let start_kernel = kernel_noports(&ns);
+    let mut shipper = start_shipper(&ns, dir.path(), 0);
+    let mut sent = 0;
+    send_to_closed_port(&ns, 100);
+    sent += 100;
+    let k = kernel_noports(&ns);
+    wait_for(
+        "the collector to reach the kernel's count",
+        Duration::from_secs(20),
+        || (value(&ns, q) == Some(k)).then_some(()),
+    );
+
+    for run in 1..=5 {
+        send_to_closed_port(&ns, 50);
+        // Kill at a different point of the 300 ms cycle each time: mid-push or between.
+        std::thread::sleep(Duration::from_millis(70 * run as u64));
+        shipper.kill9();
+        send_to_closed_port(&ns, 50);
+        sent += 100;
+        shipper = start_shipper(&ns, dir.path(), run);
+    }
+    send_to_closed_port(&ns, 25);
+    sent += 25;
+    let end_kernel = kernel_noports(&ns);
+    assert_eq!(
+        end_kernel - start_kernel,
+        sent as f64,
+        "the kernel counted every datagram"
+    );
+    wait_for(
+        "the collector total to equal the kernel's",
+        Duration::from_secs(30),
+        || (value(&ns, q) == Some(end_kernel)).then_some(()),
+    );
+    // Several more cycles: nothing is counted twice later on.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(value(&ns, q), Some(end_kernel));
+    drop(shipper);
+}

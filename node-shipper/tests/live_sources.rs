@@ -1,0 +1,283 @@
+//! Each utility source against the live kernel, compared with what iproute2's `nstat`, `ss`
+//! and `ip -s link` report at the same moment.
+//!
+//! Counters are bracketed exactly: our reading before the tool's and our reading after it
+//! must enclose the tool's value (counters only go up). Socket counts, which can go down
+//! as well, are compared in a network namespace of the test's own, where nothing else
+//! opens sockets, and so must be equal.
+
+use kappie_node_shipper::source::{Observation, Source};
+use kappie_node_shipper::sources::interfaces::InterfacesSource;
+use kappie_node_shipper::sources::netstat::NetstatSource;
+use kappie_node_shipper::sources::sockets::SocketsSource;
+use kappie_testkit::{can_netns, Netns, Veth};
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn collect(s: &mut dyn Source) -> Vec<Observation> {
+    let mut out = Vec::new();
+    s.collect(&mut out).unwrap();
+    out
+}
+
+fn label<'a>(o: &'a Observation, name: &str) -> &'a str {
+    o.labels
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (install iproute2)"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn netstat_counters_match_nstat() {
+    let mut src = NetstatSource::new(PathBuf::from("/proc"));
+    let before = collect(&mut src);
+    let nstat: HashMap<String, f64> = tool("nstat", &["-asz"])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_owned(), f.next()?.parse().ok()?))
+        })
+        .collect();
+    let after = collect(&mut src);
+    assert!(before.len() > 150, "only {} netstat counters", before.len());
+    for (a, b) in before.iter().zip(&after) {
+        assert_eq!((a.metric, &a.labels), (b.metric, &b.labels));
+        let stat = label(a, "statistic_name");
+        // nstat prefixes the table: TcpExt + DelayedACKs, Ip + InReceives, Udp6InDatagrams as is.
+        let prefixes: &[&str] = match a.metric {
+            "kappie_tcp_connection_stats" => &["Tcp", "TcpExt"],
+            "kappie_ip_connection_stats" => &["Ip", "IpExt"],
+            "kappie_udp_connection_stats" => &["Udp", ""],
+            m => panic!("unexpected metric {m}"),
+        };
+        let n = prefixes
+            .iter()
+            .find_map(|p| nstat.get(&format!("{p}{stat}")))
+            .unwrap_or_else(|| panic!("nstat has no counter for {} {stat}", a.metric));
+        assert!(
+            a.value <= *n && *n <= b.value,
+            "{} {stat}: ours {} .. {} but nstat {n}",
+            a.metric,
+            a.value,
+            b.value
+        );
+    }
+}
+
+#[test]
+fn interface_counters_match_ip_link() {
+    let mut src = InterfacesSource::new(PathBuf::from("/sys"));
+    let before = collect(&mut src);
+    let links: serde_json::Value =
+        serde_json::from_str(&tool("ip", &["-s", "-j", "link"])).unwrap();
+    let after = collect(&mut src);
+    let get = |obs: &[Observation], ifname: &str, stat: &str| -> f64 {
+        obs.iter()
+            .find(|o| label(o, "interface_name") == ifname && label(o, "statistic_name") == stat)
+            .unwrap_or_else(|| panic!("no {stat} for {ifname}"))
+            .value
+    };
+    let links = links.as_array().unwrap();
+    assert!(!links.is_empty());
+    for link in links {
+        let ifname = link["ifname"].as_str().unwrap();
+        let s = &link["stats64"];
+        for (dir, field, stat) in [
+            ("rx", "bytes", "rx_bytes"),
+            ("rx", "packets", "rx_packets"),
+            ("rx", "errors", "rx_errors"),
+            ("rx", "dropped", "rx_dropped"),
+            ("rx", "multicast", "multicast"),
+            ("tx", "bytes", "tx_bytes"),
+            ("tx", "packets", "tx_packets"),
+            ("tx", "errors", "tx_errors"),
+            ("tx", "dropped", "tx_dropped"),
+            ("tx", "collisions", "collisions"),
+        ] {
+            let ip = s[dir][field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("ip -s link has no {dir}.{field} for {ifname}"));
+            let (a, b) = (get(&before, ifname, stat), get(&after, ifname, stat));
+            assert!(
+                a <= ip && ip <= b,
+                "{ifname} {stat}: ours {a} .. {b} but ip -s link {ip}"
+            );
+        }
+    }
+}
+
+fn ss_state(s: &str) -> &'static str {
+    match s {
+        "ESTAB" => "ESTABLISHED",
+        "SYN-SENT" => "SYN_SENT",
+        "SYN-RECV" => "SYN_RECV",
+        "FIN-WAIT-1" => "FIN_WAIT1",
+        "FIN-WAIT-2" => "FIN_WAIT2",
+        "TIME-WAIT" => "TIME_WAIT",
+        "UNCONN" | "CLOSE" => "CLOSE",
+        "CLOSE-WAIT" => "CLOSE_WAIT",
+        "LAST-ACK" => "LAST_ACK",
+        "LISTEN" => "LISTEN",
+        "CLOSING" => "CLOSING",
+        other => panic!("unknown ss state {other}"),
+    }
+}
+
+#[test]
+fn sockets_match_ss_on_the_host() {
+    // The host's sockets churn a little while the test runs (other tests, the package
+    // manager), so allow a small difference here; the namespace test below is exact.
+    let mut src = SocketsSource::new(PathBuf::from("/proc"), 100);
+    let ours = collect(&mut src);
+    let ss_tcp = tool("ss", &["-tanH"]);
+    let ss_udp = tool("ss", &["-uanH"]).lines().count() as f64;
+    let mut counts: HashMap<&str, f64> = HashMap::new();
+    for l in ss_tcp.lines() {
+        *counts
+            .entry(ss_state(l.split_whitespace().next().unwrap()))
+            .or_default() += 1.0;
+    }
+    for o in ours.iter().filter(|o| o.metric == "kappie_tcp_state") {
+        let theirs = counts.get(label(o, "state")).copied().unwrap_or(0.0);
+        assert!(
+            (o.value - theirs).abs() <= 5.0,
+            "state {}: ours {} ss {theirs}",
+            label(o, "state"),
+            o.value
+        );
+    }
+    let udp = ours
+        .iter()
+        .find(|o| o.metric == "kappie_udp_active_sockets")
+        .unwrap()
+        .value;
+    assert!(
+        (udp - ss_udp).abs() <= 3.0,
+        "udp sockets: ours {udp} ss {ss_udp}"
+    );
+}
+
+#[test]
+fn sockets_match_ss_exactly_in_a_namespace() {
+    if !can_netns() {
+        eprintln!(
+            "SKIPPED: needs root and iproute2 to create network namespaces (CI runs as root)"
+        );
+        return;
+    }
+    let client = Netns::new("sockc");
+    let server = Netns::new("socks");
+    let veth = Veth::new(&client, &server, 7);
+    // Servers on two ports per family in `server`; from `client` 3 connections to the
+    // first port and 1 to the second, per family; one UDP socket per family.
+    let (b4, b6) = (veth.b_addr4, veth.b_addr6);
+    let listeners: Vec<TcpListener> = server.enter(|| {
+        [
+            format!("{b4}:8080"),
+            format!("{b4}:8081"),
+            format!("[{b6}]:8080"),
+            format!("[{b6}]:8081"),
+        ]
+        .iter()
+        .map(|a| TcpListener::bind(a.as_str()).unwrap())
+        .collect()
+    });
+    let (conns, udp, ours) = client.enter(|| {
+        let mut conns = Vec::new();
+        for host in [b4.to_string(), format!("[{b6}]")] {
+            for port in [8080, 8080, 8080, 8081] {
+                conns.push(TcpStream::connect(format!("{host}:{port}")).unwrap());
+            }
+        }
+        let udp = [
+            UdpSocket::bind("0.0.0.0:0").unwrap(),
+            UdpSocket::bind("[::]:0").unwrap(),
+        ];
+        // /proc/thread-self/net is this thread's namespace.
+        let mut src = SocketsSource::new(PathBuf::from("/proc/thread-self"), 2);
+        (conns, udp, collect(&mut src))
+    });
+    let ss_tcp = client.output("ss", &["-tanH"]);
+    let ss_udp = client.output("ss", &["-uanH"]).lines().count() as f64;
+
+    let state = |s: &str| {
+        ours.iter()
+            .find(|o| o.metric == "kappie_tcp_state" && label(o, "state") == s)
+            .unwrap()
+            .value
+    };
+    assert_eq!(
+        state("ESTABLISHED"),
+        ss_tcp.lines().filter(|l| l.starts_with("ESTAB")).count() as f64
+    );
+    assert_eq!(state("ESTABLISHED"), 8.0);
+    assert_eq!(
+        ours.iter()
+            .filter(|o| o.metric == "kappie_tcp_state")
+            .count(),
+        11,
+        "every state, zeros included"
+    );
+    let udp_gauge = ours
+        .iter()
+        .find(|o| o.metric == "kappie_udp_active_sockets")
+        .unwrap()
+        .value;
+    assert_eq!(udp_gauge, ss_udp);
+    assert_eq!(udp_gauge, 2.0);
+
+    // Top 2 remotes by count from ss's peer column, then the rest as "other".
+    let mut peers: HashMap<String, f64> = HashMap::new();
+    for l in ss_tcp.lines() {
+        let peer = l.split_whitespace().nth(4).unwrap();
+        *peers.entry(peer.to_owned()).or_default() += 1.0;
+    }
+    let remote = |addr: &str, port: &str| {
+        ours.iter()
+            .find(|o| {
+                o.metric == "kappie_tcp_connection_remote"
+                    && label(o, "address") == addr
+                    && label(o, "port") == port
+            })
+            .map(|o| o.value)
+    };
+    assert_eq!(remote(&b4.to_string(), "8080"), Some(3.0));
+    assert_eq!(
+        remote(&b4.to_string(), "8080"),
+        peers.get(&format!("{b4}:8080")).copied()
+    );
+    assert_eq!(remote(&b6.to_string(), "8080"), Some(3.0));
+    assert_eq!(
+        remote(&b6.to_string(), "8080"),
+        peers.get(&format!("[{b6}]:8080")).copied()
+    );
+    assert_eq!(
+        remote("other", ""),
+        Some(2.0),
+        "the two :8081 connections are past the top 2"
+    );
+    assert_eq!(
+        ours.iter()
+            .filter(|o| o.metric == "kappie_tcp_connection_remote")
+            .count(),
+        3
+    );
+    drop((conns, udp, listeners));
+}

@@ -1,0 +1,196 @@
+//! Helpers for Kappie's integration tests: network namespaces and veth pairs that the test
+//! makes itself and removes on drop, threads that enter a namespace, child processes that
+//! are killed on drop, and polling with a deadline.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether this process may create network namespaces (root with CAP_SYS_ADMIN).
+pub fn can_netns() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    root && Command::new("ip")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A network namespace with its loopback up; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("kappie-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        run("ip", &["netns", "add", &name]);
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// Runs `f` on a thread that has entered the namespace; sockets it opens live there.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let fd = std::fs::File::open(&path).expect("open netns");
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::CLONE_NEWNET)
+                };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("netns thread")
+        })
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Output of a command run inside the namespace.
+    pub fn output(&self, program: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// A veth pair between two namespaces with an IPv4 and an IPv6 address on each end.
+pub struct Veth {
+    pub a_addr4: std::net::Ipv4Addr,
+    pub b_addr4: std::net::Ipv4Addr,
+    pub a_addr6: std::net::Ipv6Addr,
+    pub b_addr6: std::net::Ipv6Addr,
+    pub a_if: String,
+    pub b_if: String,
+}
+
+impl Veth {
+    /// Links `a` and `b` with 198.18.<net>.1/24 and .2 (the benchmarking range, used only
+    /// inside these namespaces) and 2001:db8:<net>::1/64 and ::2.
+    pub fn new(a: &Netns, b: &Netns, net: u8) -> Veth {
+        let a_if = format!("kva{net}");
+        let b_if = format!("kvb{net}");
+        run(
+            "ip",
+            &[
+                "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if,
+                "netns", &b.name,
+            ],
+        );
+        let v = Veth {
+            a_addr4: std::net::Ipv4Addr::new(198, 18, net, 1),
+            b_addr4: std::net::Ipv4Addr::new(198, 18, net, 2),
+            a_addr6: format!("2001:db8:{net}::1").parse().unwrap(),
+            b_addr6: format!("2001:db8:{net}::2").parse().unwrap(),
+            a_if,
+            b_if,
+        };
+        for (ns, ifname, a4, a6) in [
+            (a, &v.a_if, v.a_addr4, v.a_addr6),
+            (b, &v.b_if, v.b_addr4, v.b_addr6),
+        ] {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &ns.name,
+                    "addr",
+                    "add",
+                    &format!("{a4}/24"),
+                    "dev",
+                    ifname,
+                ],
+            );
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &ns.name,
+                    "addr",
+                    "add",
+                    &format!("{a6}/64"),
+                    "dev",
+                    ifname,
+                    "nodad",
+                ],
+            );
+            run("ip", &["-n", &ns.name, "link", "set", ifname, "up"]);
+        }
+        v
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn run(program: &str, args: &[&str]) {
+    let st = Command::new(program).args(args).status().unwrap();
+    assert!(st.success(), "{program} {args:?} failed");
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Proc {
+        let f = std::fs::File::create(log).unwrap();
+        cmd.stdout(f.try_clone().unwrap()).stderr(f);
+        Proc {
+            child: cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}")),
+            name,
+        }
+    }
+
+    /// SIGKILL, as the OOM killer or a node failure would.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
