@@ -24,7 +24,7 @@ trap cleanup EXIT INT TERM
 target/release/kappie-collector --data-dir "$home/data" 2>"$home/collector.log" &
 pids+=($!)
 for _ in $(seq 1 100); do
-  curl -fsS "http://$KAPPIE_HTTP_LISTEN/-/ready" >/dev/null 2>&1 && break
+  (exec 3<>"/dev/tcp/${KAPPIE_HTTP_LISTEN%:*}/${KAPPIE_HTTP_LISTEN##*:}") 2>/dev/null && break
   kill -0 "${pids[0]}" 2>/dev/null || { echo "collector exited; see $home/collector.log" >&2; tail -5 "$home/collector.log" >&2; exit 1; }
   sleep 0.1
 done

@@ -1,16 +1,30 @@
 use clap::Parser;
 use kappie_collector::config::{Cli, Config};
+use std::time::Duration;
+
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::resolve(Cli::parse())?;
     init_tracing(&config.log_format);
-    let running = kappie_collector::serve(&config, shutdown_signal()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = kappie_collector::serve(&config, async move {
+        let _ = stop_rx.await;
+    })
+    .await?;
     println!(
         "kappie-collector: Prometheus API on http://{}  gRPC ingest on {}",
         running.http_addr, running.grpc_addr
     );
-    running.wait().await?;
+    shutdown_signal().await;
+    let _ = stop_tx.send(());
+    // Open shipper connections could hold a graceful shutdown forever; the store is
+    // consistent at every acknowledged write, so a bounded wait is safe.
+    match tokio::time::timeout(SHUTDOWN_GRACE, running.wait()).await {
+        Ok(r) => r?,
+        Err(_) => tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; exiting"),
+    }
     tracing::info!("collector stopped");
     Ok(())
 }

@@ -1,6 +1,8 @@
-//! Load testing for the Kappie collector.
+//! Load testing and benchmarks for Kappie.
 //!
-//! This crate owns the load generator: many simulated node shippers pushing Kappie-shaped
-//! batches over gRPC and query clients hitting the Prometheus HTTP API of one collector,
-//! reporting throughput, latency percentiles, memory and bytes per sample side by side with
-//! a real Prometheus fed the same data. It is filled in by the storage and PromQL work.
+//! This crate owns the load generators and benchmarks that run against real Kappie
+//! processes: `shipper-sockets` (the node shipper's collection cycle on a node with 10,000
+//! TCP sockets, in network namespaces it makes itself) today, and the simulated shippers and
+//! query clients that drive one collector side by side with a real Prometheus as the
+//! storage and PromQL work lands. Figures and the commands that produced them go in
+//! `docs/BENCHMARKS.md`.
