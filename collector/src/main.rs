@@ -23,7 +23,10 @@ async fn main() -> anyhow::Result<()> {
     // consistent at every acknowledged write, so a bounded wait is safe.
     match tokio::time::timeout(SHUTDOWN_GRACE, running.wait()).await {
         Ok(r) => r?,
-        Err(_) => tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; exiting"),
+        Err(_) => tracing::warn!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "connections still open after the grace period; exiting"
+        ),
     }
     tracing::info!("collector stopped");
     Ok(())

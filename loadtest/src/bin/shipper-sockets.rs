@@ -45,14 +45,20 @@ fn thread_cpu_ns() -> u64 {
 /// Raises the soft open-file limit to `n` (the hard limit cannot be raised here, so the
 /// server side runs as its own process).
 fn raise_nofile(n: u64) -> anyhow::Result<()> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     if lim.rlim_max < n {
         bail!("need {n} open files but the hard limit is {}", lim.rlim_max);
     }
     lim.rlim_cur = n;
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        bail!("cannot raise the open file limit to {n}: {}", std::io::Error::last_os_error());
+        bail!(
+            "cannot raise the open file limit to {n}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -60,8 +66,9 @@ fn raise_nofile(n: u64) -> anyhow::Result<()> {
 /// The server process: listens on `ports` ports and holds every accepted connection.
 fn serve(addr: std::net::Ipv4Addr, ports: u16, sockets: usize) -> anyhow::Result<()> {
     raise_nofile(sockets as u64 + 1024)?;
-    let listeners: Vec<TcpListener> =
-        (0..ports).map(|i| TcpListener::bind((addr, 9000 + i)).context("bind")).collect::<Result<_, _>>()?;
+    let listeners: Vec<TcpListener> = (0..ports)
+        .map(|i| TcpListener::bind((addr, 9000 + i)).context("bind"))
+        .collect::<Result<_, _>>()?;
     println!("listening");
     std::thread::scope(|s| {
         for l in &listeners {
@@ -78,7 +85,9 @@ fn serve(addr: std::net::Ipv4Addr, ports: u16, sockets: usize) -> anyhow::Result
 
 fn proc_status(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix(field)).and_then(|r| r.split_whitespace().next()?.parse().ok())
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
 }
 
 fn proc_cpu_ticks(pid: u32) -> Option<u64> {
@@ -106,11 +115,21 @@ fn main() -> anyhow::Result<()> {
     let veth = Veth::new(&client, &server, 9);
     let b4 = veth.b_addr4;
     let mut srv = server.command(&std::env::current_exe()?);
-    srv.args(["--serve-on", &b4.to_string(), "--ports", &args.ports.to_string(), "--sockets", &args.sockets.to_string()]);
+    srv.args([
+        "--serve-on",
+        &b4.to_string(),
+        "--ports",
+        &args.ports.to_string(),
+        "--sockets",
+        &args.sockets.to_string(),
+    ]);
     let log = std::env::temp_dir().join(format!("kappie-bench-server-{}.log", std::process::id()));
     let _server = Proc::spawn("server", srv, &log);
     wait_for("the server to listen", Duration::from_secs(20), || {
-        std::fs::read_to_string(&log).ok().filter(|l| l.contains("listening")).map(|_| ())
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("listening"))
+            .map(|_| ())
     });
     let per_port = args.sockets.div_ceil(args.ports as usize);
     let conns = client.enter(|| -> anyhow::Result<Vec<TcpStream>> {
@@ -126,7 +145,10 @@ fn main() -> anyhow::Result<()> {
 
     // 1. In-process cycle cost.
     let (cpu, wall, obs) = client.enter(|| {
-        let roots = Roots { proc: PathBuf::from("/proc/thread-self"), sys: PathBuf::from("/sys") };
+        let roots = Roots {
+            proc: PathBuf::from("/proc/thread-self"),
+            sys: PathBuf::from("/sys"),
+        };
         let mut sources = utility_sources(&roots, 100);
         let mut cpu = Vec::new();
         let mut wall = Vec::new();
@@ -156,15 +178,29 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("kappie-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut c = client.command(&col);
-    c.arg("--data-dir").arg(dir.join("data")).args(["--http-listen", "127.0.0.1:19090", "--grpc-listen", "127.0.0.1:19095"]);
+    c.arg("--data-dir").arg(dir.join("data")).args([
+        "--http-listen",
+        "127.0.0.1:19090",
+        "--grpc-listen",
+        "127.0.0.1:19095",
+    ]);
     let _collector = Proc::spawn("collector", c, &dir.join("collector.log"));
     let mut s = client.command(&bin);
-    s.args(["--collector", "http://127.0.0.1:19095", "--interval", "1s", "--node-name", "bench"])
-        .arg("--state-file")
-        .arg(dir.join("state.json"));
+    s.args([
+        "--collector",
+        "http://127.0.0.1:19095",
+        "--interval",
+        "1s",
+        "--node-name",
+        "bench",
+    ])
+    .arg("--state-file")
+    .arg(dir.join("state.json"));
     let shipper = Proc::spawn("shipper", s, &dir.join("shipper.log"));
     let pid = shipper.child.id();
-    wait_for("shipper state file", Duration::from_secs(20), || dir.join("state.json").exists().then_some(()));
+    wait_for("shipper state file", Duration::from_secs(20), || {
+        dir.join("state.json").exists().then_some(())
+    });
     let t0 = proc_cpu_ticks(pid).context("shipper /proc/pid/stat")?;
     std::thread::sleep(Duration::from_secs(args.process_cycles));
     let t1 = proc_cpu_ticks(pid).context("shipper /proc/pid/stat")?;
