@@ -30,6 +30,12 @@ pub struct Cli {
     /// How far a batch timestamp may be ahead of the collector's clock, in seconds.
     #[arg(long, env = "KAPPIE_MAX_FUTURE_SKEW_SECONDS")]
     pub max_future_skew_seconds: Option<u64>,
+    /// How long samples are kept, in seconds.
+    #[arg(long, env = "KAPPIE_RETENTION_SECONDS")]
+    pub retention_seconds: Option<u64>,
+    /// Largest size of the data directory in bytes (0: no limit); past it the oldest blocks go.
+    #[arg(long, env = "KAPPIE_RETENTION_BYTES")]
+    pub retention_bytes: Option<u64>,
     /// sled page cache size in bytes.
     #[arg(long, env = "KAPPIE_CACHE_CAPACITY_BYTES")]
     pub cache_capacity_bytes: Option<u64>,
@@ -49,6 +55,8 @@ pub struct Config {
     pub max_series_per_shipper: usize,
     pub max_future_skew_seconds: u64,
     pub cache_capacity_bytes: u64,
+    pub retention_seconds: u64,
+    pub retention_bytes: u64,
     pub log_format: String,
 }
 
@@ -61,7 +69,9 @@ impl Default for Config {
             grpc_max_message_bytes: 16 * 1024 * 1024,
             max_series_per_shipper: 100_000,
             max_future_skew_seconds: 300,
-            cache_capacity_bytes: 64 * 1024 * 1024,
+            cache_capacity_bytes: 32 * 1024 * 1024,
+            retention_seconds: 15 * 24 * 3600,
+            retention_bytes: 0,
             log_format: "text".into(),
         }
     }
@@ -92,6 +102,8 @@ impl Config {
             max_series_per_shipper,
             max_future_skew_seconds,
             cache_capacity_bytes,
+            retention_seconds,
+            retention_bytes,
             log_format
         );
         Ok(c)

@@ -18,6 +18,7 @@ pub struct Running {
     pub store: Storage,
     http: JoinHandle<std::io::Result<()>>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    maintenance: JoinHandle<()>,
 }
 
 impl Running {
@@ -25,6 +26,8 @@ impl Running {
     pub async fn wait(self) -> anyhow::Result<()> {
         self.http.await.context("HTTP server task")??;
         self.grpc.await.context("gRPC server task")??;
+        self.maintenance.await.context("maintenance task")?;
+        self.store.flush()?;
         Ok(())
     }
 }
@@ -41,6 +44,9 @@ pub async fn serve(
         &config.data_dir,
         &StorageConfig {
             cache_capacity_bytes: config.cache_capacity_bytes,
+            retention_ms: (config.retention_seconds as i64).saturating_mul(1000),
+            retention_bytes: (config.retention_bytes > 0).then_some(config.retention_bytes),
+            ..StorageConfig::default()
         },
     )
     .with_context(|| {
@@ -62,6 +68,7 @@ pub async fn serve(
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut rx_http = tx.subscribe();
     let mut rx_grpc = tx.subscribe();
+    let tx_maint = tx.subscribe();
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(());
@@ -95,6 +102,11 @@ pub async fn serve(
             })
             .await
     });
+    let maintenance = tokio::spawn(maintain_every(
+        store.clone(),
+        std::time::Duration::from_secs(60),
+        tx_maint,
+    ));
     tracing::info!(%http_addr, %grpc_addr, data_dir = %config.data_dir.display(), "collector serving");
     Ok(Running {
         http_addr,
@@ -102,7 +114,36 @@ pub async fn serve(
         store,
         http,
         grpc,
+        maintenance,
     })
+}
+
+/// Housekeeping (idle chunks, write-ahead truncation, retention) every `every`, off the
+/// async runtime, until shutdown.
+async fn maintain_every(
+    store: Storage,
+    every: std::time::Duration,
+    mut stop: tokio::sync::broadcast::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.recv() => return,
+            _ = tick.tick() => {}
+        }
+        let s = store.clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        match tokio::task::spawn_blocking(move || s.maintain(now)).await {
+            Ok(Ok(r)) => tracing::debug!(?r, "store maintenance"),
+            Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "store maintenance panicked"),
+        }
+    }
 }
 
 fn tokio_stream_from(l: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {

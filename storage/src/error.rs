@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use thiserror::Error;
 
 /// Everything that can go wrong inside the store.
@@ -5,6 +6,8 @@ use thiserror::Error;
 pub enum StorageError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
     #[error(
         "corrupt store: {0}; restore the data directory from a backup or start with an empty one"
     )]
@@ -13,4 +16,6 @@ pub enum StorageError {
     InvalidLabels(String),
     #[error("invalid matcher: {0}")]
     InvalidMatcher(String),
+    #[error("invalid storage configuration: {0}")]
+    Config(String),
 }

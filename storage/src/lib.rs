@@ -8,17 +8,25 @@
 //! an [`Appender`] that commits or rolls back a batch atomically, and a [`Querier`] that
 //! selects series by label matchers and a time range.
 //!
-//! The engine here is the first, simple one: every sample is its own sled key. That is
-//! deliberately temporary (see `docs/format.md`); the seam is what the rest of the code
-//! depends on.
+//! Prometheus's `tsdb` is the model: chunk encoding ([`chunkenc`]), the inverted index
+//! ([`index`]), write-ahead records ([`wal`]), the engine with its in-memory head (`db`),
+//! reads (`query`) and retention (`retention`). Byte layouts: `storage/docs/format.md`.
 
-mod engine;
+pub mod chunkenc;
+mod db;
 mod error;
+pub mod index;
+mod keys;
 mod labels;
+mod query;
+mod retention;
+pub mod wal;
 
-pub use engine::{Storage, StorageAppender, StorageConfig};
+pub use db::{CommitReport, MetaEntry, Storage, StorageAppender, StorageConfig, StorageStats};
 pub use error::StorageError;
 pub use labels::{Label, Labels, MatchOp, Matcher};
+pub use query::{ChunkSeries, RawChunk};
+pub use retention::MaintenanceReport;
 
 /// Prometheus's staleness marker: the NaN bit pattern Prometheus writes when a series
 /// disappears. Queries skip samples with exactly these bits.
@@ -53,13 +61,16 @@ pub struct Series {
 /// committing rolls it back.
 pub trait Appender {
     /// Queues one sample of the series with these labels (which must include `__name__`).
-    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<SeriesId, StorageError>;
+    /// Order is checked at commit: per series, time must increase (see [`CommitReport`]).
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<(), StorageError>;
     /// Queues a write of an ingest-state key (see [`Storage::meta`]) in the same atomic unit.
     fn set_meta(&mut self, key: &[u8], value: &[u8]);
     /// Queues the removal of an ingest-state key in the same atomic unit.
     fn remove_meta(&mut self, key: &[u8]);
-    /// Makes everything queued durable and visible, atomically.
-    fn commit(self) -> Result<(), StorageError>;
+    /// Makes everything queued durable and visible, atomically, and says which samples it
+    /// refused (out of order, conflicting duplicates, too old); those are not written, the
+    /// rest of the append is.
+    fn commit(self) -> Result<CommitReport, StorageError>;
 }
 
 /// Reads series by label matchers.

@@ -1,0 +1,627 @@
+//! The engine: series and postings, write-ahead records and ingest state in one sled
+//! database (`main/`); compressed chunks in one sled database per time block
+//! (`blocks/<start>/`), so that retention frees disk by removing whole directories.
+//!
+//! Writes: an append is validated against the in-memory head (strictly increasing time per
+//! series), then its samples go into a write-ahead record, together with any new series,
+//! postings and ingest state, in one `sled::Batch` that is applied and flushed before
+//! `commit` returns. Only then are the samples added to the series' open head chunks. A head
+//! chunk is cut into its block when it holds 120 samples or the next sample falls in another
+//! chunk window (`chunk_span`); [`Storage::maintain`] cuts idle head chunks, flushes the
+//! blocks and deletes write-ahead records whose samples are all in blocks.
+//!
+//! Recovery: on open the head is rebuilt by replaying the write-ahead records, skipping
+//! samples already in a block (a crash between cutting a chunk and truncating the records).
+
+use crate::chunkenc::{XorAppender, MAX_SAMPLES};
+use crate::labels::Labels;
+use crate::{keys, wal, Appender, SeriesId, StorageError};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// sled page cache of the main database, bytes.
+    pub cache_capacity_bytes: u64,
+    /// sled page cache of each block database, bytes.
+    pub block_cache_capacity_bytes: u64,
+    /// Samples older than this are deleted (whole blocks at a time), ms.
+    pub retention_ms: i64,
+    /// When the data directory is larger than this, the oldest blocks are deleted.
+    pub retention_bytes: Option<u64>,
+    /// Time span of one block database, ms; a multiple of `chunk_span_ms`.
+    pub block_duration_ms: i64,
+    /// Chunks never span a boundary of this aligned window, ms.
+    pub chunk_span_ms: i64,
+    /// Head chunks with no sample for this long are cut into their block by `maintain`, ms.
+    pub head_idle_ms: i64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            cache_capacity_bytes: 32 << 20,
+            block_cache_capacity_bytes: 4 << 20,
+            retention_ms: 15 * 24 * 3600 * 1000,
+            retention_bytes: None,
+            block_duration_ms: 24 * 3600 * 1000,
+            chunk_span_ms: 3600 * 1000,
+            head_idle_ms: 15 * 60 * 1000,
+        }
+    }
+}
+
+/// What a commit did with its samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    pub appended: usize,
+    /// Same timestamp and same value as the last sample: ignored (idempotent).
+    pub duplicates_ignored: usize,
+    /// Refused: older than the series' last sample.
+    pub out_of_order: usize,
+    /// Refused: same timestamp as the last sample but another value.
+    pub duplicate_timestamp: usize,
+    /// Refused: older than what retention keeps.
+    pub too_old: usize,
+}
+
+impl CommitReport {
+    pub fn refused(&self) -> usize {
+        self.out_of_order + self.duplicate_timestamp + self.too_old
+    }
+}
+
+/// Cumulative counts, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StorageStats {
+    pub samples_appended: AtomicU64,
+    pub samples_refused_out_of_order: AtomicU64,
+    pub samples_refused_duplicate_timestamp: AtomicU64,
+    pub samples_refused_too_old: AtomicU64,
+    pub chunks_cut: AtomicU64,
+}
+
+pub(crate) struct HeadChunk {
+    pub app: XorAppender,
+    /// Write-ahead record of the chunk's first sample.
+    pub first_wal: u64,
+    pub window: i64,
+}
+
+pub(crate) struct MemSeries {
+    pub labels: Arc<[u8]>,
+    pub head: Option<HeadChunk>,
+    /// First sample time (kept, not raised by retention: an over-estimate of the range).
+    pub mint: i64,
+    /// Last sample time; `i64::MIN` without samples.
+    pub maxt: i64,
+}
+
+#[derive(Default)]
+pub(crate) struct Head {
+    pub by_labels: HashMap<Arc<[u8]>, SeriesId>,
+    pub series: HashMap<SeriesId, MemSeries>,
+}
+
+/// A handle on the store; cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub config: StorageConfig,
+    pub main: sled::Db,
+    pub blocks: RwLock<BTreeMap<i64, sled::Db>>,
+    pub head: RwLock<Head>,
+    /// Serializes commits and maintenance.
+    pub write: Mutex<()>,
+    pub next_id: AtomicU64,
+    pub next_wal: AtomicU64,
+    /// Samples before this are refused (their blocks were deleted).
+    pub min_valid_t: AtomicU64,
+    pub stats: StorageStats,
+}
+
+fn corrupt(what: &str) -> StorageError {
+    StorageError::Corrupt(what.into())
+}
+
+impl Storage {
+    /// Opens (or creates) the store in `dir`, replaying the write-ahead records.
+    pub fn open(dir: &Path, config: &StorageConfig) -> Result<Self, StorageError> {
+        if config.chunk_span_ms <= 0 || config.block_duration_ms % config.chunk_span_ms != 0 {
+            return Err(StorageError::Config(
+                "block duration must be a positive multiple of the chunk span".into(),
+            ));
+        }
+        std::fs::create_dir_all(dir.join("blocks"))
+            .map_err(|e| StorageError::Io(dir.join("blocks"), e))?;
+        let main = open_retrying(
+            sled::Config::new()
+                .path(dir.join("main"))
+                .cache_capacity(config.cache_capacity_bytes),
+        )?;
+        let mut blocks = BTreeMap::new();
+        let rd = std::fs::read_dir(dir.join("blocks"))
+            .map_err(|e| StorageError::Io(dir.join("blocks"), e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| StorageError::Io(dir.join("blocks"), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(start) = name.parse::<i64>() else {
+                tracing::warn!(dir = %entry.path().display(), "ignoring unknown directory in blocks/");
+                continue;
+            };
+            blocks.insert(start, open_block(&entry.path(), config)?);
+        }
+
+        let mut head = Head::default();
+        let mut max_id = 0;
+        for kv in main.scan_prefix([keys::LABELS_BY_ID]) {
+            let (k, v) = kv?;
+            let id = keys::be_u64(&k[1..]).ok_or_else(|| corrupt("series id key"))?;
+            let mint = main
+                .get(keys::series_mint(id))?
+                .and_then(|b| b.as_ref().try_into().ok().map(i64::from_be_bytes))
+                .unwrap_or(i64::MIN);
+            let labels: Arc<[u8]> = Arc::from(v.as_ref());
+            let maxt = persisted_maxt(&blocks, id)?.unwrap_or(i64::MIN);
+            head.by_labels.insert(labels.clone(), id);
+            head.series.insert(
+                id,
+                MemSeries {
+                    labels,
+                    head: None,
+                    mint,
+                    maxt,
+                },
+            );
+            max_id = max_id.max(id);
+        }
+        let inner = Inner {
+            dir: dir.to_owned(),
+            config: config.clone(),
+            main,
+            blocks: RwLock::new(blocks),
+            head: RwLock::new(head),
+            write: Mutex::new(()),
+            next_id: AtomicU64::new(max_id + 1),
+            next_wal: AtomicU64::new(1),
+            min_valid_t: AtomicU64::new(i64::MIN as u64),
+            stats: StorageStats::default(),
+        };
+        let store = Storage {
+            inner: Arc::new(inner),
+        };
+        let (records, samples) = store.replay()?;
+        let blocks_n = store.inner.blocks.read().map(|b| b.len()).unwrap_or(0);
+        tracing::info!(dir = %dir.display(), series = store.series_count(), blocks = blocks_n,
+            wal_records = records, wal_samples = samples, "opened store");
+        Ok(store)
+    }
+
+    fn replay(&self) -> Result<(usize, usize), StorageError> {
+        let inner = &self.inner;
+        let mut head = write_lock(&inner.head);
+        let mut records = 0;
+        let mut samples = 0;
+        let mut last_seq = 0;
+        let mut cut = Vec::new();
+        for kv in inner.main.scan_prefix([keys::WAL]) {
+            let (k, v) = kv?;
+            let seq = keys::be_u64(&k[1..]).ok_or_else(|| corrupt("WAL key"))?;
+            last_seq = seq;
+            records += 1;
+            for (id, t, v) in wal::decode(&v)? {
+                let Some(s) = head.series.get_mut(&id) else {
+                    continue;
+                };
+                if t <= s.maxt {
+                    continue; // already in a block, or replayed
+                }
+                if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
+                    cut.push(c);
+                }
+                samples += 1;
+            }
+        }
+        drop(head);
+        inner.next_wal.store(last_seq + 1, Ordering::SeqCst);
+        self.write_chunks(cut)?;
+        Ok((records, samples))
+    }
+
+    /// Writes cut chunks into their blocks (not flushed: the write-ahead records still
+    /// hold their samples until `maintain` flushes the blocks and truncates).
+    pub(crate) fn write_chunks(&self, cut: Vec<CutChunk>) -> Result<(), StorageError> {
+        if cut.is_empty() {
+            return Ok(());
+        }
+        let bd = self.inner.config.block_duration_ms;
+        let mut blocks = write_lock(&self.inner.blocks);
+        for c in cut {
+            let start = c.mint.div_euclid(bd) * bd;
+            let block = match blocks.get(&start) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = open_block(
+                        &self.inner.dir.join("blocks").join(format!("{start:020}")),
+                        &self.inner.config,
+                    )?;
+                    blocks.insert(start, b.clone());
+                    b
+                }
+            };
+            let mut value = Vec::with_capacity(8 + c.bytes.len());
+            value.extend_from_slice(&c.maxt.to_be_bytes());
+            value.extend_from_slice(&c.bytes);
+            block.insert(keys::chunk(c.id, c.mint), value)?;
+            self.inner.stats.chunks_cut.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Starts an atomic write.
+    pub fn appender(&self) -> StorageAppender {
+        StorageAppender {
+            store: self.clone(),
+            samples: Vec::new(),
+            meta: Vec::new(),
+            new_series: HashMap::new(),
+        }
+    }
+
+    /// Reads an ingest-state value written with [`Appender::set_meta`].
+    pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.inner.main.get(keys::meta(key))?.map(|v| v.to_vec()))
+    }
+
+    /// Every ingest-state entry whose key starts with `prefix`, in key order.
+    pub fn meta_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<MetaEntry>, StorageError> {
+        self.inner
+            .main
+            .scan_prefix(keys::meta(prefix))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k[1..].to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Number of series the store knows.
+    pub fn series_count(&self) -> usize {
+        read_lock(&self.inner.head).series.len()
+    }
+
+    /// Number of block databases.
+    pub fn block_count(&self) -> usize {
+        read_lock(&self.inner.blocks).len()
+    }
+
+    /// Bytes the data directory takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StorageError> {
+        dir_size(&self.inner.dir)
+    }
+
+    pub fn stats(&self) -> &StorageStats {
+        &self.inner.stats
+    }
+
+    /// Flushes everything to disk (used before a clean shutdown; commits are durable anyway).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        for b in read_lock(&self.inner.blocks).values() {
+            b.flush()?;
+        }
+        self.inner.main.flush()?;
+        Ok(())
+    }
+}
+
+/// An ingest-state key and its value.
+pub type MetaEntry = (Vec<u8>, Vec<u8>);
+
+pub(crate) struct CutChunk {
+    pub id: SeriesId,
+    pub mint: i64,
+    pub maxt: i64,
+    pub bytes: Vec<u8>,
+}
+
+/// Appends one sample (already validated as newer) to a series' head chunk; returns the
+/// chunk it cut, if any.
+pub(crate) fn append_to_head(
+    config: &StorageConfig,
+    id: SeriesId,
+    s: &mut MemSeries,
+    t: i64,
+    v: f64,
+    wal_seq: u64,
+) -> Option<CutChunk> {
+    let window = t.div_euclid(config.chunk_span_ms);
+    let mut cut = None;
+    let full = s
+        .head
+        .as_ref()
+        .is_some_and(|h| h.app.len() >= MAX_SAMPLES || h.window != window);
+    if full {
+        cut = s.head.take().map(|h| cut_chunk(id, h));
+    }
+    let h = s.head.get_or_insert_with(|| HeadChunk {
+        app: XorAppender::new(),
+        first_wal: wal_seq,
+        window,
+    });
+    h.app.append(t, v);
+    if s.mint == i64::MIN || t < s.mint {
+        s.mint = t;
+    }
+    s.maxt = t;
+    cut
+}
+
+pub(crate) fn cut_chunk(id: SeriesId, h: HeadChunk) -> CutChunk {
+    let (maxt, _) = h.app.last().unwrap_or((h.app.mint(), 0.0));
+    CutChunk {
+        id,
+        mint: h.app.mint(),
+        maxt,
+        bytes: h.app.bytes().to_vec(),
+    }
+}
+
+fn open_block(path: &Path, config: &StorageConfig) -> Result<sled::Db, StorageError> {
+    open_retrying(
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(config.block_cache_capacity_bytes)
+            .flush_every_ms(None),
+    )
+}
+
+/// Opens a sled database, waiting up to 5 s for its file lock: sled's background threads
+/// release a just-dropped handle of the same process asynchronously.
+fn open_retrying(config: sled::Config) -> Result<sled::Db, StorageError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() > deadline {
+                    return Err(StorageError::Config(format!(
+                        "{e}: another process is using this data directory; stop it or use another --data-dir"
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
+/// The end time of the series' newest chunk in any block.
+fn persisted_maxt(
+    blocks: &BTreeMap<i64, sled::Db>,
+    id: SeriesId,
+) -> Result<Option<i64>, StorageError> {
+    for b in blocks.values().rev() {
+        if let Some(kv) = b
+            .range(keys::chunk(id, i64::MIN)..=keys::chunk(id, i64::MAX))
+            .next_back()
+        {
+            let (_, v) = kv?;
+            let maxt = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_be_bytes);
+            return maxt.map(Some).ok_or_else(|| corrupt("chunk value"));
+        }
+    }
+    Ok(None)
+}
+
+pub(crate) fn dir_size(p: &Path) -> Result<u64, StorageError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let rd = match std::fs::read_dir(p) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StorageError::Io(p.to_owned(), e)),
+    };
+    for e in rd {
+        let e = e.map_err(|e| StorageError::Io(p.to_owned(), e))?;
+        let m = e
+            .metadata()
+            .map_err(|err| StorageError::Io(e.path(), err))?;
+        total += if m.is_dir() {
+            dir_size(&e.path())?
+        } else {
+            m.blocks() * 512
+        };
+    }
+    Ok(total)
+}
+
+pub(crate) fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // A poisoned lock means a panic while it was held; the structures are still
+    // consistent (every change is a single insert or remove).
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The [`Appender`] of [`Storage`].
+pub struct StorageAppender {
+    store: Storage,
+    samples: Vec<(Arc<[u8]>, i64, f64)>,
+    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    new_series: HashMap<Arc<[u8]>, Labels>,
+}
+
+impl Appender for StorageAppender {
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<(), StorageError> {
+        if labels.get("__name__").is_none() {
+            return Err(StorageError::InvalidLabels(
+                "series without __name__".into(),
+            ));
+        }
+        let enc: Arc<[u8]> = Arc::from(labels.encode());
+        if !read_lock(&self.store.inner.head)
+            .by_labels
+            .contains_key(&enc)
+        {
+            self.new_series
+                .entry(enc.clone())
+                .or_insert_with(|| labels.clone());
+        }
+        self.samples.push((enc, t, v));
+        Ok(())
+    }
+
+    fn set_meta(&mut self, key: &[u8], value: &[u8]) {
+        self.meta.push((key.to_vec(), Some(value.to_vec())));
+    }
+
+    fn remove_meta(&mut self, key: &[u8]) {
+        self.meta.push((key.to_vec(), None));
+    }
+
+    fn commit(self) -> Result<CommitReport, StorageError> {
+        let inner = &self.store.inner;
+        let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut report = CommitReport::default();
+
+        // Ids for new series (another commit may have created them meanwhile).
+        let mut ids: HashMap<Arc<[u8]>, SeriesId> = HashMap::new();
+        let mut created: Vec<(Arc<[u8]>, SeriesId)> = Vec::new();
+        {
+            let head = read_lock(&inner.head);
+            for (enc, labels) in &self.new_series {
+                if let Some(id) = head.by_labels.get(enc) {
+                    ids.insert(enc.clone(), *id);
+                    continue;
+                }
+                let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
+                batch.insert(
+                    keys::with_prefix(keys::SERIES_BY_LABELS, &[enc]),
+                    &id.to_be_bytes(),
+                );
+                batch.insert(keys::labels_by_id(id), enc.as_ref());
+                for l in labels.iter() {
+                    batch.insert(keys::posting(&l.name, &l.value, id), &[]);
+                }
+                let first_t = self
+                    .samples
+                    .iter()
+                    .filter(|s| s.0 == *enc)
+                    .map(|s| s.1)
+                    .min()
+                    .unwrap_or(0);
+                batch.insert(keys::series_mint(id), &first_t.to_be_bytes());
+                ids.insert(enc.clone(), id);
+                created.push((enc.clone(), id));
+            }
+        }
+
+        // Validate order against the head and within this append.
+        let min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
+        let mut accepted: Vec<(SeriesId, i64, f64)> = Vec::with_capacity(self.samples.len());
+        {
+            let head = read_lock(&inner.head);
+            let mut last: HashMap<SeriesId, (i64, u64)> = HashMap::new();
+            for (enc, t, v) in &self.samples {
+                let id = match head.by_labels.get(enc).or_else(|| ids.get(enc)) {
+                    Some(id) => *id,
+                    None => return Err(corrupt("appended series has no id")),
+                };
+                let prev = last.get(&id).copied().or_else(|| {
+                    let s = head.series.get(&id)?;
+                    let lv = s
+                        .head
+                        .as_ref()
+                        .and_then(|h| h.app.last())
+                        .map(|(_, v)| v.to_bits());
+                    (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
+                });
+                if *t < min_valid {
+                    report.too_old += 1;
+                    continue;
+                }
+                match prev {
+                    Some((pt, _)) if *t < pt => report.out_of_order += 1,
+                    Some((pt, pv)) if *t == pt && pv == v.to_bits() => {
+                        report.duplicates_ignored += 1
+                    }
+                    Some((pt, _)) if *t == pt => report.duplicate_timestamp += 1,
+                    _ => {
+                        last.insert(id, (*t, v.to_bits()));
+                        accepted.push((id, *t, *v));
+                    }
+                }
+            }
+        }
+        report.appended = accepted.len();
+
+        let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
+        if !accepted.is_empty() {
+            batch.insert(keys::wal(seq), wal::encode(&accepted));
+        }
+        for (k, v) in &self.meta {
+            match v {
+                Some(v) => batch.insert(keys::meta(k), v.as_slice()),
+                None => batch.remove(keys::meta(k)),
+            }
+        }
+        inner.main.apply_batch(batch)?;
+        inner.main.flush()?;
+
+        // Durable: now visible.
+        let mut cut = Vec::new();
+        {
+            let mut head = write_lock(&inner.head);
+            for (enc, id) in created {
+                let first_t = accepted
+                    .iter()
+                    .find(|s| s.0 == id)
+                    .map(|s| s.1)
+                    .unwrap_or(i64::MIN);
+                head.by_labels.insert(enc.clone(), id);
+                head.series.insert(
+                    id,
+                    MemSeries {
+                        labels: enc,
+                        head: None,
+                        mint: first_t,
+                        maxt: i64::MIN,
+                    },
+                );
+            }
+            for &(id, t, v) in &accepted {
+                if let Some(s) = head.series.get_mut(&id) {
+                    if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
+                        cut.push(c);
+                    }
+                }
+            }
+        }
+        self.store.write_chunks(cut)?;
+        let st = &inner.stats;
+        st.samples_appended
+            .fetch_add(report.appended as u64, Ordering::Relaxed);
+        st.samples_refused_out_of_order
+            .fetch_add(report.out_of_order as u64, Ordering::Relaxed);
+        st.samples_refused_duplicate_timestamp
+            .fetch_add(report.duplicate_timestamp as u64, Ordering::Relaxed);
+        st.samples_refused_too_old
+            .fetch_add(report.too_old as u64, Ordering::Relaxed);
+        if report.refused() > 0 {
+            tracing::debug!(?report, "samples refused");
+        }
+        Ok(report)
+    }
+}

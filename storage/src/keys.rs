@@ -1,0 +1,67 @@
+//! Key layouts (see `storage/docs/format.md`). Integers are big-endian; timestamps have
+//! their sign bit flipped so that byte order is time order.
+
+use crate::SeriesId;
+
+pub const SERIES_BY_LABELS: u8 = b'S';
+pub const LABELS_BY_ID: u8 = b'I';
+pub const POSTING: u8 = b'P';
+pub const SERIES_MINT: u8 = b'R';
+pub const WAL: u8 = b'W';
+pub const META: u8 = b'M';
+pub const CHUNK: u8 = b'C';
+
+pub fn ts(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn ts_from(b: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(b.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
+pub fn with_prefix(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+pub fn labels_by_id(id: SeriesId) -> Vec<u8> {
+    with_prefix(LABELS_BY_ID, &[&id.to_be_bytes()])
+}
+
+pub fn series_mint(id: SeriesId) -> Vec<u8> {
+    with_prefix(SERIES_MINT, &[&id.to_be_bytes()])
+}
+
+/// `P name 0xff value 0xff id`.
+pub fn posting(name: &str, value: &str, id: SeriesId) -> Vec<u8> {
+    with_prefix(
+        POSTING,
+        &[
+            name.as_bytes(),
+            &[0xff],
+            value.as_bytes(),
+            &[0xff],
+            &id.to_be_bytes(),
+        ],
+    )
+}
+
+pub fn wal(seq: u64) -> Vec<u8> {
+    with_prefix(WAL, &[&seq.to_be_bytes()])
+}
+
+pub fn meta(k: &[u8]) -> Vec<u8> {
+    with_prefix(META, &[k])
+}
+
+pub fn chunk(id: SeriesId, mint: i64) -> Vec<u8> {
+    with_prefix(CHUNK, &[&id.to_be_bytes(), &ts(mint)])
+}
+
+pub fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}

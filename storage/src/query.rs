@@ -1,0 +1,221 @@
+//! Reading: series selection through the index, samples from block chunks and the head,
+//! raw chunks for remote read, and label names and values.
+
+use crate::chunkenc;
+use crate::db::{read_lock, Storage};
+use crate::labels::{Labels, Matcher};
+use crate::{index, keys, Querier, Sample, Series, SeriesId, StorageError};
+use std::collections::{BTreeSet, HashSet};
+
+/// One compressed chunk (Prometheus XOR encoding) and its time range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawChunk {
+    pub mint: i64,
+    pub maxt: i64,
+    pub bytes: Vec<u8>,
+}
+
+/// A series with its chunks overlapping the selected range, in time order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkSeries {
+    pub labels: Labels,
+    pub chunks: Vec<RawChunk>,
+}
+
+impl Storage {
+    /// Ids of the series matching `matchers` whose time range overlaps `[mint, maxt]`,
+    /// with their label sets, sorted by labels.
+    fn matching(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<(SeriesId, Labels)>, StorageError> {
+        let all = || {
+            read_lock(&self.inner.head)
+                .series
+                .keys()
+                .copied()
+                .collect::<BTreeSet<_>>()
+        };
+        let ids = index::resolve(&self.inner.main, matchers, all)?;
+        let head = read_lock(&self.inner.head);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(s) = head.series.get(&id) else {
+                continue;
+            };
+            if s.maxt < mint || s.mint > maxt {
+                continue;
+            }
+            out.push((id, Labels::decode(&s.labels)?));
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+
+    /// Chunks of one series overlapping `[mint, maxt]`: from blocks, then the head chunk.
+    fn chunks_of(&self, id: SeriesId, mint: i64, maxt: i64) -> Result<Vec<RawChunk>, StorageError> {
+        let cfg = &self.inner.config;
+        // Chunks never cross a window boundary, so none that starts before the window of
+        // `mint` can reach into the range.
+        let from = mint
+            .div_euclid(cfg.chunk_span_ms)
+            .saturating_mul(cfg.chunk_span_ms);
+        let mut out = Vec::new();
+        let blocks: Vec<(i64, sled::Db)> = read_lock(&self.inner.blocks)
+            .iter()
+            .map(|(s, d)| (*s, d.clone()))
+            .collect();
+        for (start, db) in blocks {
+            if start > maxt || start.saturating_add(cfg.block_duration_ms) <= from {
+                continue;
+            }
+            for kv in db.range(keys::chunk(id, from)..=keys::chunk(id, maxt)) {
+                let (k, v) = kv?;
+                let cmint = keys::ts_from(&k[9..])
+                    .ok_or_else(|| StorageError::Corrupt("chunk key".into()))?;
+                let cmaxt = v
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(i64::from_be_bytes)
+                    .ok_or_else(|| StorageError::Corrupt("chunk value".into()))?;
+                if cmaxt >= mint {
+                    out.push(RawChunk {
+                        mint: cmint,
+                        maxt: cmaxt,
+                        bytes: v[8..].to_vec(),
+                    });
+                }
+            }
+        }
+        let head = read_lock(&self.inner.head);
+        if let Some(h) = head.series.get(&id).and_then(|s| s.head.as_ref()) {
+            if let Some((last_t, _)) = h.app.last() {
+                if h.app.mint() <= maxt && last_t >= mint {
+                    out.push(RawChunk {
+                        mint: h.app.mint(),
+                        maxt: last_t,
+                        bytes: h.app.bytes().to_vec(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Raw chunks of every matching series (for remote read's STREAMED_XOR_CHUNKS). Chunks
+    /// may hold samples outside `[mint, maxt]`; readers filter.
+    pub fn select_chunks(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<ChunkSeries>, StorageError> {
+        let mut out = Vec::new();
+        for (id, labels) in self.matching(matchers, mint, maxt)? {
+            let chunks = self.chunks_of(id, mint, maxt)?;
+            if !chunks.is_empty() {
+                out.push(ChunkSeries { labels, chunks });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Label sets of the matching series that have data in `[mint, maxt]` (no samples read).
+    pub fn series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Labels>, StorageError> {
+        Ok(self
+            .matching(matchers, mint, maxt)?
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect())
+    }
+
+    /// Sorted label names of the matching (or all) series with data in `[mint, maxt]`.
+    pub fn label_names(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        for l in self.series(matchers, mint, maxt)? {
+            for x in l.iter() {
+                if !names.contains(&x.name) {
+                    names.insert(x.name.clone());
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Sorted values of label `name` among the matching (or all) series with data in
+    /// `[mint, maxt]`.
+    pub fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut values: HashSet<String> = HashSet::new();
+        if matchers.is_empty() {
+            let head = read_lock(&self.inner.head);
+            for p in index::postings_of_name(&self.inner.main, name) {
+                let (value, id) = p?;
+                if values.contains(&value) {
+                    continue;
+                }
+                if head
+                    .series
+                    .get(&id)
+                    .is_some_and(|s| s.maxt >= mint && s.mint <= maxt)
+                {
+                    values.insert(value);
+                }
+            }
+        } else {
+            for l in self.series(matchers, mint, maxt)? {
+                if let Some(v) = l.get(name) {
+                    values.insert(v.to_owned());
+                }
+            }
+        }
+        let mut v: Vec<String> = values.into_iter().collect();
+        v.sort();
+        Ok(v)
+    }
+}
+
+impl Querier for Storage {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, StorageError> {
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for (id, labels) in self.matching(matchers, mint, maxt)? {
+            buf.clear();
+            for c in self.chunks_of(id, mint, maxt)? {
+                chunkenc::decode_into(&c.bytes, &mut buf)
+                    .map_err(|e| StorageError::Corrupt(format!("series {id}: {e}")))?;
+            }
+            let samples: Vec<Sample> = buf
+                .iter()
+                .filter(|(t, _)| *t >= mint && *t <= maxt)
+                .map(|&(t, v)| Sample { t, v })
+                .collect();
+            if !samples.is_empty() {
+                out.push(Series { labels, samples });
+            }
+        }
+        Ok(out)
+    }
+}

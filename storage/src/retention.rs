@@ -1,0 +1,121 @@
+//! Housekeeping: cutting idle head chunks, truncating write-ahead records, and retention by
+//! time and size (whole blocks, then the series left without data).
+
+use crate::db::{cut_chunk, dir_size, read_lock, write_lock, Storage};
+use crate::{keys, StorageError};
+use std::sync::atomic::Ordering;
+
+/// What one `maintain` call did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    pub idle_chunks_cut: usize,
+    pub wal_records_removed: usize,
+    pub blocks_removed: usize,
+    pub series_removed: usize,
+}
+
+impl Storage {
+    /// Runs housekeeping as of `now_ms`. Call it periodically (the collector does every
+    /// minute); it holds the write lock while it runs.
+    pub fn maintain(&self, now_ms: i64) -> Result<MaintenanceReport, StorageError> {
+        let inner = &self.inner;
+        let cfg = &inner.config;
+        let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut report = MaintenanceReport::default();
+
+        // 1. Idle head chunks into their blocks, so their records can go.
+        let mut cut = Vec::new();
+        {
+            let mut head = write_lock(&inner.head);
+            for (id, s) in head.series.iter_mut() {
+                if s.head.is_some() && s.maxt < now_ms - cfg.head_idle_ms {
+                    if let Some(h) = s.head.take() {
+                        cut.push(cut_chunk(*id, h));
+                    }
+                }
+            }
+        }
+        report.idle_chunks_cut = cut.len();
+        self.write_chunks(cut)?;
+
+        // 2. Blocks durable, then the records whose samples are all in blocks.
+        for b in read_lock(&inner.blocks).values() {
+            b.flush()?;
+        }
+        let keep_from = read_lock(&inner.head)
+            .series
+            .values()
+            .filter_map(|s| s.head.as_ref().map(|h| h.first_wal))
+            .min()
+            .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst));
+        let mut batch = sled::Batch::default();
+        for kv in inner.main.range(keys::wal(0)..keys::wal(keep_from)) {
+            let (k, _) = kv?;
+            batch.remove(k);
+            report.wal_records_removed += 1;
+        }
+
+        // 3. Retention by time, then by size (never the newest block).
+        let cutoff = now_ms.saturating_sub(cfg.retention_ms);
+        let mut doomed: Vec<i64> = read_lock(&inner.blocks)
+            .keys()
+            .copied()
+            .filter(|s| s.saturating_add(cfg.block_duration_ms) <= cutoff)
+            .collect();
+        if let Some(max) = cfg.retention_bytes {
+            let blocks: Vec<i64> = read_lock(&inner.blocks).keys().copied().collect();
+            let mut size = dir_size(&inner.dir)?;
+            for start in &blocks[..blocks.len().saturating_sub(1)] {
+                if size <= max {
+                    break;
+                }
+                if !doomed.contains(start) {
+                    doomed.push(*start);
+                }
+                size = size.saturating_sub(dir_size(&block_dir(self, *start))?);
+            }
+        }
+        let mut min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
+        for start in doomed {
+            if let Some(db) = write_lock(&inner.blocks).remove(&start) {
+                drop(db);
+                let dir = block_dir(self, start);
+                std::fs::remove_dir_all(&dir).map_err(|e| StorageError::Io(dir.clone(), e))?;
+                report.blocks_removed += 1;
+                min_valid = min_valid.max(start + cfg.block_duration_ms);
+                tracing::info!(block_start_ms = start, "retention removed block");
+            }
+        }
+        inner.min_valid_t.store(min_valid as u64, Ordering::SeqCst);
+
+        // 4. Series with nothing left.
+        {
+            let mut head = write_lock(&inner.head);
+            let gone: Vec<u64> = head
+                .series
+                .iter()
+                .filter(|(_, s)| s.head.is_none() && s.maxt < min_valid)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in gone {
+                if let Some(s) = head.series.remove(&id) {
+                    head.by_labels.remove(&s.labels);
+                    batch.remove(keys::with_prefix(keys::SERIES_BY_LABELS, &[&s.labels]));
+                    batch.remove(keys::labels_by_id(id));
+                    batch.remove(keys::series_mint(id));
+                    for l in crate::Labels::decode(&s.labels)?.iter() {
+                        batch.remove(keys::posting(&l.name, &l.value, id));
+                    }
+                    report.series_removed += 1;
+                }
+            }
+        }
+        inner.main.apply_batch(batch)?;
+        inner.main.flush()?;
+        Ok(report)
+    }
+}
+
+fn block_dir(s: &Storage, start: i64) -> std::path::PathBuf {
+    s.inner.dir.join("blocks").join(format!("{start:020}"))
+}

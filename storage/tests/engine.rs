@@ -1,0 +1,330 @@
+//! The store through its public API on a real sled directory.
+
+use kappie_storage::{Appender, Labels, MatchOp, Matcher, Querier, Sample, Storage, StorageConfig};
+use std::collections::BTreeSet;
+
+fn labels(name: &str, job: &str) -> Labels {
+    Labels::new([("__name__", name), ("job", job)]).unwrap()
+}
+
+fn small() -> StorageConfig {
+    StorageConfig {
+        cache_capacity_bytes: 4 << 20,
+        block_cache_capacity_bytes: 1 << 20,
+        ..StorageConfig::default()
+    }
+}
+
+fn all(s: &Storage) -> Vec<kappie_storage::Series> {
+    s.select(
+        &[Matcher::new(MatchOp::Regex, "__name__", ".+").unwrap()],
+        i64::MIN,
+        i64::MAX,
+    )
+    .unwrap()
+}
+
+#[test]
+fn commit_is_visible_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Storage::open(dir.path(), &small()).unwrap();
+        let mut a = s.appender();
+        a.append(&labels("up", "a"), -5, 1.0).unwrap();
+        a.append(&labels("up", "a"), 10, 2.0).unwrap();
+        a.append(&labels("up", "b"), 10, 3.0).unwrap();
+        a.set_meta(b"seq/x", b"7");
+        let r = a.commit().unwrap();
+        assert_eq!(r.appended, 3);
+    }
+    let s = Storage::open(dir.path(), &small()).unwrap();
+    assert_eq!(s.series_count(), 2);
+    assert_eq!(s.meta(b"seq/x").unwrap().as_deref(), Some(&b"7"[..]));
+    let m = Matcher::new(MatchOp::Equal, "job", "a").unwrap();
+    let got = s.select(&[m], -10, 10).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].samples,
+        vec![Sample { t: -5, v: 1.0 }, Sample { t: 10, v: 2.0 }]
+    );
+    let m = Matcher::new(MatchOp::Regex, "__name__", "u.").unwrap();
+    assert_eq!(s.select(std::slice::from_ref(&m), 0, 10).unwrap().len(), 2);
+    assert_eq!(s.select(&[m], 0, 9).unwrap().len(), 0);
+}
+
+#[test]
+fn dropped_appender_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path(), &small()).unwrap();
+    let mut a = s.appender();
+    a.append(&labels("up", "a"), 1, 1.0).unwrap();
+    a.set_meta(b"k", b"v");
+    drop(a);
+    assert_eq!(s.series_count(), 0);
+    assert_eq!(s.meta(b"k").unwrap(), None);
+    assert!(all(&s).is_empty());
+}
+
+#[test]
+fn out_of_order_and_duplicates_are_defined() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path(), &small()).unwrap();
+    let l = labels("m", "a");
+    let mut a = s.appender();
+    a.append(&l, 100, 1.0).unwrap();
+    a.append(&l, 200, 2.0).unwrap();
+    a.commit().unwrap();
+    let mut a = s.appender();
+    a.append(&l, 200, 2.0).unwrap(); // same sample again: ignored
+    a.append(&l, 200, 5.0).unwrap(); // same time, other value: refused
+    a.append(&l, 150, 1.5).unwrap(); // older: refused
+    a.append(&l, 300, 3.0).unwrap();
+    a.append(&l, 300, 4.0).unwrap(); // within one append too
+    a.set_meta(b"still", b"written");
+    let r = a.commit().unwrap();
+    assert_eq!(
+        (
+            r.appended,
+            r.duplicates_ignored,
+            r.duplicate_timestamp,
+            r.out_of_order
+        ),
+        (1, 1, 2, 1)
+    );
+    assert_eq!(
+        s.meta(b"still").unwrap().as_deref(),
+        Some(&b"written"[..]),
+        "the rest of the append is kept"
+    );
+    assert_eq!(
+        all(&s)[0].samples,
+        vec![
+            Sample { t: 100, v: 1.0 },
+            Sample { t: 200, v: 2.0 },
+            Sample { t: 300, v: 3.0 }
+        ]
+    );
+    assert_eq!(
+        s.stats()
+            .samples_refused_out_of_order
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn chunks_cut_persist_and_read_back_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StorageConfig {
+        chunk_span_ms: 600_000,
+        block_duration_ms: 3_600_000,
+        ..small()
+    };
+    let mut expected = Vec::new();
+    let t0 = 1_700_000_000_000i64;
+    {
+        let s = Storage::open(dir.path(), &cfg).unwrap();
+        // 1000 samples at 10 s: cuts at 120 samples and at every 10-minute window, across
+        // three 1-hour blocks.
+        for batch in 0..10 {
+            let mut a = s.appender();
+            for i in 0..100 {
+                let n = batch * 100 + i;
+                let (t, v) = (t0 + n * 10_000, (n * n) as f64 / 3.0);
+                a.append(&labels("c", "x"), t, v).unwrap();
+                expected.push(Sample { t, v });
+            }
+            a.commit().unwrap();
+        }
+        assert_eq!(all(&s)[0].samples, expected);
+        assert!(s.block_count() >= 3);
+    }
+    // Reopen without maintenance: the head comes back from the write-ahead records.
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    assert_eq!(all(&s)[0].samples, expected);
+    let r = s.maintain(t0 + 1000 * 10_000).unwrap();
+    assert!(r.wal_records_removed > 0, "{r:?}");
+    drop(s);
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    assert_eq!(all(&s)[0].samples, expected);
+    // Range reads cut at the edges.
+    let m = Matcher::new(MatchOp::Equal, "job", "x").unwrap();
+    let mid = s.select(&[m], t0 + 95_000, t0 + 4_000_000).unwrap();
+    let want: Vec<Sample> = expected
+        .iter()
+        .copied()
+        .filter(|x| x.t >= t0 + 95_000 && x.t <= t0 + 4_000_000)
+        .collect();
+    assert_eq!(mid[0].samples, want);
+    // Raw chunks cover the same samples.
+    let chunks = s.select_chunks(&[], t0, t0 + 10_000_000).unwrap();
+    let n: usize = chunks[0]
+        .chunks
+        .iter()
+        .map(|c| kappie_storage::chunkenc::decode(&c.bytes).unwrap().len())
+        .sum();
+    assert_eq!(n, 1000);
+}
+
+#[test]
+fn retention_frees_disk_and_forgets_old_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = 3_600_000i64;
+    let cfg = StorageConfig {
+        chunk_span_ms: 600_000,
+        block_duration_ms: hour,
+        retention_ms: 2 * hour,
+        head_idle_ms: 60_000,
+        ..small()
+    };
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    let t0 = 1_700_000_000_000i64 / hour * hour;
+    // 200 series for 5 hours; series "old" only in the first hour.
+    for step in 0..(5 * 360) {
+        let t = t0 + step * 10_000;
+        let mut a = s.appender();
+        for i in 0..200 {
+            a.append(&labels("load", &i.to_string()), t, (step * i) as f64)
+                .unwrap();
+        }
+        if step < 360 {
+            a.append(&labels("old", "x"), t, 1.0).unwrap();
+        }
+        a.commit().unwrap();
+    }
+    let now = t0 + 5 * hour;
+    s.maintain(t0 + 2 * hour).unwrap(); // flushes and cuts idle chunks; removes nothing yet
+    let before = s.size_on_disk().unwrap();
+    let blocks_before = s.block_count();
+    let r = s.maintain(now).unwrap();
+    assert!(r.blocks_removed >= 2, "{r:?}");
+    assert_eq!(r.series_removed, 1, "{r:?}");
+    let after = s.size_on_disk().unwrap();
+    assert!(after < before, "size {before} -> {after}");
+    assert_eq!(s.block_count(), blocks_before - r.blocks_removed);
+    let old = Matcher::new(MatchOp::Equal, "__name__", "old").unwrap();
+    assert!(s.select(&[old], i64::MIN, i64::MAX).unwrap().is_empty());
+    assert!(
+        s.label_values("__name__", &[], i64::MIN, i64::MAX).unwrap() == vec!["load".to_string()]
+    );
+    // Samples in the removed range are refused, counted.
+    let mut a = s.appender();
+    a.append(&labels("load", "new"), t0, 1.0).unwrap();
+    assert_eq!(a.commit().unwrap().too_old, 1);
+
+    // Size retention: keep at most what one block takes.
+    drop(s);
+    let cfg2 = StorageConfig {
+        retention_bytes: Some(1),
+        ..cfg
+    };
+    let s = Storage::open(dir.path(), &cfg2).unwrap();
+    let n = s.block_count();
+    let r = s.maintain(now).unwrap();
+    assert_eq!(r.blocks_removed, n - 1, "all but the newest block go");
+}
+
+/// xorshift64*, for reproducible random cases.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
+        v[(self.next() % v.len() as u64) as usize]
+    }
+}
+
+#[test]
+fn index_matches_brute_force_on_random_label_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path(), &small()).unwrap();
+    let mut rng = Rng(42);
+    let vals = ["", "a", "b", "ab", "abc", "x-1", "é"];
+    let mut sets = BTreeSet::new();
+    let mut a = s.appender();
+    for i in 0..400 {
+        let l = Labels::new([
+            ("__name__", rng.pick(&["m1", "m2", "m3"]).to_owned()),
+            ("a", rng.pick(&vals).to_owned()),
+            ("b", rng.pick(&vals).to_owned()),
+            ("c", rng.pick(&vals).to_owned()),
+            ("i", (i % 37).to_string()),
+        ])
+        .unwrap();
+        a.append(&l, 1000, i as f64).unwrap();
+        sets.insert(l);
+    }
+    a.commit().unwrap();
+    let ops = [
+        MatchOp::Equal,
+        MatchOp::NotEqual,
+        MatchOp::Regex,
+        MatchOp::NotRegex,
+    ];
+    let patterns = [
+        "", "a", "b", "ab", "a.*", ".*", ".+", "a|b", "x-1|é", "(ab)?c?", "nomatch",
+    ];
+    for case in 0..600 {
+        let n = 1 + (rng.next() % 3) as usize;
+        let matchers: Vec<Matcher> = (0..n)
+            .map(|_| {
+                let op = ops[(rng.next() % 4) as usize];
+                let name = rng.pick(&["__name__", "a", "b", "c", "i", "missing"]);
+                let value = rng.pick(&patterns);
+                Matcher::new(op, name, value).unwrap()
+            })
+            .collect();
+        let want: Vec<&Labels> = sets
+            .iter()
+            .filter(|l| matchers.iter().all(|m| m.matches_labels(l)))
+            .collect();
+        let got = s.series(&matchers, i64::MIN, i64::MAX).unwrap();
+        assert_eq!(
+            got.iter().collect::<Vec<_>>(),
+            want,
+            "case {case}: {matchers:?}"
+        );
+    }
+}
+
+#[test]
+fn label_names_and_values_respect_time_and_matchers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path(), &small()).unwrap();
+    let mut a = s.appender();
+    a.append(
+        &Labels::new([("__name__", "early"), ("zone", "a")]).unwrap(),
+        1000,
+        1.0,
+    )
+    .unwrap();
+    a.append(
+        &Labels::new([("__name__", "late"), ("zone", "b"), ("extra", "1")]).unwrap(),
+        5000,
+        1.0,
+    )
+    .unwrap();
+    a.commit().unwrap();
+    assert_eq!(
+        s.label_names(&[], 0, 10_000).unwrap(),
+        vec!["__name__", "extra", "zone"]
+    );
+    assert_eq!(
+        s.label_names(&[], 0, 2000).unwrap(),
+        vec!["__name__", "zone"]
+    );
+    assert_eq!(
+        s.label_values("zone", &[], 0, 10_000).unwrap(),
+        vec!["a", "b"]
+    );
+    assert_eq!(
+        s.label_values("zone", &[], 4000, 10_000).unwrap(),
+        vec!["b"]
+    );
+    let m = Matcher::new(MatchOp::Equal, "__name__", "early").unwrap();
+    assert_eq!(s.label_values("zone", &[m], 0, 10_000).unwrap(), vec!["a"]);
+}
