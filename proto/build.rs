@@ -3,7 +3,8 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/kappie.proto");
-    let fds = protox::compile(["kappie.proto"], ["proto"])?;
+    println!("cargo:rerun-if-changed=proto/prometheus.proto");
+    let fds = protox::compile(["kappie.proto", "prometheus.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

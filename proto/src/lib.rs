@@ -13,6 +13,11 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// Prometheus remote write 1.0 and remote read messages (package `prometheus`).
+pub mod prometheus {
+    tonic::include_proto!("prometheus");
+}
+
 /// Prometheus's staleness marker: the NaN bit pattern Prometheus writes when a series
 /// disappears.
 pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;

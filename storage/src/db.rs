@@ -144,7 +144,8 @@ impl Storage {
         let main = open_retrying(
             sled::Config::new()
                 .path(dir.join("main"))
-                .cache_capacity(config.cache_capacity_bytes),
+                .cache_capacity(config.cache_capacity_bytes)
+                .use_compression(true),
         )?;
         let mut blocks = BTreeMap::new();
         let rd = std::fs::read_dir(dir.join("blocks"))
@@ -378,7 +379,8 @@ fn open_block(path: &Path, config: &StorageConfig) -> Result<sled::Db, StorageEr
         sled::Config::new()
             .path(path)
             .cache_capacity(config.block_cache_capacity_bytes)
-            .flush_every_ms(None),
+            .flush_every_ms(None)
+            .use_compression(true),
     )
 }
 
