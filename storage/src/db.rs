@@ -38,6 +38,8 @@ pub struct StorageConfig {
     pub chunk_span_ms: i64,
     /// Head chunks with no sample for this long are cut into their block by `maintain`, ms.
     pub head_idle_ms: i64,
+    /// Size at which the write-ahead log starts a new segment file.
+    pub wal_segment_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -50,6 +52,7 @@ impl Default for StorageConfig {
             block_duration_ms: 24 * 3600 * 1000,
             chunk_span_ms: 3600 * 1000,
             head_idle_ms: 15 * 60 * 1000,
+            wal_segment_bytes: 64 << 20,
         }
     }
 }
@@ -122,6 +125,7 @@ pub(crate) struct Inner {
     pub write: Mutex<()>,
     pub next_id: AtomicU64,
     pub next_wal: AtomicU64,
+    pub wal: Mutex<wal::Wal>,
     /// Samples before this are refused (their blocks were deleted).
     pub min_valid_t: AtomicU64,
     pub stats: StorageStats,
@@ -183,7 +187,9 @@ impl Storage {
             );
             max_id = max_id.max(id);
         }
+        let (wal, records) = wal::Wal::open(&dir.join("wal"), config.wal_segment_bytes)?;
         let inner = Inner {
+            wal: Mutex::new(wal),
             dir: dir.to_owned(),
             config: config.clone(),
             main,
@@ -198,42 +204,59 @@ impl Storage {
         let store = Storage {
             inner: Arc::new(inner),
         };
-        let (records, samples) = store.replay()?;
+        let (records, samples) = store.replay(records)?;
         let blocks_n = store.inner.blocks.read().map(|b| b.len()).unwrap_or(0);
         tracing::info!(dir = %dir.display(), series = store.series_count(), blocks = blocks_n,
             wal_records = records, wal_samples = samples, "opened store");
         Ok(store)
     }
 
-    fn replay(&self) -> Result<(usize, usize), StorageError> {
+    /// Applies the records still in the write-ahead log: series and ingest state to sled
+    /// (idempotent), samples to the head unless a block already has them.
+    fn replay(&self, records: Vec<wal::Record>) -> Result<(usize, usize), StorageError> {
         let inner = &self.inner;
         let mut head = write_lock(&inner.head);
-        let mut records = 0;
         let mut samples = 0;
         let mut last_seq = 0;
         let mut cut = Vec::new();
-        for kv in inner.main.scan_prefix([keys::WAL]) {
-            let (k, v) = kv?;
-            let seq = keys::be_u64(&k[1..]).ok_or_else(|| corrupt("WAL key"))?;
-            last_seq = seq;
-            records += 1;
-            for (id, t, v) in wal::decode(&v)? {
-                let Some(s) = head.series.get_mut(&id) else {
+        let mut batch = sled::Batch::default();
+        let n = records.len();
+        for rec in records {
+            last_seq = rec.seq;
+            for (id, enc) in rec.series {
+                if head.series.contains_key(&id) {
                     continue;
-                };
+                }
+                let labels = Labels::decode(&enc)?;
+                let first_t = rec.samples.iter().find(|x| x.0 == id).map(|x| x.1).unwrap_or(i64::MIN);
+                series_keys(&mut batch, id, &enc, &labels, first_t);
+                let enc: Arc<[u8]> = Arc::from(enc);
+                head.by_labels.insert(enc.clone(), id);
+                head.series.insert(id, MemSeries { labels: enc, head: None, mint: first_t, maxt: i64::MIN });
+                inner.next_id.fetch_max(id + 1, Ordering::SeqCst);
+            }
+            for (k, v) in rec.meta {
+                match v {
+                    Some(v) => batch.insert(keys::meta(&k), v),
+                    None => batch.remove(keys::meta(&k)),
+                }
+            }
+            for (id, t, v) in rec.samples {
+                let Some(s) = head.series.get_mut(&id) else { continue };
                 if t <= s.maxt {
                     continue; // already in a block, or replayed
                 }
-                if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
+                if let Some(c) = append_to_head(&inner.config, id, s, t, v, rec.seq) {
                     cut.push(c);
                 }
                 samples += 1;
             }
         }
         drop(head);
+        inner.main.apply_batch(batch)?;
         inner.next_wal.store(last_seq + 1, Ordering::SeqCst);
         self.write_chunks(cut)?;
-        Ok((records, samples))
+        Ok((n, samples))
     }
 
     /// Writes cut chunks into their blocks (not flushed: the write-ahead records still
@@ -330,6 +353,16 @@ pub(crate) struct CutChunk {
     pub mint: i64,
     pub maxt: i64,
     pub bytes: Vec<u8>,
+}
+
+/// Queues the sled keys of a new series: labels <-> id, postings, first sample time.
+fn series_keys(batch: &mut sled::Batch, id: SeriesId, enc: &[u8], labels: &Labels, first_t: i64) {
+    batch.insert(keys::with_prefix(keys::SERIES_BY_LABELS, &[enc]), &id.to_be_bytes());
+    batch.insert(keys::labels_by_id(id), enc);
+    for l in labels.iter() {
+        batch.insert(keys::posting(&l.name, &l.value, id), &[]);
+    }
+    batch.insert(keys::series_mint(id), &first_t.to_be_bytes());
 }
 
 /// Appends one sample (already validated as newer) to a series' head chunk; returns the
@@ -570,17 +603,23 @@ impl Appender for StorageAppender {
         report.appended = accepted.len();
 
         let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
-        if !accepted.is_empty() {
-            batch.insert(keys::wal(seq), wal::encode(&accepted));
-        }
         for (k, v) in &self.meta {
             match v {
                 Some(v) => batch.insert(keys::meta(k), v.as_slice()),
                 None => batch.remove(keys::meta(k)),
             }
         }
+        if !accepted.is_empty() || !created.is_empty() || !self.meta.is_empty() {
+            let rec = wal::Record {
+                seq,
+                series: created.iter().map(|(enc, id)| (*id, enc.to_vec())).collect(),
+                meta: self.meta,
+                samples: accepted.clone(),
+            };
+            inner.wal.lock().unwrap_or_else(|e| e.into_inner()).append(&rec)?;
+        }
+        // Durable in the log; sled catches up on its own (the log is replayed after a crash).
         inner.main.apply_batch(batch)?;
-        inner.main.flush()?;
 
         // Durable: now visible.
         let mut cut = Vec::new();

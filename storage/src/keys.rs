@@ -7,7 +7,6 @@ pub const SERIES_BY_LABELS: u8 = b'S';
 pub const LABELS_BY_ID: u8 = b'I';
 pub const POSTING: u8 = b'P';
 pub const SERIES_MINT: u8 = b'R';
-pub const WAL: u8 = b'W';
 pub const META: u8 = b'M';
 pub const CHUNK: u8 = b'C';
 
@@ -48,10 +47,6 @@ pub fn posting(name: &str, value: &str, id: SeriesId) -> Vec<u8> {
             &id.to_be_bytes(),
         ],
     )
-}
-
-pub fn wal(seq: u64) -> Vec<u8> {
-    with_prefix(WAL, &[&seq.to_be_bytes()])
 }
 
 pub fn meta(k: &[u8]) -> Vec<u8> {

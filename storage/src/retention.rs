@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MaintenanceReport {
     pub idle_chunks_cut: usize,
-    pub wal_records_removed: usize,
+    pub wal_segments_removed: usize,
     pub blocks_removed: usize,
     pub series_removed: usize,
 }
@@ -38,7 +38,7 @@ impl Storage {
         report.idle_chunks_cut = cut.len();
         self.write_chunks(cut)?;
 
-        // 2. Blocks durable, then the records whose samples are all in blocks.
+        // 2. Blocks and sled durable, then the log segments whose records are all applied.
         for b in read_lock(&inner.blocks).values() {
             b.flush()?;
         }
@@ -48,12 +48,10 @@ impl Storage {
             .filter_map(|s| s.head.as_ref().map(|h| h.first_wal))
             .min()
             .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst));
+        inner.main.flush()?;
+        report.wal_segments_removed =
+            inner.wal.lock().unwrap_or_else(|e| e.into_inner()).truncate_before(keep_from)?;
         let mut batch = sled::Batch::default();
-        for kv in inner.main.range(keys::wal(0)..keys::wal(keep_from)) {
-            let (k, _) = kv?;
-            batch.remove(k);
-            report.wal_records_removed += 1;
-        }
 
         // 3. Retention by time, then by size (never the newest block).
         let cutoff = now_ms.saturating_sub(cfg.retention_ms);

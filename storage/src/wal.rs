@@ -1,35 +1,34 @@
-//! Write-ahead records: the samples of one committed append, written in the same atomic
-//! sled batch as everything else the append changed. Layout per sample: uvarint series id,
-//! zigzag varint timestamp, 8 bytes value bits (big-endian).
+//! The write-ahead log: append-only segment files `wal/<first seq, 20 digits>.wal`, one
+//! record per commit, fsynced before the commit returns. A record carries everything the
+//! commit changes — new series, ingest-state writes and removals, samples — so the sled
+//! databases need not be flushed per commit: on open, the records still in the log are
+//! applied again (every change in them is idempotent). `Storage::maintain` flushes sled and
+//! the blocks and then deletes the segments whose records are all applied and persisted.
+//!
+//! Frame: `len u32 BE | crc32c(payload) u32 BE | payload`. A frame that is cut short or
+//! fails its checksum ends the log (a crash during the write; that commit was never
+//! acknowledged) and the segment is truncated there.
 
 use crate::{SeriesId, StorageError};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
-pub fn encode(samples: &[(SeriesId, i64, f64)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(samples.len() * 14);
-    for &(id, t, v) in samples {
-        put_uvarint(&mut out, id);
-        put_uvarint(&mut out, ((t as u64) << 1) ^ ((t >> 63) as u64));
-        out.extend_from_slice(&v.to_bits().to_be_bytes());
-    }
-    out
+
+/// One commit.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Record {
+    pub seq: u64,
+    /// Series created by this commit: id and encoded labels.
+    pub series: Vec<(SeriesId, Vec<u8>)>,
+    /// Ingest-state changes: key and new value (`None` removes).
+    pub meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub samples: Vec<(SeriesId, i64, f64)>,
 }
 
-pub fn decode(mut b: &[u8]) -> Result<Vec<(SeriesId, i64, f64)>, StorageError> {
-    let corrupt = || StorageError::Corrupt("WAL record is truncated".into());
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        let id = uvarint(&mut b).ok_or_else(corrupt)?;
-        let zz = uvarint(&mut b).ok_or_else(corrupt)?;
-        let t = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
-        let v: [u8; 8] = b
-            .get(..8)
-            .ok_or_else(corrupt)?
-            .try_into()
-            .map_err(|_| corrupt())?;
-        b = &b[8..];
-        out.push((id, t, f64::from_bits(u64::from_be_bytes(v))));
-    }
-    Ok(out)
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
 }
 
 fn put_uvarint(out: &mut Vec<u8>, mut x: u64) {
@@ -40,34 +39,227 @@ fn put_uvarint(out: &mut Vec<u8>, mut x: u64) {
     out.push(x as u8);
 }
 
-fn uvarint(b: &mut &[u8]) -> Option<u64> {
-    let mut x = 0u64;
-    for i in 0..10 {
-        let byte = *b.get(i)?;
-        x |= ((byte & 0x7f) as u64) << (7 * i);
-        if byte < 0x80 {
-            *b = &b[i + 1..];
-            return Some(x);
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.samples.len() * 14);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&(self.series.len() as u32).to_be_bytes());
+        for (id, labels) in &self.series {
+            out.extend_from_slice(&id.to_be_bytes());
+            put_bytes(&mut out, labels);
         }
+        out.extend_from_slice(&(self.meta.len() as u32).to_be_bytes());
+        for (k, v) in &self.meta {
+            out.push(v.is_some() as u8);
+            put_bytes(&mut out, k);
+            if let Some(v) = v {
+                put_bytes(&mut out, v);
+            }
+        }
+        for &(id, t, v) in &self.samples {
+            put_uvarint(&mut out, id);
+            put_uvarint(&mut out, ((t as u64) << 1) ^ ((t >> 63) as u64));
+            out.extend_from_slice(&v.to_bits().to_be_bytes());
+        }
+        out
     }
-    None
+
+    pub fn decode(b: &[u8]) -> Result<Record, StorageError> {
+        let mut r = Reader(b);
+        let mut rec = Record { seq: r.u64()?, ..Record::default() };
+        for _ in 0..r.u32()? {
+            let id = r.u64()?;
+            rec.series.push((id, r.bytes()?.to_vec()));
+        }
+        for _ in 0..r.u32()? {
+            let set = r.take(1)?[0] == 1;
+            let k = r.bytes()?.to_vec();
+            let v = if set { Some(r.bytes()?.to_vec()) } else { None };
+            rec.meta.push((k, v));
+        }
+        while !r.0.is_empty() {
+            let id = r.uvarint()?;
+            let zz = r.uvarint()?;
+            let t = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
+            let v = f64::from_bits(r.u64()?);
+            rec.samples.push((id, t, v));
+        }
+        Ok(rec)
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StorageError> {
+        if self.0.len() < n {
+            return Err(StorageError::Corrupt("WAL record is truncated".into()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u32(&mut self) -> Result<u32, StorageError> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, StorageError> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], StorageError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn uvarint(&mut self) -> Result<u64, StorageError> {
+        let mut x = 0u64;
+        for i in 0..10 {
+            let b = self.take(1)?[0];
+            x |= ((b & 0x7f) as u64) << (7 * i);
+            if b < 0x80 {
+                return Ok(x);
+            }
+        }
+        Err(StorageError::Corrupt("WAL varint too long".into()))
+    }
+}
+
+/// The log's segment files.
+pub struct Wal {
+    dir: PathBuf,
+    /// First sequence of each segment, oldest first; the last one is being written.
+    segments: Vec<u64>,
+    file: Option<File>,
+    written: u64,
+    /// A new segment is started past this size.
+    segment_bytes: u64,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StorageError + '_ {
+    move |e| StorageError::Io(path.to_owned(), e)
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.wal"))
+}
+
+impl Wal {
+    /// Opens the log in `dir` and returns every complete record in it, in order.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Wal, Vec<Record>), StorageError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut segments: Vec<u64> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".wal")?.parse().ok())
+            .collect();
+        segments.sort_unstable();
+        let mut records = Vec::new();
+        for (i, first) in segments.iter().enumerate() {
+            let path = segment_path(dir, *first);
+            let mut data = Vec::new();
+            File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(io(&path))?;
+            let mut pos = 0;
+            while pos + 8 <= data.len() {
+                let len = u32::from_be_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+                let crc = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
+                let Some(payload) = data.get(pos + 8..pos + 8 + len) else { break };
+                if crc32c::crc32c(payload) != crc {
+                    break;
+                }
+                records.push(Record::decode(payload)?);
+                pos += 8 + len;
+            }
+            if pos < data.len() {
+                if i + 1 != segments.len() {
+                    return Err(StorageError::Corrupt(format!(
+                        "{} is damaged at byte {pos} and newer segments follow",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(segment = %path.display(), at = pos, dropped = data.len() - pos,
+                    "write-ahead log ends in an incomplete record (a crash during a commit that was never acknowledged); truncating it");
+                let f = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                f.set_len(pos as u64).map_err(io(&path))?;
+                f.sync_all().map_err(io(&path))?;
+            }
+        }
+        Ok((Wal { dir: dir.to_owned(), segments, file: None, written: 0, segment_bytes }, records))
+    }
+
+    /// Appends a record and fsyncs it.
+    pub fn append(&mut self, rec: &Record) -> Result<(), StorageError> {
+        if self.file.is_none() || self.written >= self.segment_bytes {
+            let path = segment_path(&self.dir, rec.seq);
+            let f = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+            self.file = Some(f);
+            self.written = 0;
+            self.segments.push(rec.seq);
+        }
+        let payload = rec.encode();
+        let mut frame = Vec::with_capacity(payload.len() + 8);
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        let f = self.file.as_mut().expect("opened above");
+        f.write_all(&frame).map_err(io(&self.dir))?;
+        f.sync_data().map_err(io(&self.dir))?;
+        self.written += frame.len() as u64;
+        Ok(())
+    }
+
+    /// Deletes the segments all of whose records have sequences below `keep_from`; returns
+    /// how many. The segment being written is kept.
+    pub fn truncate_before(&mut self, keep_from: u64) -> Result<usize, StorageError> {
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[1] <= keep_from {
+            let path = segment_path(&self.dir, self.segments[0]);
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            self.segments.remove(0);
+            removed += 1;
+        }
+        // Start a new segment next time if the current one holds only old records, so it
+        // can go at the next truncation.
+        if removed == 0 && self.segments.len() == 1 && self.written >= self.segment_bytes / 4 {
+            self.file = None;
+        }
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn roundtrip_and_truncation() {
-        let s = vec![
-            (1, -5, f64::NAN),
-            (u64::MAX, i64::MIN, 1.5),
-            (300, i64::MAX, -0.0),
-        ];
-        let b = super::encode(&s);
-        let d = super::decode(&b).unwrap();
-        assert_eq!(d.len(), 3);
-        for (x, y) in d.iter().zip(&s) {
-            assert_eq!((x.0, x.1, x.2.to_bits()), (y.0, y.1, y.2.to_bits()));
+    use super::*;
+
+    fn rec(seq: u64) -> Record {
+        Record {
+            seq,
+            series: vec![(seq, b"labels".to_vec())],
+            meta: vec![(b"k".to_vec(), Some(b"v".to_vec())), (b"gone".to_vec(), None)],
+            samples: vec![(1, -5, f64::NAN), (u64::MAX, i64::MIN, 1.5), (300, i64::MAX, -0.0)],
         }
-        assert!(super::decode(&b[..b.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn records_roundtrip_and_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut w, recs) = Wal::open(dir.path(), 1 << 20).unwrap();
+            assert!(recs.is_empty());
+            for s in 1..=3 {
+                w.append(&rec(s)).unwrap();
+            }
+        }
+        // A torn write: half a frame at the end.
+        let seg = segment_path(dir.path(), 1);
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[0, 0, 0, 50, 1, 2]).unwrap();
+        drop(f);
+        let (_, recs) = Wal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(recs.len(), 3);
+        let got = &recs[1];
+        assert_eq!((got.seq, &got.series, &got.meta), (2, &rec(2).series, &rec(2).meta));
+        for (a, b) in got.samples.iter().zip(&rec(2).samples) {
+            assert_eq!((a.0, a.1, a.2.to_bits()), (b.0, b.1, b.2.to_bits()));
+        }
+        let (_, again) = Wal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(again.len(), 3, "the torn tail was truncated, not re-read");
     }
 }

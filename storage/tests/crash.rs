@@ -21,6 +21,8 @@ fn config() -> StorageConfig {
         chunk_span_ms: 20_000,
         block_duration_ms: 200_000,
         head_idle_ms: 5_000,
+        // Small log segments so that truncation deletes some while the child runs.
+        wal_segment_bytes: 64 << 10,
         ..StorageConfig::default()
     }
 }
@@ -117,4 +119,9 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
         drop(s);
     }
     assert!(total_acked > 0, "the child never acknowledged anything");
+    let segments = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+    assert!(
+        !dir.path().join("wal/00000000000000000001.wal").exists(),
+        "log truncation never deleted the first segment ({segments} segments)"
+    );
 }

@@ -230,11 +230,15 @@ fn main() -> anyhow::Result<()> {
     let mut p_n = 0;
     for _ in 0..5 {
         let s = Instant::now();
-        let body = ureq::get(&format!("{base}/api/v1/query"))
-            .query("query", "{node_name=~\"node-[0-9]\"}[1h]")
-            .query("time", &format!("{}", now as f64 / 1000.0))
-            .call()?
-            .into_string()?;
+        let mut body = String::new();
+        std::io::Read::read_to_string(
+            &mut ureq::get(&format!("{base}/api/v1/query"))
+                .query("query", "{node_name=~\"node-[0-9]\"}[1h]")
+                .query("time", &format!("{}", now as f64 / 1000.0))
+                .call()?
+                .into_reader(),
+            &mut body,
+        )?;
         p_sel.push(s.elapsed().as_secs_f64() * 1e3);
         let v: serde_json::Value = serde_json::from_str(&body)?;
         p_n = v["data"]["result"].as_array().map(|a| a.len()).unwrap_or(0);
