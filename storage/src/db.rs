@@ -169,11 +169,13 @@ impl Storage {
         for kv in main.scan_prefix([keys::LABELS_BY_ID]) {
             let (k, v) = kv?;
             let id = keys::be_u64(&k[1..]).ok_or_else(|| corrupt("series id key"))?;
-            let mint = main
-                .get(keys::series_mint(id))?
-                .and_then(|b| b.as_ref().try_into().ok().map(i64::from_be_bytes))
-                .unwrap_or(i64::MIN);
-            let labels: Arc<[u8]> = Arc::from(v.as_ref());
+            // Value: first sample time i64, then the encoded labels.
+            let mint = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(i64::from_be_bytes)
+                .ok_or_else(|| corrupt("series value"))?;
+            let labels: Arc<[u8]> = Arc::from(&v[8..]);
             let maxt = persisted_maxt(&blocks, id)?.unwrap_or(i64::MIN);
             head.by_labels.insert(labels.clone(), id);
             head.series.insert(
@@ -219,20 +221,34 @@ impl Storage {
         let mut samples = 0;
         let mut last_seq = 0;
         let mut cut = Vec::new();
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let n = records.len();
         for rec in records {
             last_seq = rec.seq;
+            let mut first_times: HashMap<SeriesId, i64> = HashMap::new();
+            if !rec.series.is_empty() {
+                for &(id, t, _) in &rec.samples {
+                    first_times.entry(id).or_insert(t);
+                }
+            }
             for (id, enc) in rec.series {
                 if head.series.contains_key(&id) {
                     continue;
                 }
                 let labels = Labels::decode(&enc)?;
-                let first_t = rec.samples.iter().find(|x| x.0 == id).map(|x| x.1).unwrap_or(i64::MIN);
+                let first_t = first_times.get(&id).copied().unwrap_or(i64::MIN);
                 series_keys(&mut batch, id, &enc, &labels, first_t);
                 let enc: Arc<[u8]> = Arc::from(enc);
                 head.by_labels.insert(enc.clone(), id);
-                head.series.insert(id, MemSeries { labels: enc, head: None, mint: first_t, maxt: i64::MIN });
+                head.series.insert(
+                    id,
+                    MemSeries {
+                        labels: enc,
+                        head: None,
+                        mint: first_t,
+                        maxt: i64::MIN,
+                    },
+                );
                 inner.next_id.fetch_max(id + 1, Ordering::SeqCst);
             }
             for (k, v) in rec.meta {
@@ -242,7 +258,9 @@ impl Storage {
                 }
             }
             for (id, t, v) in rec.samples {
-                let Some(s) = head.series.get_mut(&id) else { continue };
+                let Some(s) = head.series.get_mut(&id) else {
+                    continue;
+                };
                 if t <= s.maxt {
                     continue; // already in a block, or replayed
                 }
@@ -253,7 +271,7 @@ impl Storage {
             }
         }
         drop(head);
-        inner.main.apply_batch(batch)?;
+        batch.apply(&inner.main)?;
         inner.next_wal.store(last_seq + 1, Ordering::SeqCst);
         self.write_chunks(cut)?;
         Ok((n, samples))
@@ -355,14 +373,45 @@ pub(crate) struct CutChunk {
     pub bytes: Vec<u8>,
 }
 
-/// Queues the sled keys of a new series: labels <-> id, postings, first sample time.
-fn series_keys(batch: &mut sled::Batch, id: SeriesId, enc: &[u8], labels: &Labels, first_t: i64) {
-    batch.insert(keys::with_prefix(keys::SERIES_BY_LABELS, &[enc]), &id.to_be_bytes());
-    batch.insert(keys::labels_by_id(id), enc);
-    for l in labels.iter() {
-        batch.insert(keys::posting(&l.name, &l.value, id), &[]);
+/// sled writes of one commit or replay. They need not be atomic (the write-ahead log is),
+/// and sled holds a huge batch in memory many times over (measured: one 70,000-key batch
+/// cost 2.4 GB RSS), so they are applied in small batches.
+#[derive(Default)]
+pub(crate) struct Writes(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+impl Writes {
+    pub fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) {
+        self.0
+            .push((k.as_ref().to_vec(), Some(v.as_ref().to_vec())));
     }
-    batch.insert(keys::series_mint(id), &first_t.to_be_bytes());
+    pub fn remove(&mut self, k: impl AsRef<[u8]>) {
+        self.0.push((k.as_ref().to_vec(), None));
+    }
+    pub fn apply(self, db: &sled::Db) -> Result<(), StorageError> {
+        for part in self.0.chunks(256) {
+            let mut b = sled::Batch::default();
+            for (k, v) in part {
+                match v {
+                    Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                    None => b.remove(k.as_slice()),
+                }
+            }
+            db.apply_batch(b)?;
+        }
+        Ok(())
+    }
+}
+
+/// Queues the sled keys of a new series: id -> first sample time and labels, postings.
+/// (labels -> id lives only in memory, rebuilt from these on open.)
+fn series_keys(batch: &mut Writes, id: SeriesId, enc: &[u8], labels: &Labels, first_t: i64) {
+    batch.insert(
+        keys::labels_by_id(id),
+        [&first_t.to_be_bytes()[..], enc].concat(),
+    );
+    for l in labels.iter() {
+        batch.insert(keys::posting(&l.name, &l.value, id), []);
+    }
 }
 
 /// Appends one sample (already validated as newer) to a series' head chunk; returns the
@@ -528,12 +577,19 @@ impl Appender for StorageAppender {
     fn commit(self) -> Result<CommitReport, StorageError> {
         let inner = &self.store.inner;
         let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut report = CommitReport::default();
 
         // Ids for new series (another commit may have created them meanwhile).
         let mut ids: HashMap<Arc<[u8]>, SeriesId> = HashMap::new();
         let mut created: Vec<(Arc<[u8]>, SeriesId)> = Vec::new();
+        let mut first_times: HashMap<&Arc<[u8]>, i64> = HashMap::new();
+        if !self.new_series.is_empty() {
+            for (enc, t, _) in &self.samples {
+                let e = first_times.entry(enc).or_insert(*t);
+                *e = (*e).min(*t);
+            }
+        }
         {
             let head = read_lock(&inner.head);
             for (enc, labels) in &self.new_series {
@@ -542,22 +598,8 @@ impl Appender for StorageAppender {
                     continue;
                 }
                 let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
-                batch.insert(
-                    keys::with_prefix(keys::SERIES_BY_LABELS, &[enc]),
-                    &id.to_be_bytes(),
-                );
-                batch.insert(keys::labels_by_id(id), enc.as_ref());
-                for l in labels.iter() {
-                    batch.insert(keys::posting(&l.name, &l.value, id), &[]);
-                }
-                let first_t = self
-                    .samples
-                    .iter()
-                    .filter(|s| s.0 == *enc)
-                    .map(|s| s.1)
-                    .min()
-                    .unwrap_or(0);
-                batch.insert(keys::series_mint(id), &first_t.to_be_bytes());
+                let first_t = first_times.get(enc).copied().unwrap_or(0);
+                series_keys(&mut batch, id, enc, labels, first_t);
                 ids.insert(enc.clone(), id);
                 created.push((enc.clone(), id));
             }
@@ -612,25 +654,29 @@ impl Appender for StorageAppender {
         if !accepted.is_empty() || !created.is_empty() || !self.meta.is_empty() {
             let rec = wal::Record {
                 seq,
-                series: created.iter().map(|(enc, id)| (*id, enc.to_vec())).collect(),
+                series: created
+                    .iter()
+                    .map(|(enc, id)| (*id, enc.to_vec()))
+                    .collect(),
                 meta: self.meta,
                 samples: accepted.clone(),
             };
-            inner.wal.lock().unwrap_or_else(|e| e.into_inner()).append(&rec)?;
+            inner
+                .wal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&rec)?;
         }
         // Durable in the log; sled catches up on its own (the log is replayed after a crash).
-        inner.main.apply_batch(batch)?;
+        batch.apply(&inner.main)?;
 
         // Durable: now visible.
         let mut cut = Vec::new();
         {
             let mut head = write_lock(&inner.head);
             for (enc, id) in created {
-                let first_t = accepted
-                    .iter()
-                    .find(|s| s.0 == id)
-                    .map(|s| s.1)
-                    .unwrap_or(i64::MIN);
+                // `append_to_head` below sets the first time.
+                let first_t = i64::MIN;
                 head.by_labels.insert(enc.clone(), id);
                 head.series.insert(
                     id,

@@ -3,10 +3,8 @@
 
 use crate::SeriesId;
 
-pub const SERIES_BY_LABELS: u8 = b'S';
 pub const LABELS_BY_ID: u8 = b'I';
 pub const POSTING: u8 = b'P';
-pub const SERIES_MINT: u8 = b'R';
 pub const META: u8 = b'M';
 pub const CHUNK: u8 = b'C';
 
@@ -29,10 +27,6 @@ pub fn with_prefix(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
 
 pub fn labels_by_id(id: SeriesId) -> Vec<u8> {
     with_prefix(LABELS_BY_ID, &[&id.to_be_bytes()])
-}
-
-pub fn series_mint(id: SeriesId) -> Vec<u8> {
-    with_prefix(SERIES_MINT, &[&id.to_be_bytes()])
 }
 
 /// `P name 0xff value 0xff id`.

@@ -49,9 +49,12 @@ impl Storage {
             .min()
             .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst));
         inner.main.flush()?;
-        report.wal_segments_removed =
-            inner.wal.lock().unwrap_or_else(|e| e.into_inner()).truncate_before(keep_from)?;
-        let mut batch = sled::Batch::default();
+        report.wal_segments_removed = inner
+            .wal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .truncate_before(keep_from)?;
+        let mut batch = crate::db::Writes::default();
 
         // 3. Retention by time, then by size (never the newest block).
         let cutoff = now_ms.saturating_sub(cfg.retention_ms);
@@ -98,9 +101,7 @@ impl Storage {
             for id in gone {
                 if let Some(s) = head.series.remove(&id) {
                     head.by_labels.remove(&s.labels);
-                    batch.remove(keys::with_prefix(keys::SERIES_BY_LABELS, &[&s.labels]));
                     batch.remove(keys::labels_by_id(id));
-                    batch.remove(keys::series_mint(id));
                     for l in crate::Labels::decode(&s.labels)?.iter() {
                         batch.remove(keys::posting(&l.name, &l.value, id));
                     }
@@ -108,7 +109,7 @@ impl Storage {
                 }
             }
         }
-        inner.main.apply_batch(batch)?;
+        batch.apply(&inner.main)?;
         inner.main.flush()?;
         Ok(report)
     }

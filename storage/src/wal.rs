@@ -14,7 +14,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-
 /// One commit.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Record {
@@ -66,7 +65,10 @@ impl Record {
 
     pub fn decode(b: &[u8]) -> Result<Record, StorageError> {
         let mut r = Reader(b);
-        let mut rec = Record { seq: r.u64()?, ..Record::default() };
+        let mut rec = Record {
+            seq: r.u64()?,
+            ..Record::default()
+        };
         for _ in 0..r.u32()? {
             let id = r.u64()?;
             rec.series.push((id, r.bytes()?.to_vec()));
@@ -100,10 +102,14 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
     fn u32(&mut self) -> Result<u32, StorageError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, StorageError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn bytes(&mut self) -> Result<&'a [u8], StorageError> {
         let n = self.u32()? as usize;
@@ -147,19 +153,31 @@ impl Wal {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut segments: Vec<u64> = std::fs::read_dir(dir)
             .map_err(io(dir))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".wal")?.parse().ok())
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".wal")?
+                    .parse()
+                    .ok()
+            })
             .collect();
         segments.sort_unstable();
         let mut records = Vec::new();
         for (i, first) in segments.iter().enumerate() {
             let path = segment_path(dir, *first);
             let mut data = Vec::new();
-            File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(io(&path))?;
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .map_err(io(&path))?;
             let mut pos = 0;
             while pos + 8 <= data.len() {
-                let len = u32::from_be_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+                let len =
+                    u32::from_be_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
                 let crc = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
-                let Some(payload) = data.get(pos + 8..pos + 8 + len) else { break };
+                let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
+                    break;
+                };
                 if crc32c::crc32c(payload) != crc {
                     break;
                 }
@@ -175,20 +193,38 @@ impl Wal {
                 }
                 tracing::warn!(segment = %path.display(), at = pos, dropped = data.len() - pos,
                     "write-ahead log ends in an incomplete record (a crash during a commit that was never acknowledged); truncating it");
-                let f = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
                 f.set_len(pos as u64).map_err(io(&path))?;
                 f.sync_all().map_err(io(&path))?;
             }
         }
-        Ok((Wal { dir: dir.to_owned(), segments, file: None, written: 0, segment_bytes }, records))
+        Ok((
+            Wal {
+                dir: dir.to_owned(),
+                segments,
+                file: None,
+                written: 0,
+                segment_bytes,
+            },
+            records,
+        ))
     }
 
     /// Appends a record and fsyncs it.
     pub fn append(&mut self, rec: &Record) -> Result<(), StorageError> {
         if self.file.is_none() || self.written >= self.segment_bytes {
             let path = segment_path(&self.dir, rec.seq);
-            let f = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))?;
             self.file = Some(f);
             self.written = 0;
             self.segments.push(rec.seq);
@@ -232,8 +268,15 @@ mod tests {
         Record {
             seq,
             series: vec![(seq, b"labels".to_vec())],
-            meta: vec![(b"k".to_vec(), Some(b"v".to_vec())), (b"gone".to_vec(), None)],
-            samples: vec![(1, -5, f64::NAN), (u64::MAX, i64::MIN, 1.5), (300, i64::MAX, -0.0)],
+            meta: vec![
+                (b"k".to_vec(), Some(b"v".to_vec())),
+                (b"gone".to_vec(), None),
+            ],
+            samples: vec![
+                (1, -5, f64::NAN),
+                (u64::MAX, i64::MIN, 1.5),
+                (300, i64::MAX, -0.0),
+            ],
         }
     }
 
@@ -255,7 +298,10 @@ mod tests {
         let (_, recs) = Wal::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(recs.len(), 3);
         let got = &recs[1];
-        assert_eq!((got.seq, &got.series, &got.meta), (2, &rec(2).series, &rec(2).meta));
+        assert_eq!(
+            (got.seq, &got.series, &got.meta),
+            (2, &rec(2).series, &rec(2).meta)
+        );
         for (a, b) in got.samples.iter().zip(&rec(2).samples) {
             assert_eq!((a.0, a.1, a.2.to_bits()), (b.0, b.1, b.2.to_bits()));
         }

@@ -28,24 +28,33 @@ fn config() -> StorageConfig {
 }
 
 fn labels(j: u64) -> Labels {
-    Labels::new([("__name__", "crash_test".to_owned()), ("series", j.to_string())]).unwrap()
+    Labels::new([
+        ("__name__", "crash_test".to_owned()),
+        ("series", j.to_string()),
+    ])
+    .unwrap()
 }
 
 fn next_of(s: &Storage) -> u64 {
-    s.meta(b"next").unwrap().map(|b| u64::from_be_bytes(b.try_into().unwrap())).unwrap_or(0)
+    s.meta(b"next")
+        .unwrap()
+        .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+        .unwrap_or(0)
 }
 
 /// The child: only runs when the parent sets `KAPPIE_CRASH_CHILD` to a data directory.
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var("KAPPIE_CRASH_CHILD") else { return };
+    let Ok(dir) = std::env::var("KAPPIE_CRASH_CHILD") else {
+        return;
+    };
     let s = Storage::open(std::path::Path::new(&dir), &config()).unwrap();
     let mut i = next_of(&s);
     loop {
         let mut a = s.appender();
         for j in 0..SERIES {
             // Series j skips some steps so that some heads go idle and get cut.
-            if j % 7 == 0 && (i / 10) % 3 == 1 {
+            if j.is_multiple_of(7) && (i / 10) % 3 == 1 {
                 continue;
             }
             a.append(&labels(j), (i * 1000) as i64, i as f64).unwrap();
@@ -53,7 +62,7 @@ fn crash_child() {
         a.set_meta(b"next", &(i + 1).to_be_bytes());
         a.commit().unwrap();
         println!("acked {i}");
-        if i % 25 == 0 {
+        if i.is_multiple_of(25) {
             s.maintain((i * 1000) as i64).unwrap();
         }
         i += 1;
@@ -62,7 +71,10 @@ fn crash_child() {
 
 #[test]
 fn sigkill_at_random_points_loses_nothing_acknowledged() {
-    let rounds: usize = std::env::var("KAPPIE_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::var("KAPPIE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
     let mut seed = 0x1234_5678_9abc_def1u64 ^ std::process::id() as u64;
     let mut total_acked = 0;
@@ -98,7 +110,10 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
         let s = Storage::open(dir.path(), &config()).expect("the store opens after SIGKILL");
         let next = next_of(&s);
         if let Some(last) = last_acked {
-            assert!(next > last, "round {round}: acknowledged {last} but the store resumes at {next}");
+            assert!(
+                next > last,
+                "round {round}: acknowledged {last} but the store resumes at {next}"
+            );
             total_acked = last + 1;
         }
         // Every step below `next` is there exactly, in every series that appended it, and
@@ -107,7 +122,9 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
         let got = s.select(&[m], i64::MIN, i64::MAX).unwrap();
         for series in &got {
             let j: u64 = series.labels.get("series").unwrap().parse().unwrap();
-            let want: Vec<u64> = (0..next).filter(|i| !(j % 7 == 0 && (i / 10) % 3 == 1)).collect();
+            let want: Vec<u64> = (0..next)
+                .filter(|i| !(j.is_multiple_of(7) && (i / 10) % 3 == 1))
+                .collect();
             let have: Vec<u64> = series.samples.iter().map(|x| x.v as u64).collect();
             assert_eq!(have, want, "round {round} series {j}");
             assert!(series.samples.iter().all(|x| x.t == x.v as i64 * 1000));
@@ -115,7 +132,10 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
         if next > 0 {
             assert_eq!(got.len() as u64, SERIES, "round {round}");
         }
-        eprintln!("round {round}: killed after {:?}, acked up to {last_acked:?}, store at {next}", started.elapsed());
+        eprintln!(
+            "round {round}: killed after {:?}, acked up to {last_acked:?}, store at {next}",
+            started.elapsed()
+        );
         drop(s);
     }
     assert!(total_acked > 0, "the child never acknowledged anything");

@@ -143,7 +143,10 @@ fn chunks_cut_persist_and_read_back_across_restarts() {
     let s = Storage::open(dir.path(), &cfg).unwrap();
     assert_eq!(all(&s)[0].samples, expected);
     let r = s.maintain(t0 + 1000 * 10_000).unwrap();
-    assert_eq!(r.blocks_removed, 0, "nothing is past the 15 day retention: {r:?}");
+    assert_eq!(
+        r.blocks_removed, 0,
+        "nothing is past the 15 day retention: {r:?}"
+    );
     drop(s);
     let s = Storage::open(dir.path(), &cfg).unwrap();
     assert_eq!(all(&s)[0].samples, expected);

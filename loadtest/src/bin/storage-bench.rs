@@ -57,7 +57,8 @@ fn series_labels(i: usize) -> Vec<(String, String)> {
 /// Deterministic values: counters grow by 0..=4 per step, `kappie_tcp_state` is a gauge
 /// that wanders a little.
 fn value(i: usize, step: usize) -> f64 {
-    let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (step as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     if i % METRICS.len() == 4 {
         (100 + (h >> 60)) as f64
     } else {
@@ -69,13 +70,23 @@ fn value(i: usize, step: usize) -> f64 {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
         .unwrap_or(0)
 }
 
 fn du(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
     rd.flatten()
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => du(&e.path()),
@@ -105,7 +116,13 @@ fn main() -> anyhow::Result<()> {
     let total = (args.series * args.samples) as f64;
     let work = std::env::temp_dir().join(format!("kappie-storage-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    eprintln!("{} series x {} samples = {} samples; data under {}", args.series, args.samples, total, work.display());
+    eprintln!(
+        "{} series x {} samples = {} samples; data under {}",
+        args.series,
+        args.samples,
+        total,
+        work.display()
+    );
     let labels: Vec<Vec<(String, String)>> = (0..args.series).map(series_labels).collect();
     let select_matchers = || {
         vec![Matcher::new(MatchOp::Regex, "node_name", "node-[0-9]").unwrap()] // nodes 0..9: 10% of the series
@@ -115,7 +132,14 @@ fn main() -> anyhow::Result<()> {
     let kdir = work.join("kappie");
     let rss0 = rss_kib(std::process::id());
     let store = Storage::open(&kdir, &StorageConfig::default())?;
-    let klabels: Vec<Labels> = labels.iter().map(|l| Labels::new(l.clone()).unwrap()).collect();
+    eprintln!(
+        "kappie: RSS {} MiB after generating labels and opening",
+        rss_kib(std::process::id()) / 1024
+    );
+    let klabels: Vec<Labels> = labels
+        .iter()
+        .map(|l| Labels::new(l.clone()).unwrap())
+        .collect();
     let started = Instant::now();
     for step in 0..args.samples {
         let t = t0 + step as i64 * STEP_MS;
@@ -130,7 +154,12 @@ fn main() -> anyhow::Result<()> {
             }
         }
         if step % 60 == 59 {
-            eprintln!("kappie: {} of {} steps", step + 1, args.samples);
+            eprintln!(
+                "kappie: {} of {} steps, RSS {} MiB",
+                step + 1,
+                args.samples,
+                rss_kib(std::process::id()) / 1024
+            );
         }
     }
     let k_ingest = total / started.elapsed().as_secs_f64();
@@ -168,19 +197,30 @@ fn main() -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(work.join("prometheus.log"))?)
         .spawn()
-        .with_context(|| format!("cannot start {} (apt-get install prometheus)", args.prometheus))?;
+        .with_context(|| {
+            format!(
+                "cannot start {} (apt-get install prometheus)",
+                args.prometheus
+            )
+        })?;
     let prom = KillOnDrop(child);
     let base = format!("http://{addr}");
     let deadline = Instant::now() + Duration::from_secs(60);
     while ureq::get(&format!("{base}/-/ready")).call().is_err() {
         if Instant::now() > deadline {
-            bail!("prometheus did not get ready; see {}", work.join("prometheus.log").display());
+            bail!(
+                "prometheus did not get ready; see {}",
+                work.join("prometheus.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     let p_rss0 = rss_kib(prom.0.id());
     let started = Instant::now();
-    let halves: Vec<Vec<usize>> = vec![(0..args.series / 2).collect(), (args.series / 2..args.series).collect()];
+    let halves: Vec<Vec<usize>> = vec![
+        (0..args.series / 2).collect(),
+        (args.series / 2..args.series).collect(),
+    ];
     std::thread::scope(|s| -> anyhow::Result<()> {
         let mut handles = Vec::new();
         for half in &halves {
@@ -196,9 +236,15 @@ fn main() -> anyhow::Result<()> {
                                 .map(|&i| pb::TimeSeries {
                                     labels: labels[i]
                                         .iter()
-                                        .map(|(n, v)| pb::Label { name: n.clone(), value: v.clone() })
+                                        .map(|(n, v)| pb::Label {
+                                            name: n.clone(),
+                                            value: v.clone(),
+                                        })
                                         .collect(),
-                                    samples: vec![pb::Sample { value: value(i, step), timestamp: t }],
+                                    samples: vec![pb::Sample {
+                                        value: value(i, step),
+                                        timestamp: t,
+                                    }],
                                 })
                                 .collect(),
                             metadata: vec![],
