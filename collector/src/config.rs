@@ -69,7 +69,7 @@ impl Default for Config {
             grpc_max_message_bytes: 16 * 1024 * 1024,
             max_series_per_shipper: 100_000,
             max_future_skew_seconds: 300,
-            cache_capacity_bytes: 32 * 1024 * 1024,
+            cache_capacity_bytes: 8 * 1024 * 1024,
             retention_seconds: 15 * 24 * 3600,
             retention_bytes: 0,
             log_format: "text".into(),

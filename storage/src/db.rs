@@ -1,17 +1,18 @@
-//! The engine: series and postings, write-ahead records and ingest state in one sled
-//! database (`main/`); compressed chunks in one sled database per time block
-//! (`blocks/<start>/`), so that retention frees disk by removing whole directories.
+//! The engine: the write-ahead log (`wal/`), series, postings and ingest state in one sled
+//! database (`main/`), compressed chunks in one sled database per time block
+//! (`blocks/<start>/`) so that retention frees disk by removing whole directories.
 //!
 //! Writes: an append is validated against the in-memory head (strictly increasing time per
-//! series), then its samples go into a write-ahead record, together with any new series,
-//! postings and ingest state, in one `sled::Batch` that is applied and flushed before
-//! `commit` returns. Only then are the samples added to the series' open head chunks. A head
-//! chunk is cut into its block when it holds 120 samples or the next sample falls in another
-//! chunk window (`chunk_span`); [`Storage::maintain`] cuts idle head chunks, flushes the
-//! blocks and deletes write-ahead records whose samples are all in blocks.
+//! series); then one log record with its new series, ingest-state changes and accepted
+//! samples is appended and fsynced; then the same changes go to sled (unflushed: the log is
+//! the source of truth) and the samples to the series' open head chunks. A head chunk is
+//! cut into its block when it holds 120 samples or the next sample falls in another chunk
+//! window (`chunk_span`); [`Storage::maintain`] cuts idle head chunks, flushes sled and the
+//! blocks and deletes the log segments that are no longer needed.
 //!
-//! Recovery: on open the head is rebuilt by replaying the write-ahead records, skipping
-//! samples already in a block (a crash between cutting a chunk and truncating the records).
+//! Recovery: on open the log is replayed: series and ingest state into sled again
+//! (idempotent), samples into the head unless a block already has them (a crash between
+//! cutting a chunk and truncating the log).
 
 use crate::chunkenc::{XorAppender, MAX_SAMPLES};
 use crate::labels::Labels;
@@ -45,8 +46,8 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            cache_capacity_bytes: 32 << 20,
-            block_cache_capacity_bytes: 4 << 20,
+            cache_capacity_bytes: 8 << 20,
+            block_cache_capacity_bytes: 2 << 20,
             retention_ms: 15 * 24 * 3600 * 1000,
             retention_bytes: None,
             block_duration_ms: 24 * 3600 * 1000,
@@ -377,18 +378,21 @@ pub(crate) struct CutChunk {
 /// and sled holds a huge batch in memory many times over (measured: one 70,000-key batch
 /// cost 2.4 GB RSS), so they are applied in small batches.
 #[derive(Default)]
-pub(crate) struct Writes(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+pub(crate) struct Writes {
+    kv: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub postings: crate::index::PostingsDelta,
+}
 
 impl Writes {
     pub fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) {
-        self.0
-            .push((k.as_ref().to_vec(), Some(v.as_ref().to_vec())));
+        self.kv.push((k.as_ref().to_vec(), Some(v.as_ref().to_vec())));
     }
     pub fn remove(&mut self, k: impl AsRef<[u8]>) {
-        self.0.push((k.as_ref().to_vec(), None));
+        self.kv.push((k.as_ref().to_vec(), None));
     }
     pub fn apply(self, db: &sled::Db) -> Result<(), StorageError> {
-        for part in self.0.chunks(256) {
+        self.postings.apply(db)?;
+        for part in self.kv.chunks(256) {
             let mut b = sled::Batch::default();
             for (k, v) in part {
                 match v {
@@ -410,7 +414,7 @@ fn series_keys(batch: &mut Writes, id: SeriesId, enc: &[u8], labels: &Labels, fi
         [&first_t.to_be_bytes()[..], enc].concat(),
     );
     for l in labels.iter() {
-        batch.insert(keys::posting(&l.name, &l.value, id), []);
+        batch.postings.add(&l.name, &l.value, id);
     }
 }
 

@@ -7,6 +7,7 @@ use crate::labels::{Labels, Matcher};
 use crate::{index, keys, Querier, Sample, Series, SeriesId, StorageError};
 use std::collections::{BTreeSet, HashSet};
 
+
 /// One compressed chunk (Prometheus XOR encoding) and its time range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawChunk {
@@ -36,11 +37,11 @@ impl Storage {
                 .series
                 .keys()
                 .copied()
-                .collect::<BTreeSet<_>>()
+                .collect::<roaring::RoaringTreemap>()
         };
         let ids = index::resolve(&self.inner.main, matchers, all)?;
         let head = read_lock(&self.inner.head);
-        let mut out = Vec::with_capacity(ids.len());
+        let mut out = Vec::with_capacity(ids.len() as usize);
         for id in ids {
             let Some(s) = head.series.get(&id) else {
                 continue;
@@ -167,15 +168,13 @@ impl Storage {
         if matchers.is_empty() {
             let head = read_lock(&self.inner.head);
             for p in index::postings_of_name(&self.inner.main, name) {
-                let (value, id) = p?;
-                if values.contains(&value) {
-                    continue;
-                }
-                if head
-                    .series
-                    .get(&id)
-                    .is_some_and(|s| s.maxt >= mint && s.mint <= maxt)
-                {
+                let (value, ids) = p?;
+                let live = |id: u64| {
+                    head.series
+                        .get(&id)
+                        .is_some_and(|s| s.maxt >= mint && s.mint <= maxt)
+                };
+                if ids.iter().any(live) {
                     values.insert(value);
                 }
             }

@@ -103,7 +103,7 @@ impl Storage {
                     head.by_labels.remove(&s.labels);
                     batch.remove(keys::labels_by_id(id));
                     for l in crate::Labels::decode(&s.labels)?.iter() {
-                        batch.remove(keys::posting(&l.name, &l.value, id));
+                        batch.postings.remove(&l.name, &l.value, id);
                     }
                     report.series_removed += 1;
                 }
