@@ -183,6 +183,24 @@ async fn duplicate_batch_counts_once_and_survives_restart() {
     .await
     .unwrap();
     assert_eq!(common::single_value(&v), Some(12.0), "{v}");
+    let http = c.http_url();
+    let metrics = tokio::task::spawn_blocking(move || {
+        ureq::get(&format!("{http}/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "kappie_storage_series 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kappie_storage_samples_refused_total{reason=\"out_of_order\"} 0"),
+        "{metrics}"
+    );
     drop(cl);
     c.stop().await;
 }

@@ -18,9 +18,18 @@ struct BitWriter {
 }
 
 impl BitWriter {
+    /// Grows the buffer 32 bytes at a time: a head chunk per series lives in memory, and
+    /// doubling would leave a quarter of it unused on average.
+    fn push(&mut self, b: u8) {
+        if self.bytes.len() == self.bytes.capacity() {
+            self.bytes.reserve_exact(32);
+        }
+        self.bytes.push(b);
+    }
+
     fn write_bit(&mut self, bit: bool) {
         if self.free == 0 {
-            self.bytes.push(0);
+            self.push(0);
             self.free = 8;
         }
         if bit {
@@ -31,11 +40,11 @@ impl BitWriter {
 
     fn write_byte(&mut self, b: u8) {
         if self.free == 0 {
-            self.bytes.push(b);
+            self.push(b);
             return;
         }
         *self.bytes.last_mut().expect("free > 0 means a byte exists") |= b >> (8 - self.free);
-        self.bytes.push(b << self.free);
+        self.push(b << self.free);
     }
 
     /// Writes the low `n` bits of `v`, most significant first.

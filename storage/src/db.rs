@@ -385,7 +385,8 @@ pub(crate) struct Writes {
 
 impl Writes {
     pub fn insert(&mut self, k: impl AsRef<[u8]>, v: impl AsRef<[u8]>) {
-        self.kv.push((k.as_ref().to_vec(), Some(v.as_ref().to_vec())));
+        self.kv
+            .push((k.as_ref().to_vec(), Some(v.as_ref().to_vec())));
     }
     pub fn remove(&mut self, k: impl AsRef<[u8]>) {
         self.kv.push((k.as_ref().to_vec(), None));

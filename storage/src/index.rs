@@ -14,7 +14,8 @@ use roaring::RoaringTreemap;
 use std::collections::BTreeMap;
 
 fn decode(b: &[u8]) -> Result<RoaringTreemap, StorageError> {
-    RoaringTreemap::deserialize_from(b).map_err(|e| StorageError::Corrupt(format!("postings bitmap: {e}")))
+    RoaringTreemap::deserialize_from(b)
+        .map_err(|e| StorageError::Corrupt(format!("postings bitmap: {e}")))
 }
 
 fn get(db: &sled::Db, key: &[u8]) -> Result<RoaringTreemap, StorageError> {
@@ -33,11 +34,17 @@ pub(crate) struct PostingsDelta {
 
 impl PostingsDelta {
     pub fn add(&mut self, name: &str, value: &str, id: SeriesId) {
-        self.add.entry(keys::posting(name, value)).or_default().insert(id);
+        self.add
+            .entry(keys::posting(name, value))
+            .or_default()
+            .insert(id);
     }
 
     pub fn remove(&mut self, name: &str, value: &str, id: SeriesId) {
-        self.remove.entry(keys::posting(name, value)).or_default().insert(id);
+        self.remove
+            .entry(keys::posting(name, value))
+            .or_default()
+            .insert(id);
     }
 
     /// Read, change, write back each touched bitmap (callers hold the write lock).

@@ -31,7 +31,10 @@ pub fn labels_by_id(id: SeriesId) -> Vec<u8> {
 
 /// `P name 0xff value 0xff` (value: roaring bitmap of series ids).
 pub fn posting(name: &str, value: &str) -> Vec<u8> {
-    with_prefix(POSTING, &[name.as_bytes(), &[0xff], value.as_bytes(), &[0xff]])
+    with_prefix(
+        POSTING,
+        &[name.as_bytes(), &[0xff], value.as_bytes(), &[0xff]],
+    )
 }
 
 pub fn meta(k: &[u8]) -> Vec<u8> {

@@ -7,7 +7,6 @@ use crate::labels::{Labels, Matcher};
 use crate::{index, keys, Querier, Sample, Series, SeriesId, StorageError};
 use std::collections::{BTreeSet, HashSet};
 
-
 /// One compressed chunk (Prometheus XOR encoding) and its time range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawChunk {

@@ -25,6 +25,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/query", get(query_get).post(query_post))
+        .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "Kappie is Healthy.\n" }))
         .route("/-/ready", get(|| async { "Kappie is Ready.\n" }))
         .with_state(state)
@@ -122,6 +123,83 @@ async fn instant(st: ApiState, p: QueryParams) -> Result<Response, ApiError> {
         }),
     };
     Ok(Json(json!({"status": "success", "data": data})).into_response())
+}
+
+/// Self-metrics in the Prometheus text exposition format.
+async fn metrics(State(st): State<ApiState>) -> Response {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = st.store.stats();
+    let disk = {
+        let store = st.store.clone();
+        tokio::task::spawn_blocking(move || store.size_on_disk().unwrap_or(0))
+            .await
+            .unwrap_or(0)
+    };
+    let mut out = String::new();
+    let mut put = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    put(
+        "kappie_storage_samples_appended_total",
+        "counter",
+        "Samples written to the store.",
+        &[("", s.samples_appended.load(Relaxed))],
+    );
+    put(
+        "kappie_storage_samples_refused_total",
+        "counter",
+        "Samples the store refused, by reason.",
+        &[
+            (
+                "{reason=\"out_of_order\"}",
+                s.samples_refused_out_of_order.load(Relaxed),
+            ),
+            (
+                "{reason=\"duplicate_timestamp\"}",
+                s.samples_refused_duplicate_timestamp.load(Relaxed),
+            ),
+            (
+                "{reason=\"too_old\"}",
+                s.samples_refused_too_old.load(Relaxed),
+            ),
+        ],
+    );
+    put(
+        "kappie_storage_chunks_cut_total",
+        "counter",
+        "Compressed chunks written to blocks.",
+        &[("", s.chunks_cut.load(Relaxed))],
+    );
+    put(
+        "kappie_storage_series",
+        "gauge",
+        "Series in the store.",
+        &[("", st.store.series_count() as u64)],
+    );
+    put(
+        "kappie_storage_blocks",
+        "gauge",
+        "Block databases on disk.",
+        &[("", st.store.block_count() as u64)],
+    );
+    put(
+        "kappie_storage_disk_bytes",
+        "gauge",
+        "Bytes the data directory takes on disk.",
+        &[("", disk)],
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 fn labels_json(l: &Labels) -> serde_json::Value {
