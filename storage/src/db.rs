@@ -165,18 +165,34 @@ impl Storage {
             blocks.insert(start, open_block(&entry.path(), config)?);
         }
 
+        // Series: `I id -> first time`; their label sets are rebuilt from the postings
+        // (keeping them only there saves sled memory per series).
+        let mut pairs: HashMap<SeriesId, Vec<(String, String)>> = HashMap::new();
+        for kv in main.scan_prefix([keys::POSTING]) {
+            let (k, v) = kv?;
+            let (name, value) = keys::split_posting(&k).ok_or_else(|| corrupt("posting key"))?;
+            let ids = crate::index::decode(&v)?;
+            for id in ids {
+                pairs
+                    .entry(id)
+                    .or_default()
+                    .push((name.to_owned(), value.to_owned()));
+            }
+        }
         let mut head = Head::default();
         let mut max_id = 0;
         for kv in main.scan_prefix([keys::LABELS_BY_ID]) {
             let (k, v) = kv?;
             let id = keys::be_u64(&k[1..]).ok_or_else(|| corrupt("series id key"))?;
-            // Value: first sample time i64, then the encoded labels.
             let mint = v
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map(i64::from_be_bytes)
                 .ok_or_else(|| corrupt("series value"))?;
-            let labels: Arc<[u8]> = Arc::from(&v[8..]);
+            let Some(p) = pairs.remove(&id) else {
+                return Err(corrupt("series without postings"));
+            };
+            let labels: Arc<[u8]> = Arc::from(Labels::new(p)?.encode());
             let maxt = persisted_maxt(&blocks, id)?.unwrap_or(i64::MIN);
             head.by_labels.insert(labels.clone(), id);
             head.series.insert(
@@ -238,7 +254,7 @@ impl Storage {
                 }
                 let labels = Labels::decode(&enc)?;
                 let first_t = first_times.get(&id).copied().unwrap_or(i64::MIN);
-                series_keys(&mut batch, id, &enc, &labels, first_t);
+                series_keys(&mut batch, id, &labels, first_t);
                 let enc: Arc<[u8]> = Arc::from(enc);
                 head.by_labels.insert(enc.clone(), id);
                 head.series.insert(
@@ -407,13 +423,10 @@ impl Writes {
     }
 }
 
-/// Queues the sled keys of a new series: id -> first sample time and labels, postings.
-/// (labels -> id lives only in memory, rebuilt from these on open.)
-fn series_keys(batch: &mut Writes, id: SeriesId, enc: &[u8], labels: &Labels, first_t: i64) {
-    batch.insert(
-        keys::labels_by_id(id),
-        [&first_t.to_be_bytes()[..], enc].concat(),
-    );
+/// Queues the sled keys of a new series: id -> first sample time, and its postings (the
+/// label sets and labels -> id live in memory and are rebuilt from these on open).
+fn series_keys(batch: &mut Writes, id: SeriesId, labels: &Labels, first_t: i64) {
+    batch.insert(keys::labels_by_id(id), first_t.to_be_bytes());
     for l in labels.iter() {
         batch.postings.add(&l.name, &l.value, id);
     }
@@ -604,7 +617,7 @@ impl Appender for StorageAppender {
                 }
                 let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
                 let first_t = first_times.get(enc).copied().unwrap_or(0);
-                series_keys(&mut batch, id, enc, labels, first_t);
+                series_keys(&mut batch, id, labels, first_t);
                 ids.insert(enc.clone(), id);
                 created.push((enc.clone(), id));
             }

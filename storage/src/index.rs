@@ -13,7 +13,7 @@ use crate::{SeriesId, StorageError};
 use roaring::RoaringTreemap;
 use std::collections::BTreeMap;
 
-fn decode(b: &[u8]) -> Result<RoaringTreemap, StorageError> {
+pub(crate) fn decode(b: &[u8]) -> Result<RoaringTreemap, StorageError> {
     RoaringTreemap::deserialize_from(b)
         .map_err(|e| StorageError::Corrupt(format!("postings bitmap: {e}")))
 }

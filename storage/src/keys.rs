@@ -48,3 +48,13 @@ pub fn chunk(id: SeriesId, mint: i64) -> Vec<u8> {
 pub fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.try_into().ok()?))
 }
+
+/// Name and value of a posting key.
+pub fn split_posting(k: &[u8]) -> Option<(&str, &str)> {
+    let rest = k.strip_prefix(&[POSTING])?.strip_suffix(&[0xff])?;
+    let i = rest.iter().position(|&b| b == 0xff)?;
+    Some((
+        std::str::from_utf8(&rest[..i]).ok()?,
+        std::str::from_utf8(&rest[i + 1..]).ok()?,
+    ))
+}

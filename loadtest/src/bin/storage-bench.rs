@@ -182,6 +182,22 @@ fn main() -> anyhow::Result<()> {
         k_sel.push(s.elapsed().as_secs_f64() * 1e3);
         k_n = r.len();
     }
+    let all = [Matcher::new(MatchOp::Regex, "__name__", ".+")?];
+    let raw: usize = store
+        .select_chunks(&all, i64::MIN, i64::MAX)?
+        .iter()
+        .flat_map(|s| &s.chunks)
+        .map(|c| c.bytes.len())
+        .sum();
+    drop(store);
+    let reopen = Instant::now();
+    let store = Storage::open(&kdir, &StorageConfig::default())?;
+    eprintln!(
+        "kappie: XOR chunk bytes alone {:.2} per sample; reopening {} series took {:.2} s",
+        raw as f64 / total,
+        store.series_count(),
+        reopen.elapsed().as_secs_f64()
+    );
     drop(store);
 
     // Prometheus.
