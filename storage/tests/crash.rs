@@ -19,7 +19,7 @@ fn config() -> StorageConfig {
         // Small windows and blocks so chunks are cut, blocks made and records truncated
         // often while the child runs.
         chunk_span_ms: 20_000,
-        block_duration_ms: 200_000,
+        block_duration_ms: 2_000_000,
         head_idle_ms: 5_000,
         // Small log segments so that truncation deletes some while the child runs.
         wal_segment_bytes: 64 << 10,
@@ -82,7 +82,7 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(30 + seed % 400);
+        let delay = Duration::from_millis(100 + seed % 500);
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env("KAPPIE_CRASH_CHILD", dir.path())
