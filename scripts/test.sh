@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in ip:iproute2 ss:iproute2 nstat:iproute2 curl:curl; do
+for tool in ip:iproute2 ss:iproute2 nstat:iproute2 curl:curl clang-19:clang-19 nft:nftables; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "installing: ${need[*]}" >&2
@@ -20,6 +21,8 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+echo "== eBPF objects match their C sources" >&2
+bash ebpf/build.sh --check
 echo "== cargo fmt" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2

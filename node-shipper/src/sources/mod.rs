@@ -1,5 +1,7 @@
 //! The Linux utility sources: /proc and sysfs.
 
+pub mod btf;
+pub mod ebpf;
 pub mod interfaces;
 pub mod netstat;
 pub mod sockets;

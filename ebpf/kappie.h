@@ -1,0 +1,50 @@
+/* Shared definitions of Kappie's eBPF programs. Every struct here has a #[repr(C)] mirror
+ * in ebpf/src/lib.rs with a size assertion; change both together. */
+#ifndef KAPPIE_H
+#define KAPPIE_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#define KAPPIE_DIR_INGRESS 0
+#define KAPPIE_DIR_EGRESS 1
+#define KAPPIE_DIR_UNKNOWN 2
+
+/* TCP flag bit numbers in byte 13 of the TCP header. */
+#define KAPPIE_FLAG_FIN 0
+#define KAPPIE_FLAG_SYN 1
+#define KAPPIE_FLAG_RST 2
+#define KAPPIE_FLAG_PSH 3
+#define KAPPIE_FLAG_ACK 4
+#define KAPPIE_FLAG_URG 5
+#define KAPPIE_FLAG_ECE 6
+#define KAPPIE_FLAG_CWR 7
+
+struct kappie_forward_key {
+	__u32 ifindex;
+	__u32 direction;
+};
+
+struct kappie_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct kappie_flag_key {
+	__u32 ifindex;
+	__u32 direction;
+	__u32 flag;
+	__u32 pad;
+};
+
+struct kappie_drop_key {
+	__u32 reason;
+	__u32 direction;
+	/* inode number of the network namespace of the device (0 without one), so that a
+	 * test (or a per-namespace view) can tell its own drops apart. */
+	__u32 netns;
+	__u32 ifindex;
+};
+
+#endif

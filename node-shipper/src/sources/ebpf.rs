@@ -1,0 +1,347 @@
+//! The eBPF dataplane source: `kappie_forward_count/bytes` and `kappie_tcp_flag_counters`
+//! from tc programs on the chosen interfaces (tcx where the kernel has it, clsact
+//! otherwise), `kappie_drop_count/bytes` from `tp_btf/kfree_skb` with the kernel's own drop
+//! reason names read from its BTF. Maps are per-CPU and pinned under `pin_dir` (bpffs), so
+//! counts survive a shipper restart; programs are detached when the source is dropped.
+//!
+//! Loading reads as one sequence per object: load, find program, attach; each step says
+//! what to do when it fails.
+
+use crate::source::{Observation, Source, SourceError};
+use aya::maps::{Map, PerCpuHashMap};
+use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType};
+use aya::{Btf, Ebpf, EbpfLoader};
+use kappie_ebpf::{Counter, DropKey, FlagKey, ForwardKey, DIR_EGRESS, DIR_INGRESS, TCP_FLAGS};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// What to attach where.
+#[derive(Debug, Clone)]
+pub struct EbpfConfig {
+    /// Interface names to count forwards and TCP flags on.
+    pub interfaces: Vec<String>,
+    /// bpffs directory for the pinned maps.
+    pub pin_dir: PathBuf,
+    /// Count drops (`tp_btf/kfree_skb`).
+    pub drops: bool,
+}
+
+/// Why eBPF could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("{step}: {source}; {hint}")]
+    Step {
+        step: String,
+        hint: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn step<E: std::error::Error + Send + Sync + 'static>(
+    step: impl Into<String>,
+    hint: &'static str,
+) -> impl FnOnce(E) -> EbpfError {
+    let step = step.into();
+    move |e| EbpfError::Step {
+        step,
+        hint,
+        source: Box::new(e),
+    }
+}
+
+/// Sums of the per-CPU counters, by map key.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub forward: HashMap<ForwardKey, Counter>,
+    pub flags: HashMap<FlagKey, u64>,
+    pub drops: HashMap<DropKey, Counter>,
+}
+
+/// The source.
+pub struct EbpfSource {
+    forward: Ebpf,
+    drops: Option<Ebpf>,
+    reasons: HashMap<u32, String>,
+    ifindexes: Vec<u32>,
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` if nothing is mounted there (a DaemonSet mounts the
+/// host's), and creates `dir`.
+fn ensure_bpffs(dir: &Path) -> Result<(), EbpfError> {
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+        })
+        .unwrap_or(false);
+    if !mounted {
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(step(
+                "mount bpffs at /sys/fs/bpf",
+                "mount it (mount -t bpf bpf /sys/fs/bpf) or give the shipper CAP_SYS_ADMIN",
+            )(std::io::Error::last_os_error()));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(step(
+        format!("create {}", dir.display()),
+        "check that bpffs is writable",
+    ))
+}
+
+fn ifindex(name: &str) -> Result<u32, EbpfError> {
+    let c = std::ffi::CString::new(name)
+        .map_err(step("interface name", "interface names have no NUL bytes"))?;
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(step(
+            format!("find interface {name}"),
+            "check --ebpf-interfaces",
+        )(std::io::Error::last_os_error())),
+        i => Ok(i),
+    }
+}
+
+impl EbpfSource {
+    /// Loads the programs, attaches them and opens (or reuses) the pinned maps.
+    pub fn start(config: &EbpfConfig) -> Result<Self, EbpfError> {
+        ensure_bpffs(&config.pin_dir)?;
+        let mut forward = EbpfLoader::new()
+            .map_pin_path(&config.pin_dir)
+            .load(kappie_ebpf::forward_object())
+            .map_err(step("load forward.bpf.o", "the kernel needs BPF and CAP_BPF/CAP_NET_ADMIN; if pinned maps of an older Kappie exist, remove the pin directory"))?;
+        let mut ifindexes = Vec::new();
+        for (name, attach) in [
+            ("kappie_tc_ingress", TcAttachType::Ingress),
+            ("kappie_tc_egress", TcAttachType::Egress),
+        ] {
+            let prog: &mut SchedClassifier = forward
+                .program_mut(name)
+                .ok_or_else(|| {
+                    step(
+                        format!("find program {name}"),
+                        "the embedded object is broken; rebuild with ebpf/build.sh",
+                    )(std::io::Error::other("missing"))
+                })?
+                .try_into()
+                .map_err(step(
+                    format!("program {name}"),
+                    "the embedded object is broken; rebuild with ebpf/build.sh",
+                ))?;
+            prog.load().map_err(step(
+                format!("load program {name}"),
+                "the verifier refused it; see the error",
+            ))?;
+            for iface in &config.interfaces {
+                if attach == TcAttachType::Ingress {
+                    ifindexes.push(ifindex(iface)?);
+                }
+                if let Err(e) = prog.attach(iface, attach) {
+                    tracing::info!(interface = %iface, error = %e, "tcx attach failed (kernel lacks tcx?); falling back to clsact");
+                    if let Err(e) = tc::qdisc_add_clsact(iface) {
+                        if e.kind() != std::io::ErrorKind::AlreadyExists {
+                            return Err(step(
+                                format!("add clsact qdisc to {iface}"),
+                                "the shipper needs CAP_NET_ADMIN",
+                            )(e));
+                        }
+                    }
+                    prog.attach_with_options(
+                        iface,
+                        attach,
+                        tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
+                    )
+                    .map_err(step(
+                        format!("attach {name} to {iface}"),
+                        "the shipper needs CAP_NET_ADMIN and CAP_BPF",
+                    ))?;
+                }
+            }
+        }
+        let (drops, reasons) = if config.drops {
+            let reasons =
+                super::btf::drop_reasons(Path::new("/sys/kernel/btf/vmlinux")).map_err(|e| {
+                    step(
+                        "read drop reasons from BTF",
+                        "the kernel needs CONFIG_DEBUG_INFO_BTF",
+                    )(std::io::Error::other(e))
+                })?;
+            let btf = Btf::from_sys_fs().map_err(step(
+                "load kernel BTF",
+                "the kernel needs CONFIG_DEBUG_INFO_BTF",
+            ))?;
+            let mut drops = EbpfLoader::new()
+                .map_pin_path(&config.pin_dir)
+                .btf(Some(&btf))
+                .load(kappie_ebpf::drops_object())
+                .map_err(step(
+                    "load drops.bpf.o",
+                    "the kernel needs BTF programs (tp_btf)",
+                ))?;
+            let prog: &mut BtfTracePoint = drops
+                .program_mut("kappie_kfree_skb")
+                .ok_or_else(|| {
+                    step(
+                        "find program kappie_kfree_skb",
+                        "rebuild with ebpf/build.sh",
+                    )(std::io::Error::other("missing"))
+                })?
+                .try_into()
+                .map_err(step(
+                    "program kappie_kfree_skb",
+                    "rebuild with ebpf/build.sh",
+                ))?;
+            prog.load("kfree_skb", &btf).map_err(step(
+                "load kfree_skb program",
+                "the verifier refused it; see the error",
+            ))?;
+            prog.attach().map_err(step(
+                "attach tp_btf/kfree_skb",
+                "the shipper needs CAP_BPF and CAP_PERFMON",
+            ))?;
+            (Some(drops), reasons)
+        } else {
+            (None, HashMap::new())
+        };
+        tracing::info!(interfaces = ?config.interfaces, drops = config.drops, pin_dir = %config.pin_dir.display(), "eBPF programs attached");
+        Ok(EbpfSource {
+            forward,
+            drops,
+            reasons,
+            ifindexes,
+        })
+    }
+
+    /// Sums of every counter, by key (all interfaces and namespaces).
+    pub fn snapshot(&self) -> Result<Snapshot, aya::maps::MapError> {
+        let mut s = Snapshot::default();
+        let sum = |v: &[Counter]| {
+            v.iter().fold(Counter::default(), |a, c| Counter {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+            })
+        };
+        if let Some(m) = self.forward.map("kappie_forward") {
+            let m: PerCpuHashMap<&aya::maps::MapData, ForwardKey, Counter> = map_ref(m)?;
+            for kv in m.iter() {
+                let (k, v) = kv?;
+                s.forward.insert(k, sum(&v));
+            }
+        }
+        if let Some(m) = self.forward.map("kappie_tcp_flags") {
+            let m: PerCpuHashMap<&aya::maps::MapData, FlagKey, u64> = map_ref(m)?;
+            for kv in m.iter() {
+                let (k, v) = kv?;
+                s.flags.insert(k, v.iter().sum());
+            }
+        }
+        if let Some(m) = self.drops.as_ref().and_then(|d| d.map("kappie_drops")) {
+            let m: PerCpuHashMap<&aya::maps::MapData, DropKey, Counter> = map_ref(m)?;
+            for kv in m.iter() {
+                let (k, v) = kv?;
+                s.drops.insert(k, sum(&v));
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn reason_name(&self, reason: u32) -> String {
+        self.reasons
+            .get(&reason)
+            .cloned()
+            .unwrap_or_else(|| format!("UNKNOWN_{reason}"))
+    }
+}
+
+fn map_ref<K: aya::Pod, V: aya::Pod>(
+    m: &Map,
+) -> Result<PerCpuHashMap<&aya::maps::MapData, K, V>, aya::maps::MapError> {
+    PerCpuHashMap::try_from(m)
+}
+
+fn direction(d: u32) -> &'static str {
+    match d {
+        DIR_INGRESS => "ingress",
+        DIR_EGRESS => "egress",
+        _ => "unknown",
+    }
+}
+
+impl Source for EbpfSource {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn collect(&mut self, out: &mut Vec<Observation>) -> Result<(), SourceError> {
+        let s = self.snapshot().map_err(|e| SourceError::Parse {
+            path: PathBuf::from("bpf maps"),
+            msg: e.to_string(),
+        })?;
+        let mut fwd: HashMap<u32, Counter> = HashMap::new();
+        for (k, c) in &s.forward {
+            if self.ifindexes.contains(&k.ifindex) {
+                let e = fwd.entry(k.direction).or_default();
+                e.packets += c.packets;
+                e.bytes += c.bytes;
+            }
+        }
+        for d in [DIR_INGRESS, DIR_EGRESS] {
+            let c = fwd.get(&d).copied().unwrap_or_default();
+            out.push(Observation::counter(
+                "kappie_forward_count",
+                vec![("direction", direction(d).into())],
+                c.packets as f64,
+            ));
+            out.push(Observation::counter(
+                "kappie_forward_bytes",
+                vec![("direction", direction(d).into())],
+                c.bytes as f64,
+            ));
+        }
+        let mut flags: HashMap<(u32, u32), u64> = HashMap::new();
+        for (k, n) in &s.flags {
+            if self.ifindexes.contains(&k.ifindex) {
+                *flags.entry((k.flag, k.direction)).or_default() += n;
+            }
+        }
+        for ((flag, d), n) in flags {
+            let name = TCP_FLAGS.get(flag as usize).copied().unwrap_or("UNKNOWN");
+            out.push(Observation::counter(
+                "kappie_tcp_flag_counters",
+                vec![("flag", name.into()), ("direction", direction(d).into())],
+                n as f64,
+            ));
+        }
+        let mut drops: HashMap<(u32, u32), Counter> = HashMap::new();
+        for (k, c) in &s.drops {
+            let e = drops.entry((k.reason, k.direction)).or_default();
+            e.packets += c.packets;
+            e.bytes += c.bytes;
+        }
+        for ((reason, d), c) in drops {
+            let labels = vec![
+                ("reason", self.reason_name(reason)),
+                ("direction", direction(d).into()),
+            ];
+            out.push(Observation::counter(
+                "kappie_drop_count",
+                labels.clone(),
+                c.packets as f64,
+            ));
+            out.push(Observation::counter(
+                "kappie_drop_bytes",
+                labels,
+                c.bytes as f64,
+            ));
+        }
+        Ok(())
+    }
+}
