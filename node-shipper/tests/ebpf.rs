@@ -57,15 +57,26 @@ fn drops_in(s: &Snapshot, netns: u32, reason: u32) -> (u64, u64) {
         .fold((0, 0), |a, (_, c)| (a.0 + c.packets, a.1 + c.bytes))
 }
 
-#[test]
-fn udp_to_a_closed_port_counts_forwards_and_no_socket_drops_exactly() {
+/// Two namespaces joined by a veth pair that carries only the test's traffic, and the
+/// programs' configuration for the server end.
+struct Setup {
+    client: Netns,
+    server: Netns,
+    veth: Veth,
+    pins: PinDir,
+    config: EbpfConfig,
+    netns: u32,
+    ifindex: u32,
+}
+
+fn setup(tag: &str, net: u8) -> Option<Setup> {
     if !can_netns() {
         eprintln!("SKIPPED: needs root (CAP_BPF, CAP_NET_ADMIN) and iproute2; CI runs as root");
-        return;
+        return None;
     }
-    let client = Netns::new("ebpfc");
-    let server = Netns::new("ebpfs");
-    let veth = Veth::new(&client, &server, 11);
+    let client = Netns::new(&format!("{tag}c"));
+    let server = Netns::new(&format!("{tag}s"));
+    let veth = Veth::new(&client, &server, net);
     quiet_link(
         &client,
         &veth.a_if,
@@ -81,9 +92,8 @@ fn udp_to_a_closed_port_counts_forwards_and_no_socket_drops_exactly() {
         &veth.a_if,
     );
     std::thread::sleep(Duration::from_millis(300));
-
     let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/kappie-test-{}",
+        "/sys/fs/bpf/kappie-test-{tag}-{}",
         std::process::id()
     )));
     let config = EbpfConfig {
@@ -91,55 +101,78 @@ fn udp_to_a_closed_port_counts_forwards_and_no_socket_drops_exactly() {
         pin_dir: pins.0.clone(),
         drops: true,
     };
-    let src = server
-        .enter(|| EbpfSource::start(&config))
-        .expect("eBPF programs load and attach");
     let netns = std::fs::metadata(format!("/var/run/netns/{}", server.name))
         .unwrap()
         .ino() as u32;
-    let ifindex: u32 = server
+    let ifindex = server
         .output("cat", &[&format!("/sys/class/net/{}/ifindex", veth.b_if)])
         .trim()
         .parse()
         .unwrap();
-    let no_socket = (0..1000u32)
-        .find(|r| src.reason_name(*r) == "NO_SOCKET")
-        .expect("NO_SOCKET in BTF");
+    Some(Setup {
+        client,
+        server,
+        veth,
+        pins,
+        config,
+        netns,
+        ifindex,
+    })
+}
 
+impl Setup {
+    fn start(&self) -> EbpfSource {
+        self.server
+            .enter(|| EbpfSource::start(&self.config))
+            .expect("eBPF programs load and attach")
+    }
+
+    fn send_udp(&self, n: u64, size: usize) {
+        let target = format!("{}:9", self.veth.b_addr4);
+        self.client.enter(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..n {
+                s.send_to(&vec![7u8; size], target.as_str()).unwrap();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    fn stats(&self) -> [u64; 4] {
+        ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes"]
+            .map(|n| stat(&self.server, &self.veth.b_if, n))
+    }
+}
+
+fn forward(s: &Snapshot, ifindex: u32, dir: u32) -> (u64, u64) {
+    s.forward
+        .iter()
+        .find(|(k, _)| k.ifindex == ifindex && k.direction == dir)
+        .map(|(_, c)| (c.packets, c.bytes))
+        .unwrap_or((0, 0))
+}
+
+fn reason(src: &EbpfSource, name: &str) -> u32 {
+    (0..1000u32)
+        .find(|r| src.reason_name(*r) == name)
+        .unwrap_or_else(|| panic!("{name} not in BTF"))
+}
+
+#[test]
+fn udp_to_a_closed_port_counts_forwards_and_no_socket_drops_exactly() {
+    let Some(t) = setup("ebpfu", 11) else { return };
+    let src = t.start();
+    let no_socket = reason(&src, "NO_SOCKET");
     let before = src.snapshot().unwrap();
-    let (rx0, rxb0, tx0, txb0) = (
-        stat(&server, &veth.b_if, "rx_packets"),
-        stat(&server, &veth.b_if, "rx_bytes"),
-        stat(&server, &veth.b_if, "tx_packets"),
-        stat(&server, &veth.b_if, "tx_bytes"),
-    );
+    let [rx0, rxb0, tx0, txb0] = t.stats();
     const N: u64 = 200;
     const SIZE: usize = 100;
-    let target = format!("{}:9", veth.b_addr4);
-    client.enter(|| {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        for _ in 0..N {
-            s.send_to(&[7u8; SIZE], target.as_str()).unwrap();
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    t.send_udp(N, SIZE);
     let after = src.snapshot().unwrap();
-    let (rx1, rxb1, tx1, txb1) = (
-        stat(&server, &veth.b_if, "rx_packets"),
-        stat(&server, &veth.b_if, "rx_bytes"),
-        stat(&server, &veth.b_if, "tx_packets"),
-        stat(&server, &veth.b_if, "tx_bytes"),
-    );
+    let [rx1, rxb1, tx1, txb1] = t.stats();
 
-    let fwd = |s: &Snapshot, dir: u32| {
-        s.forward
-            .iter()
-            .find(|(k, _)| k.ifindex == ifindex && k.direction == dir)
-            .map(|(_, c)| (c.packets, c.bytes))
-            .unwrap_or((0, 0))
-    };
-    let (ip0, ib0) = fwd(&before, DIR_INGRESS);
-    let (ip1, ib1) = fwd(&after, DIR_INGRESS);
+    let (ip0, ib0) = forward(&before, t.ifindex, DIR_INGRESS);
+    let (ip1, ib1) = forward(&after, t.ifindex, DIR_INGRESS);
     assert_eq!(ip1 - ip0, N, "ingress packets");
     assert_eq!(
         ip1 - ip0,
@@ -151,8 +184,8 @@ fn udp_to_a_closed_port_counts_forwards_and_no_socket_drops_exactly() {
         rxb1 - rxb0,
         "ingress bytes equal the interface's rx_bytes"
     );
-    let (ep0, eb0) = fwd(&before, DIR_EGRESS);
-    let (ep1, eb1) = fwd(&after, DIR_EGRESS);
+    let (ep0, eb0) = forward(&before, t.ifindex, DIR_EGRESS);
+    let (ep1, eb1) = forward(&after, t.ifindex, DIR_EGRESS);
     assert_eq!(
         ep1 - ep0,
         tx1 - tx0,
@@ -160,10 +193,105 @@ fn udp_to_a_closed_port_counts_forwards_and_no_socket_drops_exactly() {
     );
     assert_eq!(eb1 - eb0, txb1 - txb0, "egress bytes equal tx_bytes");
 
-    let (dp0, db0) = drops_in(&before, netns, no_socket);
-    let (dp1, db1) = drops_in(&after, netns, no_socket);
+    let (dp0, db0) = drops_in(&before, t.netns, no_socket);
+    let (dp1, db1) = drops_in(&after, t.netns, no_socket);
     assert_eq!(dp1 - dp0, N, "NO_SOCKET drops in the server namespace");
     // At the drop (in the UDP receive path) the skb holds the UDP header and payload.
     assert_eq!(db1 - db0, N * (8 + SIZE as u64), "NO_SOCKET drop bytes");
-    drop(src);
+    src.detach();
+}
+
+#[test]
+fn pinned_programs_count_through_a_restart_and_detach_stops_them() {
+    let Some(t) = setup("ebpfr", 12) else { return };
+    let a = t.start();
+    let no_socket = reason(&a, "NO_SOCKET");
+    let before = a.snapshot().unwrap();
+    t.send_udp(50, 10);
+    drop(a); // as a SIGKILL would: no detach
+    t.send_udp(50, 10); // no shipper running
+    let b = t.start();
+    t.send_udp(50, 10);
+    let after = b.snapshot().unwrap();
+    assert_eq!(
+        forward(&after, t.ifindex, DIR_INGRESS).0 - forward(&before, t.ifindex, DIR_INGRESS).0,
+        150
+    );
+    assert_eq!(
+        drops_in(&after, t.netns, no_socket).0 - drops_in(&before, t.netns, no_socket).0,
+        150
+    );
+
+    b.detach();
+    assert!(
+        std::fs::read_dir(&t.pins.0)
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().starts_with("link-")),
+        "detach removes the pinned links"
+    );
+    t.send_udp(50, 10); // detached: not counted
+    let c = t.start();
+    let last = c.snapshot().unwrap();
+    assert_eq!(
+        forward(&last, t.ifindex, DIR_INGRESS).0,
+        forward(&after, t.ifindex, DIR_INGRESS).0,
+        "nothing counted while detached"
+    );
+    assert_eq!(
+        drops_in(&last, t.netns, no_socket).0,
+        drops_in(&after, t.netns, no_socket).0
+    );
+    c.detach();
+}
+
+#[test]
+fn tcp_flags_match_the_exchange() {
+    let Some(t) = setup("ebpft", 13) else { return };
+    let src = t.start();
+    let addr = t.veth.b_addr4;
+    let listener = t
+        .server
+        .enter(|| std::net::TcpListener::bind((addr, 8080)).unwrap());
+    let before = src.snapshot().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut c, &mut buf).unwrap();
+        std::io::Write::write_all(&mut c, b"bye").unwrap();
+        buf.len()
+    });
+    t.client.enter(|| {
+        let mut c = std::net::TcpStream::connect((addr, 8080)).unwrap();
+        std::io::Write::write_all(&mut c, &[1u8; 5000]).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut c, &mut back).unwrap();
+        assert_eq!(back, b"bye");
+        // A refused connection: SYN in, RST out.
+        assert!(std::net::TcpStream::connect((addr, 8081)).is_err());
+    });
+    assert_eq!(server.join().unwrap(), 5000);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = src.snapshot().unwrap();
+    let flag = |s: &Snapshot, f: &str, dir: u32| -> u64 {
+        let bit = kappie_ebpf::TCP_FLAGS.iter().position(|x| *x == f).unwrap() as u32;
+        s.flags
+            .iter()
+            .filter(|(k, _)| k.ifindex == t.ifindex && k.direction == dir && k.flag == bit)
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    let d = |f: &str, dir: u32| flag(&after, f, dir) - flag(&before, f, dir);
+    let packets = |dir: u32| forward(&after, t.ifindex, dir).0 - forward(&before, t.ifindex, dir).0;
+    // Into the server: two SYNs (one refused), one FIN; out: one SYN-ACK, one FIN, one RST.
+    assert_eq!((d("SYN", DIR_INGRESS), d("SYN", DIR_EGRESS)), (2, 1));
+    assert_eq!((d("FIN", DIR_INGRESS), d("FIN", DIR_EGRESS)), (1, 1));
+    assert_eq!((d("RST", DIR_INGRESS), d("RST", DIR_EGRESS)), (0, 1));
+    // Every segment but the two SYNs carries ACK; the link carries nothing else.
+    assert_eq!(d("ACK", DIR_INGRESS), packets(DIR_INGRESS) - 2);
+    assert_eq!(d("ACK", DIR_EGRESS), packets(DIR_EGRESS));
+    assert!(d("PSH", DIR_INGRESS) >= 1 && d("PSH", DIR_EGRESS) >= 1);
+    assert_eq!((d("URG", DIR_INGRESS), d("CWR", DIR_EGRESS)), (0, 0));
+    src.detach();
 }

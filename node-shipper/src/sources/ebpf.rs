@@ -9,6 +9,7 @@
 
 use crate::source::{Observation, Source, SourceError};
 use aya::maps::{Map, PerCpuHashMap};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf, EbpfLoader};
 use kappie_ebpf::{Counter, DropKey, FlagKey, ForwardKey, DIR_EGRESS, DIR_INGRESS, TCP_FLAGS};
@@ -64,6 +65,9 @@ pub struct EbpfSource {
     drops: Option<Ebpf>,
     reasons: HashMap<u32, String>,
     ifindexes: Vec<u32>,
+    /// Attachments pinned in bpffs: they outlive this process (a SIGKILLed shipper's
+    /// programs go on counting into the pinned maps) until [`EbpfSource::detach`].
+    links: Vec<(PathBuf, PinnedLink)>,
 }
 
 /// Mounts bpffs at `/sys/fs/bpf` if nothing is mounted there (a DaemonSet mounts the
@@ -119,6 +123,7 @@ impl EbpfSource {
             .load(kappie_ebpf::forward_object())
             .map_err(step("load forward.bpf.o", "the kernel needs BPF and CAP_BPF/CAP_NET_ADMIN; if pinned maps of an older Kappie exist, remove the pin directory"))?;
         let mut ifindexes = Vec::new();
+        let mut links = Vec::new();
         for (name, attach) in [
             ("kappie_tc_ingress", TcAttachType::Ingress),
             ("kappie_tc_egress", TcAttachType::Egress),
@@ -144,25 +149,48 @@ impl EbpfSource {
                 if attach == TcAttachType::Ingress {
                     ifindexes.push(ifindex(iface)?);
                 }
-                if let Err(e) = prog.attach(iface, attach) {
-                    tracing::info!(interface = %iface, error = %e, "tcx attach failed (kernel lacks tcx?); falling back to clsact");
-                    if let Err(e) = tc::qdisc_add_clsact(iface) {
-                        if e.kind() != std::io::ErrorKind::AlreadyExists {
-                            return Err(step(
-                                format!("add clsact qdisc to {iface}"),
-                                "the shipper needs CAP_NET_ADMIN",
-                            )(e));
+                let pin = config.pin_dir.join(format!("link-{name}-{iface}"));
+                if let Ok(link) = PinnedLink::from_pin(&pin) {
+                    // A previous shipper's attachment, still counting: keep it.
+                    links.push((pin, link));
+                    continue;
+                }
+                let id = match prog.attach(iface, attach) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        tracing::info!(interface = %iface, error = %e, "tcx attach failed (kernel lacks tcx?); falling back to clsact, which cannot outlive a killed shipper");
+                        if let Err(e) = tc::qdisc_add_clsact(iface) {
+                            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                                return Err(step(
+                                    format!("add clsact qdisc to {iface}"),
+                                    "the shipper needs CAP_NET_ADMIN",
+                                )(e));
+                            }
                         }
+                        prog.attach_with_options(
+                            iface,
+                            attach,
+                            tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
+                        )
+                        .map_err(step(
+                            format!("attach {name} to {iface}"),
+                            "the shipper needs CAP_NET_ADMIN and CAP_BPF",
+                        ))?
                     }
-                    prog.attach_with_options(
-                        iface,
-                        attach,
-                        tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
-                    )
-                    .map_err(step(
-                        format!("attach {name} to {iface}"),
-                        "the shipper needs CAP_NET_ADMIN and CAP_BPF",
-                    ))?;
+                };
+                let link = prog
+                    .take_link(id)
+                    .map_err(step(format!("take link of {name}"), "report this"))?;
+                match FdLink::try_from(link) {
+                    Ok(fd) => {
+                        let pinned = fd.pin(&pin).map_err(step(
+                            format!("pin {}", pin.display()),
+                            "check that bpffs is writable",
+                        ))?;
+                        links.push((pin, pinned));
+                    }
+                    // A netlink (clsact) attachment has no link to pin; keep it alive here.
+                    Err(e) => tracing::debug!(error = %e, "clsact attachment not pinned"),
                 }
             }
         }
@@ -203,10 +231,24 @@ impl EbpfSource {
                 "load kfree_skb program",
                 "the verifier refused it; see the error",
             ))?;
-            prog.attach().map_err(step(
-                "attach tp_btf/kfree_skb",
-                "the shipper needs CAP_BPF and CAP_PERFMON",
-            ))?;
+            let pin = config.pin_dir.join("link-kappie_kfree_skb");
+            match PinnedLink::from_pin(&pin) {
+                Ok(link) => links.push((pin, link)),
+                Err(_) => {
+                    let id = prog.attach().map_err(step(
+                        "attach tp_btf/kfree_skb",
+                        "the shipper needs CAP_BPF and CAP_PERFMON",
+                    ))?;
+                    let link = prog
+                        .take_link(id)
+                        .map_err(step("take link of kappie_kfree_skb", "report this"))?;
+                    let pinned = FdLink::from(link).pin(&pin).map_err(step(
+                        format!("pin {}", pin.display()),
+                        "check that bpffs is writable",
+                    ))?;
+                    links.push((pin, pinned));
+                }
+            }
             (Some(drops), reasons)
         } else {
             (None, HashMap::new())
@@ -217,7 +259,23 @@ impl EbpfSource {
             drops,
             reasons,
             ifindexes,
+            links,
         })
+    }
+
+    /// Detaches every program (on SIGTERM). The pinned maps stay, so a later start
+    /// continues from the same counters. Dropping the source without this (or a SIGKILL)
+    /// leaves the pinned programs counting.
+    pub fn detach(self) {
+        for (pin, link) in self.links {
+            match link.unpin() {
+                Ok(fd) => drop(fd),
+                Err(e) => {
+                    tracing::warn!(pin = %pin.display(), error = %e, "cannot unpin eBPF link; remove it by hand to detach")
+                }
+            }
+        }
+        tracing::info!("eBPF programs detached");
     }
 
     /// Sums of every counter, by key (all interfaces and namespaces).
