@@ -5,7 +5,7 @@
 mod common;
 
 use common::{query, single_value, workspace_bin};
-use kappie_testkit::{can_netns, wait_for, Netns, Proc};
+use kappie_testkit::{can_netns, wait_for, Netns, Proc, Veth};
 use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
@@ -28,7 +28,12 @@ fn start_collector(ns: &Netns, dir: &Path) -> Proc {
 }
 
 fn start_shipper(ns: &Netns, dir: &Path, run: usize) -> Proc {
+    start_shipper_with(ns, dir, run, &["--disable-sources", "ebpf"])
+}
+
+fn start_shipper_with(ns: &Netns, dir: &Path, run: usize, extra: &[&str]) -> Proc {
     let mut cmd = ns.command(&workspace_bin("kappie-shipper"));
+    cmd.args(extra);
     cmd.args([
         "--collector",
         "http://127.0.0.1:19095",
@@ -161,5 +166,119 @@ fn sigkilled_shipper_loses_and_doubles_no_counts() {
     // Several more cycles: nothing is counted twice later on.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(value(&ns, q), Some(end_kernel));
+    drop(shipper);
+}
+
+/// A bpffs of the test's own (outside /sys, which `ip netns exec` remounts, so the pins
+/// outlive each shipper process); unmounting it on drop detaches what is pinned there.
+struct PinDir(std::path::PathBuf);
+impl PinDir {
+    fn new() -> PinDir {
+        let root =
+            std::path::PathBuf::from(format!("/run/kappie-e2e-bpffs-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount bpffs at {}", root.display());
+        PinDir(root)
+    }
+}
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn ebpf_forward_totals_survive_a_sigkilled_shipper() {
+    if skip_without_root() {
+        return;
+    }
+    let client = Netns::new("efc");
+    let server = Netns::new("efs");
+    let veth = Veth::new(&client, &server, 21);
+    veth.quiet(&client, &server);
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PinDir::new();
+    let pin_arg = pins.0.join("kappie").to_string_lossy().into_owned();
+    let args = [
+        "--ebpf-interfaces",
+        veth.b_if.as_str(),
+        "--ebpf-pin-dir",
+        pin_arg.as_str(),
+    ];
+    let _collector = start_collector(&server, dir.path());
+    let mut shipper = start_shipper_with(&server, dir.path(), 0, &args);
+    let q = "kappie_forward_count{direction=\"ingress\",node_name=\"e2e-node\"}";
+    let first = wait_for(
+        "kappie_forward_count to appear",
+        Duration::from_secs(30),
+        || value(&server, q),
+    );
+    assert_eq!(first, 0.0, "the link carries nothing before the test sends");
+    let rx0: u64 = server
+        .output(
+            "cat",
+            &[&format!(
+                "/sys/class/net/{}/statistics/rx_packets",
+                veth.b_if
+            )],
+        )
+        .trim()
+        .parse()
+        .unwrap();
+
+    let target = format!("{}:9", veth.b_addr4);
+    let send = |n: usize| {
+        client.enter(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..n {
+                s.send_to(b"kappie", target.as_str()).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    send(100);
+    shipper.kill9(); // SIGKILL: the pinned programs keep counting
+    send(100);
+    shipper = start_shipper_with(&server, dir.path(), 1, &args);
+    send(100);
+    let rx1: u64 = server
+        .output(
+            "cat",
+            &[&format!(
+                "/sys/class/net/{}/statistics/rx_packets",
+                veth.b_if
+            )],
+        )
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        rx1 - rx0,
+        300,
+        "the interface received exactly what was sent"
+    );
+    let mut last = None;
+    let ok = (0..100).any(|_| {
+        last = value(&server, q);
+        std::thread::sleep(Duration::from_millis(200));
+        last == Some(300.0)
+    });
+    if !ok {
+        for f in ["shipper-0.log", "shipper-1.log"] {
+            eprintln!(
+                "--- {f}\n{}",
+                std::fs::read_to_string(dir.path().join(f)).unwrap_or_default()
+            );
+        }
+    }
+    assert!(ok, "collector total {last:?}, sent 300");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(value(&server, q), Some(300.0), "and stays there");
     drop(shipper);
 }

@@ -6,6 +6,7 @@ use crate::push::{Delivered, Identity, PushError, Pusher};
 use crate::queue::{Batch, Queue};
 use crate::series::{Kind, SeriesKey};
 use crate::source::{Observation, Source};
+use crate::sources::ebpf::{default_route_interfaces, expand_interfaces, EbpfConfig, EbpfSource};
 use crate::sources::{utility_sources, Roots};
 use crate::state::{self, Baselines};
 use anyhow::Context;
@@ -185,16 +186,46 @@ async fn collect(
     .context("collection thread panicked")
 }
 
+/// Starts the eBPF source, or says in one line why not (the utility sources go on).
+fn start_ebpf(config: &Config) -> Option<EbpfSource> {
+    let patterns = if config.ebpf_interfaces.is_empty() {
+        default_route_interfaces(&config.proc_root)
+    } else {
+        config.ebpf_interfaces.clone()
+    };
+    let interfaces = expand_interfaces(&patterns, &config.sys_root);
+    if interfaces.is_empty() {
+        tracing::warn!(?patterns, "no interface for the eBPF forward counters (none carries a default route, or --ebpf-interfaces matched none); counting drops only");
+    }
+    let ebpf_config = EbpfConfig {
+        interfaces,
+        pin_dir: config.ebpf_pin_dir.clone(),
+        drops: true,
+    };
+    match EbpfSource::start(&ebpf_config) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "eBPF unavailable; kappie_forward_*, kappie_drop_* and kappie_tcp_flag_counters are off, the /proc and sysfs sources go on");
+            None
+        }
+    }
+}
+
 /// Runs the shipper until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let roots = Roots {
         proc: config.proc_root.clone(),
         sys: config.sys_root.clone(),
     };
-    let sources: Vec<Box<dyn Source>> = utility_sources(&roots, config.top_remotes)
+    let mut sources: Vec<Box<dyn Source>> = utility_sources(&roots, config.top_remotes)
         .into_iter()
         .filter(|s| !config.disable_sources.iter().any(|d| d == s.name()))
         .collect();
+    if !config.disable_sources.iter().any(|d| d == "ebpf") {
+        if let Some(s) = start_ebpf(&config) {
+            sources.push(Box::new(s));
+        }
+    }
     tracing::info!(sources = ?sources.iter().map(|s| s.name()).collect::<Vec<_>>(), "sources enabled");
 
     let boot_id =
@@ -264,6 +295,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     agent.save()?;
+    for s in sources.take().into_iter().flatten() {
+        s.shutdown();
+    }
     tracing::info!(queued = agent.queue.len(), "shipper stopped; state saved");
     Ok(())
 }

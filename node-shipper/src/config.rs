@@ -41,6 +41,13 @@ pub struct Cli {
     /// Sources to switch off, comma separated (`netstat,sockets,interfaces`).
     #[arg(long, env = "KAPPIE_DISABLE_SOURCES", value_delimiter = ',')]
     pub disable_sources: Option<Vec<String>>,
+    /// Interfaces for the eBPF forward and TCP-flag counters, comma separated; a trailing
+    /// `*` matches a prefix. Default: the interfaces that carry a default route.
+    #[arg(long, env = "KAPPIE_EBPF_INTERFACES", value_delimiter = ',')]
+    pub ebpf_interfaces: Option<Vec<String>>,
+    /// bpffs directory where the eBPF maps and attachments are pinned.
+    #[arg(long, env = "KAPPIE_EBPF_PIN_DIR")]
+    pub ebpf_pin_dir: Option<PathBuf>,
     /// Where the host's /proc is.
     #[arg(long, env = "KAPPIE_PROC_ROOT")]
     pub proc_root: Option<PathBuf>,
@@ -68,6 +75,8 @@ pub struct Config {
     #[serde(with = "humantime_serde_compat")]
     pub max_backoff: Duration,
     pub disable_sources: Vec<String>,
+    pub ebpf_interfaces: Vec<String>,
+    pub ebpf_pin_dir: PathBuf,
     pub proc_root: PathBuf,
     pub sys_root: PathBuf,
     pub log_format: String,
@@ -86,6 +95,8 @@ impl Default for Config {
             queue_max_bytes: 16 << 20,
             max_backoff: Duration::from_secs(30),
             disable_sources: Vec::new(),
+            ebpf_interfaces: Vec::new(),
+            ebpf_pin_dir: PathBuf::from("/sys/fs/bpf/kappie"),
             proc_root: PathBuf::from("/proc"),
             sys_root: PathBuf::from("/sys"),
             log_format: "text".into(),
@@ -131,6 +142,8 @@ impl Config {
             queue_max_bytes,
             max_backoff,
             disable_sources,
+            ebpf_interfaces,
+            ebpf_pin_dir,
             proc_root,
             sys_root,
             log_format
@@ -146,7 +159,7 @@ impl Config {
         if c.interval.is_zero() {
             anyhow::bail!("--interval must be more than zero");
         }
-        const KNOWN: [&str; 3] = ["netstat", "sockets", "interfaces"];
+        const KNOWN: [&str; 4] = ["netstat", "sockets", "interfaces", "ebpf"];
         if let Some(bad) = c
             .disable_sources
             .iter()

@@ -51,6 +51,8 @@ pub trait Source: Send {
     /// Short name used in configuration (`--disable-sources`) and logs.
     fn name(&self) -> &'static str;
     fn collect(&mut self, out: &mut Vec<Observation>) -> Result<(), SourceError>;
+    /// Called once when the shipper stops cleanly (SIGTERM): release what was attached.
+    fn shutdown(self: Box<Self>) {}
 }
 
 /// Reads a whole file, with the path in the error.

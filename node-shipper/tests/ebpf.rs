@@ -11,28 +11,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn quiet_link(ns: &Netns, ifname: &str, peer_ip: &str, peer_ns: &Netns, peer_if: &str) {
-    ns.output(
-        "sysctl",
-        &["-qw", &format!("net.ipv6.conf.{ifname}.disable_ipv6=1")],
-    );
-    let mac = peer_ns.output("cat", &[&format!("/sys/class/net/{peer_if}/address")]);
-    ns.output(
-        "ip",
-        &[
-            "neigh",
-            "replace",
-            peer_ip,
-            "lladdr",
-            mac.trim(),
-            "dev",
-            ifname,
-            "nud",
-            "permanent",
-        ],
-    );
-}
-
 fn stat(ns: &Netns, ifname: &str, name: &str) -> u64 {
     ns.output(
         "cat",
@@ -77,21 +55,7 @@ fn setup(tag: &str, net: u8) -> Option<Setup> {
     let client = Netns::new(&format!("{tag}c"));
     let server = Netns::new(&format!("{tag}s"));
     let veth = Veth::new(&client, &server, net);
-    quiet_link(
-        &client,
-        &veth.a_if,
-        &veth.b_addr4.to_string(),
-        &server,
-        &veth.b_if,
-    );
-    quiet_link(
-        &server,
-        &veth.b_if,
-        &veth.a_addr4.to_string(),
-        &client,
-        &veth.a_if,
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    veth.quiet(&client, &server);
     let pins = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/kappie-test-{tag}-{}",
         std::process::id()

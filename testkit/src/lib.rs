@@ -140,6 +140,38 @@ impl Veth {
     }
 }
 
+impl Veth {
+    /// Makes the link carry only what the test sends: IPv6 off on both ends (no neighbour
+    /// discovery or MLD) and permanent IPv4 neighbour entries (no ARP).
+    pub fn quiet(&self, a: &Netns, b: &Netns) {
+        for (ns, ifname, peer_ns, peer_if, peer_ip) in [
+            (a, &self.a_if, b, &self.b_if, self.b_addr4),
+            (b, &self.b_if, a, &self.a_if, self.a_addr4),
+        ] {
+            ns.output(
+                "sysctl",
+                &["-qw", &format!("net.ipv6.conf.{ifname}.disable_ipv6=1")],
+            );
+            let mac = peer_ns.output("cat", &[&format!("/sys/class/net/{peer_if}/address")]);
+            ns.output(
+                "ip",
+                &[
+                    "neigh",
+                    "replace",
+                    &peer_ip.to_string(),
+                    "lladdr",
+                    mac.trim(),
+                    "dev",
+                    ifname,
+                    "nud",
+                    "permanent",
+                ],
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")

@@ -70,16 +70,31 @@ pub struct EbpfSource {
     links: Vec<(PathBuf, PinnedLink)>,
 }
 
-/// Mounts bpffs at `/sys/fs/bpf` if nothing is mounted there (a DaemonSet mounts the
-/// host's), and creates `dir`.
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
+
+fn is_bpffs(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as u32 == BPF_FS_MAGIC }
+}
+
+/// Makes sure `dir` is on a bpffs (pins elsewhere are impossible): mounts one at
+/// `/sys/fs/bpf` when `dir` is below it and nothing is mounted there (a DaemonSet mounts
+/// the host's), then creates `dir`.
 fn ensure_bpffs(dir: &Path) -> Result<(), EbpfError> {
-    let mounted = std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
-        })
-        .unwrap_or(false);
-    if !mounted {
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    if !is_bpffs(existing) {
+        if !dir.starts_with("/sys/fs/bpf") || is_bpffs(Path::new("/sys/fs/bpf")) {
+            return Err(step(
+                format!("pin directory {}", dir.display()),
+                "it must be on a bpffs (mount -t bpf bpf DIR); the default is below /sys/fs/bpf",
+            )(std::io::Error::other("not on a bpffs")));
+        }
         let rc = unsafe {
             libc::mount(
                 c"bpf".as_ptr(),
@@ -338,6 +353,10 @@ impl Source for EbpfSource {
         "ebpf"
     }
 
+    fn shutdown(self: Box<Self>) {
+        self.detach();
+    }
+
     fn collect(&mut self, out: &mut Vec<Observation>) -> Result<(), SourceError> {
         let s = self.snapshot().map_err(|e| SourceError::Parse {
             path: PathBuf::from("bpf maps"),
@@ -401,5 +420,86 @@ impl Source for EbpfSource {
             ));
         }
         Ok(())
+    }
+}
+
+/// Interfaces that carry a default route (IPv4 from `net/route`, IPv6 from
+/// `net/ipv6_route` under `proc_root`).
+pub fn default_route_interfaces(proc_root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if let Ok(t) = std::fs::read_to_string(proc_root.join("net/route")) {
+        for l in t.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
+                out.push(f[0].to_owned());
+            }
+        }
+    }
+    if let Ok(t) = std::fs::read_to_string(proc_root.join("net/ipv6_route")) {
+        for l in t.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() == 10 && f[0].bytes().all(|b| b == b'0') && f[1] == "00" && f[9] != "lo" {
+                out.push(f[9].to_owned());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Expands names and `prefix*` patterns against the interfaces in `sys_root/class/net`.
+pub fn expand_interfaces(patterns: &[String], sys_root: &Path) -> Vec<String> {
+    let present: Vec<String> = std::fs::read_dir(sys_root.join("class/net"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out: Vec<String> = present
+        .into_iter()
+        .filter(|i| {
+            patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => i.starts_with(prefix),
+                None => i == p,
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_routes_and_patterns() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("net")).unwrap();
+        std::fs::write(
+            dir.path().join("net/route"),
+            "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+             eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+             eth1\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("net/ipv6_route"),
+            "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000002 00000000 00000003     eth2\n\
+             fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000002 00000000 00000001     eth0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            super::default_route_interfaces(dir.path()),
+            vec!["eth0", "eth2"]
+        );
+        for i in ["eth0", "eth1", "veth9", "lo"] {
+            std::fs::create_dir_all(dir.path().join("class/net").join(i)).unwrap();
+        }
+        let pats = vec!["eth*".to_string(), "lo".to_string(), "missing".to_string()];
+        assert_eq!(
+            super::expand_interfaces(&pats, dir.path()),
+            vec!["eth0", "eth1", "lo"]
+        );
     }
 }
