@@ -31,11 +31,12 @@ struct kappie_counter {
 	__u64 bytes;
 };
 
-struct kappie_flag_key {
-	__u32 ifindex;
-	__u32 direction;
-	__u32 flag;
-	__u32 pad;
+/* Per interface and direction: packets, bytes and, per TCP flag bit, how many TCP
+ * segments carried it. One map value so that a packet costs one lookup. */
+struct kappie_forward_value {
+	__u64 packets;
+	__u64 bytes;
+	__u64 flags[8];
 };
 
 struct kappie_drop_key {

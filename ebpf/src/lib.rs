@@ -14,8 +14,8 @@ struct Aligned<T: ?Sized>(T);
 static FORWARD_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../forward.bpf.o"));
 static DROPS_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../drops.bpf.o"));
 
-/// The tc programs `kappie_tc_ingress` / `kappie_tc_egress` and maps `kappie_forward`,
-/// `kappie_tcp_flags` (ELF, 8-byte aligned as the loader wants).
+/// The tc programs `kappie_tc_ingress` / `kappie_tc_egress` and map `kappie_forward` (ELF,
+/// 8-byte aligned as the loader wants).
 pub fn forward_object() -> &'static [u8] {
     &FORWARD_OBJ.0
 }
@@ -48,14 +48,14 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-/// `struct kappie_flag_key`.
+/// `struct kappie_forward_value`: packets, bytes and per TCP flag bit the segments that
+/// carried it.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct FlagKey {
-    pub ifindex: u32,
-    pub direction: u32,
-    pub flag: u32,
-    pub pad: u32,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForwardValue {
+    pub packets: u64,
+    pub bytes: u64,
+    pub flags: [u64; 8],
 }
 
 /// `struct kappie_drop_key`.
@@ -70,14 +70,14 @@ pub struct DropKey {
 
 const _: () = assert!(std::mem::size_of::<ForwardKey>() == 8);
 const _: () = assert!(std::mem::size_of::<Counter>() == 16);
-const _: () = assert!(std::mem::size_of::<FlagKey>() == 16);
+const _: () = assert!(std::mem::size_of::<ForwardValue>() == 80);
 const _: () = assert!(std::mem::size_of::<DropKey>() == 16);
 
 // SAFETY: plain-old-data structs with no padding (sizes asserted above), valid for any bit
 // pattern, as aya requires of map keys and values.
 unsafe impl aya::Pod for ForwardKey {}
 unsafe impl aya::Pod for Counter {}
-unsafe impl aya::Pod for FlagKey {}
+unsafe impl aya::Pod for ForwardValue {}
 unsafe impl aya::Pod for DropKey {}
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use aya::maps::{Map, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf, EbpfLoader};
-use kappie_ebpf::{Counter, DropKey, FlagKey, ForwardKey, DIR_EGRESS, DIR_INGRESS, TCP_FLAGS};
+use kappie_ebpf::{Counter, DropKey, ForwardKey, ForwardValue, DIR_EGRESS, DIR_INGRESS, TCP_FLAGS};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -49,6 +49,15 @@ fn step<E: std::error::Error + Send + Sync + 'static>(
         hint,
         source: Box::new(e),
     }
+}
+
+/// A TCP flag counter's key in a [`Snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlagKey {
+    pub ifindex: u32,
+    pub direction: u32,
+    /// Bit number, an index into [`TCP_FLAGS`].
+    pub flag: u32,
 }
 
 /// Sums of the per-CPU counters, by map key.
@@ -303,17 +312,23 @@ impl EbpfSource {
             })
         };
         if let Some(m) = self.forward.map("kappie_forward") {
-            let m: PerCpuHashMap<&aya::maps::MapData, ForwardKey, Counter> = map_ref(m)?;
+            let m: PerCpuHashMap<&aya::maps::MapData, ForwardKey, ForwardValue> = map_ref(m)?;
             for kv in m.iter() {
-                let (k, v) = kv?;
-                s.forward.insert(k, sum(&v));
-            }
-        }
-        if let Some(m) = self.forward.map("kappie_tcp_flags") {
-            let m: PerCpuHashMap<&aya::maps::MapData, FlagKey, u64> = map_ref(m)?;
-            for kv in m.iter() {
-                let (k, v) = kv?;
-                s.flags.insert(k, v.iter().sum());
+                let (k, per_cpu) = kv?;
+                let mut c = Counter::default();
+                for v in per_cpu.iter() {
+                    c.packets += v.packets;
+                    c.bytes += v.bytes;
+                    for (flag, n) in v.flags.iter().enumerate() {
+                        let key = FlagKey {
+                            ifindex: k.ifindex,
+                            direction: k.direction,
+                            flag: flag as u32,
+                        };
+                        *s.flags.entry(key).or_default() += n;
+                    }
+                }
+                s.forward.insert(k, c);
             }
         }
         if let Some(m) = self.drops.as_ref().and_then(|d| d.map("kappie_drops")) {
@@ -324,6 +339,20 @@ impl EbpfSource {
             }
         }
         Ok(s)
+    }
+
+    /// Run time and run count of each program this source loaded, from the kernel's BPF
+    /// statistics (counted only while `kernel.bpf_stats_enabled` is 1).
+    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
+        let mut out = Vec::new();
+        for ebpf in std::iter::once(&self.forward).chain(self.drops.as_ref()) {
+            for (name, prog) in ebpf.programs() {
+                if let Ok(info) = prog.info() {
+                    out.push((name.to_owned(), info.run_time(), info.run_count()));
+                }
+            }
+        }
+        out
     }
 
     pub fn reason_name(&self, reason: u32) -> String {
