@@ -90,8 +90,11 @@ fn main() -> anyhow::Result<()> {
     }
     // Per-packet cost in a run of its own: the statistics add two clock reads per run,
     // which would slow the attached throughput rounds.
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enable kernel.bpf_stats_enabled")?;
-    let src = server.enter(|| EbpfSource::start(&config)).context("attach Kappie's programs")?;
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+        .context("enable kernel.bpf_stats_enabled")?;
+    let src = server
+        .enter(|| EbpfSource::start(&config))
+        .context("attach Kappie's programs")?;
     iperf(&client, &addr, args.seconds)?;
     for (name, t, n) in src.program_stats() {
         let e = stats.entry(name).or_default();
