@@ -1,4 +1,5 @@
-/* tp_btf/kfree_skb: packets and bytes freed as drops, by the kernel's drop reason
+/* tp_btf/kfree_skb (or, where BTF programs are not allowed, the skb:kfree_skb
+ * tracepoint): packets and bytes freed as drops, by the kernel's drop reason
  * (enum skb_drop_reason, whose names the node shipper reads from the running kernel's BTF),
  * direction and network namespace. SKB_CONSUMED and SKB_NOT_DROPPED_YET are not drops.
  *
@@ -44,8 +45,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } kappie_drops SEC(".maps");
 
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(kappie_kfree_skb, struct sk_buff *skb, void *location, int reason)
+/* The skb:kfree_skb tracepoint record; CO-RE finds the fields on any kernel with BTF (the
+ * record gained rx_sk in 6.12). The enum is declared by name only: relocation matches
+ * enum fields by type name. */
+enum skb_drop_reason { KAPPIE_DROP_REASON_DECLARED_ONLY };
+
+struct trace_event_raw_kfree_skb {
+	void *skbaddr;
+	enum skb_drop_reason reason;
+} __attribute__((preserve_access_index));
+
+static __always_inline int count_drop(struct sk_buff *skb, int reason)
 {
 	if (reason == KAPPIE_SKB_NOT_DROPPED_YET || reason == KAPPIE_SKB_CONSUMED)
 		return 0;
@@ -67,6 +77,18 @@ int BPF_PROG(kappie_kfree_skb, struct sk_buff *skb, void *location, int reason)
 		bpf_map_update_elem(&kappie_drops, &key, &init, BPF_NOEXIST);
 	}
 	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(kappie_kfree_skb, struct sk_buff *skb, void *location, int reason)
+{
+	return count_drop(skb, reason);
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int kappie_kfree_skb_tp(struct trace_event_raw_kfree_skb *ctx)
+{
+	return count_drop((struct sk_buff *)ctx->skbaddr, (int)ctx->reason);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -198,6 +198,7 @@ fn start_ebpf(config: &Config) -> Option<EbpfSource> {
         tracing::warn!(?patterns, "no interface for the eBPF forward counters (none carries a default route, or --ebpf-interfaces matched none); counting drops only");
     }
     let ebpf_config = EbpfConfig {
+        drops_tracepoint: false,
         interfaces,
         pin_dir: config.ebpf_pin_dir.clone(),
         drops: true,

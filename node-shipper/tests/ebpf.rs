@@ -61,6 +61,7 @@ fn setup(tag: &str, net: u8) -> Option<Setup> {
         std::process::id()
     )));
     let config = EbpfConfig {
+        drops_tracepoint: false,
         interfaces: vec![veth.b_if.clone()],
         pin_dir: pins.0.clone(),
         drops: true,
@@ -125,6 +126,21 @@ fn reason(src: &EbpfSource, name: &str) -> u32 {
 #[test]
 fn udp_to_a_closed_port_counts_forwards_and_no_socket_drops_exactly() {
     let Some(t) = setup("ebpfu", 11) else { return };
+    udp_to_closed_port(t);
+}
+
+/// The same with drops counted by the `skb:kfree_skb` tracepoint, the fallback where BTF
+/// programs are not allowed.
+#[test]
+fn tracepoint_fallback_counts_no_socket_drops_exactly() {
+    let Some(mut t) = setup("ebpfp", 16) else {
+        return;
+    };
+    t.config.drops_tracepoint = true;
+    udp_to_closed_port(t);
+}
+
+fn udp_to_closed_port(t: Setup) {
     let src = t.start();
     let no_socket = reason(&src, "NO_SOCKET");
     let before = src.snapshot().unwrap();

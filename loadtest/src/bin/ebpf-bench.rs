@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
     let pin_dir =
         std::path::PathBuf::from(format!("/sys/fs/bpf/kappie-bench-{}", std::process::id()));
     let config = EbpfConfig {
+        drops_tracepoint: false,
         interfaces: vec![veth.b_if.clone()],
         pin_dir: pin_dir.clone(),
         drops: true,

@@ -10,7 +10,7 @@
 use crate::source::{Observation, Source, SourceError};
 use aya::maps::{Map, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType};
+use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use kappie_ebpf::{Counter, DropKey, ForwardKey, ForwardValue, DIR_EGRESS, DIR_INGRESS, TCP_FLAGS};
 use std::collections::HashMap;
@@ -25,6 +25,9 @@ pub struct EbpfConfig {
     pub pin_dir: PathBuf,
     /// Count drops (`tp_btf/kfree_skb`).
     pub drops: bool,
+    /// Use the `skb:kfree_skb` tracepoint even where `tp_btf` works (it is the fallback
+    /// where BTF programs are not allowed).
+    pub drops_tracepoint: bool,
 }
 
 /// Why eBPF could not be started.
@@ -238,40 +241,16 @@ impl EbpfSource {
                     "load drops.bpf.o",
                     "the kernel needs BTF programs (tp_btf)",
                 ))?;
-            let prog: &mut BtfTracePoint = drops
-                .program_mut("kappie_kfree_skb")
-                .ok_or_else(|| {
-                    step(
-                        "find program kappie_kfree_skb",
-                        "rebuild with ebpf/build.sh",
-                    )(std::io::Error::other("missing"))
-                })?
-                .try_into()
-                .map_err(step(
-                    "program kappie_kfree_skb",
-                    "rebuild with ebpf/build.sh",
-                ))?;
-            prog.load("kfree_skb", &btf).map_err(step(
-                "load kfree_skb program",
-                "the verifier refused it; see the error",
-            ))?;
-            let pin = config.pin_dir.join("link-kappie_kfree_skb");
-            match PinnedLink::from_pin(&pin) {
-                Ok(link) => links.push((pin, link)),
-                Err(_) => {
-                    let id = prog.attach().map_err(step(
-                        "attach tp_btf/kfree_skb",
-                        "the shipper needs CAP_BPF and CAP_PERFMON",
-                    ))?;
-                    let link = prog
-                        .take_link(id)
-                        .map_err(step("take link of kappie_kfree_skb", "report this"))?;
-                    let pinned = FdLink::from(link).pin(&pin).map_err(step(
-                        format!("pin {}", pin.display()),
-                        "check that bpffs is writable",
-                    ))?;
-                    links.push((pin, pinned));
-                }
+            let attached = if config.drops_tracepoint {
+                Err(step("tp_btf/kfree_skb", "")(std::io::Error::other(
+                    "tracepoint forced by configuration",
+                )))
+            } else {
+                attach_kfree_skb_btf(&mut drops, &btf, &config.pin_dir, &mut links)
+            };
+            if let Err(e) = attached {
+                tracing::info!(error = %e, "tp_btf/kfree_skb unavailable; falling back to the skb:kfree_skb tracepoint");
+                attach_kfree_skb_tracepoint(&mut drops, &config.pin_dir, &mut links)?;
             }
             (Some(drops), reasons)
         } else {
@@ -361,6 +340,107 @@ impl EbpfSource {
             .cloned()
             .unwrap_or_else(|| format!("UNKNOWN_{reason}"))
     }
+}
+
+/// Pins a new link at `pin`, or keeps the one a previous shipper pinned there.
+fn reuse_pinned(pin: &Path, links: &mut Vec<(PathBuf, PinnedLink)>) -> bool {
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => {
+            links.push((pin.to_owned(), link));
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn attach_kfree_skb_btf(
+    drops: &mut Ebpf,
+    btf: &Btf,
+    pin_dir: &Path,
+    links: &mut Vec<(PathBuf, PinnedLink)>,
+) -> Result<(), EbpfError> {
+    let pin = pin_dir.join("link-kappie_kfree_skb");
+    if reuse_pinned(&pin, links) {
+        return Ok(());
+    }
+    let prog: &mut BtfTracePoint = drops
+        .program_mut("kappie_kfree_skb")
+        .ok_or_else(|| {
+            step(
+                "find program kappie_kfree_skb",
+                "rebuild with ebpf/build.sh",
+            )(std::io::Error::other("missing"))
+        })?
+        .try_into()
+        .map_err(step(
+            "program kappie_kfree_skb",
+            "rebuild with ebpf/build.sh",
+        ))?;
+    prog.load("kfree_skb", btf).map_err(step(
+        "load tp_btf/kfree_skb",
+        "the kernel refused a BTF program",
+    ))?;
+    let id = prog.attach().map_err(step(
+        "attach tp_btf/kfree_skb",
+        "the shipper needs CAP_BPF and CAP_PERFMON",
+    ))?;
+    let link = prog
+        .take_link(id)
+        .map_err(step("take link of kappie_kfree_skb", "report this"))?;
+    let pinned = FdLink::from(link).pin(&pin).map_err(step(
+        format!("pin {}", pin.display()),
+        "check that bpffs is writable",
+    ))?;
+    links.push((pin, pinned));
+    Ok(())
+}
+
+fn attach_kfree_skb_tracepoint(
+    drops: &mut Ebpf,
+    pin_dir: &Path,
+    links: &mut Vec<(PathBuf, PinnedLink)>,
+) -> Result<(), EbpfError> {
+    let pin = pin_dir.join("link-kappie_kfree_skb_tp");
+    if reuse_pinned(&pin, links) {
+        return Ok(());
+    }
+    let prog: &mut TracePoint = drops
+        .program_mut("kappie_kfree_skb_tp")
+        .ok_or_else(|| {
+            step(
+                "find program kappie_kfree_skb_tp",
+                "rebuild with ebpf/build.sh",
+            )(std::io::Error::other("missing"))
+        })?
+        .try_into()
+        .map_err(step(
+            "program kappie_kfree_skb_tp",
+            "rebuild with ebpf/build.sh",
+        ))?;
+    prog.load().map_err(step(
+        "load tracepoint skb:kfree_skb",
+        "the verifier refused it; see the error",
+    ))?;
+    let id = prog.attach("skb", "kfree_skb").map_err(step(
+        "attach tracepoint skb:kfree_skb",
+        "the shipper needs CAP_BPF, CAP_PERFMON and tracefs",
+    ))?;
+    let link = prog
+        .take_link(id)
+        .map_err(step("take link of kappie_kfree_skb_tp", "report this"))?;
+    match FdLink::try_from(link) {
+        Ok(fd) => {
+            let pinned = fd.pin(&pin).map_err(step(
+                format!("pin {}", pin.display()),
+                "check that bpffs is writable",
+            ))?;
+            links.push((pin, pinned));
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "tracepoint attachment cannot be pinned on this kernel; it ends with the shipper")
+        }
+    }
+    Ok(())
 }
 
 fn map_ref<K: aya::Pod, V: aya::Pod>(
