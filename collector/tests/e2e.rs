@@ -71,7 +71,13 @@ fn udp_active_sockets_moves_with_open_sockets() {
     let ns = Netns::new("udp");
     let dir = tempfile::tempdir().unwrap();
     let _collector = start_collector(&ns, dir.path());
-    let _shipper = start_shipper(&ns, dir.path(), 0);
+    // eBPF cannot start (the pin directory is not on a bpffs): one warning, the rest runs.
+    let _shipper = start_shipper_with(
+        &ns,
+        dir.path(),
+        0,
+        &["--ebpf-pin-dir", "/tmp/kappie-not-a-bpffs"],
+    );
     let q = "kappie_udp_active_sockets{node_name=\"e2e-node\",cluster=\"e2e\"}";
     let base = wait_for(
         "kappie_udp_active_sockets to appear",
@@ -280,5 +286,19 @@ fn ebpf_forward_totals_survive_a_sigkilled_shipper() {
     assert!(ok, "collector total {last:?}, sent 300");
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(value(&server, q), Some(300.0), "and stays there");
-    drop(shipper);
+    // SIGTERM: the shipper detaches its programs (removes its pinned links) and exits.
+    let pid = shipper.child.id() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = shipper.child.wait().unwrap();
+    assert!(status.success(), "shipper exit {status:?}");
+    let left: Vec<_> = std::fs::read_dir(&pin_arg)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("link-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "links still pinned after SIGTERM: {left:?}"
+    );
 }
