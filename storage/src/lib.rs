@@ -24,7 +24,7 @@ pub mod wal;
 
 pub use db::{CommitReport, MetaEntry, Storage, StorageAppender, StorageConfig, StorageStats};
 pub use error::StorageError;
-pub use labels::{Label, Labels, MatchOp, Matcher};
+pub use labels::{valid_label_name, Label, Labels, MatchOp, Matcher};
 pub use query::{ChunkSeries, RawChunk};
 pub use retention::MaintenanceReport;
 

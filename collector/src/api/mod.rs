@@ -3,6 +3,7 @@
 //! Same JSON envelope, error types and HTTP status codes as Prometheus's `/api/v1`, so
 //! Grafana's Prometheus datasource and Prometheus tooling work unchanged.
 
+mod labels;
 mod time;
 
 use crate::promql::{self, EvalError, InstantSample, Value};
@@ -25,6 +26,14 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/query", get(query_get).post(query_post))
+        .route("/api/v1/series", get(labels::series).post(labels::series))
+        .route(
+            "/api/v1/labels",
+            get(labels::label_names).post(labels::label_names),
+        )
+        .route("/api/v1/label/{name}/values", get(labels::label_values))
+        .route("/api/v1/metadata", get(labels::metadata))
+        .route("/api/v1/status/buildinfo", get(labels::buildinfo))
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "Kappie is Healthy.\n" }))
         .route("/-/ready", get(|| async { "Kappie is Ready.\n" }))
@@ -202,7 +211,7 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         .into_response()
 }
 
-fn labels_json(l: &Labels) -> serde_json::Value {
+pub(crate) fn labels_json(l: &Labels) -> serde_json::Value {
     let mut m = Map::new();
     for x in l.iter() {
         m.insert(x.name.clone(), serde_json::Value::String(x.value.clone()));

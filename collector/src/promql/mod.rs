@@ -99,6 +99,38 @@ fn system_time_ms(st: &SystemTime) -> i64 {
     }
 }
 
+/// The matcher sets of a selector (one per `or` branch), the metric name included.
+fn matcher_sets(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, EvalError> {
+    let name = vs
+        .name
+        .as_ref()
+        .map(|n| Matcher::new(MatchOp::Equal, "__name__", n.clone()))
+        .transpose()?;
+    let branches: Vec<&Vec<promql_parser::label::Matcher>> = if vs.matchers.or_matchers.is_empty() {
+        vec![&vs.matchers.matchers]
+    } else {
+        vs.matchers.or_matchers.iter().collect()
+    };
+    branches
+        .into_iter()
+        .map(|b| {
+            let mut ms = to_matchers(b)?;
+            ms.extend(name.clone());
+            Ok(ms)
+        })
+        .collect()
+}
+
+/// Parses a series selector (the `match[]` of the series and label endpoints).
+pub fn series_selector(text: &str) -> Result<Vec<Vec<Matcher>>, EvalError> {
+    match parser::parse(text).map_err(EvalError::Parse)? {
+        Expr::VectorSelector(vs) if vs.offset.is_none() && vs.at.is_none() => matcher_sets(&vs),
+        _ => Err(EvalError::Parse(format!(
+            "{text:?} is not a series selector"
+        ))),
+    }
+}
+
 /// Evaluates an instant vector selector: per matching series, the newest sample in
 /// `(t - 5m, t]`, unless that sample is a staleness marker.
 pub fn select_instant(
@@ -107,24 +139,9 @@ pub fn select_instant(
     t: i64,
 ) -> Result<Vec<InstantSample>, EvalError> {
     let ts = selector_time(vs, t)?;
-    let mut sets: Vec<Vec<Matcher>> = Vec::new();
-    let name = vs
-        .name
-        .as_ref()
-        .map(|n| Matcher::new(MatchOp::Equal, "__name__", n.clone()))
-        .transpose()?;
-    if vs.matchers.or_matchers.is_empty() {
-        sets.push(to_matchers(&vs.matchers.matchers)?);
-    } else {
-        for set in &vs.matchers.or_matchers {
-            sets.push(to_matchers(set)?);
-        }
-    }
+    let sets = matcher_sets(vs)?;
     let mut out: Vec<InstantSample> = Vec::new();
-    for mut ms in sets {
-        if let Some(n) = &name {
-            ms.push(n.clone());
-        }
+    for ms in sets {
         for s in q.select(&ms, ts - LOOKBACK_MS + 1, ts)? {
             if let Some(last) = s.samples.last() {
                 if !is_stale_marker(last.v) && !out.iter().any(|o| o.labels == s.labels) {

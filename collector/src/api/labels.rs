@@ -1,0 +1,265 @@
+//! `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`, `/api/v1/metadata`
+//! and `/api/v1/status/buildinfo`, with Prometheus's parameters (`match[]` repeated,
+//! `start`, `end`, `limit`) from the query string or a form-encoded POST body.
+
+use super::{labels_json, time, ApiError, ApiState};
+use crate::promql;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kappie_storage::{Labels, Matcher};
+use serde_json::json;
+use std::collections::BTreeSet;
+
+/// Parameters from the query string and the form body, in order.
+fn params(raw: Option<String>, body: &[u8]) -> Vec<(String, String)> {
+    let mut p: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect();
+    p.extend(form_urlencoded::parse(body).into_owned());
+    p
+}
+
+fn one<'a>(p: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    p.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+fn time_range(p: &[(String, String)]) -> Result<(i64, i64), ApiError> {
+    let get = |name: &str, default: i64| match one(p, name) {
+        None => Ok(default),
+        Some(s) => time::parse_time(s)
+            .map_err(|e| ApiError::bad_data(format!("invalid parameter \"{name}\": {e}"))),
+    };
+    let (start, end) = (get("start", i64::MIN)?, get("end", i64::MAX)?);
+    if end < start {
+        return Err(ApiError::bad_data(
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        ));
+    }
+    Ok((start, end))
+}
+
+fn limit(p: &[(String, String)]) -> Result<Option<usize>, ApiError> {
+    match one(p, "limit") {
+        None => Ok(None),
+        Some(s) => match s.parse::<usize>() {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(ApiError::bad_data(format!(
+                "invalid parameter \"limit\": cannot parse {s:?} to a number"
+            ))),
+        },
+    }
+}
+
+/// Every `match[]`, each as its `or` branches.
+fn selectors(p: &[(String, String)]) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    let mut out = Vec::new();
+    for (_, v) in p.iter().filter(|(k, _)| k == "match[]") {
+        out.extend(
+            promql::series_selector(v)
+                .map_err(|e| ApiError::bad_data(format!("invalid parameter \"match[]\": {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+fn success(data: serde_json::Value) -> Response {
+    Json(json!({"status": "success", "data": data})).into_response()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+fn storage(e: kappie_storage::StorageError) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+pub(super) async fn series(
+    State(st): State<ApiState>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = params(q, &body);
+    let sets = selectors(&p)?;
+    if sets.is_empty() {
+        return Err(ApiError::bad_data("no match[] parameter provided"));
+    }
+    let (start, end) = time_range(&p)?;
+    let limit = limit(&p)?;
+    let store = st.store.clone();
+    let found = blocking(move || {
+        let mut all: BTreeSet<Labels> = BTreeSet::new();
+        for set in &sets {
+            all.extend(store.series(set, start, end).map_err(storage)?);
+        }
+        Ok(all)
+    })
+    .await?;
+    let data: Vec<serde_json::Value> = found
+        .iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .map(labels_json)
+        .collect();
+    Ok(success(json!(data)))
+}
+
+pub(super) async fn label_names(
+    State(st): State<ApiState>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = params(q, &body);
+    let sets = selectors(&p)?;
+    let (start, end) = time_range(&p)?;
+    let limit = limit(&p)?;
+    let store = st.store.clone();
+    let names = blocking(move || {
+        if sets.is_empty() {
+            return store.label_names(&[], start, end).map_err(storage);
+        }
+        let mut all = BTreeSet::new();
+        for set in &sets {
+            all.extend(store.label_names(set, start, end).map_err(storage)?);
+        }
+        Ok(all.into_iter().collect())
+    })
+    .await?;
+    Ok(success(json!(names
+        .into_iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .collect::<Vec<_>>())))
+}
+
+pub(super) async fn label_values(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    if !kappie_storage::valid_label_name(&name) {
+        return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
+    }
+    let p = params(q, &[]);
+    let sets = selectors(&p)?;
+    let (start, end) = time_range(&p)?;
+    let limit = limit(&p)?;
+    let store = st.store.clone();
+    let values = blocking(move || {
+        if sets.is_empty() {
+            return store.label_values(&name, &[], start, end).map_err(storage);
+        }
+        let mut all = BTreeSet::new();
+        for set in &sets {
+            all.extend(
+                store
+                    .label_values(&name, set, start, end)
+                    .map_err(storage)?,
+            );
+        }
+        Ok(all.into_iter().collect())
+    })
+    .await?;
+    Ok(success(json!(values
+        .into_iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .collect::<Vec<_>>())))
+}
+
+/// Type and help of every metric SPEC §1 defines.
+pub const METADATA: &[(&str, &str, &str)] = &[
+    (
+        "kappie_forward_count",
+        "counter",
+        "Packets forwarded on the node's host interfaces, by direction.",
+    ),
+    (
+        "kappie_forward_bytes",
+        "counter",
+        "Bytes forwarded on the node's host interfaces, by direction.",
+    ),
+    (
+        "kappie_drop_count",
+        "counter",
+        "Packets the kernel dropped, by drop reason and direction.",
+    ),
+    (
+        "kappie_drop_bytes",
+        "counter",
+        "Bytes the kernel dropped, by drop reason and direction.",
+    ),
+    ("kappie_tcp_state", "gauge", "TCP sockets by state."),
+    (
+        "kappie_tcp_connection_remote",
+        "gauge",
+        "TCP sockets by remote address and port (top N, rest as address=\"other\").",
+    ),
+    (
+        "kappie_tcp_connection_stats",
+        "counter",
+        "TCP counters of /proc/net/netstat TcpExt and /proc/net/snmp Tcp, by statistic name.",
+    ),
+    (
+        "kappie_tcp_flag_counters",
+        "counter",
+        "TCP segments carrying each header flag, by flag and direction.",
+    ),
+    (
+        "kappie_ip_connection_stats",
+        "counter",
+        "IP counters of /proc/net/snmp Ip and /proc/net/netstat IpExt, by statistic name.",
+    ),
+    (
+        "kappie_udp_connection_stats",
+        "counter",
+        "UDP counters of /proc/net/snmp Udp and /proc/net/snmp6 Udp6, by statistic name.",
+    ),
+    ("kappie_udp_active_sockets", "gauge", "Open UDP sockets."),
+    (
+        "kappie_interface_stats",
+        "counter",
+        "Interface counters of /sys/class/net/*/statistics, by interface and statistic name.",
+    ),
+];
+
+pub(super) async fn metadata(RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = params(q, &[]);
+    let limit = limit(&p)?;
+    let metric = one(&p, "metric");
+    let mut data = serde_json::Map::new();
+    for (name, kind, help) in METADATA
+        .iter()
+        .filter(|(n, _, _)| metric.is_none_or(|m| m == *n))
+    {
+        if limit.is_some_and(|l| data.len() >= l) {
+            break;
+        }
+        data.insert(
+            (*name).into(),
+            json!([{"type": kind, "help": help, "unit": ""}]),
+        );
+    }
+    Ok(success(serde_json::Value::Object(data)))
+}
+
+/// Prometheus-compatible build information. `version` is the Prometheus API version Kappie
+/// answers like (Grafana picks features by it); Kappie's own version is in `kappieVersion`.
+pub(super) async fn buildinfo() -> Response {
+    success(json!({
+        "version": "2.42.0",
+        "revision": "",
+        "branch": "",
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "",
+        "kappieVersion": env!("CARGO_PKG_VERSION"),
+    }))
+}
