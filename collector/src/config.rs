@@ -30,6 +30,9 @@ pub struct Cli {
     /// How far a batch timestamp may be ahead of the collector's clock, in seconds.
     #[arg(long, env = "KAPPIE_MAX_FUTURE_SKEW_SECONDS")]
     pub max_future_skew_seconds: Option<u64>,
+    /// Largest remote write body (compressed or decompressed), in bytes.
+    #[arg(long, env = "KAPPIE_MAX_REMOTE_WRITE_BYTES")]
+    pub max_remote_write_bytes: Option<usize>,
     /// How long samples are kept, in seconds.
     #[arg(long, env = "KAPPIE_RETENTION_SECONDS")]
     pub retention_seconds: Option<u64>,
@@ -57,6 +60,7 @@ pub struct Config {
     pub cache_capacity_bytes: u64,
     pub retention_seconds: u64,
     pub retention_bytes: u64,
+    pub max_remote_write_bytes: usize,
     pub log_format: String,
 }
 
@@ -72,6 +76,7 @@ impl Default for Config {
             cache_capacity_bytes: 8 * 1024 * 1024,
             retention_seconds: 15 * 24 * 3600,
             retention_bytes: 0,
+            max_remote_write_bytes: 32 << 20,
             log_format: "text".into(),
         }
     }
@@ -104,6 +109,7 @@ impl Config {
             cache_capacity_bytes,
             retention_seconds,
             retention_bytes,
+            max_remote_write_bytes,
             log_format
         );
         Ok(c)

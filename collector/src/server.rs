@@ -1,6 +1,6 @@
 //! Starts and stops the collector's servers.
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiLimits, ApiState};
 use crate::ingest::{IngestLimits, IngestService};
 use crate::Config;
 use anyhow::Context;
@@ -76,6 +76,9 @@ pub async fn serve(
 
     let app = api::router(ApiState {
         store: store.clone(),
+        limits: ApiLimits {
+            max_remote_write_bytes: config.max_remote_write_bytes,
+        },
     });
     let http = tokio::spawn(async move {
         axum::serve(http_listener, app)

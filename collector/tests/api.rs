@@ -169,3 +169,116 @@ async fn series_labels_values_metadata_buildinfo() {
     assert_eq!(out, "ok");
     c.stop().await;
 }
+
+fn write_body(series: &[(&[(&str, &str)], &[(i64, f64)])]) -> Vec<u8> {
+    use kappie_proto::prometheus as pb;
+    use prost::Message;
+    let req = pb::WriteRequest {
+        timeseries: series
+            .iter()
+            .map(|(labels, samples)| pb::TimeSeries {
+                labels: labels
+                    .iter()
+                    .map(|(n, v)| pb::Label {
+                        name: (*n).into(),
+                        value: (*v).into(),
+                    })
+                    .collect(),
+                samples: samples
+                    .iter()
+                    .map(|(t, v)| pb::Sample {
+                        timestamp: *t,
+                        value: *v,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        metadata: vec![],
+    };
+    snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .unwrap()
+}
+
+fn send(url: &str, body: &[u8]) -> (u16, String) {
+    match ureq::post(url)
+        .set("Content-Encoding", "snappy")
+        .set("Content-Type", "application/x-protobuf")
+        .send_bytes(body)
+    {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn remote_write_stores_samples_and_refuses_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = InProcess::start(dir.path()).await;
+    let store = c.running.as_ref().unwrap().store.clone();
+    let base = c.http_url();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let out = tokio::task::spawn_blocking(move || {
+        let url = format!("{base}/api/v1/write");
+        let good = write_body(&[(
+            &[("__name__", "rw_metric"), ("job", "a")],
+            &[(now - 2000, 1.0), (now - 1000, 2.5)],
+        )]);
+        assert_eq!(send(&url, &good).0, 204);
+        let v = common::query(&base, "rw_metric");
+        assert_eq!(common::single_value(&v), Some(2.5), "{v}");
+
+        let stored = || {
+            let m = kappie_storage::Matcher::new(kappie_storage::MatchOp::Regex, "__name__", ".+")
+                .unwrap();
+            kappie_storage::Querier::select(&store, &[m], i64::MIN, i64::MAX).unwrap()
+        };
+        let before = stored();
+        for (what, body) in [
+            ("not snappy", b"definitely not snappy".to_vec()),
+            (
+                "not protobuf",
+                snap::raw::Encoder::new().compress_vec(&[0xff; 40]).unwrap(),
+            ),
+            (
+                "bad label name",
+                write_body(&[(&[("__name__", "x"), ("bad-name", "1")], &[(now, 1.0)])]),
+            ),
+            (
+                "no metric name",
+                write_body(&[(&[("job", "a")], &[(now, 1.0)])]),
+            ),
+            (
+                "duplicate label",
+                write_body(&[(&[("__name__", "x"), ("a", "1"), ("a", "2")], &[(now, 1.0)])]),
+            ),
+        ] {
+            let (code, text) = send(&url, &body);
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                (code, v["errorType"].as_str()),
+                (400, Some("bad_data")),
+                "{what}: {text}"
+            );
+            assert_eq!(stored(), before, "{what} changed stored data");
+        }
+        // Out of order: refused and reported, not retried by senders.
+        let old = write_body(&[(
+            &[("__name__", "rw_metric"), ("job", "a")],
+            &[(now - 5000, 9.0)],
+        )]);
+        let (code, text) = send(&url, &old);
+        assert_eq!(code, 400, "{text}");
+        assert!(text.contains("1 out of order"), "{text}");
+        assert_eq!(stored(), before);
+        "ok"
+    })
+    .await
+    .unwrap();
+    assert_eq!(out, "ok");
+    c.stop().await;
+}

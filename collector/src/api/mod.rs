@@ -5,6 +5,7 @@
 
 mod labels;
 mod time;
+mod write;
 
 use crate::promql::{self, EvalError, InstantSample, Value};
 use axum::extract::{Form, Query, State};
@@ -20,6 +21,14 @@ use serde_json::{json, Map};
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Storage,
+    pub limits: ApiLimits,
+}
+
+/// Limits of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Largest remote write body, compressed or decompressed, in bytes.
+    pub max_remote_write_bytes: usize,
 }
 
 /// The collector's HTTP routes.
@@ -33,6 +42,12 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/label/{name}/values", get(labels::label_values))
         .route("/api/v1/metadata", get(labels::metadata))
+        .route(
+            "/api/v1/write",
+            axum::routing::post(write::remote_write).layer(axum::extract::DefaultBodyLimit::max(
+                state.limits.max_remote_write_bytes,
+            )),
+        )
         .route("/api/v1/status/buildinfo", get(labels::buildinfo))
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "Kappie is Healthy.\n" }))
