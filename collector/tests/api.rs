@@ -170,7 +170,10 @@ async fn series_labels_values_metadata_buildinfo() {
     c.stop().await;
 }
 
-fn write_body(series: &[(&[(&str, &str)], &[(i64, f64)])]) -> Vec<u8> {
+/// A series for a remote write body: labels and (timestamp, value) samples.
+type TestSeries<'a> = (&'a [(&'a str, &'a str)], &'a [(i64, f64)]);
+
+fn write_body(series: &[TestSeries]) -> Vec<u8> {
     use kappie_proto::prometheus as pb;
     use prost::Message;
     let req = pb::WriteRequest {
