@@ -90,27 +90,45 @@ pub(super) async fn series(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let p = params(q, &body);
-    let sets = selectors(&p)?;
-    if sets.is_empty() {
+    if !p.iter().any(|(k, _)| k == "match[]") {
         return Err(ApiError::bad_data("no match[] parameter provided"));
     }
-    let (start, end) = time_range(&p)?;
-    let limit = limit(&p)?;
-    let store = st.store.clone();
-    let found = blocking(move || {
-        let mut all: BTreeSet<Labels> = BTreeSet::new();
-        for set in &sets {
-            all.extend(store.series(set, start, end).map_err(storage)?);
-        }
-        Ok(all)
-    })
-    .await?;
-    let data: Vec<serde_json::Value> = found
+    let found: Vec<Labels> = union_of(&st, &p, |s, m, a, b| s.series(m, a, b)).await?;
+    Ok(success(json!(found
         .iter()
-        .take(limit.unwrap_or(usize::MAX))
         .map(labels_json)
-        .collect();
-    Ok(success(json!(data)))
+        .collect::<Vec<_>>())))
+}
+
+/// Union over the `match[]` selectors (or over everything without one) of what `read`
+/// returns for a matcher set, sorted, cut at `limit`.
+async fn union_of<T: Ord + Send + 'static>(
+    st: &ApiState,
+    p: &[(String, String)],
+    read: impl Fn(
+            &kappie_storage::Storage,
+            &[Matcher],
+            i64,
+            i64,
+        ) -> Result<Vec<T>, kappie_storage::StorageError>
+        + Send
+        + 'static,
+) -> Result<Vec<T>, ApiError> {
+    let mut sets = selectors(p)?;
+    if sets.is_empty() {
+        sets.push(Vec::new());
+    }
+    let (start, end) = time_range(p)?;
+    let limit = limit(p)?.unwrap_or(usize::MAX);
+    let store = st.store.clone();
+    blocking(move || {
+        let mut all = BTreeSet::new();
+        for set in &sets {
+            all.extend(read(&store, set, start, end).map_err(storage)?);
+        }
+        Ok(all.into_iter().take(limit).collect())
+    })
+    .await
 }
 
 pub(super) async fn label_names(
@@ -119,25 +137,8 @@ pub(super) async fn label_names(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let p = params(q, &body);
-    let sets = selectors(&p)?;
-    let (start, end) = time_range(&p)?;
-    let limit = limit(&p)?;
-    let store = st.store.clone();
-    let names = blocking(move || {
-        if sets.is_empty() {
-            return store.label_names(&[], start, end).map_err(storage);
-        }
-        let mut all = BTreeSet::new();
-        for set in &sets {
-            all.extend(store.label_names(set, start, end).map_err(storage)?);
-        }
-        Ok(all.into_iter().collect())
-    })
-    .await?;
-    Ok(success(json!(names
-        .into_iter()
-        .take(limit.unwrap_or(usize::MAX))
-        .collect::<Vec<_>>())))
+    let names = union_of(&st, &p, |s, m, a, b| s.label_names(m, a, b)).await?;
+    Ok(success(json!(names)))
 }
 
 pub(super) async fn label_values(
@@ -149,29 +150,8 @@ pub(super) async fn label_values(
         return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
     }
     let p = params(q, &[]);
-    let sets = selectors(&p)?;
-    let (start, end) = time_range(&p)?;
-    let limit = limit(&p)?;
-    let store = st.store.clone();
-    let values = blocking(move || {
-        if sets.is_empty() {
-            return store.label_values(&name, &[], start, end).map_err(storage);
-        }
-        let mut all = BTreeSet::new();
-        for set in &sets {
-            all.extend(
-                store
-                    .label_values(&name, set, start, end)
-                    .map_err(storage)?,
-            );
-        }
-        Ok(all.into_iter().collect())
-    })
-    .await?;
-    Ok(success(json!(values
-        .into_iter()
-        .take(limit.unwrap_or(usize::MAX))
-        .collect::<Vec<_>>())))
+    let values = union_of(&st, &p, move |s, m, a, b| s.label_values(&name, m, a, b)).await?;
+    Ok(success(json!(values)))
 }
 
 /// Type and help of every metric SPEC §1 defines.
