@@ -96,7 +96,7 @@ pub async fn serve(
         },
     );
     let svc = IngestServer::new(ingest).max_decoding_message_size(config.grpc_max_message_bytes);
-    let incoming = tokio_stream_from(grpc_listener);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     let grpc = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(svc)
@@ -147,8 +147,4 @@ async fn maintain_every(
             Err(e) => tracing::error!(error = %e, "store maintenance panicked"),
         }
     }
-}
-
-fn tokio_stream_from(l: TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
-    tokio_stream::wrappers::TcpListenerStream::new(l)
 }

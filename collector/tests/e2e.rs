@@ -226,17 +226,11 @@ fn ebpf_forward_totals_survive_a_sigkilled_shipper() {
         || value(&server, q),
     );
     assert_eq!(first, 0.0, "the link carries nothing before the test sends");
-    let rx0: u64 = server
-        .output(
-            "cat",
-            &[&format!(
-                "/sys/class/net/{}/statistics/rx_packets",
-                veth.b_if
-            )],
-        )
-        .trim()
-        .parse()
-        .unwrap();
+    let rx_packets = || -> u64 {
+        let path = format!("/sys/class/net/{}/statistics/rx_packets", veth.b_if);
+        server.output("cat", &[&path]).trim().parse().unwrap()
+    };
+    let rx0 = rx_packets();
 
     let target = format!("{}:9", veth.b_addr4);
     let send = |n: usize| {
@@ -253,17 +247,7 @@ fn ebpf_forward_totals_survive_a_sigkilled_shipper() {
     send(100);
     shipper = start_shipper_with(&server, dir.path(), 1, &args);
     send(100);
-    let rx1: u64 = server
-        .output(
-            "cat",
-            &[&format!(
-                "/sys/class/net/{}/statistics/rx_packets",
-                veth.b_if
-            )],
-        )
-        .trim()
-        .parse()
-        .unwrap();
+    let rx1 = rx_packets();
     assert_eq!(
         rx1 - rx0,
         300,

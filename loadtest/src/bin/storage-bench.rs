@@ -18,7 +18,7 @@ use clap::Parser;
 use kappie_proto::prometheus as pb;
 use kappie_storage::{Appender, Labels, MatchOp, Matcher, Querier, Storage, StorageConfig};
 use prost::Message;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -327,6 +327,5 @@ fn main() -> anyhow::Result<()> {
         median(k_sel),
         median(p_sel)
     );
-    let _ = PathBuf::new();
     Ok(())
 }

@@ -25,10 +25,8 @@ pub fn read_statistics_dir(dir: &Path) -> Result<Vec<(String, f64)>, SourceError
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            // Some drivers refuse reads of counters they lack (EOPNOTSUPP/EINVAL); skip those.
-            Err(e) if e.raw_os_error().is_some() && e.kind() != std::io::ErrorKind::NotFound => {
-                continue
-            }
+            // A counter the driver refuses to read (EOPNOTSUPP/EINVAL), or one that went
+            // away with its interface: skip it.
             Err(_) => continue,
         };
         let v: u64 = text.trim().parse().map_err(|_| SourceError::Parse {

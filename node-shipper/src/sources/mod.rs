@@ -25,3 +25,10 @@ pub fn utility_sources(roots: &Roots, top_remotes: usize) -> Vec<Box<dyn Source>
         Box::new(interfaces::InterfacesSource::new(roots.sys.clone())),
     ]
 }
+
+/// A fixture file captured from a real machine (`tests/fixtures/`), for the parsers' tests.
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}

@@ -159,14 +159,7 @@ impl Source for NetstatSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> String {
-        std::fs::read_to_string(format!(
-            "{}/tests/fixtures/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
+    use crate::sources::fixture;
 
     #[test]
     fn parses_captured_netstat_and_snmp() {
