@@ -33,6 +33,15 @@ pub struct Cli {
     /// Largest remote write body (compressed or decompressed), in bytes.
     #[arg(long, env = "KAPPIE_MAX_REMOTE_WRITE_BYTES")]
     pub max_remote_write_bytes: Option<usize>,
+    /// Longest a PromQL query may run, in seconds (then 503 `timeout`).
+    #[arg(long, env = "KAPPIE_QUERY_TIMEOUT_SECONDS")]
+    pub query_timeout_seconds: Option<u64>,
+    /// Most samples one PromQL query may hold in memory (then 422 `execution`).
+    #[arg(long, env = "KAPPIE_QUERY_MAX_SAMPLES")]
+    pub query_max_samples: Option<usize>,
+    /// Most series one PromQL query may return (then 422 `execution`).
+    #[arg(long, env = "KAPPIE_QUERY_MAX_SERIES")]
+    pub query_max_series: Option<usize>,
     /// How long samples are kept, in seconds.
     #[arg(long, env = "KAPPIE_RETENTION_SECONDS")]
     pub retention_seconds: Option<u64>,
@@ -61,6 +70,9 @@ pub struct Config {
     pub retention_seconds: u64,
     pub retention_bytes: u64,
     pub max_remote_write_bytes: usize,
+    pub query_timeout_seconds: u64,
+    pub query_max_samples: usize,
+    pub query_max_series: usize,
     pub log_format: String,
 }
 
@@ -77,12 +89,25 @@ impl Default for Config {
             retention_seconds: 15 * 24 * 3600,
             retention_bytes: 0,
             max_remote_write_bytes: 32 << 20,
+            query_timeout_seconds: 120,
+            query_max_samples: 50_000_000,
+            query_max_series: 1_000_000,
             log_format: "text".into(),
         }
     }
 }
 
 impl Config {
+    /// The PromQL limits these settings give.
+    pub fn query_limits(&self) -> crate::promql::QueryLimits {
+        crate::promql::QueryLimits {
+            timeout: std::time::Duration::from_secs(self.query_timeout_seconds),
+            max_samples: self.query_max_samples,
+            max_series: self.query_max_series,
+            ..Default::default()
+        }
+    }
+
     /// Defaults, overridden by the config file, overridden by environment and flags.
     pub fn resolve(cli: Cli) -> anyhow::Result<Config> {
         let mut c = match &cli.config {
@@ -110,6 +135,9 @@ impl Config {
             retention_seconds,
             retention_bytes,
             max_remote_write_bytes,
+            query_timeout_seconds,
+            query_max_samples,
+            query_max_series,
             log_format
         );
         Ok(c)

@@ -78,6 +78,7 @@ pub async fn serve(
         store: store.clone(),
         limits: ApiLimits {
             max_remote_write_bytes: config.max_remote_write_bytes,
+            query: config.query_limits(),
         },
     });
     let http = tokio::spawn(async move {

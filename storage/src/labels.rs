@@ -68,6 +68,37 @@ impl Labels {
         self.0.is_empty()
     }
 
+    /// The labels whose names satisfy `keep`.
+    pub fn filter(&self, mut keep: impl FnMut(&str) -> bool) -> Labels {
+        Labels(self.0.iter().filter(|l| keep(&l.name)).cloned().collect())
+    }
+
+    /// This label set with `name` set to `value`, or removed when `value` is empty. The
+    /// caller checks that `name` is a valid label name.
+    pub fn with(&self, name: &str, value: &str) -> Labels {
+        let mut v = self.0.clone();
+        match v.binary_search_by(|l| l.name.as_str().cmp(name)) {
+            Ok(i) if value.is_empty() => {
+                v.remove(i);
+            }
+            Ok(i) => v[i].value = value.to_owned(),
+            Err(_) if value.is_empty() => {}
+            Err(i) => v.insert(
+                i,
+                Label {
+                    name: name.to_owned(),
+                    value: value.to_owned(),
+                },
+            ),
+        }
+        Labels(v)
+    }
+
+    /// This label set without `__name__`.
+    pub fn without_name(&self) -> Labels {
+        self.filter(|n| n != "__name__")
+    }
+
     /// Encoding used in sled keys and values: `name 0xff value 0xff` per label. 0xff never
     /// occurs in UTF-8, so the encoding is unambiguous and sorts like the label set.
     pub fn encode(&self) -> Vec<u8> {
@@ -184,6 +215,18 @@ mod tests {
         assert_eq!(l.get("a"), Some("1"));
         assert_eq!(l.get("empty"), None);
         assert_eq!(Labels::decode(&l.encode()).unwrap(), l);
+    }
+
+    #[test]
+    fn with_sets_inserts_and_removes() {
+        let l = Labels::new([("b", "2"), ("__name__", "m")]).unwrap();
+        assert_eq!(
+            l.with("a", "1"),
+            Labels::new([("a", "1"), ("b", "2"), ("__name__", "m")]).unwrap()
+        );
+        assert_eq!(l.with("b", "3").get("b"), Some("3"));
+        assert_eq!(l.with("b", ""), Labels::new([("__name__", "m")]).unwrap());
+        assert_eq!(l.without_name(), Labels::new([("b", "2")]).unwrap());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! makes itself and removes on drop, threads that enter a namespace, child processes that
 //! are killed on drop, and polling with a deadline.
 
+pub mod prometheus;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,31 +2,14 @@
 //! and `/api/v1/status/buildinfo`, with Prometheus's parameters (`match[]` repeated,
 //! `start`, `end`, `limit`) from the query string or a form-encoded POST body.
 
-use super::{labels_json, time, ApiError, ApiState};
+use super::{blocking, labels_json, one, params, success, time, ApiError, ApiState};
 use crate::promql;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use kappie_storage::{Labels, Matcher};
 use serde_json::json;
 use std::collections::BTreeSet;
-
-/// Parameters from the query string and the form body, in order.
-fn params(raw: Option<String>, body: &[u8]) -> Vec<(String, String)> {
-    let mut p: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect();
-    p.extend(form_urlencoded::parse(body).into_owned());
-    p
-}
-
-fn one<'a>(p: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    p.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .filter(|v| !v.is_empty())
-}
 
 fn time_range(p: &[(String, String)]) -> Result<(i64, i64), ApiError> {
     let get = |name: &str, default: i64| match one(p, name) {
@@ -66,18 +49,6 @@ fn selectors(p: &[(String, String)]) -> Result<Vec<Vec<Matcher>>, ApiError> {
         );
     }
     Ok(out)
-}
-
-fn success(data: serde_json::Value) -> Response {
-    Json(json!({"status": "success", "data": data})).into_response()
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
 fn storage(e: kappie_storage::StorageError) -> ApiError {

@@ -4,17 +4,17 @@
 //! Grafana's Prometheus datasource and Prometheus tooling work unchanged.
 
 mod labels;
+mod query;
 mod time;
 mod write;
 
-use crate::promql::{self, EvalError, InstantSample, Value};
-use axum::extract::{Form, Query, State};
+use crate::promql::{EvalError, QueryLimits};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use kappie_storage::{Labels, Storage};
-use serde::Deserialize;
 use serde_json::{json, Map};
 
 /// What the HTTP handlers share.
@@ -29,12 +29,15 @@ pub struct ApiState {
 pub struct ApiLimits {
     /// Largest remote write body, compressed or decompressed, in bytes.
     pub max_remote_write_bytes: usize,
+    /// PromQL evaluation limits.
+    pub query: QueryLimits,
 }
 
 /// The collector's HTTP routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/api/v1/query", get(query_get).post(query_post))
+        .route("/api/v1/query", get(query::instant).post(query::instant))
+        .route("/api/v1/query_range", get(query::range).post(query::range))
         .route("/api/v1/series", get(labels::series).post(labels::series))
         .route(
             "/api/v1/labels",
@@ -78,6 +81,13 @@ impl ApiError {
             message: message.into(),
         }
     }
+    pub fn timeout(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error_type: "timeout",
+            message: message.into(),
+        }
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,54 +109,41 @@ impl From<EvalError> for ApiError {
         match e {
             EvalError::Parse(m) => ApiError::bad_data(format!("invalid parameter \"query\": {m}")),
             EvalError::Execution(m) => ApiError::execution(m),
+            EvalError::Timeout(m) => ApiError::timeout(m),
             EvalError::Storage(e) => ApiError::internal(e.to_string()),
         }
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct QueryParams {
-    query: Option<String>,
-    time: Option<String>,
+/// Parameters from the query string and the form body, in order (Prometheus reads both
+/// for POST).
+pub(super) fn params(raw: Option<String>, body: &[u8]) -> Vec<(String, String)> {
+    let mut p: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect();
+    p.extend(form_urlencoded::parse(body).into_owned());
+    p
 }
 
-async fn query_get(
-    State(st): State<ApiState>,
-    Query(p): Query<QueryParams>,
-) -> Result<Response, ApiError> {
-    instant(st, p).await
+/// The first non-empty value of parameter `name`.
+pub(super) fn one<'a>(p: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    p.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
 }
 
-async fn query_post(
-    State(st): State<ApiState>,
-    Form(p): Form<QueryParams>,
-) -> Result<Response, ApiError> {
-    instant(st, p).await
+pub(super) fn success(data: serde_json::Value) -> Response {
+    Json(json!({"status": "success", "data": data})).into_response()
 }
 
-async fn instant(st: ApiState, p: QueryParams) -> Result<Response, ApiError> {
-    let query = p.query.filter(|q| !q.is_empty()).ok_or_else(|| {
-        ApiError::bad_data("invalid parameter \"query\": query must not be empty")
-    })?;
-    let t = match p.time.as_deref() {
-        None | Some("") => time::now_ms(),
-        Some(s) => time::parse_time(s)
-            .map_err(|e| ApiError::bad_data(format!("invalid parameter \"time\": {e}")))?,
-    };
-    let store = st.store.clone();
-    let value = tokio::task::spawn_blocking(move || promql::instant_query(&store, &query, t))
+/// Runs store reads and query evaluation off the async runtime.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::internal(format!("query worker failed: {e}")))??;
-    let data = match value {
-        Value::Scalar { t, v } => {
-            json!({"resultType": "scalar", "result": [time::ts_json(t), format_value(v)]})
-        }
-        Value::Vector(samples) => json!({
-            "resultType": "vector",
-            "result": samples.iter().map(vector_sample_json).collect::<Vec<_>>(),
-        }),
-    };
-    Ok(Json(json!({"status": "success", "data": data})).into_response())
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
 }
 
 /// Self-metrics in the Prometheus text exposition format.
@@ -234,35 +231,4 @@ pub(crate) fn labels_json(l: &Labels) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-fn vector_sample_json(s: &InstantSample) -> serde_json::Value {
-    json!({"metric": labels_json(&s.labels), "value": [time::ts_json(s.t), format_value(s.v)]})
-}
-
-/// Sample values as Prometheus writes them: shortest round-trip decimal, `NaN`, `+Inf`,
-/// `-Inf`.
-pub fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{v}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::format_value;
-
-    #[test]
-    fn values_format_like_prometheus() {
-        assert_eq!(format_value(1.0), "1");
-        assert_eq!(format_value(0.1), "0.1");
-        assert_eq!(format_value(f64::NAN), "NaN");
-        assert_eq!(format_value(f64::INFINITY), "+Inf");
-        assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(format_value(1e21), "1000000000000000000000");
-    }
-}
+pub use crate::promql::format_value;

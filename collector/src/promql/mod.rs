@@ -1,30 +1,53 @@
-//! PromQL evaluation over the storage [`Querier`].
+//! PromQL over the storage [`Querier`], with Prometheus 2.42's semantics.
 //!
-//! For now: instant vector selectors with all four matcher types, `offset` and `@`, and
-//! number literals, with Prometheus's 5 minute lookback and staleness handling. The full
-//! engine (functions, aggregations, operators, range queries) grows here.
+//! `eval` holds the one evaluator `match`; operators, aggregations and functions live in
+//! `binary`, `aggregate` and `functions` (one table, one file per group). Queries are
+//! evaluated step by step over selectors loaded once per query; limits (timeout, samples
+//! held, series returned) come from [`QueryLimits`].
 
-use kappie_storage::{is_stale_marker, Labels, MatchOp, Matcher, Querier, StorageError};
+mod aggregate;
+mod binary;
+mod eval;
+mod functions;
+mod value;
+
+pub use value::{InstantSample, SeriesResult, Value};
+
+use eval::Evaluator;
+use kappie_storage::{Labels, MatchOp, Matcher, Querier, StorageError};
 use promql_parser::label::MatchOp as PMatchOp;
-use promql_parser::parser::{self, AtModifier, Expr, Offset, VectorSelector};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use promql_parser::parser::value::ValueType;
+use promql_parser::parser::{self, Expr, VectorSelector};
+use std::time::Duration;
 
 /// Prometheus's default lookback delta.
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
 
-/// One sample of an instant vector.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InstantSample {
-    pub labels: Labels,
-    pub t: i64,
-    pub v: f64,
+/// Limits and defaults of query evaluation.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Longest a query may run (Prometheus: `--query.timeout`, default 2m).
+    pub timeout: Duration,
+    /// Most samples one query may hold in memory (Prometheus: `--query.max-samples`).
+    pub max_samples: usize,
+    /// Most series a query may return.
+    pub max_series: usize,
+    /// How far back an instant selector looks for a sample.
+    pub lookback_ms: i64,
+    /// Step of subqueries that give none (Prometheus's global evaluation interval).
+    pub default_subquery_step_ms: i64,
 }
 
-/// The value of an expression at one instant.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Vector(Vec<InstantSample>),
-    Scalar { t: i64, v: f64 },
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            timeout: Duration::from_secs(120),
+            max_samples: 50_000_000,
+            max_series: 1_000_000,
+            lookback_ms: LOOKBACK_MS,
+            default_subquery_step_ms: 60_000,
+        }
+    }
 }
 
 /// Why a query failed, in the categories of Prometheus's API error types.
@@ -36,26 +59,148 @@ pub enum EvalError {
     /// The query is valid but cannot be evaluated (HTTP 422 `execution`).
     #[error("{0}")]
     Execution(String),
+    /// The query ran past its timeout (HTTP 503 `timeout`).
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     Storage(#[from] StorageError),
 }
 
 /// Parses and evaluates `query` at `t` (milliseconds).
-pub fn instant_query(q: &dyn Querier, query: &str, t: i64) -> Result<Value, EvalError> {
+pub fn instant_query(
+    q: &dyn Querier,
+    query: &str,
+    t: i64,
+    limits: &QueryLimits,
+) -> Result<Value, EvalError> {
     let expr = parser::parse(query).map_err(EvalError::Parse)?;
-    eval(q, &expr, t)
+    let mut ev = Evaluator::new(q, t, t, limits.clone());
+    ev.plan(&expr, t, t);
+    let value = match ev.eval(&expr, t)? {
+        value::StepValue::Scalar(v) => Value::Scalar { t, v },
+        value::StepValue::String(v) => Value::String { t, v },
+        value::StepValue::Vector(v) => {
+            eval::check_unique(&v)?;
+            Value::Vector(
+                v.into_iter()
+                    .map(|s| InstantSample {
+                        labels: (*s.labels).clone(),
+                        t,
+                        v: s.v,
+                    })
+                    .collect(),
+            )
+        }
+        value::StepValue::Matrix(m) => Value::Matrix(
+            m.into_iter()
+                .map(|s| SeriesResult {
+                    labels: (*s.labels).clone(),
+                    points: s.points.to_vec(),
+                })
+                .collect(),
+        ),
+    };
+    check_series(&value, limits)?;
+    Ok(value)
 }
 
-fn eval(q: &dyn Querier, expr: &Expr, t: i64) -> Result<Value, EvalError> {
-    match expr {
-        Expr::NumberLiteral(n) => Ok(Value::Scalar { t, v: n.val }),
-        Expr::Paren(p) => eval(q, &p.expr, t),
-        Expr::VectorSelector(vs) => Ok(Value::Vector(select_instant(q, vs, t)?)),
-        other => Err(EvalError::Execution(format!(
-            "not supported yet by Kappie's PromQL engine: {}",
-            other.prettify().lines().next().unwrap_or_default()
-        ))),
+/// Parses and evaluates `query` at every step of `[start, end]` (milliseconds).
+pub fn range_query(
+    q: &dyn Querier,
+    query: &str,
+    start: i64,
+    end: i64,
+    step: i64,
+    limits: &QueryLimits,
+) -> Result<Value, EvalError> {
+    let expr = parser::parse(query).map_err(EvalError::Parse)?;
+    match expr.value_type() {
+        ValueType::Scalar | ValueType::Vector => {}
+        other => {
+            return Err(EvalError::Parse(format!(
+                "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                match other {
+                    ValueType::Matrix => "range vector",
+                    ValueType::String => "string",
+                    _ => "unknown",
+                }
+            )))
+        }
     }
+    if step <= 0 {
+        return Err(EvalError::Parse(
+            "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+        ));
+    }
+    let mut ev = Evaluator::new(q, start, end, limits.clone());
+    ev.plan(&expr, start, end);
+    let value = Value::Matrix(ev.range(&expr, start, end, step)?);
+    check_series(&value, limits)?;
+    Ok(value)
+}
+
+fn check_series(v: &Value, limits: &QueryLimits) -> Result<(), EvalError> {
+    let n = match v {
+        Value::Vector(x) => x.len(),
+        Value::Matrix(x) => x.len(),
+        _ => 0,
+    };
+    if n > limits.max_series {
+        return Err(EvalError::Execution(format!(
+            "query returned {n} series, more than the limit of {} (max_query_series); narrow the selectors or raise the limit",
+            limits.max_series
+        )));
+    }
+    Ok(())
+}
+
+/// The `φ`-quantile of `values` with linear interpolation between closest ranks, as
+/// Prometheus's `quantile` (NaN sorts first; `φ` outside [0, 1] gives ∓Inf).
+pub(crate) fn quantile(q: f64, mut values: Vec<f64>) -> f64 {
+    if values.is_empty() || q.is_nan() {
+        return f64::NAN;
+    }
+    if q < 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if q > 1.0 {
+        return f64::INFINITY;
+    }
+    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        _ => a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal),
+    });
+    let n = values.len() as f64;
+    let rank = q * (n - 1.0);
+    let lower = rank.floor().max(0.0);
+    let upper = (lower + 1.0).min(n - 1.0);
+    let weight = rank - rank.floor();
+    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+}
+
+/// Sample values as Prometheus writes them: shortest round-trip decimal, `NaN`, `+Inf`,
+/// `-Inf`.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// A label set as Prometheus prints one in messages: `{a="1", b="2"}`.
+pub(crate) fn display_labels(l: &Labels) -> String {
+    let parts: Vec<String> = l
+        .iter()
+        .map(|x| format!("{}={:?}", x.name, x.value))
+        .collect();
+    format!("{{{}}}", parts.join(", "))
 }
 
 fn to_matchers(ms: &[promql_parser::label::Matcher]) -> Result<Vec<Matcher>, EvalError> {
@@ -73,34 +218,8 @@ fn to_matchers(ms: &[promql_parser::label::Matcher]) -> Result<Vec<Matcher>, Eva
         .collect()
 }
 
-fn duration_ms(d: &Duration) -> i64 {
-    d.as_millis() as i64
-}
-
-/// The time an instant selector reads at, after `@` and `offset`.
-fn selector_time(vs: &VectorSelector, t: i64) -> Result<i64, EvalError> {
-    let base = match &vs.at {
-        None => t,
-        Some(AtModifier::At(st)) => system_time_ms(st),
-        // Without a range query, start() and end() are the evaluation time.
-        Some(AtModifier::Start) | Some(AtModifier::End) => t,
-    };
-    Ok(match &vs.offset {
-        None => base,
-        Some(Offset::Pos(d)) => base - duration_ms(d),
-        Some(Offset::Neg(d)) => base + duration_ms(d),
-    })
-}
-
-fn system_time_ms(st: &SystemTime) -> i64 {
-    match st.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
-    }
-}
-
 /// The matcher sets of a selector (one per `or` branch), the metric name included.
-fn matcher_sets(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, EvalError> {
+pub(crate) fn matcher_sets(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, EvalError> {
     let name = vs
         .name
         .as_ref()
@@ -129,31 +248,4 @@ pub fn series_selector(text: &str) -> Result<Vec<Vec<Matcher>>, EvalError> {
             "{text:?} is not a series selector"
         ))),
     }
-}
-
-/// Evaluates an instant vector selector: per matching series, the newest sample in
-/// `(t - 5m, t]`, unless that sample is a staleness marker.
-pub fn select_instant(
-    q: &dyn Querier,
-    vs: &VectorSelector,
-    t: i64,
-) -> Result<Vec<InstantSample>, EvalError> {
-    let ts = selector_time(vs, t)?;
-    let sets = matcher_sets(vs)?;
-    let mut out: Vec<InstantSample> = Vec::new();
-    for ms in sets {
-        for s in q.select(&ms, ts - LOOKBACK_MS + 1, ts)? {
-            if let Some(last) = s.samples.last() {
-                if !is_stale_marker(last.v) && !out.iter().any(|o| o.labels == s.labels) {
-                    out.push(InstantSample {
-                        labels: s.labels,
-                        t,
-                        v: last.v,
-                    });
-                }
-            }
-        }
-    }
-    out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    Ok(out)
 }

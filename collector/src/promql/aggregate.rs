@@ -1,0 +1,228 @@
+//! Aggregation operators with `by` and `without`, following Prometheus 2.42's arithmetic
+//! (plain summation, incremental mean, Welford variance) and its NaN rules.
+
+use super::eval::Evaluator;
+use super::value::{Sample, StepValue};
+use super::{format_value, quantile, EvalError};
+use kappie_storage::{valid_label_name, Labels};
+use promql_parser::parser::token::*;
+use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub(crate) fn eval(ev: &mut Evaluator, a: &AggregateExpr, ts: i64) -> Result<StepValue, EvalError> {
+    let op = a.op.id();
+    let param = match &a.param {
+        Some(p) => Some(ev.eval(p, ts)?),
+        None => None,
+    };
+    let input = match ev.eval(&a.expr, ts)? {
+        StepValue::Vector(v) => v,
+        other => {
+            return Err(EvalError::Execution(format!(
+                "aggregation {} expects an instant vector, got {}",
+                a.op,
+                other.type_name()
+            )))
+        }
+    };
+    let (by, mut grouping): (bool, Vec<String>) = match &a.modifier {
+        None => (true, Vec::new()),
+        Some(LabelModifier::Include(l)) => (true, l.labels.clone()),
+        Some(LabelModifier::Exclude(l)) => (false, l.labels.clone()),
+    };
+    let scalar_param = || match &param {
+        Some(StepValue::Scalar(v)) => Ok(*v),
+        _ => Err(EvalError::Execution(format!(
+            "{} expects a scalar parameter",
+            a.op
+        ))),
+    };
+    let mut value_label = None;
+    match op {
+        T_COUNT_VALUES => {
+            let name = match (&param, a.param.as_deref()) {
+                (Some(StepValue::String(s)), _) => s.clone(),
+                (_, Some(Expr::StringLiteral(s))) => s.val.clone(),
+                _ => {
+                    return Err(EvalError::Execution(
+                        "count_values expects a string parameter".into(),
+                    ))
+                }
+            };
+            if !valid_label_name(&name) {
+                return Err(EvalError::Execution(format!("invalid label name {name:?}")));
+            }
+            if by {
+                grouping.push(name.clone());
+            }
+            value_label = Some(name);
+        }
+        T_TOPK | T_BOTTOMK => {
+            let k = scalar_param()?;
+            if !(k.is_finite() && k.abs() < 9.2e18) {
+                return Err(EvalError::Execution(format!(
+                    "Scalar value {} overflows int64",
+                    format_value(k)
+                )));
+            }
+            return Ok(StepValue::Vector(top_bottom(
+                input,
+                k as i64,
+                op == T_TOPK,
+                by,
+                &grouping,
+            )));
+        }
+        T_LIMITK | T_LIMIT_RATIO => {
+            return Err(EvalError::Execution(format!(
+                "aggregation {} is not supported (it is newer than Prometheus 2.42)",
+                a.op
+            )))
+        }
+        _ => {}
+    }
+    if !matches!(
+        op,
+        T_SUM
+            | T_AVG
+            | T_COUNT
+            | T_COUNT_VALUES
+            | T_GROUP
+            | T_MIN
+            | T_MAX
+            | T_STDDEV
+            | T_STDVAR
+            | T_QUANTILE
+    ) {
+        return Err(EvalError::Execution(format!(
+            "aggregation {} is not supported",
+            a.op
+        )));
+    }
+    let q = if op == T_QUANTILE {
+        Some(scalar_param()?)
+    } else {
+        None
+    };
+
+    let key_of = |l: &Labels| group_key(l, by, &grouping);
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut groups: Vec<(Labels, Vec<f64>)> = Vec::new();
+    for s in &input {
+        let labels = match &value_label {
+            Some(n) => s.labels.with(n, &format_value(s.v)),
+            None => (*s.labels).clone(),
+        };
+        let k = key_of(&labels);
+        let i = match index.get(&k) {
+            Some(i) => *i,
+            None => {
+                index.insert(k.clone(), groups.len());
+                groups.push((k, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[i].1.push(s.v);
+    }
+    let out = groups
+        .into_iter()
+        .map(|(labels, vals)| {
+            let v = match op {
+                T_SUM => vals.iter().sum(),
+                T_AVG => mean(&vals),
+                T_COUNT | T_COUNT_VALUES => vals.len() as f64,
+                T_GROUP => 1.0,
+                T_MIN => vals[1..]
+                    .iter()
+                    .fold(vals[0], |m, &x| if m > x || m.is_nan() { x } else { m }),
+                T_MAX => vals[1..]
+                    .iter()
+                    .fold(vals[0], |m, &x| if m < x || m.is_nan() { x } else { m }),
+                T_STDDEV => variance(&vals).sqrt(),
+                T_STDVAR => variance(&vals),
+                T_QUANTILE => quantile(q.unwrap_or(f64::NAN), vals),
+                _ => f64::NAN,
+            };
+            Sample {
+                labels: Arc::new(labels),
+                v,
+                t: ts,
+            }
+        })
+        .collect::<Vec<_>>();
+    Ok(StepValue::Vector(out))
+}
+
+fn group_key(l: &Labels, by: bool, grouping: &[String]) -> Labels {
+    if by {
+        l.filter(|n| grouping.iter().any(|g| g == n))
+    } else {
+        l.filter(|n| n != "__name__" && !grouping.iter().any(|g| g == n))
+    }
+}
+
+/// Prometheus's incremental mean, which keeps an infinite mean instead of turning it
+/// into NaN.
+pub(crate) fn mean(vals: &[f64]) -> f64 {
+    let mut mean = 0.0;
+    for (i, &v) in vals.iter().enumerate() {
+        let n = (i + 1) as f64;
+        if i == 0 {
+            mean = v;
+            continue;
+        }
+        if mean.is_infinite() {
+            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
+                continue;
+            }
+            if !v.is_infinite() && !v.is_nan() {
+                continue;
+            }
+        }
+        mean += v / n - mean / n;
+    }
+    mean
+}
+
+/// Population variance by Welford's method.
+fn variance(vals: &[f64]) -> f64 {
+    let (mut mean, mut m2) = (0.0, 0.0);
+    for (i, &v) in vals.iter().enumerate() {
+        let delta = v - mean;
+        mean += delta / (i + 1) as f64;
+        m2 += delta * (v - mean);
+    }
+    m2 / vals.len() as f64
+}
+
+/// `topk`/`bottomk`: per group the k largest (smallest) elements with their own labels;
+/// NaN ranks below every number either way.
+fn top_bottom(input: Vec<Sample>, k: i64, top: bool, by: bool, grouping: &[String]) -> Vec<Sample> {
+    if k < 1 {
+        return Vec::new();
+    }
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut groups: Vec<Vec<Sample>> = Vec::new();
+    for s in input {
+        let key = group_key(&s.labels, by, grouping);
+        let i = *index.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(s);
+    }
+    let mut out = Vec::new();
+    for mut g in groups {
+        g.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
+            (true, true) => std::cmp::Ordering::Equal,
+            (true, false) => std::cmp::Ordering::Greater,
+            (false, true) => std::cmp::Ordering::Less,
+            _ if top => b.v.partial_cmp(&a.v).unwrap_or(std::cmp::Ordering::Equal),
+            _ => a.v.partial_cmp(&b.v).unwrap_or(std::cmp::Ordering::Equal),
+        });
+        g.truncate(usize::try_from(k).unwrap_or(usize::MAX));
+        out.extend(g);
+    }
+    out
+}

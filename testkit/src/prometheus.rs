@@ -1,0 +1,168 @@
+//! A real Prometheus 2.42 on loopback as a test peer: started with the remote-write
+//! receiver in a directory of the test's own, fed by remote write, queried over HTTP, and
+//! killed on drop.
+
+use kappie_proto::prometheus as pb;
+use prost::Message;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether a `prometheus` binary is on the PATH.
+pub fn available() -> bool {
+    Command::new("prometheus")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether a test that needs Prometheus should run: it must when `CI` is set (the CI script
+/// installs it), and otherwise skips with a message when Prometheus is missing.
+pub fn required(test: &str) -> bool {
+    if available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: prometheus is not installed (apt-get install prometheus) but CI is set"
+    );
+    eprintln!("skipping {test}: prometheus is not installed (apt-get install prometheus)");
+    false
+}
+
+pub struct Prometheus {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    pub log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Prometheus {
+    /// Starts Prometheus with its data in `dir` and `extra_config` appended to an otherwise
+    /// empty configuration (no scrapes; evaluation interval 1m), and waits until it is ready.
+    pub fn start(dir: &Path, extra_config: &str) -> Prometheus {
+        std::fs::create_dir_all(dir).expect("prometheus dir");
+        let cfg = dir.join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!("global:\n  evaluation_interval: 1m\n{extra_config}"),
+        )
+        .expect("write prometheus.yml");
+        let log = dir.join("prometheus.log");
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.enable-remote-write-receiver")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("prometheus log"))
+            .spawn()
+            .expect("start prometheus (apt-get install prometheus)");
+        let p = Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ureq::get(&format!("{}/-/ready", p.base)).call().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "prometheus did not get ready; see {}",
+                p.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    /// Remote-writes `series` to this Prometheus.
+    pub fn write(&self, series: Vec<pb::TimeSeries>) -> Result<(), String> {
+        remote_write(&format!("{}/api/v1/write", self.base), series)
+    }
+
+    /// GETs an API path with parameters and returns the JSON body, also for 4xx/5xx.
+    pub fn get(&self, path: &str, params: &[(&str, &str)]) -> serde_json::Value {
+        get_json(&format!("{}{path}", self.base), params)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one remote-write 1.0 request (snappy protobuf) to `url`.
+pub fn remote_write(url: &str, series: Vec<pb::TimeSeries>) -> Result<(), String> {
+    let req = pb::WriteRequest {
+        timeseries: series,
+        metadata: vec![],
+    };
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .map_err(|e| e.to_string())?;
+    match ureq::post(url)
+        .set("Content-Encoding", "snappy")
+        .set("Content-Type", "application/x-protobuf")
+        .set("X-Prometheus-Remote-Write-Version", "0.1.0")
+        .send_bytes(&body)
+    {
+        Ok(_) => Ok(()),
+        Err(ureq::Error::Status(code, r)) => Err(format!(
+            "{url}: HTTP {code}: {}",
+            r.into_string().unwrap_or_default()
+        )),
+        Err(e) => Err(format!("{url}: {e}")),
+    }
+}
+
+/// GETs `url` with query parameters and parses the JSON body, whatever the status.
+pub fn get_json(url: &str, params: &[(&str, &str)]) -> serde_json::Value {
+    let mut req = ureq::get(url);
+    for (k, v) in params {
+        req = req.query(k, v);
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("GET {url}: {e}"),
+    };
+    let text = resp.into_string().expect("response body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
+}
+
+/// A remote-write series from label pairs and `(ms, value)` samples.
+pub fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> pb::TimeSeries {
+    let mut l: Vec<pb::Label> = labels
+        .iter()
+        .map(|(n, v)| pb::Label {
+            name: n.to_string(),
+            value: v.to_string(),
+        })
+        .collect();
+    l.sort_by(|a, b| a.name.cmp(&b.name));
+    pb::TimeSeries {
+        labels: l,
+        samples: samples
+            .iter()
+            .map(|&(t, v)| pb::Sample {
+                value: v,
+                timestamp: t,
+            })
+            .collect(),
+    }
+}
