@@ -64,23 +64,40 @@ pub(crate) fn round(ev: &mut Evaluator, args: Args, ts: i64) -> Out {
     map_vector(ev, args, 0, ts, |v| (v * inv + 0.5).floor() / inv)
 }
 
+/// Go's `math.Max`/`math.Min`, which (unlike Rust's) return NaN when either side is NaN.
+fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
+}
+
 pub(crate) fn clamp(ev: &mut Evaluator, args: Args, ts: i64) -> Out {
     let min = scalar_arg(ev, args, 1, ts)?;
     let max = scalar_arg(ev, args, 2, ts)?;
     if max < min {
         return Ok(StepValue::Vector(Vec::new()));
     }
-    map_vector(ev, args, 0, ts, |v| min.max(max.min(v)))
+    map_vector(ev, args, 0, ts, |v| go_max(min, go_min(max, v)))
 }
 
 pub(crate) fn clamp_max(ev: &mut Evaluator, args: Args, ts: i64) -> Out {
     let max = scalar_arg(ev, args, 1, ts)?;
-    map_vector(ev, args, 0, ts, |v| max.min(v))
+    map_vector(ev, args, 0, ts, |v| go_min(max, v))
 }
 
 pub(crate) fn clamp_min(ev: &mut Evaluator, args: Args, ts: i64) -> Out {
     let min = scalar_arg(ev, args, 1, ts)?;
-    map_vector(ev, args, 0, ts, |v| min.max(v))
+    map_vector(ev, args, 0, ts, |v| go_max(min, v))
 }
 
 /// A calendar field of each value read as Unix seconds (UTC); without an argument, of the
