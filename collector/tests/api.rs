@@ -285,3 +285,298 @@ async fn remote_write_stores_samples_and_refuses_bad_requests() {
     assert_eq!(out, "ok");
     c.stop().await;
 }
+
+/// Stores `m{i="0".."n"}` with samples every 10 s from 1000 s to 1100 s, value i * t.
+fn load_m(store: &kappie_storage::Storage, n: usize) {
+    let mut a = store.appender();
+    for i in 0..n {
+        let l = Labels::new([("__name__", "m".to_string()), ("i", i.to_string())]).unwrap();
+        for t in (1_000..=1_100).step_by(10) {
+            a.append(&l, t * 1000, (i as i64 * t) as f64).unwrap();
+        }
+    }
+    a.append(
+        &Labels::new([("__name__", "odd"), ("k", "nan")]).unwrap(),
+        1_100_000,
+        f64::NAN,
+    )
+    .unwrap();
+    a.append(
+        &Labels::new([("__name__", "odd"), ("k", "inf")]).unwrap(),
+        1_100_000,
+        f64::INFINITY,
+    )
+    .unwrap();
+    a.commit().unwrap();
+}
+
+#[tokio::test]
+async fn query_and_query_range_shapes_methods_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = InProcess::start(dir.path()).await;
+    load_m(&c.running.as_ref().unwrap().store, 2);
+    let base = c.http_url();
+    tokio::task::spawn_blocking(move || {
+        let q = format!("{base}/api/v1/query");
+        let r = format!("{base}/api/v1/query_range");
+
+        // Grafana's health check: a scalar.
+        let (code, v) = get(&format!(
+            "{q}?{}",
+            qs(&[("query", "1+1"), ("time", "1000")])
+        ));
+        assert_eq!(code, 200);
+        assert_eq!(
+            v,
+            json!({"status": "success", "data": {"resultType": "scalar", "result": [1000.0, "2"]}})
+        );
+
+        // Instant vector, GET and form POST alike; values are strings, NaN and +Inf too.
+        let params = [("query", "m{i=\"1\"}"), ("time", "1050.5")];
+        let (code, got) = get(&format!("{q}?{}", qs(&params)));
+        assert_eq!(code, 200);
+        assert_eq!(
+            got["data"],
+            json!({"resultType": "vector", "result": [
+                {"metric": {"__name__": "m", "i": "1"}, "value": [1050.5, "1050"]}
+            ]})
+        );
+        assert_eq!(post(&q, &params), (200, got));
+        let (_, v) = get(&format!(
+            "{q}?{}",
+            qs(&[("query", "sort(odd)"), ("time", "1100")])
+        ));
+        assert_eq!(v["data"]["result"][0]["value"][1], "+Inf", "{v}");
+        assert_eq!(v["data"]["result"][1]["value"][1], "NaN", "{v}");
+
+        // Range vector from an instant query: raw samples.
+        let (_, v) = get(&format!(
+            "{q}?{}",
+            qs(&[("query", "m{i=\"1\"}[20s]"), ("time", "1100")])
+        ));
+        assert_eq!(v["data"]["resultType"], "matrix");
+        assert_eq!(
+            v["data"]["result"][0]["values"],
+            json!([[1080.0, "1080"], [1090.0, "1090"], [1100.0, "1100"]])
+        );
+
+        // String literal.
+        let (_, v) = get(&format!(
+            "{q}?{}",
+            qs(&[("query", "\"hi\""), ("time", "5")])
+        ));
+        assert_eq!(
+            v["data"],
+            json!({"resultType": "string", "result": [5.0, "hi"]})
+        );
+
+        // Range query, GET and POST, step as seconds or as a duration.
+        let params = [
+            ("query", "sum(m)"),
+            ("start", "1000"),
+            ("end", "1020"),
+            ("step", "10s"),
+        ];
+        let (code, got) = get(&format!("{r}?{}", qs(&params)));
+        assert_eq!(code, 200, "{got}");
+        assert_eq!(
+            got["data"],
+            json!({"resultType": "matrix", "result": [
+                {"metric": {}, "values": [[1000.0, "1000"], [1010.0, "1010"], [1020.0, "1020"]]}
+            ]})
+        );
+        assert_eq!(post(&r, &params), (200, got.clone()));
+        let mut secs = params;
+        secs[3] = ("step", "10");
+        assert_eq!(get(&format!("{r}?{}", qs(&secs))), (200, got));
+
+        // Errors: Prometheus's types and status codes.
+        let bad = |url: &str, p: &[(&str, &str)], code: u16, ty: &str, msg: &str| {
+            let (c, v) = get(&format!("{url}?{}", qs(p)));
+            assert_eq!(
+                (c, v["status"].as_str(), v["errorType"].as_str()),
+                (code, Some("error"), Some(ty)),
+                "{p:?}: {v}"
+            );
+            assert!(v["error"].as_str().unwrap().contains(msg), "{p:?}: {v}");
+            let (c2, v2) = post(url, p);
+            assert_eq!((c2, &v2), (c, &v), "POST {p:?}");
+        };
+        bad(
+            &q,
+            &[("query", "")],
+            400,
+            "bad_data",
+            "query must not be empty",
+        );
+        bad(
+            &q,
+            &[("query", "sum(")],
+            400,
+            "bad_data",
+            "invalid parameter \"query\"",
+        );
+        bad(
+            &q,
+            &[("query", "m"), ("time", "later")],
+            400,
+            "bad_data",
+            "invalid parameter \"time\"",
+        );
+        bad(
+            &q,
+            &[("query", "m{i=~\"(\"}")],
+            400,
+            "bad_data",
+            "invalid parameter \"query\"",
+        );
+        bad(
+            &q,
+            &[("query", "m + ignoring(i) m"), ("time", "1050")],
+            422,
+            "execution",
+            "many-to-many matching not allowed",
+        );
+        bad(
+            &q,
+            &[
+                ("query", "label_replace(m, \"1x\", \"\", \"i\", \"\")"),
+                ("time", "1050"),
+            ],
+            422,
+            "execution",
+            "invalid destination label name",
+        );
+        bad(
+            &r,
+            &[("query", "m"), ("end", "10"), ("step", "1")],
+            400,
+            "bad_data",
+            "invalid parameter \"start\"",
+        );
+        bad(
+            &r,
+            &[("query", "m"), ("start", "10"), ("end", "5"), ("step", "1")],
+            400,
+            "bad_data",
+            "end timestamp must not be before start time",
+        );
+        bad(
+            &r,
+            &[("query", "m"), ("start", "0"), ("end", "5"), ("step", "x")],
+            400,
+            "bad_data",
+            "invalid parameter \"step\"",
+        );
+        bad(
+            &r,
+            &[("query", "m"), ("start", "0"), ("end", "5"), ("step", "0")],
+            400,
+            "bad_data",
+            "zero or negative query resolution step",
+        );
+        bad(
+            &r,
+            &[
+                ("query", "m"),
+                ("start", "0"),
+                ("end", "20000"),
+                ("step", "1"),
+            ],
+            400,
+            "bad_data",
+            "exceeded maximum resolution of 11,000 points",
+        );
+        bad(
+            &r,
+            &[
+                ("query", "m[1m]"),
+                ("start", "0"),
+                ("end", "5"),
+                ("step", "1"),
+            ],
+            400,
+            "bad_data",
+            "invalid expression type \"range vector\" for range query",
+        );
+    })
+    .await
+    .unwrap();
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn query_limits_answer_like_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = kappie_collector::Config {
+        data_dir: dir.path().to_owned(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        query_max_samples: 30,
+        query_max_series: 2,
+        ..kappie_collector::Config::default()
+    };
+    let c = InProcess::start_with(config).await;
+    load_m(&c.running.as_ref().unwrap().store, 3);
+    let base = c.http_url();
+    tokio::task::spawn_blocking(move || {
+        let q = format!("{base}/api/v1/query");
+        // 3 series x 11 samples loaded > 30.
+        let (code, v) = get(&format!(
+            "{q}?{}",
+            qs(&[("query", "sum(m)"), ("time", "1100")])
+        ));
+        assert_eq!(
+            (code, v["errorType"].as_str()),
+            (422, Some("execution")),
+            "{v}"
+        );
+        assert_eq!(
+            v["error"],
+            "query processing would load too many samples into memory in query execution"
+        );
+        // Within the sample limit, but 3 series returned > 2.
+        let (code, v) = get(&format!(
+            "{q}?{}",
+            qs(&[
+                ("query", "m{i!=\"0\"} or m{i=\"0\"} @ 1000"),
+                ("time", "1000")
+            ])
+        ));
+        assert_eq!(
+            (code, v["errorType"].as_str()),
+            (422, Some("execution")),
+            "{v}"
+        );
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("more than the limit of 2"),
+            "{v}"
+        );
+        // Under both limits the query answers.
+        let (code, v) = get(&format!(
+            "{q}?{}",
+            qs(&[("query", "m{i=\"1\"}"), ("time", "1100")])
+        ));
+        assert_eq!(code, 200, "{v}");
+        // A timeout shorter than any evaluation: 503 timeout.
+        let (code, v) = get(&format!(
+            "{q}?{}",
+            qs(&[
+                ("query", "m{i=\"1\"}"),
+                ("time", "1100"),
+                ("timeout", "0.000001")
+            ])
+        ));
+        assert_eq!(
+            (code, v["errorType"].as_str()),
+            (503, Some("timeout")),
+            "{v}"
+        );
+    })
+    .await
+    .unwrap();
+    c.stop().await;
+}

@@ -445,6 +445,7 @@ async fn kappie_answers_like_prometheus() {
                 );
             }
         }
+        failures.extend(compare_metadata_endpoints(&kbase, &p.base, t0, tend));
         eprintln!(
             "{compared} answers compared over {} queries, {with_data} of them with data",
             QUERIES.len()
@@ -465,6 +466,154 @@ async fn kappie_answers_like_prometheus() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The JSON's structure with every leaf replaced by its type (arrays by their first
+/// element's shape), to compare response shapes without comparing data.
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(a) => Value::Array(a.first().map(shape).into_iter().collect()),
+        Value::String(_) => "string".into(),
+        Value::Number(_) => "number".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Null => Value::Null,
+    }
+}
+
+/// `/series`, `/labels`, `/label/<name>/values` must return the same data as Prometheus;
+/// query answers and errors must have the same shape and status code.
+fn compare_metadata_endpoints(k: &str, p: &str, t0: i64, tend: i64) -> Vec<String> {
+    let (start, end) = (secs(t0), secs(tend));
+    let mut failures = Vec::new();
+    let sorted = |mut v: Value| {
+        if let Some(a) = v["data"].as_array_mut() {
+            a.sort_by_key(|x| x.to_string());
+        }
+        v
+    };
+    let same_data: &[(&str, Vec<(&str, &str)>)] = &[
+        (
+            "/api/v1/series",
+            vec![("match[]", "kt_info"), ("start", &start), ("end", &end)],
+        ),
+        (
+            "/api/v1/series",
+            vec![
+                ("match[]", "{job=\"db\", __name__=~\"kt_l.*\"}"),
+                ("match[]", "kt_aligned_total"),
+            ],
+        ),
+        ("/api/v1/labels", vec![]),
+        (
+            "/api/v1/labels",
+            vec![("match[]", "kt_temperature_celsius")],
+        ),
+        ("/api/v1/label/job/values", vec![]),
+        (
+            "/api/v1/label/le/values",
+            vec![("match[]", "kt_latency_seconds_bucket{job=\"api\"}")],
+        ),
+        ("/api/v1/label/__name__/values", vec![]),
+        ("/api/v1/label/nothing/values", vec![]),
+    ];
+    for (path, params) in same_data {
+        let kv = sorted(prom::get_json(&format!("{k}{path}"), params));
+        let pv = sorted(prom::get_json(&format!("{p}{path}"), params));
+        if kv != pv {
+            failures.push(format!("{path} {params:?}: Kappie {kv} vs Prometheus {pv}"));
+        }
+    }
+    let same_shape: &[(&str, Vec<(&str, &str)>, u16)] = &[
+        (
+            "/api/v1/query",
+            vec![("query", "kt_info"), ("time", &end)],
+            200,
+        ),
+        ("/api/v1/query", vec![("query", "1+1")], 200),
+        (
+            "/api/v1/query",
+            vec![("query", "kt_info[5m]"), ("time", &end)],
+            200,
+        ),
+        ("/api/v1/query", vec![("query", "\"s\"")], 200),
+        (
+            "/api/v1/query_range",
+            vec![
+                ("query", "kt_info"),
+                ("start", &start),
+                ("end", &end),
+                ("step", "60"),
+            ],
+            200,
+        ),
+        ("/api/v1/query", vec![("query", "sum(")], 400),
+        (
+            "/api/v1/query",
+            vec![("query", "kt_info"), ("time", "x")],
+            400,
+        ),
+        (
+            "/api/v1/query",
+            vec![
+                (
+                    "query",
+                    "kt_requests_total + ignoring(method) kt_requests_total",
+                ),
+                ("time", &end),
+            ],
+            422,
+        ),
+        (
+            "/api/v1/query_range",
+            vec![
+                ("query", "kt_info"),
+                ("start", "10"),
+                ("end", "5"),
+                ("step", "1"),
+            ],
+            400,
+        ),
+        (
+            "/api/v1/query_range",
+            vec![
+                ("query", "kt_info"),
+                ("start", "0"),
+                ("end", "50000"),
+                ("step", "1"),
+            ],
+            400,
+        ),
+        ("/api/v1/series", vec![], 400),
+        ("/api/v1/status/buildinfo", vec![], 200),
+    ];
+    for (path, params, code) in same_shape {
+        let status = |base: &str| {
+            let mut req = ureq::get(&format!("{base}{path}"));
+            for (n, v) in params {
+                req = req.query(n, v);
+            }
+            match req.call() {
+                Ok(r) => r.status(),
+                Err(ureq::Error::Status(c, _)) => c,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let (kc, pc) = (status(k), status(p));
+        let mut kv = prom::get_json(&format!("{k}{path}"), params);
+        // Kappie's own version rides along in buildinfo; the rest must match.
+        if let Some(d) = kv.get_mut("data").and_then(|d| d.as_object_mut()) {
+            d.remove("kappieVersion");
+        }
+        let kv = shape(&kv);
+        let pv = shape(&prom::get_json(&format!("{p}{path}"), params));
+        if (kc, &kv) != (pc, &pv) || pc != *code {
+            failures.push(format!(
+                "{path} {params:?}: Kappie {kc} {kv} vs Prometheus {pc} {pv} (expected {code})"
+            ));
+        }
+    }
+    failures
 }
 
 fn common_now() -> i64 {

@@ -27,18 +27,19 @@ fn time_param(p: &[(String, String)], name: &str) -> Result<Option<i64>, ApiErro
         .transpose()
 }
 
-/// A duration given as seconds (`15`, `0.5`) or in Prometheus's notation (`1m30s`), in ms.
-fn duration_param(p: &[(String, String)], name: &str) -> Result<Option<i64>, ApiError> {
+/// A duration given as seconds (`15`, `0.5`) or in Prometheus's notation (`1m30s`);
+/// negative seconds come back as zero.
+fn duration_param(p: &[(String, String)], name: &str) -> Result<Option<Duration>, ApiError> {
     let Some(s) = one(p, name) else {
         return Ok(None);
     };
     if let Ok(f) = s.parse::<f64>() {
         if f.is_finite() {
-            return Ok(Some((f * 1000.0).round() as i64));
+            return Ok(Some(Duration::from_secs_f64(f.max(0.0))));
         }
     }
     promql_parser::util::duration::parse_duration(s)
-        .map(|d| Some(d.as_millis() as i64))
+        .map(Some)
         .map_err(|_| {
             ApiError::bad_data(format!(
                 "invalid parameter \"{name}\": cannot parse {s:?} to a valid duration"
@@ -49,9 +50,9 @@ fn duration_param(p: &[(String, String)], name: &str) -> Result<Option<i64>, Api
 /// The configured limits, with the request's `timeout` when it is shorter.
 fn limits(st: &ApiState, p: &[(String, String)]) -> Result<QueryLimits, ApiError> {
     let mut l = st.limits.query.clone();
-    if let Some(ms) = duration_param(p, "timeout")? {
-        if ms > 0 {
-            l.timeout = l.timeout.min(Duration::from_millis(ms as u64));
+    if let Some(d) = duration_param(p, "timeout")? {
+        if !d.is_zero() {
+            l.timeout = l.timeout.min(d);
         }
     }
     Ok(l)
@@ -89,9 +90,11 @@ pub(super) async fn range(
             "invalid parameter \"end\": end timestamp must not be before start time",
         ));
     }
-    let step = duration_param(&p, "step")?.ok_or_else(|| {
-        ApiError::bad_data("invalid parameter \"step\": cannot parse \"\" to a valid duration")
-    })?;
+    let step = duration_param(&p, "step")?
+        .ok_or_else(|| {
+            ApiError::bad_data("invalid parameter \"step\": cannot parse \"\" to a valid duration")
+        })?
+        .as_millis() as i64;
     if step <= 0 {
         return Err(ApiError::bad_data(
             "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
