@@ -468,6 +468,8 @@ async fn kappie_answers_like_prometheus() {
     );
 }
 
+type Params<'a> = Vec<(&'a str, &'a str)>;
+
 /// The JSON's structure with every leaf replaced by its type (arrays by their first
 /// element's shape), to compare response shapes without comparing data.
 fn shape(v: &Value) -> Value {
@@ -492,7 +494,7 @@ fn compare_metadata_endpoints(k: &str, p: &str, t0: i64, tend: i64) -> Vec<Strin
         }
         v
     };
-    let same_data: &[(&str, Vec<(&str, &str)>)] = &[
+    let same_data: &[(&str, Params)] = &[
         (
             "/api/v1/series",
             vec![("match[]", "kt_info"), ("start", &start), ("end", &end)],
@@ -524,7 +526,7 @@ fn compare_metadata_endpoints(k: &str, p: &str, t0: i64, tend: i64) -> Vec<Strin
             failures.push(format!("{path} {params:?}: Kappie {kv} vs Prometheus {pv}"));
         }
     }
-    let same_shape: &[(&str, Vec<(&str, &str)>, u16)] = &[
+    let same_shape: &[(&str, Params, u16)] = &[
         (
             "/api/v1/query",
             vec![("query", "kt_info"), ("time", &end)],
