@@ -51,6 +51,10 @@ pub struct Cli {
     /// sled page cache size in bytes.
     #[arg(long, env = "KAPPIE_CACHE_CAPACITY_BYTES")]
     pub cache_capacity_bytes: Option<u64>,
+    /// sled page cache of each day block, bytes (blocks hold all but the newest chunks;
+    /// a bigger cache makes queries over them faster).
+    #[arg(long, env = "KAPPIE_BLOCK_CACHE_CAPACITY_BYTES")]
+    pub block_cache_capacity_bytes: Option<u64>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "KAPPIE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -67,6 +71,7 @@ pub struct Config {
     pub max_series_per_shipper: usize,
     pub max_future_skew_seconds: u64,
     pub cache_capacity_bytes: u64,
+    pub block_cache_capacity_bytes: u64,
     pub retention_seconds: u64,
     pub retention_bytes: u64,
     pub max_remote_write_bytes: usize,
@@ -86,6 +91,7 @@ impl Default for Config {
             max_series_per_shipper: 100_000,
             max_future_skew_seconds: 300,
             cache_capacity_bytes: 8 * 1024 * 1024,
+            block_cache_capacity_bytes: 2 * 1024 * 1024,
             retention_seconds: 15 * 24 * 3600,
             retention_bytes: 0,
             max_remote_write_bytes: 32 << 20,
@@ -132,6 +138,7 @@ impl Config {
             max_series_per_shipper,
             max_future_skew_seconds,
             cache_capacity_bytes,
+            block_cache_capacity_bytes,
             retention_seconds,
             retention_bytes,
             max_remote_write_bytes,

@@ -4,9 +4,9 @@
 //! exactly once and durable before they are acknowledged, with running counter totals so
 //! counters stay monotonic across shipper restarts), the embedded store it writes through
 //! (`kappie-storage`), and the Prometheus-compatible HTTP API that Grafana, `kubectl
-//! port-forward` users and the `kappie` CLI query. PromQL beyond instant vector selectors,
-//! remote read and remote write arrive with their own issues and plug into [`api::router`]
-//! and the storage `Querier`.
+//! port-forward` users and the `kappie` CLI query, with the PromQL engine ([`promql`]) that
+//! reads through the storage `Querier`. Remote read and remote write out arrive with their
+//! own issue and plug into [`api::router`] and the same `Querier`.
 
 pub mod api;
 pub mod config;

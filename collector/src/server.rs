@@ -44,6 +44,7 @@ pub async fn serve(
         &config.data_dir,
         &StorageConfig {
             cache_capacity_bytes: config.cache_capacity_bytes,
+            block_cache_capacity_bytes: config.block_cache_capacity_bytes,
             retention_ms: (config.retention_seconds as i64).saturating_mul(1000),
             retention_bytes: (config.retention_bytes > 0).then_some(config.retention_bytes),
             ..StorageConfig::default()

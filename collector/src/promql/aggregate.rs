@@ -7,7 +7,7 @@ use super::{format_value, quantile, EvalError};
 use kappie_storage::{valid_label_name, Labels};
 use promql_parser::parser::token::*;
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 pub(crate) fn eval(ev: &mut Evaluator, a: &AggregateExpr, ts: i64) -> Result<StepValue, EvalError> {
@@ -66,12 +66,19 @@ pub(crate) fn eval(ev: &mut Evaluator, a: &AggregateExpr, ts: i64) -> Result<Ste
                     format_value(k)
                 )));
             }
+            let node = a as *const AggregateExpr as usize;
+            let keys: Vec<usize> = input
+                .iter()
+                .map(|s| {
+                    Arc::as_ptr(&ev.derive(node, &s.labels, |l| group_key(l, by, &grouping)))
+                        as usize
+                })
+                .collect();
             return Ok(StepValue::Vector(top_bottom(
                 input,
+                &keys,
                 k as i64,
                 op == T_TOPK,
-                by,
-                &grouping,
             )));
         }
         T_LIMITK | T_LIMIT_RATIO => {
@@ -106,23 +113,23 @@ pub(crate) fn eval(ev: &mut Evaluator, a: &AggregateExpr, ts: i64) -> Result<Ste
         None
     };
 
-    let key_of = |l: &Labels| group_key(l, by, &grouping);
-    let mut index: HashMap<Labels, usize> = HashMap::new();
-    let mut groups: Vec<(Labels, Vec<f64>)> = Vec::new();
+    let node = a as *const AggregateExpr as usize;
+    let mut index: FxHashMap<usize, usize> = FxHashMap::default();
+    let mut groups: Vec<(Arc<Labels>, Vec<f64>)> = Vec::new();
     for s in &input {
-        let labels = match &value_label {
-            Some(n) => s.labels.with(n, &format_value(s.v)),
-            None => (*s.labels).clone(),
+        // Group keys are interned, so a group is found by the key's address.
+        let k = match &value_label {
+            Some(n) => ev.intern(group_key(
+                &s.labels.with(n, &format_value(s.v)),
+                by,
+                &grouping,
+            )),
+            None => ev.derive(node, &s.labels, |l| group_key(l, by, &grouping)),
         };
-        let k = key_of(&labels);
-        let i = match index.get(&k) {
-            Some(i) => *i,
-            None => {
-                index.insert(k.clone(), groups.len());
-                groups.push((k, Vec::new()));
-                groups.len() - 1
-            }
-        };
+        let i = *index.entry(Arc::as_ptr(&k) as usize).or_insert_with(|| {
+            groups.push((k.clone(), Vec::new()));
+            groups.len() - 1
+        });
         groups[i].1.push(s.v);
     }
     let out = groups
@@ -144,11 +151,7 @@ pub(crate) fn eval(ev: &mut Evaluator, a: &AggregateExpr, ts: i64) -> Result<Ste
                 T_QUANTILE => quantile(q.unwrap_or(f64::NAN), vals),
                 _ => f64::NAN,
             };
-            Sample {
-                labels: Arc::new(labels),
-                v,
-                t: ts,
-            }
+            Sample { labels, v, t: ts }
         })
         .collect::<Vec<_>>();
     Ok(StepValue::Vector(out))
@@ -198,15 +201,15 @@ fn variance(vals: &[f64]) -> f64 {
 
 /// `topk`/`bottomk`: per group the k largest (smallest) elements with their own labels;
 /// NaN ranks below every number either way.
-fn top_bottom(input: Vec<Sample>, k: i64, top: bool, by: bool, grouping: &[String]) -> Vec<Sample> {
+/// `keys[i]` identifies the group of `input[i]`.
+fn top_bottom(input: Vec<Sample>, keys: &[usize], k: i64, top: bool) -> Vec<Sample> {
     if k < 1 {
         return Vec::new();
     }
-    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut index: FxHashMap<usize, usize> = FxHashMap::default();
     let mut groups: Vec<Vec<Sample>> = Vec::new();
-    for s in input {
-        let key = group_key(&s.labels, by, grouping);
-        let i = *index.entry(key).or_insert_with(|| {
+    for (s, key) in input.into_iter().zip(keys) {
+        let i = *index.entry(*key).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
         });

@@ -11,6 +11,7 @@ use super::{aggregate, binary, functions, matcher_sets, EvalError, QueryLimits};
 use kappie_storage::{is_stale_marker, Labels, Querier};
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 use regex::Regex;
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,7 +40,18 @@ pub(crate) struct Evaluator<'a> {
     plan: HashMap<usize, (i64, i64)>,
     loaded: HashMap<usize, Arc<Vec<Loaded>>>,
     regexes: HashMap<String, Regex>,
+    /// Per selector or subquery: where each series' previous window was.
+    hints: FxHashMap<usize, Vec<(usize, usize)>>,
+    /// Label sets derived from another (by address, the source kept alive so the address
+    /// cannot be reused) for one purpose: steps reuse them instead of rebuilding.
+    derived: FxHashMap<(usize, usize), (Arc<Labels>, Arc<Labels>)>,
+    /// One shared copy of every derived label set, so equal sets have equal addresses.
+    interned: HashMap<Labels, Arc<Labels>>,
 }
+
+/// What a derived label set is for: dropping the metric name, or a grouping or matching
+/// key of one expression node (by its address).
+pub(crate) const DROP_NAME: usize = 0;
 
 pub(crate) fn ms(d: &Duration) -> i64 {
     d.as_millis() as i64
@@ -88,6 +100,9 @@ impl<'a> Evaluator<'a> {
             plan: HashMap::new(),
             loaded: HashMap::new(),
             regexes: HashMap::new(),
+            hints: FxHashMap::default(),
+            derived: FxHashMap::default(),
+            interned: HashMap::new(),
         }
     }
 
@@ -111,6 +126,40 @@ impl<'a> Evaluator<'a> {
             ));
         }
         Ok(())
+    }
+
+    /// `f(l)`, computed once per query for each `(purpose, l)` and interned: equal results
+    /// share one allocation, so callers may group by address.
+    pub fn derive(
+        &mut self,
+        purpose: usize,
+        l: &Arc<Labels>,
+        f: impl FnOnce(&Labels) -> Labels,
+    ) -> Arc<Labels> {
+        let k = (purpose, Arc::as_ptr(l) as usize);
+        if let Some((_, v)) = self.derived.get(&k) {
+            return v.clone();
+        }
+        let v = self.intern(f(l));
+        self.derived.insert(k, (l.clone(), v.clone()));
+        v
+    }
+
+    /// The query's one shared copy of `l`.
+    pub fn intern(&mut self, l: Labels) -> Arc<Labels> {
+        match self.interned.get(&l) {
+            Some(v) => v.clone(),
+            None => {
+                let v = Arc::new(l.clone());
+                self.interned.insert(l, v.clone());
+                v
+            }
+        }
+    }
+
+    /// `l` without `__name__`, shared across steps.
+    pub fn without_name(&mut self, l: &Arc<Labels>) -> Arc<Labels> {
+        self.derive(DROP_NAME, l, Labels::without_name)
     }
 
     /// A compiled, fully anchored regular expression, cached for the query.
@@ -202,7 +251,7 @@ impl<'a> Evaluator<'a> {
                 StepValue::Vector(v) => Ok(StepValue::Vector(
                     v.into_iter()
                         .map(|s| Sample {
-                            labels: Arc::new(s.labels.without_name()),
+                            labels: self.without_name(&s.labels),
                             v: -s.v,
                             t: ts,
                         })
@@ -217,7 +266,12 @@ impl<'a> Evaluator<'a> {
             Expr::MatrixSelector(m) => {
                 let reft = self.ref_time(&m.vs.at, &m.vs.offset, ts);
                 let data = self.load(key(&m.vs), &m.vs, true)?;
-                Ok(StepValue::Matrix(window(&data, reft - ms(&m.range), reft)))
+                Ok(StepValue::Matrix(self.window(
+                    key(&m.vs),
+                    &data,
+                    reft - ms(&m.range),
+                    reft,
+                )))
             }
             Expr::Subquery(sq) => Ok(StepValue::Matrix(self.subquery_at(sq, ts)?)),
             Expr::Aggregate(a) => aggregate::eval(self, a, ts),
@@ -229,14 +283,37 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// The windows `[mint, maxt]` of the loaded series of node `k`, leaving out series
+    /// with no point there.
+    fn window(&mut self, k: usize, data: &[Loaded], mint: i64, maxt: i64) -> Vec<RangeSeries> {
+        let hints = self
+            .hints
+            .entry(k)
+            .or_insert_with(|| vec![(0, 0); data.len()]);
+        data.iter()
+            .zip(hints.iter_mut())
+            .filter_map(|(s, hint)| {
+                let points = s.points.window(mint, maxt, hint);
+                (!points.is_empty()).then(|| RangeSeries {
+                    labels: s.labels.clone(),
+                    points,
+                })
+            })
+            .collect()
+    }
+
     /// An instant vector selector: per series, the newest sample in
     /// `[ref - lookback, ref]`, unless it is a staleness marker.
     fn vector_at(&mut self, vs: &VectorSelector, ts: i64) -> Result<Vec<Sample>, EvalError> {
         let reft = self.ref_time(&vs.at, &vs.offset, ts);
         let data = self.load(key(vs), vs, false)?;
         let mut out = Vec::with_capacity(data.len());
-        for s in data.iter() {
-            let i = s.points.partition_point(|p| p.0 <= reft);
+        let hints = self
+            .hints
+            .entry(key(vs))
+            .or_insert_with(|| vec![(0, 0); data.len()]);
+        for (s, hint) in data.iter().zip(hints.iter_mut()) {
+            let i = s.points.count_until(reft, &mut hint.0);
             if i == 0 {
                 continue;
             }
@@ -310,7 +387,7 @@ impl<'a> Evaluator<'a> {
             }
         };
         let reft = self.ref_time(&sq.at, &sq.offset, ts);
-        Ok(window(&data, reft - ms(&sq.range), reft))
+        Ok(self.window(k, &data, reft - ms(&sq.range), reft))
     }
 
     fn run_subquery(&mut self, sq: &SubqueryExpr) -> Result<Vec<Loaded>, EvalError> {
@@ -403,19 +480,6 @@ impl<'a> Evaluator<'a> {
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
-}
-
-/// The windows `[mint, maxt]` of loaded series, leaving out series with no point there.
-fn window(data: &[Loaded], mint: i64, maxt: i64) -> Vec<RangeSeries> {
-    data.iter()
-        .filter_map(|s| {
-            let points = s.points.window(mint, maxt);
-            (!points.is_empty()).then(|| RangeSeries {
-                labels: s.labels.clone(),
-                points,
-            })
-        })
-        .collect()
 }
 
 /// Prometheus refuses a result vector in which two elements share a label set.

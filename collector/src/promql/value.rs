@@ -31,16 +31,45 @@ impl Points {
     }
 
     /// The points with `mint <= t <= maxt` (both ends inclusive, as in Prometheus 2.x).
-    pub fn window(&self, mint: i64, maxt: i64) -> Points {
+    /// `hint` holds the bounds of the previous window of these points and is updated:
+    /// steps move forward, so the new bounds are usually a few points further on.
+    pub fn window(&self, mint: i64, maxt: i64, hint: &mut (usize, usize)) -> Points {
         let s = &self.buf[self.lo..self.hi];
-        let lo = s.partition_point(|p| p.0 < mint);
-        let hi = s.partition_point(|p| p.0 <= maxt);
+        let lo = seek(s, hint.0, |t| t < mint);
+        let hi = seek(s, hint.1, |t| t <= maxt).max(lo);
+        *hint = (lo, hi);
         Points {
             buf: self.buf.clone(),
             lo: self.lo + lo,
-            hi: self.lo + hi.max(lo),
+            hi: self.lo + hi,
         }
     }
+
+    /// The number of points at or before `t`, found from `hint` like [`Points::window`].
+    pub fn count_until(&self, t: i64, hint: &mut usize) -> usize {
+        *hint = seek(&self.buf[self.lo..self.hi], *hint, |x| x <= t);
+        *hint
+    }
+}
+
+/// The partition point of `s` under `before` (true for a prefix of `s`), searched forward
+/// from `hint` for a few points, by bisection otherwise.
+fn seek(s: &[(i64, f64)], hint: usize, before: impl Fn(i64) -> bool) -> usize {
+    const SCAN: usize = 8;
+    if hint <= s.len() && (hint == 0 || before(s[hint - 1].0)) {
+        let mut i = hint;
+        while i < s.len() && i < hint + SCAN {
+            if !before(s[i].0) {
+                return i;
+            }
+            i += 1;
+        }
+        if i == s.len() {
+            return i;
+        }
+        return i + s[i..].partition_point(|p| before(p.0));
+    }
+    s.partition_point(|p| before(p.0))
 }
 
 impl Deref for Points {

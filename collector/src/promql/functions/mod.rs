@@ -12,7 +12,7 @@ use super::value::{RangeSeries, Sample, StepValue};
 use super::EvalError;
 use promql_parser::parser::{Call, Expr};
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 /// A function's implementation: its (unevaluated) arguments and the evaluation time.
 pub(crate) type FnImpl = fn(&mut Evaluator, &[Box<Expr>], i64) -> Result<StepValue, EvalError>;
@@ -239,7 +239,7 @@ pub(crate) fn map_vector(
     Ok(StepValue::Vector(
         v.into_iter()
             .map(|s| Sample {
-                labels: Arc::new(s.labels.without_name()),
+                labels: ev.without_name(&s.labels),
                 v: f(s.v),
                 t: ts,
             })
@@ -257,17 +257,16 @@ pub(crate) fn map_range(
     f: impl Fn(&MatrixArg, &[(i64, f64)]) -> Option<f64>,
 ) -> Result<StepValue, EvalError> {
     let m = matrix_arg(ev, args, i, ts)?;
-    let out = m
-        .series
-        .iter()
-        .filter_map(|s| {
-            f(&m, &s.points).map(|v| Sample {
-                labels: Arc::new(s.labels.without_name()),
+    let mut out = Vec::with_capacity(m.series.len());
+    for s in &m.series {
+        if let Some(v) = f(&m, &s.points) {
+            out.push(Sample {
+                labels: ev.without_name(&s.labels),
                 v,
                 t: ts,
-            })
-        })
-        .collect();
+            });
+        }
+    }
     Ok(StepValue::Vector(out))
 }
 
