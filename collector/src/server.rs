@@ -81,6 +81,7 @@ pub async fn serve(
             max_remote_write_bytes: config.max_remote_write_bytes,
             query: config.query_limits(),
         },
+        query_stats: Default::default(),
     });
     let http = tokio::spawn(async move {
         axum::serve(http_listener, app)

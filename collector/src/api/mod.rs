@@ -22,6 +22,41 @@ use serde_json::{json, Map};
 pub struct ApiState {
     pub store: Storage,
     pub limits: ApiLimits,
+    pub query_stats: std::sync::Arc<QueryStats>,
+}
+
+/// Upper bounds (seconds) of the query latency histogram's buckets.
+const LATENCY_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A cumulative latency histogram in the shape of a Prometheus histogram.
+#[derive(Default)]
+pub struct LatencyHistogram {
+    buckets: [std::sync::atomic::AtomicU64; 11],
+    count: std::sync::atomic::AtomicU64,
+    sum_micros: std::sync::atomic::AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let secs = d.as_secs_f64();
+        for (b, le) in self.buckets.iter().zip(LATENCY_BUCKETS) {
+            if secs <= le {
+                b.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+}
+
+/// Latency of PromQL queries answered (successful or not), by kind.
+#[derive(Default)]
+pub struct QueryStats {
+    pub instant: LatencyHistogram,
+    pub range: LatencyHistogram,
 }
 
 /// Limits of the HTTP API.
@@ -213,6 +248,31 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         "Bytes the data directory takes on disk.",
         &[("", disk)],
     );
+    let name = "kappie_query_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time to evaluate and answer a PromQL query, by kind.\n# TYPE {name} histogram"
+    );
+    for (kind, h) in [
+        ("instant", &st.query_stats.instant),
+        ("range", &st.query_stats.range),
+    ] {
+        for (b, le) in h.buckets.iter().zip(LATENCY_BUCKETS) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{kind=\"{kind}\",le=\"{le}\"}} {}",
+                b.load(Relaxed)
+            );
+        }
+        let count = h.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{kind=\"{kind}\"}} {}",
+            h.sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{kind=\"{kind}\"}} {count}");
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -107,13 +107,15 @@ pub(super) async fn range(
     }
     let limits = limits(&st, &p)?;
     let store = st.store.clone();
+    let started = std::time::Instant::now();
     let value = blocking(move || {
         Ok(promql::range_query(
             &store, &query, start, end, step, &limits,
         )?)
     })
-    .await?;
-    Ok(success(value_json(&value)))
+    .await;
+    st.query_stats.range.observe(started.elapsed());
+    Ok(success(value_json(&value?)))
 }
 
 fn point(t: i64, v: f64) -> serde_json::Value {
