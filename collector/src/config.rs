@@ -42,6 +42,18 @@ pub struct Cli {
     /// Most series one PromQL query may return (then 422 `execution`).
     #[arg(long, env = "KAPPIE_QUERY_MAX_SERIES")]
     pub query_max_series: Option<usize>,
+    /// Most samples one remote read SAMPLES response may carry (then 400).
+    #[arg(long, env = "KAPPIE_REMOTE_READ_MAX_SAMPLES")]
+    pub remote_read_max_samples: Option<usize>,
+    /// Remote reads served at once; more wait.
+    #[arg(long, env = "KAPPIE_REMOTE_READ_CONCURRENCY")]
+    pub remote_read_concurrency: Option<usize>,
+    /// Size at which a STREAMED_XOR_CHUNKS frame is cut, bytes.
+    #[arg(long, env = "KAPPIE_REMOTE_READ_MAX_FRAME_BYTES")]
+    pub remote_read_max_frame_bytes: Option<usize>,
+    /// Remote read response types offered, comma-separated (SAMPLES, STREAMED_XOR_CHUNKS).
+    #[arg(long, env = "KAPPIE_REMOTE_READ_RESPONSE_TYPES", value_delimiter = ',')]
+    pub remote_read_response_types: Option<Vec<String>>,
     /// How long samples are kept, in seconds.
     #[arg(long, env = "KAPPIE_RETENTION_SECONDS")]
     pub retention_seconds: Option<u64>,
@@ -78,6 +90,10 @@ pub struct Config {
     pub query_timeout_seconds: u64,
     pub query_max_samples: usize,
     pub query_max_series: usize,
+    pub remote_read_max_samples: usize,
+    pub remote_read_concurrency: usize,
+    pub remote_read_max_frame_bytes: usize,
+    pub remote_read_response_types: Vec<String>,
     pub log_format: String,
 }
 
@@ -98,12 +114,29 @@ impl Default for Config {
             query_timeout_seconds: 120,
             query_max_samples: 50_000_000,
             query_max_series: 1_000_000,
+            remote_read_max_samples: 50_000_000,
+            remote_read_concurrency: 10,
+            remote_read_max_frame_bytes: 1 << 20,
+            remote_read_response_types: vec!["STREAMED_XOR_CHUNKS".into(), "SAMPLES".into()],
             log_format: "text".into(),
         }
     }
 }
 
 impl Config {
+    /// The remote read limits these settings give.
+    pub fn remote_read_limits(&self) -> anyhow::Result<crate::api::RemoteReadLimits> {
+        Ok(crate::api::RemoteReadLimits {
+            max_request_bytes: self.max_remote_write_bytes,
+            max_samples: self.remote_read_max_samples,
+            max_frame_bytes: self.remote_read_max_frame_bytes,
+            response_types: crate::remote::read::parse_response_types(
+                &self.remote_read_response_types,
+            )
+            .map_err(anyhow::Error::msg)?,
+        })
+    }
+
     /// The PromQL limits these settings give.
     pub fn query_limits(&self) -> crate::promql::QueryLimits {
         crate::promql::QueryLimits {
@@ -145,6 +178,10 @@ impl Config {
             query_timeout_seconds,
             query_max_samples,
             query_max_series,
+            remote_read_max_samples,
+            remote_read_concurrency,
+            remote_read_max_frame_bytes,
+            remote_read_response_types,
             log_format
         );
         Ok(c)

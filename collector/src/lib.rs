@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 pub mod ingest;
 pub mod promql;
+pub mod remote;
 pub mod server;
 
 pub use config::Config;

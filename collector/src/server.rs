@@ -80,8 +80,12 @@ pub async fn serve(
         limits: ApiLimits {
             max_remote_write_bytes: config.max_remote_write_bytes,
             query: config.query_limits(),
+            remote_read: config.remote_read_limits()?,
         },
         query_stats: Default::default(),
+        remote_read_gate: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            config.remote_read_concurrency.max(1),
+        )),
     });
     let http = tokio::spawn(async move {
         axum::serve(http_listener, app)

@@ -328,7 +328,7 @@ async fn query_and_query_range_shapes_methods_and_errors() {
         assert_eq!(code, 200);
         assert_eq!(
             v,
-            json!({"status": "success", "data": {"resultType": "scalar", "result": [1000.0, "2"]}})
+            json!({"status": "success", "data": {"resultType": "scalar", "result": [1000, "2"]}})
         );
 
         // Instant vector, GET and form POST alike; values are strings, NaN and +Inf too.
@@ -357,7 +357,7 @@ async fn query_and_query_range_shapes_methods_and_errors() {
         assert_eq!(v["data"]["resultType"], "matrix");
         assert_eq!(
             v["data"]["result"][0]["values"],
-            json!([[1080.0, "1080"], [1090.0, "1090"], [1100.0, "1100"]])
+            json!([[1080, "1080"], [1090, "1090"], [1100, "1100"]])
         );
 
         // String literal.
@@ -367,7 +367,7 @@ async fn query_and_query_range_shapes_methods_and_errors() {
         ));
         assert_eq!(
             v["data"],
-            json!({"resultType": "string", "result": [5.0, "hi"]})
+            json!({"resultType": "string", "result": [5, "hi"]})
         );
 
         // Range query, GET and POST, step as seconds or as a duration.
@@ -382,7 +382,7 @@ async fn query_and_query_range_shapes_methods_and_errors() {
         assert_eq!(
             got["data"],
             json!({"resultType": "matrix", "result": [
-                {"metric": {}, "values": [[1000.0, "1000"], [1010.0, "1010"], [1020.0, "1020"]]}
+                {"metric": {}, "values": [[1000, "1000"], [1010, "1010"], [1020, "1020"]]}
             ]})
         );
         assert_eq!(post(&r, &params), (200, got.clone()));

@@ -23,6 +23,8 @@ pub struct ApiState {
     pub store: Storage,
     pub limits: ApiLimits,
     pub query_stats: std::sync::Arc<QueryStats>,
+    /// Remote reads running at once (`--remote-read-concurrency`).
+    pub remote_read_gate: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Upper bounds (seconds) of the query latency histogram's buckets.
@@ -57,6 +59,9 @@ impl LatencyHistogram {
 pub struct QueryStats {
     pub instant: LatencyHistogram,
     pub range: LatencyHistogram,
+    /// Remote reads answered, by response type.
+    pub remote_read_samples: std::sync::atomic::AtomicU64,
+    pub remote_read_streamed: std::sync::atomic::AtomicU64,
 }
 
 /// Limits of the HTTP API.
@@ -66,6 +71,20 @@ pub struct ApiLimits {
     pub max_remote_write_bytes: usize,
     /// PromQL evaluation limits.
     pub query: QueryLimits,
+    pub remote_read: RemoteReadLimits,
+}
+
+/// Limits and offers of remote read.
+#[derive(Debug, Clone)]
+pub struct RemoteReadLimits {
+    /// Largest decompressed request, bytes.
+    pub max_request_bytes: usize,
+    /// Most samples one SAMPLES response may carry.
+    pub max_samples: usize,
+    /// Frames of STREAMED_XOR_CHUNKS are cut once they reach this size.
+    pub max_frame_bytes: usize,
+    /// Response types offered, as `ReadRequest.ResponseType` numbers.
+    pub response_types: Vec<i32>,
 }
 
 /// The collector's HTTP routes.
@@ -85,6 +104,12 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(write::remote_write).layer(axum::extract::DefaultBodyLimit::max(
                 state.limits.max_remote_write_bytes,
             )),
+        )
+        .route(
+            "/api/v1/read",
+            axum::routing::post(crate::remote::read::remote_read).layer(
+                axum::extract::DefaultBodyLimit::max(state.limits.remote_read.max_request_bytes),
+            ),
         )
         .route("/api/v1/status/buildinfo", get(labels::buildinfo))
         .route("/metrics", get(metrics))
@@ -247,6 +272,21 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         "gauge",
         "Bytes the data directory takes on disk.",
         &[("", disk)],
+    );
+    put(
+        "kappie_remote_read_requests_total",
+        "counter",
+        "Remote read requests answered, by response type.",
+        &[
+            (
+                "{response_type=\"SAMPLES\"}",
+                st.query_stats.remote_read_samples.load(Relaxed),
+            ),
+            (
+                "{response_type=\"STREAMED_XOR_CHUNKS\"}",
+                st.query_stats.remote_read_streamed.load(Relaxed),
+            ),
+        ],
     );
     let name = "kappie_query_duration_seconds";
     let _ = writeln!(

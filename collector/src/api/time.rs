@@ -82,8 +82,12 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146097 + doe - 719468
 }
 
-/// A timestamp in the API's JSON: seconds as a number with millisecond precision.
+/// A timestamp in the API's JSON: seconds as a number with millisecond precision, and no
+/// fraction when there is none (`1435781451`, `1435781451.781`), as Prometheus writes it.
 pub fn ts_json(t: i64) -> serde_json::Value {
+    if t % 1000 == 0 {
+        return serde_json::Value::Number((t / 1000).into());
+    }
     let v = serde_json::Number::from_f64(t as f64 / 1000.0).unwrap_or_else(|| 0.into());
     serde_json::Value::Number(v)
 }

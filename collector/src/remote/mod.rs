@@ -1,0 +1,4 @@
+//! The ecosystem's two remote protocols: remote read served from the store, and remote
+//! write out to any number of destinations.
+
+pub mod read;
