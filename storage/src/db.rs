@@ -41,6 +41,10 @@ pub struct StorageConfig {
     pub head_idle_ms: i64,
     /// Size at which the write-ahead log starts a new segment file.
     pub wal_segment_bytes: u64,
+    /// Most bytes of write-ahead log kept for readers that hold it (remote write
+    /// destinations behind); past it the oldest held segments go and the samples in them
+    /// are counted as dropped for each reader.
+    pub wal_hold_max_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -54,6 +58,7 @@ impl Default for StorageConfig {
             chunk_span_ms: 3600 * 1000,
             head_idle_ms: 15 * 60 * 1000,
             wal_segment_bytes: 64 << 20,
+            wal_hold_max_bytes: 1 << 30,
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct StorageStats {
     pub samples_refused_duplicate_timestamp: AtomicU64,
     pub samples_refused_too_old: AtomicU64,
     pub chunks_cut: AtomicU64,
+    /// Newest sample time in the store (ms); 0 while it is empty.
+    pub newest_sample_ms: std::sync::atomic::AtomicI64,
 }
 
 pub(crate) struct HeadChunk {
@@ -130,6 +137,9 @@ pub(crate) struct Inner {
     /// Samples before this are refused (their blocks were deleted).
     pub min_valid_t: AtomicU64,
     pub stats: StorageStats,
+    /// Log readers by name: the first sequence each still needs, and the samples dropped
+    /// for it when the log held for it grew past `wal_hold_max_bytes`.
+    pub holds: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 fn corrupt(what: &str) -> StorageError {
@@ -219,6 +229,7 @@ impl Storage {
             next_wal: AtomicU64::new(1),
             min_valid_t: AtomicU64::new(i64::MIN as u64),
             stats: StorageStats::default(),
+            holds: Mutex::new(BTreeMap::new()),
         };
         let store = Storage {
             inner: Arc::new(inner),
@@ -290,6 +301,16 @@ impl Storage {
         drop(head);
         batch.apply(&inner.main)?;
         inner.next_wal.store(last_seq + 1, Ordering::SeqCst);
+        let newest = read_lock(&inner.head)
+            .series
+            .values()
+            .map(|s| s.maxt)
+            .max()
+            .unwrap_or(0);
+        inner
+            .stats
+            .newest_sample_ms
+            .store(newest.max(0), Ordering::Relaxed);
         self.write_chunks(cut)?;
         Ok((n, samples))
     }
@@ -349,6 +370,45 @@ impl Storage {
                 Ok((k[1..].to_vec(), v.to_vec()))
             })
             .collect()
+    }
+
+    /// A reader of the write-ahead log from the record after sequence `after`.
+    pub fn wal_tailer(&self, after: u64) -> wal::Tailer {
+        wal::Tailer::new(&self.inner.dir.join("wal"), after)
+    }
+
+    /// The sequence of the newest commit.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.next_wal.load(Ordering::SeqCst).saturating_sub(1)
+    }
+
+    /// The labels of series `id`, while the store has it.
+    pub fn series_labels(&self, id: SeriesId) -> Option<Labels> {
+        let head = read_lock(&self.inner.head);
+        Labels::decode(&head.series.get(&id)?.labels).ok()
+    }
+
+    /// Keeps the log's records from sequence `first_needed` on for reader `name` (up to
+    /// `wal_hold_max_bytes`), replacing its earlier hold.
+    pub fn hold_wal(&self, name: &str, first_needed: u64) {
+        let mut h = self.inner.holds.lock().unwrap_or_else(|e| e.into_inner());
+        h.entry(name.to_owned()).or_insert((first_needed, 0)).0 = first_needed;
+    }
+
+    /// Samples dropped from reader `name`'s hold because the held log grew too big.
+    pub fn wal_hold_dropped(&self, name: &str) -> u64 {
+        let h = self.inner.holds.lock().unwrap_or_else(|e| e.into_inner());
+        h.get(name).map_or(0, |x| x.1)
+    }
+
+    /// Bytes of log segments holding records after sequence `after` (a reader's backlog).
+    pub fn wal_bytes_after(&self, after: u64) -> u64 {
+        let segs = wal::segments(&self.inner.dir.join("wal")).unwrap_or_default();
+        segs.iter()
+            .enumerate()
+            .filter(|(i, _)| segs.get(i + 1).is_none_or(|n| n.0 > after + 1))
+            .map(|(_, s)| s.1)
+            .sum()
     }
 
     /// Number of series the store knows.
@@ -718,6 +778,9 @@ impl Appender for StorageAppender {
         let st = &inner.stats;
         st.samples_appended
             .fetch_add(report.appended as u64, Ordering::Relaxed);
+        if let Some(newest) = accepted.iter().map(|x| x.1).max() {
+            st.newest_sample_ms.fetch_max(newest, Ordering::Relaxed);
+        }
         st.samples_refused_out_of_order
             .fetch_add(report.out_of_order as u64, Ordering::Relaxed);
         st.samples_refused_duplicate_timestamp

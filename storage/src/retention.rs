@@ -2,7 +2,7 @@
 //! time and size (whole blocks, then the series left without data).
 
 use crate::db::{cut_chunk, dir_size, read_lock, write_lock, Storage};
-use crate::{keys, StorageError};
+use crate::{keys, wal, StorageError};
 use std::sync::atomic::Ordering;
 
 /// What one `maintain` call did.
@@ -12,6 +12,8 @@ pub struct MaintenanceReport {
     pub wal_segments_removed: usize,
     pub blocks_removed: usize,
     pub series_removed: usize,
+    /// Samples dropped from lagging log readers' holds (see `wal_hold_max_bytes`).
+    pub held_samples_dropped: u64,
 }
 
 impl Storage {
@@ -49,6 +51,7 @@ impl Storage {
             .min()
             .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst));
         inner.main.flush()?;
+        let keep_from = self.apply_holds(keep_from, &mut report)?;
         report.wal_segments_removed = inner
             .wal
             .lock()
@@ -112,6 +115,60 @@ impl Storage {
         batch.apply(&inner.main)?;
         inner.main.flush()?;
         Ok(report)
+    }
+}
+
+impl Storage {
+    /// Lowers `keep_from` to what log readers still need, as far as `wal_hold_max_bytes`
+    /// allows; samples in segments that go although a reader needs them are counted as
+    /// dropped for that reader.
+    fn apply_holds(
+        &self,
+        keep_from: u64,
+        report: &mut MaintenanceReport,
+    ) -> Result<u64, StorageError> {
+        let mut holds = self.inner.holds.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(min_hold) = holds.values().map(|h| h.0).min() else {
+            return Ok(keep_from);
+        };
+        if min_hold >= keep_from {
+            return Ok(keep_from);
+        }
+        let dir = self.inner.dir.join("wal");
+        let segs = wal::segments(&dir)?;
+        // Segments that would be kept for the holds (those not wholly before `min_hold`).
+        let held: Vec<(u64, u64)> = segs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| segs.get(i + 1).is_none_or(|n| n.0 > min_hold))
+            .map(|(_, s)| *s)
+            .collect();
+        let mut total: u64 = held.iter().map(|s| s.1).sum();
+        let mut keep = min_hold;
+        for (i, (first, size)) in held.iter().enumerate() {
+            if total <= self.inner.config.wal_hold_max_bytes {
+                break;
+            }
+            let Some(next) = held.get(i + 1) else { break };
+            if next.0 > keep_from {
+                break;
+            }
+            // This segment goes: count what each reader that needed it loses.
+            let path = dir.join(format!("{first:020}.wal"));
+            for (name, (need, dropped)) in holds.iter_mut() {
+                if *need < next.0 {
+                    let n = wal::count_samples(&path, *need)?;
+                    *dropped += n;
+                    report.held_samples_dropped += n;
+                    tracing::warn!(reader = %name, samples = n, max_bytes = self.inner.config.wal_hold_max_bytes,
+                        "write-ahead log held for a lagging reader is over its limit; dropping its oldest segment");
+                    *need = next.0;
+                }
+            }
+            total -= size;
+            keep = next.0;
+        }
+        Ok(keep.min(keep_from))
     }
 }
 

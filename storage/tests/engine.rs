@@ -331,3 +331,61 @@ fn label_names_and_values_respect_time_and_matchers() {
     let m = Matcher::new(MatchOp::Equal, "__name__", "early").unwrap();
     assert_eq!(s.label_values("zone", &[m], 0, 10_000).unwrap(), vec!["a"]);
 }
+
+#[test]
+fn log_holds_keep_records_for_readers_up_to_their_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StorageConfig {
+        wal_segment_bytes: 2_000,
+        wal_hold_max_bytes: 20_000,
+        head_idle_ms: 0,
+        ..small()
+    };
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    s.hold_wal("dest", 1);
+    let commit = |from: i64| {
+        let mut a = s.appender();
+        for t in from..from + 50 {
+            a.append(&labels("up", "a"), t * 1000, t as f64).unwrap();
+        }
+        a.commit().unwrap();
+    };
+    for i in 0..10 {
+        commit(i * 50);
+    }
+    // Idle head chunks are cut, so the store itself needs none of the log; the hold keeps it.
+    let r = s.maintain(100_000_000).unwrap();
+    assert_eq!(r.held_samples_dropped, 0);
+    let mut t = s.wal_tailer(0);
+    let recs = t.next(usize::MAX).unwrap();
+    assert_eq!(
+        recs.iter().map(|r| r.samples.len()).sum::<usize>(),
+        500,
+        "every record still there"
+    );
+    assert!(s.wal_bytes_after(0) > 0);
+    // Past the limit the oldest held segments go, and the reader is told how many samples.
+    for i in 10..80 {
+        commit(i * 50);
+    }
+    let r = s.maintain(100_000_000).unwrap();
+    assert!(r.held_samples_dropped > 0);
+    assert_eq!(s.wal_hold_dropped("dest"), r.held_samples_dropped);
+    assert!(
+        s.wal_bytes_after(0) <= 20_000 + 2_000 * 2,
+        "{}",
+        s.wal_bytes_after(0)
+    );
+    let left: u64 = s
+        .wal_tailer(0)
+        .next(usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.samples.len() as u64)
+        .sum();
+    assert_eq!(left + r.held_samples_dropped, 4_000, "kept + dropped = all");
+    // Once the reader moves on, the log shrinks to what the store needs.
+    s.hold_wal("dest", s.last_seq() + 1);
+    s.maintain(100_000_000).unwrap();
+    assert!(s.wal_bytes_after(0) <= 4_000, "{}", s.wal_bytes_after(0));
+}
