@@ -54,6 +54,18 @@ pub struct Cli {
     /// Remote read response types offered, comma-separated (SAMPLES, STREAMED_XOR_CHUNKS).
     #[arg(long, env = "KAPPIE_REMOTE_READ_RESPONSE_TYPES", value_delimiter = ',')]
     pub remote_read_response_types: Option<Vec<String>>,
+    /// A remote write destination without auth (repeatable); destinations with auth, TLS
+    /// or external labels go in the config file as `[[remote_write]]`.
+    #[arg(
+        long = "remote-write-url",
+        env = "KAPPIE_REMOTE_WRITE_URL",
+        value_delimiter = ','
+    )]
+    pub remote_write_urls: Option<Vec<String>>,
+    /// Most bytes of write-ahead log kept for remote write destinations that are behind;
+    /// past it their oldest samples are dropped (and counted).
+    #[arg(long, env = "KAPPIE_REMOTE_WRITE_MAX_BACKLOG_BYTES")]
+    pub remote_write_max_backlog_bytes: Option<u64>,
     /// How long samples are kept, in seconds.
     #[arg(long, env = "KAPPIE_RETENTION_SECONDS")]
     pub retention_seconds: Option<u64>,
@@ -94,6 +106,10 @@ pub struct Config {
     pub remote_read_concurrency: usize,
     pub remote_read_max_frame_bytes: usize,
     pub remote_read_response_types: Vec<String>,
+    pub remote_write_urls: Vec<String>,
+    pub remote_write_max_backlog_bytes: u64,
+    /// Remote write destinations (config file only).
+    pub remote_write: Vec<crate::remote::write::DestinationConfig>,
     pub log_format: String,
 }
 
@@ -118,12 +134,27 @@ impl Default for Config {
             remote_read_concurrency: 10,
             remote_read_max_frame_bytes: 1 << 20,
             remote_read_response_types: vec!["STREAMED_XOR_CHUNKS".into(), "SAMPLES".into()],
+            remote_write_urls: Vec::new(),
+            remote_write_max_backlog_bytes: 1 << 30,
+            remote_write: Vec::new(),
             log_format: "text".into(),
         }
     }
 }
 
 impl Config {
+    /// Every remote write destination: the file's, then one per `--remote-write-url`.
+    pub fn destinations(&self) -> Vec<crate::remote::write::DestinationConfig> {
+        let mut out = self.remote_write.clone();
+        for (i, url) in self.remote_write_urls.iter().enumerate() {
+            out.push(crate::remote::write::DestinationConfig::plain(
+                &format!("url-{i}"),
+                url,
+            ));
+        }
+        out
+    }
+
     /// The remote read limits these settings give.
     pub fn remote_read_limits(&self) -> anyhow::Result<crate::api::RemoteReadLimits> {
         Ok(crate::api::RemoteReadLimits {
@@ -182,6 +213,8 @@ impl Config {
             remote_read_concurrency,
             remote_read_max_frame_bytes,
             remote_read_response_types,
+            remote_write_urls,
+            remote_write_max_backlog_bytes,
             log_format
         );
         Ok(c)

@@ -19,6 +19,7 @@ pub struct Running {
     http: JoinHandle<std::io::Result<()>>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     maintenance: JoinHandle<()>,
+    writers: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -27,6 +28,9 @@ impl Running {
         self.http.await.context("HTTP server task")??;
         self.grpc.await.context("gRPC server task")??;
         self.maintenance.await.context("maintenance task")?;
+        for w in self.writers {
+            w.await.context("remote write task")?;
+        }
         self.store.flush()?;
         Ok(())
     }
@@ -47,6 +51,7 @@ pub async fn serve(
             block_cache_capacity_bytes: config.block_cache_capacity_bytes,
             retention_ms: (config.retention_seconds as i64).saturating_mul(1000),
             retention_bytes: (config.retention_bytes > 0).then_some(config.retention_bytes),
+            wal_hold_max_bytes: config.remote_write_max_backlog_bytes,
             ..StorageConfig::default()
         },
     )
@@ -66,6 +71,12 @@ pub async fn serve(
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
 
+    let (stop_writers, stop_rx) = tokio::sync::watch::channel(false);
+    let (destinations, writers) =
+        crate::remote::write::spawn(&store, &config.data_dir, &config.destinations(), stop_rx)
+            .map_err(anyhow::Error::msg)
+            .context("remote write configuration")?;
+
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut rx_http = tx.subscribe();
     let mut rx_grpc = tx.subscribe();
@@ -73,6 +84,7 @@ pub async fn serve(
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(());
+        let _ = stop_writers.send(true);
     });
 
     let app = api::router(ApiState {
@@ -83,6 +95,7 @@ pub async fn serve(
             remote_read: config.remote_read_limits()?,
         },
         query_stats: Default::default(),
+        remote_write: std::sync::Arc::new(destinations),
         remote_read_gate: std::sync::Arc::new(tokio::sync::Semaphore::new(
             config.remote_read_concurrency.max(1),
         )),
@@ -125,6 +138,7 @@ pub async fn serve(
         http,
         grpc,
         maintenance,
+        writers,
     })
 }
 

@@ -39,7 +39,8 @@ pub struct Prometheus {
     pub log: PathBuf,
 }
 
-fn free_port() -> u16 {
+/// A loopback port nobody listens on now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -50,6 +51,11 @@ impl Prometheus {
     /// Starts Prometheus with its data in `dir` and `extra_config` appended to an otherwise
     /// empty configuration (no scrapes; evaluation interval 1m), and waits until it is ready.
     pub fn start(dir: &Path, extra_config: &str) -> Prometheus {
+        Self::start_on(dir, extra_config, free_port())
+    }
+
+    /// Like [`Prometheus::start`], listening on `port` (to come back where it was).
+    pub fn start_on(dir: &Path, extra_config: &str, port: u16) -> Prometheus {
         std::fs::create_dir_all(dir).expect("prometheus dir");
         let cfg = dir.join("prometheus.yml");
         std::fs::write(
@@ -58,7 +64,6 @@ impl Prometheus {
         )
         .expect("write prometheus.yml");
         let log = dir.join("prometheus.log");
-        let port = free_port();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!(
@@ -68,7 +73,13 @@ impl Prometheus {
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--web.enable-remote-write-receiver")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("prometheus log"))
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("prometheus log"),
+            )
             .spawn()
             .expect("start prometheus (apt-get install prometheus)");
         let p = Prometheus {

@@ -23,6 +23,8 @@ pub struct ApiState {
     pub store: Storage,
     pub limits: ApiLimits,
     pub query_stats: std::sync::Arc<QueryStats>,
+    /// Remote write destinations, for their metrics.
+    pub remote_write: std::sync::Arc<Vec<crate::remote::write::Destination>>,
     /// Remote reads running at once (`--remote-read-concurrency`).
     pub remote_read_gate: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -288,6 +290,70 @@ async fn metrics(State(st): State<ApiState>) -> Response {
             ),
         ],
     );
+    {
+        let store = st.store.clone();
+        let dests = st.remote_write.clone();
+        let rows = tokio::task::spawn_blocking(move || {
+            dests
+                .iter()
+                .map(|d| {
+                    (
+                        format!("{{destination=\"{}\"}}", d.name),
+                        [
+                            d.stats.samples_sent.load(Relaxed) as f64,
+                            d.stats.samples_failed.load(Relaxed) as f64,
+                            d.dropped(&store) as f64,
+                            d.stats.retries.load(Relaxed) as f64,
+                            d.backlog_bytes(&store) as f64,
+                            d.lag_seconds(&store),
+                        ],
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (i, (name, kind, help)) in [
+            (
+                "kappie_remote_write_samples_sent_total",
+                "counter",
+                "Samples delivered to the destination.",
+            ),
+            (
+                "kappie_remote_write_samples_failed_total",
+                "counter",
+                "Samples in attempts that failed (5xx, network) and were retried.",
+            ),
+            (
+                "kappie_remote_write_samples_dropped_total",
+                "counter",
+                "Samples given up on: refused with 4xx, or over the backlog limit.",
+            ),
+            (
+                "kappie_remote_write_retries_total",
+                "counter",
+                "Requests retried (after 5xx, 429, network errors).",
+            ),
+            (
+                "kappie_remote_write_backlog_bytes",
+                "gauge",
+                "Write-ahead log bytes not yet delivered to the destination.",
+            ),
+            (
+                "kappie_remote_write_lag_seconds",
+                "gauge",
+                "Newest stored sample time minus newest delivered sample time.",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in &rows {
+                let _ = writeln!(out, "{name}{labels} {}", v[i]);
+            }
+        }
+    }
     let name = "kappie_query_duration_seconds";
     let _ = writeln!(
         out,
