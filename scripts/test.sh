@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in ip:iproute2 ss:iproute2 nstat:iproute2 curl:curl clang-19:clang-19 nft:nftables prometheus:prometheus; do
+for tool in ip:iproute2 ss:iproute2 nstat:iproute2 curl:curl clang-19:clang-19 nft:nftables prometheus:prometheus openssl:openssl; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)

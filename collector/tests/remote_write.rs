@@ -536,3 +536,114 @@ async fn every_sample_reaches_prometheus_through_an_outage_and_a_restart() {
     );
     c.stop().await;
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &str| {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd {} && openssl {args}", dir.display()))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(st.success(), "openssl {args}");
+    };
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    run(&format!(
+        "req -x509 {key} -keyout ca.key -out ca.crt -days 1 -subj /CN=kappie-test-ca"
+    ));
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+        ),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        run(&format!(
+            "req {key} -keyout {name}.key -out {name}.csr -subj /CN={name}"
+        ));
+        run(&format!(
+            "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 1 -extfile {name}.ext"
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_with_a_custom_ca_against_prometheus() {
+    if !prom::required("mutual_tls_with_a_custom_ca_against_prometheus") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {0}/server.crt\n  key_file: {0}/server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {0}/ca.crt\n",
+            certs.display()
+        ),
+    )
+    .unwrap();
+    let port = kappie_testkit::prometheus::free_port();
+    let pdir = dir.path().join("prometheus");
+    let _p =
+        tokio::task::spawn_blocking(move || Prometheus::start_with(&pdir, "", port, Some(&web)))
+            .await
+            .unwrap();
+    let url = format!("https://127.0.0.1:{port}/api/v1/write");
+    let tls = |ca: bool, cert: bool| kappie_collector::remote::write::TlsConfig {
+        ca_file: ca.then(|| certs.join("ca.crt")),
+        cert_file: cert.then(|| certs.join("client.crt")),
+        key_file: cert.then(|| certs.join("client.key")),
+    };
+    let dest = |name: &str, ca: bool, cert: bool| DestinationConfig {
+        tls: tls(ca, cert),
+        min_backoff_ms: 50,
+        max_backoff_ms: 200,
+        ..DestinationConfig::plain(name, &url)
+    };
+    let c = InProcess::start_with(config(
+        &dir.path().join("kappie"),
+        vec![
+            dest("mtls", true, true),
+            dest("nocert", true, false),
+            dest("noca", false, true),
+        ],
+    ))
+    .await;
+    let kbase = c.http_url();
+    put(&kbase, "tls", now_ms() - 60_000, &[1.0, 2.0, 3.0, 4.0]).await;
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = ureq_get(&format!("{kbase}/metrics")).await;
+        if metric(&text, "kappie_remote_write_samples_sent_total", "mtls") == 4.0
+            && metric(&text, "kappie_remote_write_samples_failed_total", "nocert") > 0.0
+            && metric(&text, "kappie_remote_write_samples_failed_total", "noca") > 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&text, "kappie_remote_write_samples_sent_total", "mtls"),
+        4.0,
+        "{text}"
+    );
+    // Without a client certificate Prometheus refuses the handshake; without the custom CA
+    // Kappie refuses Prometheus's certificate. Both keep retrying, nothing is lost.
+    for name in ["nocert", "noca"] {
+        assert_eq!(
+            metric(&text, "kappie_remote_write_samples_sent_total", name),
+            0.0
+        );
+        assert!(
+            metric(&text, "kappie_remote_write_samples_failed_total", name) > 0.0,
+            "{text}"
+        );
+        assert!(metric(&text, "kappie_remote_write_backlog_bytes", name) > 0.0);
+    }
+    c.stop().await;
+}

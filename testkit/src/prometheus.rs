@@ -56,6 +56,17 @@ impl Prometheus {
 
     /// Like [`Prometheus::start`], listening on `port` (to come back where it was).
     pub fn start_on(dir: &Path, extra_config: &str, port: u16) -> Prometheus {
+        Self::start_with(dir, extra_config, port, None)
+    }
+
+    /// Like [`Prometheus::start_on`]; with `web_config` (a `--web.config.file`, e.g. TLS
+    /// that requires client certificates) readiness is read from the log instead of HTTP.
+    pub fn start_with(
+        dir: &Path,
+        extra_config: &str,
+        port: u16,
+        web_config: Option<&Path>,
+    ) -> Prometheus {
         std::fs::create_dir_all(dir).expect("prometheus dir");
         let cfg = dir.join("prometheus.yml");
         std::fs::write(
@@ -64,7 +75,12 @@ impl Prometheus {
         )
         .expect("write prometheus.yml");
         let log = dir.join("prometheus.log");
-        let child = Command::new("prometheus")
+        let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let mut cmd = Command::new("prometheus");
+        if let Some(w) = web_config {
+            cmd.arg(format!("--web.config.file={}", w.display()));
+        }
+        let child = cmd
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -88,7 +104,14 @@ impl Prometheus {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while ureq::get(&format!("{}/-/ready", p.base)).call().is_err() {
+        let ready = || match web_config {
+            None => ureq::get(&format!("{}/-/ready", p.base)).call().is_ok(),
+            Some(_) => std::fs::read(&p.log).is_ok_and(|b| {
+                String::from_utf8_lossy(&b[(log_start as usize).min(b.len())..])
+                    .contains("Server is ready to receive web requests")
+            }),
+        };
+        while !ready() {
             assert!(
                 Instant::now() < deadline,
                 "prometheus did not get ready; see {}",
