@@ -287,28 +287,32 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// The names promql-parser's own function table declares, read from the source of the
-    /// promql-parser version this build resolved (found through `cargo metadata`).
+    /// version Cargo.lock pins, in cargo's registry (where the build got it from).
     fn parser_function_names() -> BTreeSet<String> {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = std::process::Command::new(cargo)
-            .args(["metadata", "--format-version", "1", "--offline"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("run cargo metadata");
-        assert!(out.status.success(), "cargo metadata failed");
-        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
-        let manifest = meta["packages"]
-            .as_array()
-            .expect("packages")
-            .iter()
-            .find(|p| p["name"] == "promql-parser")
-            .and_then(|p| p["manifest_path"].as_str())
-            .expect("promql-parser in the dependency graph")
-            .to_owned();
-        let src = std::path::Path::new(&manifest)
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
-            .expect("crate dir")
-            .join("src/parser/function.rs");
+            .expect("workspace root");
+        let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("Cargo.lock");
+        let version = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"promql-parser\""))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+            .map(|v| v.trim_matches('"').to_owned())
+            .expect("promql-parser in Cargo.lock");
+        let cargo_home = std::env::var("CARGO_HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| {
+                std::path::PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cargo")
+            });
+        let src = std::fs::read_dir(cargo_home.join("registry/src"))
+            .expect("cargo registry sources")
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                e.path()
+                    .join(format!("promql-parser-{version}/src/parser/function.rs"))
+            })
+            .find(|p| p.exists())
+            .expect("promql-parser's source in the cargo registry");
         let text = std::fs::read_to_string(&src).expect("read promql-parser's function.rs");
         // The table ends where the tests begin.
         let table = text.split("#[cfg(test)]").next().unwrap_or(&text);
