@@ -55,7 +55,12 @@ impl Storage {
     }
 
     /// Chunks of one series overlapping `[mint, maxt]`: from blocks, then the head chunk.
-    fn chunks_of(&self, id: SeriesId, mint: i64, maxt: i64) -> Result<Vec<RawChunk>, StorageError> {
+    pub(crate) fn chunks_of(
+        &self,
+        id: SeriesId,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<RawChunk>, StorageError> {
         let cfg = &self.inner.config;
         // Chunks never cross a window boundary, so none that starts before the window of
         // `mint` can reach into the range.

@@ -389,3 +389,34 @@ fn log_holds_keep_records_for_readers_up_to_their_limit() {
     s.maintain(100_000_000).unwrap();
     assert!(s.wal_bytes_after(0) <= 4_000, "{}", s.wal_bytes_after(0));
 }
+
+/// Regression: after the head chunk was cut and the store reopened, resending exactly the
+/// last sample (a remote-write retry) was refused as `duplicate_timestamp` (HTTP 400 to the
+/// sender) because the last value was no longer in memory.
+#[test]
+fn resending_the_last_sample_after_a_restart_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StorageConfig {
+        head_idle_ms: 0,
+        ..small()
+    };
+    let l = labels("m", "a");
+    {
+        let s = Storage::open(dir.path(), &cfg).unwrap();
+        let mut a = s.appender();
+        a.append(&l, 1_000, 1.0).unwrap();
+        a.append(&l, 2_000, 2.0).unwrap();
+        a.commit().unwrap();
+        s.maintain(10_000_000).unwrap();
+    }
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    let mut a = s.appender();
+    a.append(&l, 2_000, 2.0).unwrap();
+    let r = a.commit().unwrap();
+    assert_eq!((r.duplicates_ignored, r.duplicate_timestamp), (1, 0));
+    let mut a = s.appender();
+    a.append(&l, 2_000, 7.0).unwrap();
+    let r = a.commit().unwrap();
+    assert_eq!((r.duplicates_ignored, r.duplicate_timestamp), (0, 1));
+    assert_eq!(all(&s)[0].samples.len(), 2);
+}
