@@ -289,6 +289,22 @@ async fn retries_5xx_with_backoff_honours_429_and_drops_other_4xx() {
         metric(&text, "kappie_remote_write_lag_seconds", "fake"),
         0.0
     );
+    // A write the store refuses entirely (out of order) commits nothing: still no backlog.
+    let url = format!("{kbase}/api/v1/write");
+    let old = prom::series(&[("__name__", "rw_test"), ("k", "a")], &[(t0, 0.5)]);
+    let refused = tokio::task::spawn_blocking(move || prom::remote_write(&url, vec![old]))
+        .await
+        .unwrap();
+    assert!(refused.is_err_and(|e| e.contains("400")));
+    let text = ureq_get(&format!("{kbase}/metrics")).await;
+    assert_eq!(
+        metric(&text, "kappie_remote_write_backlog_bytes", "fake"),
+        0.0
+    );
+    assert_eq!(
+        metric(&text, "kappie_remote_write_lag_seconds", "fake"),
+        0.0
+    );
     c.stop().await;
 }
 
@@ -603,6 +619,8 @@ async fn mutual_tls_with_a_custom_ca_against_prometheus() {
         tls: tls(ca, cert),
         min_backoff_ms: 50,
         max_backoff_ms: 200,
+        // A refused client certificate may only show as a stalled response.
+        timeout_seconds: 2,
         ..DestinationConfig::plain(name, &url)
     };
     let c = InProcess::start_with(config(
@@ -617,7 +635,7 @@ async fn mutual_tls_with_a_custom_ca_against_prometheus() {
     let kbase = c.http_url();
     put(&kbase, "tls", now_ms() - 60_000, &[1.0, 2.0, 3.0, 4.0]).await;
     let mut text = String::new();
-    for _ in 0..200 {
+    for _ in 0..600 {
         text = ureq_get(&format!("{kbase}/metrics")).await;
         if metric(&text, "kappie_remote_write_samples_sent_total", "mtls") == 4.0
             && metric(&text, "kappie_remote_write_samples_failed_total", "nocert") > 0.0

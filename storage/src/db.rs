@@ -133,6 +133,8 @@ pub(crate) struct Inner {
     pub write: Mutex<()>,
     pub next_id: AtomicU64,
     pub next_wal: AtomicU64,
+    /// Sequence of the newest record in the log (commits that change nothing write none).
+    pub last_record: AtomicU64,
     pub wal: Mutex<wal::Wal>,
     /// Samples before this are refused (their blocks were deleted).
     pub min_valid_t: AtomicU64,
@@ -227,6 +229,7 @@ impl Storage {
             write: Mutex::new(()),
             next_id: AtomicU64::new(max_id + 1),
             next_wal: AtomicU64::new(1),
+            last_record: AtomicU64::new(0),
             min_valid_t: AtomicU64::new(i64::MIN as u64),
             stats: StorageStats::default(),
             holds: Mutex::new(BTreeMap::new()),
@@ -300,7 +303,15 @@ impl Storage {
         }
         drop(head);
         batch.apply(&inner.main)?;
-        inner.next_wal.store(last_seq + 1, Ordering::SeqCst);
+        // A segment whose only record was torn off still names a sequence that was handed
+        // out; never hand it out again (log readers keep positions by sequence).
+        let newest_segment = wal::segments(&inner.dir.join("wal"))?
+            .last()
+            .map_or(0, |s| s.0);
+        inner
+            .next_wal
+            .store(last_seq.max(newest_segment) + 1, Ordering::SeqCst);
+        inner.last_record.store(last_seq, Ordering::SeqCst);
         let newest = read_lock(&inner.head)
             .series
             .values()
@@ -377,9 +388,9 @@ impl Storage {
         wal::Tailer::new(&self.inner.dir.join("wal"), after)
     }
 
-    /// The sequence of the newest commit.
+    /// The sequence of the newest record in the write-ahead log (0 before the first).
     pub fn last_seq(&self) -> u64 {
-        self.inner.next_wal.load(Ordering::SeqCst).saturating_sub(1)
+        self.inner.last_record.load(Ordering::SeqCst)
     }
 
     /// The labels of series `id`, while the store has it.
@@ -764,6 +775,7 @@ impl Appender for StorageAppender {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .append(&rec)?;
+            inner.last_record.store(seq, Ordering::SeqCst);
         }
         // Durable in the log; sled catches up on its own (the log is replayed after a crash).
         batch.apply(&inner.main)?;
