@@ -328,6 +328,16 @@ impl Sender {
                 self.pause(Duration::from_millis(200)).await;
                 continue;
             };
+            // Series a record creates come with their labels: the tailer may read a record
+            // before the commit that wrote it has made its series visible in the store.
+            for rec in &records {
+                for (id, enc) in &rec.series {
+                    if let Ok(l) = kappie_storage::Labels::decode(enc) {
+                        let labels = self.with_external(&l);
+                        self.labels.insert(*id, labels);
+                    }
+                }
+            }
             let n = self.cfg.shards.max(1);
             let mut shards: Vec<Shard> = vec![Vec::new(); n];
             for rec in &records {
@@ -402,6 +412,13 @@ impl Sender {
             return Some(l.clone());
         }
         let l = self.store.series_labels(id)?;
+        let labels = self.with_external(&l);
+        self.labels.insert(id, labels.clone());
+        Some(labels)
+    }
+
+    /// The label set as sent: the series' labels plus external labels it lacks.
+    fn with_external(&self, l: &kappie_storage::Labels) -> Arc<Vec<pb::Label>> {
         let mut pairs: BTreeMap<String, String> = l
             .iter()
             .map(|x| (x.name.clone(), x.value.clone()))
@@ -409,14 +426,12 @@ impl Sender {
         for (k, v) in &self.cfg.external_labels {
             pairs.entry(k.clone()).or_insert_with(|| v.clone());
         }
-        let labels = Arc::new(
+        Arc::new(
             pairs
                 .into_iter()
                 .map(|(name, value)| pb::Label { name, value })
                 .collect::<Vec<_>>(),
-        );
-        self.labels.insert(id, labels.clone());
-        Some(labels)
+        )
     }
 
     async fn send_all(&self, reqs: Vec<pb::WriteRequest>) -> Result<(), Stopped> {
