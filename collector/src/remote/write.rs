@@ -328,16 +328,7 @@ impl Sender {
                 self.pause(Duration::from_millis(200)).await;
                 continue;
             };
-            // Series a record creates come with their labels: the tailer may read a record
-            // before the commit that wrote it has made its series visible in the store.
-            for rec in &records {
-                for (id, enc) in &rec.series {
-                    if let Ok(l) = kappie_storage::Labels::decode(enc) {
-                        let labels = self.with_external(&l);
-                        self.labels.insert(*id, labels);
-                    }
-                }
-            }
+            self.learn_series(&records);
             let n = self.cfg.shards.max(1);
             let mut shards: Vec<Shard> = vec![Vec::new(); n];
             for rec in &records {
@@ -364,6 +355,19 @@ impl Sender {
                 self.stats.newest_sent_ms.fetch_max(t, Relaxed);
             }
             self.store.hold_wal(&self.cfg.name, last + 1);
+        }
+    }
+
+    /// Series a record creates come with their labels: the tailer may read a record before
+    /// the commit that wrote it has made its series visible in the store.
+    fn learn_series(&mut self, records: &[kappie_storage::wal::Record]) {
+        for rec in records {
+            for (id, enc) in &rec.series {
+                if let Ok(l) = kappie_storage::Labels::decode(enc) {
+                    let labels = self.with_external(&l);
+                    self.labels.insert(*id, labels);
+                }
+            }
         }
     }
 
@@ -530,4 +534,53 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: samples of a series created by the record being sent were dropped as
+    /// "series gone" when the tailer read the record before the store showed the series.
+    #[test]
+    fn series_defined_in_a_record_are_sent_with_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Storage::open(dir.path(), &Default::default()).unwrap();
+        let (_tx, stop) = watch::channel(false);
+        let mut cfg = DestinationConfig::plain("t", "http://127.0.0.1:9/");
+        cfg.external_labels.insert("cluster".into(), "c1".into());
+        cfg.external_labels.insert("job".into(), "ignored".into());
+        let mut sender = Sender {
+            client: client(&cfg).unwrap(),
+            auth: Arc::new(Auth::new(&cfg.auth).unwrap()),
+            cfg,
+            stats: Default::default(),
+            store,
+            cursor_file: dir.path().join("t.cursor"),
+            stop,
+            labels: HashMap::new(),
+        };
+        let labels = kappie_storage::Labels::new([("__name__", "m"), ("job", "j")]).unwrap();
+        let rec = kappie_storage::wal::Record {
+            seq: 1,
+            series: vec![(42, labels.encode())],
+            meta: vec![],
+            samples: vec![(42, 1_000, 1.5), (42, 2_000, 2.5)],
+        };
+        sender.learn_series(std::slice::from_ref(&rec));
+        let reqs = sender.requests(&rec.samples);
+        assert_eq!(sender.stats.samples_dropped.load(Relaxed), 0);
+        assert_eq!(reqs.len(), 1);
+        let ts = &reqs[0].timeseries[0];
+        let names: Vec<(&str, &str)> = ts
+            .labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![("__name__", "m"), ("cluster", "c1"), ("job", "j")]
+        );
+        assert_eq!(ts.samples.len(), 2);
+    }
 }
