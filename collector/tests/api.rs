@@ -499,6 +499,24 @@ async fn query_and_query_range_shapes_methods_and_errors() {
             "bad_data",
             "invalid expression type \"range vector\" for range query",
         );
+
+        // Every evaluated query is timed in /metrics (parameter errors are refused before).
+        let text = ureq::get(&format!("{base}/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let count = |kind: &str| -> u64 {
+            let prefix = format!("kappie_query_duration_seconds_count{{kind=\"{kind}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert!(count("instant") >= 10, "{text}");
+        assert!(count("range") >= 4, "{text}");
+        assert!(text.contains("kappie_query_duration_seconds_bucket{kind=\"range\",le=\"+Inf\"}"));
     })
     .await
     .unwrap();

@@ -68,8 +68,10 @@ pub(super) async fn instant(
     let t = time_param(&p, "time")?.unwrap_or_else(time::now_ms);
     let limits = limits(&st, &p)?;
     let store = st.store.clone();
-    let value = blocking(move || Ok(promql::instant_query(&store, &query, t, &limits)?)).await?;
-    Ok(success(value_json(&value)))
+    let started = std::time::Instant::now();
+    let value = blocking(move || Ok(promql::instant_query(&store, &query, t, &limits)?)).await;
+    st.query_stats.instant.observe(started.elapsed());
+    Ok(success(value_json(&value?)))
 }
 
 pub(super) async fn range(
