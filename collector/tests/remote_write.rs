@@ -193,6 +193,14 @@ async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) 
     }
 }
 
+/// Checks `kappie_remote_write_<name>{destination=dest}` for each `(name, value)`.
+fn assert_metrics(text: &str, dest: &str, want: &[(&str, f64)]) {
+    for (name, v) in want {
+        let got = metric(text, &format!("kappie_remote_write_{name}"), dest);
+        assert_eq!(got, *v, "{name} of {dest}:\n{text}");
+    }
+}
+
 fn metric(text: &str, name: &str, dest: &str) -> f64 {
     let prefix = format!("{name}{{destination=\"{dest}\"}} ");
     text.lines()
@@ -265,29 +273,17 @@ async fn retries_5xx_with_backoff_honours_429_and_drops_other_4xx() {
     assert_eq!((s[5].values.clone(), s[5].status), (vec![5.0, 6.0], 200));
 
     let text = ureq_get(&format!("{kbase}/metrics")).await;
-    assert_eq!(
-        metric(&text, "kappie_remote_write_samples_sent_total", "fake"),
-        5.0
-    );
-    assert_eq!(
-        metric(&text, "kappie_remote_write_samples_dropped_total", "fake"),
-        1.0
-    );
-    assert_eq!(
-        metric(&text, "kappie_remote_write_samples_failed_total", "fake"),
-        6.0
-    );
-    assert_eq!(
-        metric(&text, "kappie_remote_write_retries_total", "fake"),
-        3.0
-    );
-    assert_eq!(
-        metric(&text, "kappie_remote_write_backlog_bytes", "fake"),
-        0.0
-    );
-    assert_eq!(
-        metric(&text, "kappie_remote_write_lag_seconds", "fake"),
-        0.0
+    assert_metrics(
+        &text,
+        "fake",
+        &[
+            ("samples_sent_total", 5.0),
+            ("samples_dropped_total", 1.0),
+            ("samples_failed_total", 6.0),
+            ("retries_total", 3.0),
+            ("backlog_bytes", 0.0),
+            ("lag_seconds", 0.0),
+        ],
     );
     // A write the store refuses entirely (out of order) commits nothing: still no backlog.
     let url = format!("{kbase}/api/v1/write");
@@ -297,13 +293,10 @@ async fn retries_5xx_with_backoff_honours_429_and_drops_other_4xx() {
         .unwrap();
     assert!(refused.is_err_and(|e| e.contains("400")));
     let text = ureq_get(&format!("{kbase}/metrics")).await;
-    assert_eq!(
-        metric(&text, "kappie_remote_write_backlog_bytes", "fake"),
-        0.0
-    );
-    assert_eq!(
-        metric(&text, "kappie_remote_write_lag_seconds", "fake"),
-        0.0
+    assert_metrics(
+        &text,
+        "fake",
+        &[("backlog_bytes", 0.0), ("lag_seconds", 0.0)],
     );
     c.stop().await;
 }
@@ -542,13 +535,10 @@ async fn every_sample_reaches_prometheus_through_an_outage_and_a_restart() {
     assert_eq!(k.len(), 20);
     assert_eq!(k, pr);
     let text = ureq_get(&format!("{kbase}/metrics")).await;
-    assert_eq!(
-        metric(&text, "kappie_remote_write_backlog_bytes", "prom"),
-        0.0
-    );
-    assert_eq!(
-        metric(&text, "kappie_remote_write_samples_dropped_total", "prom"),
-        0.0
+    assert_metrics(
+        &text,
+        "prom",
+        &[("backlog_bytes", 0.0), ("samples_dropped_total", 0.0)],
     );
     c.stop().await;
 }

@@ -6,3 +6,65 @@
 //! query clients that drive one collector side by side with a real Prometheus as the
 //! storage and PromQL work lands. Figures and the commands that produced them go in
 //! `docs/BENCHMARKS.md`.
+
+use anyhow::{bail, Context};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A `kappie-collector` process on loopback, killed on drop.
+pub struct Collector {
+    child: Child,
+    /// `http://127.0.0.1:<port>` of its HTTP API.
+    pub base: String,
+}
+
+impl Collector {
+    /// Starts `binary` with its data in `dir/kappie`, its log in `dir/kappie.log` and
+    /// `extra` flags, and waits until it is ready.
+    pub fn start(binary: &str, dir: &Path, extra: &[String]) -> anyhow::Result<Collector> {
+        let port = kappie_testkit::prometheus::free_port();
+        let log = dir.join("kappie.log");
+        let child = Command::new(binary)
+            .arg(format!("--data-dir={}", dir.join("kappie").display()))
+            .arg(format!("--http-listen=127.0.0.1:{port}"))
+            .arg(format!(
+                "--grpc-listen=127.0.0.1:{}",
+                kappie_testkit::prometheus::free_port()
+            ))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| {
+                format!("cannot start {binary} (cargo build --release -p kappie-collector)")
+            })?;
+        let c = Collector {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("{}/-/ready", c.base)).call().is_err() {
+            if Instant::now() > deadline {
+                bail!("kappie did not get ready; see {}", log.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(c)
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

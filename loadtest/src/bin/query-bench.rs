@@ -10,11 +10,11 @@
 //! Needs `prometheus` on the PATH (`apt-get install prometheus`) and the collector binary
 //! (`cargo build --release -p kappie-collector`).
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
+use kappie_loadtest::{now_ms, Collector};
 use kappie_testkit::prometheus::{self as prom, Prometheus};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 #[derive(Parser)]
 struct Args {
@@ -67,27 +67,6 @@ const QUERIES: &[(&str, &str, bool)] = &[
     ),
 ];
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -102,37 +81,15 @@ fn main() -> anyhow::Result<()> {
     let codes = 10;
     let instances = (args.series / (jobs * codes)).max(1);
 
-    let kport = free_port()?;
-    let kbase = format!("http://127.0.0.1:{kport}");
-    let kappie = KillOnDrop(
-        Command::new(&args.collector)
-            .arg(format!("--data-dir={}", work.join("kappie").display()))
-            .arg(format!("--http-listen=127.0.0.1:{kport}"))
-            .arg(format!("--grpc-listen=127.0.0.1:{}", free_port()?))
-            .arg(format!(
-                "--block-cache-capacity-bytes={}",
-                args.block_cache_bytes
-            ))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.join("kappie.log"))?)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start {} (cargo build --release -p kappie-collector)",
-                    args.collector
-                )
-            })?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("{kbase}/-/ready")).call().is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "kappie did not get ready; see {}",
-                work.join("kappie.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let kappie = Collector::start(
+        &args.collector,
+        &work,
+        &[format!(
+            "--block-cache-capacity-bytes={}",
+            args.block_cache_bytes
+        )],
+    )?;
+    let kbase = kappie.base.clone();
     let p = Prometheus::start(&work.join("prometheus"), "");
 
     // Ten-minute slices across all series (Prometheus appends only within an hour of its

@@ -13,9 +13,9 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use kappie_loadtest::{now_ms, Collector};
 use kappie_testkit::prometheus::{self as prom, Prometheus};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 struct Args {
@@ -33,21 +33,6 @@ struct Args {
     outage_secs: u64,
     #[arg(long, default_value = "target/release/kappie-collector")]
     collector: String,
-}
-
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn metric(base: &str, name: &str) -> anyhow::Result<f64> {
@@ -113,31 +98,14 @@ fn main() -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("kappie-rw-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let pport = prom::free_port();
-    let kport = prom::free_port();
-    let kbase = format!("http://127.0.0.1:{kport}");
-    let _kappie = KillOnDrop(
-        Command::new(&args.collector)
-            .arg(format!("--data-dir={}", work.join("kappie").display()))
-            .arg(format!("--http-listen=127.0.0.1:{kport}"))
-            .arg(format!("--grpc-listen=127.0.0.1:{}", prom::free_port()))
-            .arg(format!(
-                "--remote-write-url=http://127.0.0.1:{pport}/api/v1/write"
-            ))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.join("kappie.log"))?)
-            .spawn()
-            .with_context(|| format!("cannot start {}", args.collector))?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("{kbase}/-/ready")).call().is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "kappie did not start; see {}",
-                work.join("kappie.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let kappie = Collector::start(
+        &args.collector,
+        &work,
+        &[format!(
+            "--remote-write-url=http://127.0.0.1:{pport}/api/v1/write"
+        )],
+    )?;
+    let kbase = kappie.base.clone();
     let pdir = work.join("prometheus");
 
     // Phase 1: a backlog written while the destination is down, then drained.
