@@ -1,11 +1,15 @@
 //! `/api/v1/query` and `/api/v1/query_range`, GET or form-encoded POST, with Prometheus's
 //! parameters (`query`, `time`, `start`, `end`, `step`, `timeout`) and result shapes.
 
-use super::{blocking, format_value, labels_json, one, params, success, time, ApiError, ApiState};
+use super::{
+    blocking, format_value, labels_json, one, params, success, time, ApiError, ApiState,
+    LatencyHistogram,
+};
 use crate::promql::{self, QueryLimits, Value};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
+use kappie_storage::Storage;
 use serde_json::json;
 use std::time::Duration;
 
@@ -67,11 +71,10 @@ pub(super) async fn instant(
     let query = query_text(&p)?;
     let t = time_param(&p, "time")?.unwrap_or_else(time::now_ms);
     let limits = limits(&st, &p)?;
-    let store = st.store.clone();
-    let started = std::time::Instant::now();
-    let value = blocking(move || Ok(promql::instant_query(&store, &query, t, &limits)?)).await;
-    st.query_stats.instant.observe(started.elapsed());
-    Ok(success(value_json(&value?)))
+    evaluate(&st, &st.query_stats.instant, move |store| {
+        promql::instant_query(store, &query, t, &limits)
+    })
+    .await
 }
 
 pub(super) async fn range(
@@ -108,15 +111,22 @@ pub(super) async fn range(
         ));
     }
     let limits = limits(&st, &p)?;
+    evaluate(&st, &st.query_stats.range, move |store| {
+        promql::range_query(store, &query, start, end, step, &limits)
+    })
+    .await
+}
+
+/// Runs a query off the async runtime, times it in `latency`, and answers with its result.
+async fn evaluate(
+    st: &ApiState,
+    latency: &LatencyHistogram,
+    run: impl FnOnce(&Storage) -> Result<Value, promql::EvalError> + Send + 'static,
+) -> Result<Response, ApiError> {
     let store = st.store.clone();
     let started = std::time::Instant::now();
-    let value = blocking(move || {
-        Ok(promql::range_query(
-            &store, &query, start, end, step, &limits,
-        )?)
-    })
-    .await;
-    st.query_stats.range.observe(started.elapsed());
+    let value = blocking(move || Ok(run(&store)?)).await;
+    latency.observe(started.elapsed());
     Ok(success(value_json(&value?)))
 }
 
