@@ -390,8 +390,9 @@ async fn entra_managed_identity_bearer_file_and_basic_auth() {
         // Reused across many requests, refreshed before the 2 s lifetime ran out.
         assert!(h.len() >= 10, "{name}: {} requests", h.len());
         assert!(
-            (2..=4).contains(&distinct.len()),
-            "{name}: tokens {distinct:?}"
+            distinct.len() >= 2 && distinct.len() * 3 <= h.len(),
+            "{name}: tokens {distinct:?} over {} requests",
+            h.len()
         );
         assert_eq!(h[0], format!("{prefix}1"));
     }
