@@ -518,6 +518,13 @@ fn compare_metadata_endpoints(k: &str, p: &str, t0: i64, tend: i64) -> Vec<Strin
         ),
         ("/api/v1/label/__name__/values", vec![]),
         ("/api/v1/label/nothing/values", vec![]),
+        // Grafana asks for these; Kappie has no rules, alerts or exemplars, like this peer.
+        ("/api/v1/rules", vec![]),
+        ("/api/v1/alerts", vec![]),
+        (
+            "/api/v1/query_exemplars",
+            vec![("query", "kt_info"), ("start", &start), ("end", &end)],
+        ),
     ];
     for (path, params) in same_data {
         let kv = sorted(prom::get_json(&format!("{k}{path}"), params));

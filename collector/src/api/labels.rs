@@ -214,3 +214,18 @@ pub(super) async fn buildinfo() -> Response {
         "kappieVersion": env!("CARGO_PKG_VERSION"),
     }))
 }
+
+/// `/api/v1/rules`, `/api/v1/alerts` and `/api/v1/query_exemplars`: Kappie evaluates no
+/// rules and stores no exemplars, and says so in Prometheus's shapes, so Grafana's alerting
+/// and exemplar views show "none" instead of an error.
+pub(super) async fn rules() -> Response {
+    success(json!({"groups": []}))
+}
+
+pub(super) async fn alerts() -> Response {
+    success(json!({"alerts": []}))
+}
+
+pub(super) async fn query_exemplars() -> Response {
+    success(json!([]))
+}

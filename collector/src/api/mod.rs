@@ -114,6 +114,12 @@ pub fn router(state: ApiState) -> Router {
             ),
         )
         .route("/api/v1/status/buildinfo", get(labels::buildinfo))
+        .route("/api/v1/rules", get(labels::rules))
+        .route("/api/v1/alerts", get(labels::alerts))
+        .route(
+            "/api/v1/query_exemplars",
+            get(labels::query_exemplars).post(labels::query_exemplars),
+        )
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(|| async { "Kappie is Healthy.\n" }))
         .route("/-/ready", get(|| async { "Kappie is Ready.\n" }))
