@@ -88,8 +88,6 @@ enum TokenRequest {
 pub struct Auth {
     kind: Kind,
     client: reqwest::Client,
-    /// Token fetches made (tests check reuse and refresh).
-    pub fetches: std::sync::atomic::AtomicU64,
 }
 
 fn read_secret(path: &PathBuf, what: &str) -> Result<String, String> {
@@ -180,7 +178,6 @@ impl Auth {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .map_err(|e| e.to_string())?,
-            fetches: Default::default(),
         })
     }
 
@@ -230,8 +227,6 @@ impl Auth {
     }
 
     async fn fetch(&self, req: &TokenRequest) -> Result<Cached, String> {
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let resp = match req {
             TokenRequest::Entra { url, form } => self.client.post(url).form(form).send().await,
             TokenRequest::Imds { url } => {

@@ -134,7 +134,6 @@ pub struct DestinationStats {
 pub struct Destination {
     pub name: String,
     pub stats: Arc<DestinationStats>,
-    pub auth: Arc<Auth>,
 }
 
 impl Destination {
@@ -223,7 +222,7 @@ pub fn spawn(
                 cfg.name
             ));
         }
-        let auth = Arc::new(Auth::new(&cfg.auth).map_err(|e| format!("{}: {e}", cfg.name))?);
+        let auth = Auth::new(&cfg.auth).map_err(|e| format!("{}: {e}", cfg.name))?;
         let stats = Arc::new(DestinationStats::default());
         let cursor_file = dir.join(format!("{}.cursor", cfg.name));
         let cursor = read_cursor(&cursor_file)?;
@@ -232,7 +231,7 @@ pub fn spawn(
         let sender = Sender {
             cfg: cfg.clone(),
             client: client(cfg).map_err(|e| format!("{}: {e}", cfg.name))?,
-            auth: auth.clone(),
+            auth,
             stats: stats.clone(),
             store: store.clone(),
             cursor_file,
@@ -244,7 +243,6 @@ pub fn spawn(
         dests.push(Destination {
             name: cfg.name.clone(),
             stats,
-            auth,
         });
     }
     Ok((dests, tasks))
@@ -279,7 +277,7 @@ struct Stopped;
 struct Sender {
     cfg: DestinationConfig,
     client: reqwest::Client,
-    auth: Arc<Auth>,
+    auth: Auth,
     stats: Arc<DestinationStats>,
     store: Storage,
     cursor_file: PathBuf,
@@ -552,7 +550,7 @@ mod tests {
         cfg.external_labels.insert("job".into(), "ignored".into());
         let mut sender = Sender {
             client: client(&cfg).unwrap(),
-            auth: Arc::new(Auth::new(&cfg.auth).unwrap()),
+            auth: Auth::new(&cfg.auth).unwrap(),
             cfg,
             stats: Default::default(),
             store,
