@@ -117,6 +117,22 @@ pub(crate) struct Head {
     pub series: HashMap<SeriesId, MemSeries>,
 }
 
+impl Head {
+    /// Adds a series without a head chunk, findable by id and by its encoded labels.
+    pub fn insert_series(&mut self, id: SeriesId, labels: Arc<[u8]>, mint: i64, maxt: i64) {
+        self.by_labels.insert(labels.clone(), id);
+        self.series.insert(
+            id,
+            MemSeries {
+                labels,
+                head: None,
+                mint,
+                maxt,
+            },
+        );
+    }
+}
+
 /// A handle on the store; cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
@@ -206,16 +222,7 @@ impl Storage {
             };
             let labels: Arc<[u8]> = Arc::from(Labels::new(p)?.encode());
             let maxt = persisted_maxt(&blocks, id)?.unwrap_or(i64::MIN);
-            head.by_labels.insert(labels.clone(), id);
-            head.series.insert(
-                id,
-                MemSeries {
-                    labels,
-                    head: None,
-                    mint,
-                    maxt,
-                },
-            );
+            head.insert_series(id, labels, mint, maxt);
             max_id = max_id.max(id);
         }
         let (wal, records) = wal::Wal::open(&dir.join("wal"), config.wal_segment_bytes)?;
@@ -269,17 +276,7 @@ impl Storage {
                 let labels = Labels::decode(&enc)?;
                 let first_t = first_times.get(&id).copied().unwrap_or(i64::MIN);
                 series_keys(&mut batch, id, &labels, first_t);
-                let enc: Arc<[u8]> = Arc::from(enc);
-                head.by_labels.insert(enc.clone(), id);
-                head.series.insert(
-                    id,
-                    MemSeries {
-                        labels: enc,
-                        head: None,
-                        mint: first_t,
-                        maxt: i64::MIN,
-                    },
-                );
+                head.insert_series(id, Arc::from(enc), first_t, i64::MIN);
                 inner.next_id.fetch_max(id + 1, Ordering::SeqCst);
             }
             for (k, v) in rec.meta {
@@ -786,17 +783,7 @@ impl Appender for StorageAppender {
             let mut head = write_lock(&inner.head);
             for (enc, id) in created {
                 // `append_to_head` below sets the first time.
-                let first_t = i64::MIN;
-                head.by_labels.insert(enc.clone(), id);
-                head.series.insert(
-                    id,
-                    MemSeries {
-                        labels: enc,
-                        head: None,
-                        mint: first_t,
-                        maxt: i64::MIN,
-                    },
-                );
+                head.insert_series(id, enc, i64::MIN, i64::MIN);
             }
             for &(id, t, v) in &accepted {
                 if let Some(s) = head.series.get_mut(&id) {

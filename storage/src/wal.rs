@@ -170,19 +170,9 @@ impl Wal {
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut data))
                 .map_err(io(&path))?;
-            let mut pos = 0;
-            while pos + 8 <= data.len() {
-                let len =
-                    u32::from_be_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-                let crc = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
-                let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
-                    break;
-                };
-                if crc32c::crc32c(payload) != crc {
-                    break;
-                }
+            let (payloads, pos) = complete_frames(&data);
+            for payload in payloads {
                 records.push(Record::decode(payload)?);
-                pos += 8 + len;
             }
             if pos < data.len() {
                 if i + 1 != segments.len() {
@@ -282,6 +272,26 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, u64)>, StorageError> {
     Ok(out)
 }
 
+/// The payloads of the complete, intact frames at the start of `data`, and the byte offset
+/// where they end (a frame cut short or failing its checksum ends the log).
+fn complete_frames(data: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos + 8 <= data.len() {
+        let len = u32::from_be_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
+        let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
+            break;
+        };
+        if crc32c::crc32c(payload) != crc {
+            break;
+        }
+        out.push(payload);
+        pos += 8 + len;
+    }
+    (out, pos)
+}
+
 /// Samples in the complete records of segment `path` with sequences from `from` on.
 pub fn count_samples(path: &Path, from: u64) -> Result<u64, StorageError> {
     let mut data = Vec::new();
@@ -289,17 +299,11 @@ pub fn count_samples(path: &Path, from: u64) -> Result<u64, StorageError> {
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(io(path))?;
     let mut n = 0;
-    let mut pos = 0;
-    while pos + 8 <= data.len() {
-        let len = u32::from_be_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
-            break;
-        };
+    for payload in complete_frames(&data).0 {
         let rec = Record::decode(payload)?;
         if rec.seq >= from {
             n += rec.samples.len() as u64;
         }
-        pos += 8 + len;
     }
     Ok(n)
 }
