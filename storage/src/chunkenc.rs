@@ -386,38 +386,29 @@ mod tests {
         }
     }
 
-    /// xorshift64*, so the random cases are reproducible without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-    }
-
     #[test]
     fn random_values_and_timestamps_roundtrip() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        use rand::{Rng, SeedableRng};
+        // Seeded, so the random cases are reproducible.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
         for case in 0..500 {
-            let n = (rng.next() % 120 + 1) as usize;
-            let mut t = (rng.next() as i64) >> (rng.next() % 64);
+            let n = (rng.gen::<u64>() % 120 + 1) as usize;
+            let mut t = (rng.gen::<u64>() as i64) >> (rng.gen::<u64>() % 64);
             let mut s = Vec::with_capacity(n);
             let mut v = 0.0f64;
             for _ in 0..n {
                 s.push((t, v));
                 let step = match case % 4 {
                     0 => 10_000,
-                    1 => 10_000 + (rng.next() % 2000) as i64 - 1000,
-                    2 => 1 + (rng.next() % (1 << 40)) as i64,
-                    _ => 1 + (rng.next() % 100) as i64,
+                    1 => 10_000 + (rng.gen::<u64>() % 2000) as i64 - 1000,
+                    2 => 1 + (rng.gen::<u64>() % (1 << 40)) as i64,
+                    _ => 1 + (rng.gen::<u64>() % 100) as i64,
                 };
                 t = t.saturating_add(step);
                 v = match case % 3 {
-                    0 => v + (rng.next() % 10) as f64,
-                    1 => f64::from_bits(rng.next()),
-                    _ => (rng.next() % 1000) as f64 / 7.0,
+                    0 => v + (rng.gen::<u64>() % 10) as f64,
+                    1 => f64::from_bits(rng.gen::<u64>()),
+                    _ => (rng.gen::<u64>() % 1000) as f64 / 7.0,
                 };
             }
             roundtrip(&s);

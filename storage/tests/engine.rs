@@ -227,34 +227,28 @@ fn retention_frees_disk_and_forgets_old_series() {
     assert_eq!(r.blocks_removed, n - 1, "all but the newest block go");
 }
 
-/// xorshift64*, for reproducible random cases.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
-        v[(self.next() % v.len() as u64) as usize]
-    }
+/// One of `v`, at random.
+fn pick<'a>(rng: &mut rand::rngs::StdRng, v: &[&'a str]) -> &'a str {
+    use rand::seq::SliceRandom;
+    v.choose(rng).copied().unwrap_or_default()
 }
 
 #[test]
 fn index_matches_brute_force_on_random_label_sets() {
     let dir = tempfile::tempdir().unwrap();
     let s = Storage::open(dir.path(), &small()).unwrap();
-    let mut rng = Rng(42);
+    use rand::{Rng, SeedableRng};
+    // Seeded, so the random cases are reproducible.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let vals = ["", "a", "b", "ab", "abc", "x-1", "é"];
     let mut sets = BTreeSet::new();
     let mut a = s.appender();
     for i in 0..400 {
         let l = Labels::new([
-            ("__name__", rng.pick(&["m1", "m2", "m3"]).to_owned()),
-            ("a", rng.pick(&vals).to_owned()),
-            ("b", rng.pick(&vals).to_owned()),
-            ("c", rng.pick(&vals).to_owned()),
+            ("__name__", pick(&mut rng, &["m1", "m2", "m3"]).to_owned()),
+            ("a", pick(&mut rng, &vals).to_owned()),
+            ("b", pick(&mut rng, &vals).to_owned()),
+            ("c", pick(&mut rng, &vals).to_owned()),
             ("i", (i % 37).to_string()),
         ])
         .unwrap();
@@ -272,12 +266,12 @@ fn index_matches_brute_force_on_random_label_sets() {
         "", "a", "b", "ab", "a.*", ".*", ".+", "a|b", "x-1|é", "(ab)?c?", "nomatch",
     ];
     for case in 0..600 {
-        let n = 1 + (rng.next() % 3) as usize;
+        let n = 1 + (rng.gen::<u64>() % 3) as usize;
         let matchers: Vec<Matcher> = (0..n)
             .map(|_| {
-                let op = ops[(rng.next() % 4) as usize];
-                let name = rng.pick(&["__name__", "a", "b", "c", "i", "missing"]);
-                let value = rng.pick(&patterns);
+                let op = ops[(rng.gen::<u64>() % 4) as usize];
+                let name = pick(&mut rng, &["__name__", "a", "b", "c", "i", "missing"]);
+                let value = pick(&mut rng, &patterns);
                 Matcher::new(op, name, value).unwrap()
             })
             .collect();
