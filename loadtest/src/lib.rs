@@ -12,6 +12,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// A fresh directory for one benchmark run: `<tmp>/kappie-<name>-<pid>`.
+pub fn work_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("kappie-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()

@@ -122,6 +122,11 @@ impl Prometheus {
         p
     }
 
+    /// The Prometheus process id (for resource measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Remote-writes `series` to this Prometheus.
     pub fn write(&self, series: Vec<pb::TimeSeries>) -> Result<(), String> {
         remote_write(&format!("{}/api/v1/write", self.base), series)

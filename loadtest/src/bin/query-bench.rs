@@ -12,7 +12,7 @@
 
 use anyhow::bail;
 use clap::Parser;
-use kappie_loadtest::{now_ms, Collector};
+use kappie_loadtest::{now_ms, work_dir, Collector};
 use kappie_testkit::prometheus::{self as prom, Prometheus};
 use std::time::Instant;
 
@@ -74,7 +74,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let work = tempfile_dir()?;
+    let work = work_dir("query-bench")?;
     let end = now_ms() / 60_000 * 60_000;
     let t0 = end - args.minutes * 60_000;
     let jobs = 10;
@@ -214,10 +214,4 @@ fn main() -> anyhow::Result<()> {
     drop(kappie);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
-}
-
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let d = std::env::temp_dir().join(format!("kappie-query-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
 }

@@ -13,7 +13,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use kappie_loadtest::{now_ms, Collector};
+use kappie_loadtest::{now_ms, work_dir, Collector};
 use kappie_testkit::prometheus::{self as prom, Prometheus};
 use std::time::{Duration, Instant};
 
@@ -95,8 +95,7 @@ fn prometheus_count(p: &Prometheus, at: i64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let work = std::env::temp_dir().join(format!("kappie-rw-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    let work = work_dir("rw-bench")?;
     let pport = prom::free_port();
     let kappie = Collector::start(
         &args.collector,

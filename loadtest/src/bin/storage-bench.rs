@@ -13,13 +13,12 @@
 //!
 //! Needs `prometheus` on the PATH (`apt-get install prometheus`).
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
 use kappie_proto::prometheus as pb;
 use kappie_storage::{Appender, Labels, MatchOp, Matcher, Querier, Storage, StorageConfig};
-use prost::Message;
+use kappie_testkit::prometheus::{remote_write, Prometheus};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Parser)]
@@ -28,8 +27,6 @@ struct Args {
     series: usize,
     #[arg(long, default_value_t = 360)]
     samples: usize,
-    #[arg(long, default_value = "prometheus")]
-    prometheus: String,
     #[arg(long, default_value_t = 19190)]
     prometheus_port: u16,
 }
@@ -101,21 +98,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 / STEP_MS * STEP_MS;
     let t0 = now - (args.samples as i64 - 1) * STEP_MS;
     let total = (args.series * args.samples) as f64;
-    let work = std::env::temp_dir().join(format!("kappie-storage-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    let work = kappie_loadtest::work_dir("storage-bench")?;
     eprintln!(
         "{} series x {} samples = {} samples; data under {}",
         args.series,
@@ -202,37 +190,9 @@ fn main() -> anyhow::Result<()> {
 
     // Prometheus.
     let pdir = work.join("prometheus");
-    std::fs::create_dir_all(&pdir)?;
-    let cfg = work.join("prometheus.yml");
-    std::fs::write(&cfg, "global:\n  scrape_interval: 1h\n")?;
-    let addr = format!("127.0.0.1:{}", args.prometheus_port);
-    let child = Command::new(&args.prometheus)
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", pdir.display()))
-        .arg(format!("--web.listen-address={addr}"))
-        .arg("--web.enable-remote-write-receiver")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.join("prometheus.log"))?)
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start {} (apt-get install prometheus)",
-                args.prometheus
-            )
-        })?;
-    let prom = KillOnDrop(child);
-    let base = format!("http://{addr}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ureq::get(&format!("{base}/-/ready")).call().is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "prometheus did not get ready; see {}",
-                work.join("prometheus.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let p_rss0 = rss_kib(prom.0.id());
+    let prom = Prometheus::start_on(&pdir, "", args.prometheus_port);
+    let base = prom.base.clone();
+    let p_rss0 = rss_kib(prom.pid());
     let started = Instant::now();
     let halves: Vec<Vec<usize>> = vec![
         (0..args.series / 2).collect(),
@@ -266,15 +226,9 @@ fn main() -> anyhow::Result<()> {
                                 .collect(),
                             metadata: vec![],
                         };
-                        let body = snap::raw::Encoder::new().compress_vec(&req.encode_to_vec())?;
-                        let r = ureq::post(&format!("{base}/api/v1/write"))
-                            .set("Content-Encoding", "snappy")
-                            .set("Content-Type", "application/x-protobuf")
-                            .set("X-Prometheus-Remote-Write-Version", "0.1.0")
-                            .send_bytes(&body);
-                        if let Err(e) = r {
-                            bail!("remote write to prometheus failed: {e}");
-                        }
+                        remote_write(&format!("{base}/api/v1/write"), req.timeseries).map_err(
+                            |e| anyhow::anyhow!("remote write to prometheus failed: {e}"),
+                        )?;
                     }
                 }
                 Ok(())
@@ -286,9 +240,9 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     })?;
     let p_ingest = total / started.elapsed().as_secs_f64();
-    let p_rss = rss_kib(prom.0.id()).saturating_sub(p_rss0);
+    let p_rss = rss_kib(prom.pid()).saturating_sub(p_rss0);
     std::thread::sleep(Duration::from_secs(2));
-    let p_disk = du(&pdir);
+    let p_disk = du(&pdir.join("data"));
     let mut p_sel = Vec::new();
     let mut p_n = 0;
     for _ in 0..5 {
