@@ -346,13 +346,17 @@ impl<'a> Evaluator<'a> {
             .plan
             .get(&k)
             .ok_or_else(|| EvalError::Execution("selector was not planned".into()))?;
-        let mut seen = HashSet::new();
+        let sets = matcher_sets(vs)?;
+        // Only `or` branches of one selector can select a series twice.
+        let mut seen = (sets.len() > 1).then(HashSet::new);
         let mut out = Vec::new();
         let mut total = 0;
-        for ms in matcher_sets(vs)? {
+        for ms in sets {
             for s in self.q.select(&ms, mint, maxt)? {
-                if !seen.insert(s.labels.clone()) {
-                    continue;
+                if let Some(seen) = seen.as_mut() {
+                    if !seen.insert(s.labels.clone()) {
+                        continue;
+                    }
                 }
                 let pts: Vec<(i64, f64)> = s
                     .samples
