@@ -361,6 +361,7 @@ async fn kappie_answers_like_prometheus() {
     // Two hours of data ending 10 minutes ago, aligned to the minute.
     let t0 = (now - SAMPLES * STEP_MS - 600_000) / 60_000 * 60_000;
     let tend = t0 + (SAMPLES - 1) * STEP_MS;
+    let store = kappie.running.as_ref().unwrap().store.clone();
     let failures = tokio::task::spawn_blocking(move || {
         let p = Prometheus::start(&pdir, "");
         let data = generate(t0);
@@ -399,53 +400,61 @@ async fn kappie_answers_like_prometheus() {
         let mut failures = Vec::new();
         let mut compared = 0;
         let mut with_data = 0;
-        for q in QUERIES {
-            let peer_q = q.replace("double_exponential_smoothing", "holt_winters");
-            let mut check = |what: String, k: Value, p: Value| {
-                compared += 1;
-                let (ka, pa) = (answer(&k), answer(&p));
-                if matches!(&pa, Answer::Scalar(_))
-                    || matches!(&pa, Answer::Series(s) if !s.is_empty())
-                {
-                    with_data += 1;
-                }
-                if let Some(d) = differ(&ka, &pa) {
-                    failures.push(format!("{q} [{what}]: {d}"));
-                }
-            };
-            for t in instants {
-                let get = |base: &str, q: &str| {
-                    prom::get_json(
-                        &format!("{base}/api/v1/query"),
-                        &[("query", q), ("time", &secs(t))],
-                    )
-                };
-                check(
-                    format!("instant at t0+{}s", (t - t0) / 1000),
-                    get(&kbase, q),
-                    get(&p.base, &peer_q),
-                );
+        // The same comparisons over the data as written (head and staged chunks), then
+        // after compaction has packed every window into dense pages.
+        for phase in ["as written", "compacted"] {
+            if phase == "compacted" {
+                let r = store.maintain(now + 7_200_000).expect("maintenance");
+                assert!(r.windows_compacted >= 2, "{r:?}");
             }
-            for (s, e, st) in ranges {
-                let get = |base: &str, q: &str| {
-                    prom::get_json(
-                        &format!("{base}/api/v1/query_range"),
-                        &[
-                            ("query", q),
-                            ("start", &secs(s)),
-                            ("end", &secs(e)),
-                            ("step", &secs(st)),
-                        ],
-                    )
+            for q in QUERIES {
+                let peer_q = q.replace("double_exponential_smoothing", "holt_winters");
+                let mut check = |what: String, k: Value, p: Value| {
+                    compared += 1;
+                    let (ka, pa) = (answer(&k), answer(&p));
+                    if matches!(&pa, Answer::Scalar(_))
+                        || matches!(&pa, Answer::Series(s) if !s.is_empty())
+                    {
+                        with_data += 1;
+                    }
+                    if let Some(d) = differ(&ka, &pa) {
+                        failures.push(format!("{q} [{what}, {phase}]: {d}"));
+                    }
                 };
-                check(
-                    format!("range step {}s", st / 1000),
-                    get(&kbase, q),
-                    get(&p.base, &peer_q),
-                );
+                for t in instants {
+                    let get = |base: &str, q: &str| {
+                        prom::get_json(
+                            &format!("{base}/api/v1/query"),
+                            &[("query", q), ("time", &secs(t))],
+                        )
+                    };
+                    check(
+                        format!("instant at t0+{}s", (t - t0) / 1000),
+                        get(&kbase, q),
+                        get(&p.base, &peer_q),
+                    );
+                }
+                for (s, e, st) in ranges {
+                    let get = |base: &str, q: &str| {
+                        prom::get_json(
+                            &format!("{base}/api/v1/query_range"),
+                            &[
+                                ("query", q),
+                                ("start", &secs(s)),
+                                ("end", &secs(e)),
+                                ("step", &secs(st)),
+                            ],
+                        )
+                    };
+                    check(
+                        format!("range step {}s", st / 1000),
+                        get(&kbase, q),
+                        get(&p.base, &peer_q),
+                    );
+                }
             }
+            failures.extend(compare_metadata_endpoints(&kbase, &p.base, t0, tend));
         }
-        failures.extend(compare_metadata_endpoints(&kbase, &p.base, t0, tend));
         eprintln!(
             "{compared} answers compared over {} queries, {with_data} of them with data",
             QUERIES.len()

@@ -11,13 +11,17 @@
 pub const MAX_SAMPLES: u16 = 120;
 
 #[derive(Debug, Clone, Default)]
-struct BitWriter {
+pub(crate) struct BitWriter {
     bytes: Vec<u8>,
     /// Bits still free in the last byte.
     free: u8,
 }
 
 impl BitWriter {
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
     /// Grows the buffer 32 bytes at a time: a head chunk per series lives in memory, and
     /// doubling would leave a quarter of it unused on average.
     fn push(&mut self, b: u8) {
@@ -48,7 +52,7 @@ impl BitWriter {
     }
 
     /// Writes the low `n` bits of `v`, most significant first.
-    fn write_bits(&mut self, v: u64, n: u32) {
+    pub(crate) fn write_bits(&mut self, v: u64, n: u32) {
         if n == 0 {
             return;
         }
@@ -67,12 +71,16 @@ impl BitWriter {
     }
 }
 
-struct BitReader<'a> {
+pub(crate) struct BitReader<'a> {
     bytes: &'a [u8],
     pos: usize, // bit position
 }
 
 impl<'a> BitReader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        BitReader { bytes, pos: 0 }
+    }
+
     fn read_bit(&mut self) -> Option<bool> {
         let byte = *self.bytes.get(self.pos / 8)?;
         let bit = (byte >> (7 - (self.pos % 8))) & 1 == 1;
@@ -80,7 +88,7 @@ impl<'a> BitReader<'a> {
         Some(bit)
     }
 
-    fn read_bits(&mut self, n: u32) -> Option<u64> {
+    pub(crate) fn read_bits(&mut self, n: u32) -> Option<u64> {
         if self.pos + n as usize > self.bytes.len() * 8 {
             return None;
         }
@@ -102,7 +110,7 @@ impl<'a> BitReader<'a> {
         Some(v)
     }
 
-    fn read_uvarint(&mut self) -> Option<u64> {
+    pub(crate) fn read_uvarint(&mut self) -> Option<u64> {
         let mut x = 0u64;
         let mut s = 0u32;
         for i in 0..10 {
@@ -119,14 +127,14 @@ impl<'a> BitReader<'a> {
         None
     }
 
-    fn read_varint(&mut self) -> Option<i64> {
+    pub(crate) fn read_varint(&mut self) -> Option<i64> {
         let ux = self.read_uvarint()?;
         let x = (ux >> 1) as i64;
         Some(if ux & 1 != 0 { !x } else { x })
     }
 }
 
-fn put_uvarint(w: &mut BitWriter, mut x: u64) {
+pub(crate) fn put_uvarint(w: &mut BitWriter, mut x: u64) {
     while x >= 0x80 {
         w.write_byte(x as u8 | 0x80);
         x >>= 7;
@@ -134,7 +142,7 @@ fn put_uvarint(w: &mut BitWriter, mut x: u64) {
     w.write_byte(x as u8);
 }
 
-fn put_varint(w: &mut BitWriter, x: i64) {
+pub(crate) fn put_varint(w: &mut BitWriter, x: i64) {
     let ux = ((x as u64) << 1) ^ ((x >> 63) as u64);
     put_uvarint(w, ux);
 }
@@ -279,9 +287,18 @@ impl XorAppender {
 }
 
 /// Errors decoding a chunk.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 #[error("chunk is truncated or corrupt after {0} samples")]
 pub struct ChunkError(pub u16);
+
+/// An XOR chunk holding `samples` (strictly increasing times).
+pub fn encode_all(samples: &[(i64, f64)]) -> Vec<u8> {
+    let mut a = XorAppender::new();
+    for &(t, v) in samples {
+        a.append(t, v);
+    }
+    a.bytes().to_vec()
+}
 
 /// Decodes every sample of a chunk.
 pub fn decode(bytes: &[u8]) -> Result<Vec<(i64, f64)>, ChunkError> {

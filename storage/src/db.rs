@@ -1,20 +1,25 @@
 //! The engine: the write-ahead log (`wal/`), series, postings and ingest state in one sled
-//! database (`main/`), compressed chunks in one sled database per time block
-//! (`blocks/<start>/`) so that retention frees disk by removing whole directories.
+//! database (`main/`), cut chunks in one sled database per chunk window
+//! (`staging/<window>-<gen>/`) and compacted windows in one per time block
+//! (`blocks/<start>/`, see `compact`), so that compaction and retention free disk by
+//! removing whole directories.
 //!
 //! Writes: an append is validated against the in-memory head (strictly increasing time per
 //! series); then one log record with its new series, ingest-state changes and accepted
 //! samples is appended and fsynced; then the same changes go to sled (unflushed: the log is
 //! the source of truth) and the samples to the series' open head chunks. A head chunk is
-//! cut into its block when it holds 120 samples or the next sample falls in another chunk
-//! window (`chunk_span`); [`Storage::maintain`] cuts idle head chunks, flushes sled and the
-//! blocks and deletes the log segments that are no longer needed.
+//! cut into its window's staging database when it holds 120 samples or the next sample falls
+//! in another chunk window (`chunk_span`); [`Storage::maintain`] cuts idle head chunks,
+//! flushes sled and the staging databases, deletes the log segments that are no longer
+//! needed and compacts the windows that are over.
 //!
 //! Recovery: on open the log is replayed: series and ingest state into sled again
 //! (idempotent), samples into the head unless a block already has them (a crash between
 //! cutting a chunk and truncating the log).
 
 use crate::chunkenc::{XorAppender, MAX_SAMPLES};
+use crate::compact::{parse_staging_name, Staging};
+use crate::index::SeriesOp;
 use crate::labels::Labels;
 use crate::{keys, wal, Appender, SeriesId, StorageError};
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +50,8 @@ pub struct StorageConfig {
     /// destinations behind); past it the oldest held segments go and the samples in them
     /// are counted as dropped for each reader.
     pub wal_hold_max_bytes: u64,
+    /// Compaction packs a window's chunks into sled values of about this size.
+    pub page_bytes: usize,
 }
 
 impl Default for StorageConfig {
@@ -59,6 +66,7 @@ impl Default for StorageConfig {
             head_idle_ms: 15 * 60 * 1000,
             wal_segment_bytes: 64 << 20,
             wal_hold_max_bytes: 1 << 30,
+            page_bytes: 16 << 10,
         }
     }
 }
@@ -91,6 +99,7 @@ pub struct StorageStats {
     pub samples_refused_duplicate_timestamp: AtomicU64,
     pub samples_refused_too_old: AtomicU64,
     pub chunks_cut: AtomicU64,
+    pub windows_compacted: AtomicU64,
     /// Newest sample time in the store (ms); 0 while it is empty.
     pub newest_sample_ms: std::sync::atomic::AtomicI64,
 }
@@ -143,7 +152,12 @@ pub(crate) struct Inner {
     pub dir: PathBuf,
     pub config: StorageConfig,
     pub main: sled::Db,
+    /// Day blocks (compacted pages) by start time.
     pub blocks: RwLock<BTreeMap<i64, sled::Db>>,
+    /// Staged chunks by window start.
+    pub staging: RwLock<BTreeMap<i64, Staging>>,
+    /// Compacted generations by window start.
+    pub packed: RwLock<BTreeMap<i64, u32>>,
     pub head: RwLock<Head>,
     /// Serializes commits and maintenance.
     pub write: Mutex<()>,
@@ -180,21 +194,55 @@ impl Storage {
                 .cache_capacity(config.cache_capacity_bytes)
                 .use_compression(true),
         )?;
+        if main.scan_prefix([keys::LABELS_BY_ID]).next().is_some() {
+            return Err(StorageError::Config(format!(
+                "{} holds data in the first storage layout, which this version does not read; \
+                 move it away and start with an empty data directory",
+                dir.display()
+            )));
+        }
         let mut blocks = BTreeMap::new();
-        let rd = std::fs::read_dir(dir.join("blocks"))
-            .map_err(|e| StorageError::Io(dir.join("blocks"), e))?;
-        for entry in rd {
-            let entry = entry.map_err(|e| StorageError::Io(dir.join("blocks"), e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(start) = name.parse::<i64>() else {
-                tracing::warn!(dir = %entry.path().display(), "ignoring unknown directory in blocks/");
+        let mut packed = BTreeMap::new();
+        for (start, path) in numbered_dirs(&dir.join("blocks"))? {
+            let Ok(start) = start.parse::<i64>() else {
+                tracing::warn!(dir = %path.display(), "ignoring unknown directory in blocks/");
                 continue;
             };
-            blocks.insert(start, open_block(&entry.path(), config)?);
+            let db = open_block(&path, config)?;
+            for kv in db.scan_prefix([keys::PACKED_GENS]) {
+                let (k, v) = kv?;
+                let w = keys::ts_from(&k[1..]).ok_or_else(|| corrupt("window key"))?;
+                let g = v
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| corrupt("window generations"))?;
+                packed.insert(w, g);
+            }
+            blocks.insert(start, db);
+        }
+        let mut staging = BTreeMap::new();
+        for (name, path) in numbered_dirs(&dir.join("staging"))? {
+            let Some((w, gen)) = parse_staging_name(&name) else {
+                tracing::warn!(dir = %path.display(), "ignoring unknown directory in staging/");
+                continue;
+            };
+            if packed.get(&w).is_some_and(|&g| g >= gen) {
+                // Compacted, but the process stopped before deleting it.
+                std::fs::remove_dir_all(&path).map_err(|e| StorageError::Io(path.clone(), e))?;
+                continue;
+            }
+            staging.insert(
+                w,
+                Staging {
+                    gen,
+                    db: open_block(&path, config)?,
+                },
+            );
         }
 
-        // Series: `I id -> first time`; their label sets are rebuilt from the postings
-        // (keeping them only there saves sled memory per series).
+        // Series: `S group` values (first time, newest compacted time); label sets are
+        // rebuilt from the postings (keeping them only there saves sled memory per series).
         let mut pairs: HashMap<SeriesId, Vec<(String, String)>> = HashMap::new();
         for kv in main.scan_prefix([keys::POSTING]) {
             let (k, v) = kv?;
@@ -209,21 +257,20 @@ impl Storage {
         }
         let mut head = Head::default();
         let mut max_id = 0;
-        for kv in main.scan_prefix([keys::LABELS_BY_ID]) {
+        for kv in main.scan_prefix([keys::SERIES_GROUP]) {
             let (k, v) = kv?;
-            let id = keys::be_u64(&k[1..]).ok_or_else(|| corrupt("series id key"))?;
-            let mint = v
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(i64::from_be_bytes)
-                .ok_or_else(|| corrupt("series value"))?;
-            let Some(p) = pairs.remove(&id) else {
-                return Err(corrupt("series without postings"));
-            };
-            let labels: Arc<[u8]> = Arc::from(Labels::new(p)?.encode());
-            let maxt = persisted_maxt(&blocks, id)?.unwrap_or(i64::MIN);
-            head.insert_series(id, labels, mint, maxt);
-            max_id = max_id.max(id);
+            let group = keys::be_u64(&k[1..]).ok_or_else(|| corrupt("series group key"))?;
+            for (id, e) in crate::index::decode_group(group, &v)? {
+                let Some(p) = pairs.remove(&id) else {
+                    return Err(corrupt("series without postings"));
+                };
+                let labels: Arc<[u8]> = Arc::from(Labels::new(p)?.encode());
+                let maxt = staged_maxt(&staging, id)?
+                    .unwrap_or(i64::MIN)
+                    .max(e.persisted_maxt);
+                head.insert_series(id, labels, e.first_t, maxt);
+                max_id = max_id.max(id);
+            }
         }
         let (wal, records) = wal::Wal::open(&dir.join("wal"), config.wal_segment_bytes)?;
         let inner = Inner {
@@ -232,6 +279,8 @@ impl Storage {
             config: config.clone(),
             main,
             blocks: RwLock::new(blocks),
+            staging: RwLock::new(staging),
+            packed: RwLock::new(packed),
             head: RwLock::new(head),
             write: Mutex::new(()),
             next_id: AtomicU64::new(max_id + 1),
@@ -245,8 +294,10 @@ impl Storage {
             inner: Arc::new(inner),
         };
         let (records, samples) = store.replay(records)?;
-        let blocks_n = store.inner.blocks.read().map(|b| b.len()).unwrap_or(0);
+        let blocks_n = read_lock(&store.inner.blocks).len();
+        let staged_n = read_lock(&store.inner.staging).len();
         tracing::info!(dir = %dir.display(), series = store.series_count(), blocks = blocks_n,
+            staged_windows = staged_n,
             wal_records = records, wal_samples = samples, "opened store");
         Ok(store)
     }
@@ -323,27 +374,15 @@ impl Storage {
         Ok((n, samples))
     }
 
-    /// Writes cut chunks into their blocks (not flushed: the write-ahead records still
-    /// hold their samples until `maintain` flushes the blocks and truncates).
+    /// Writes cut chunks into their windows' staging databases (not flushed: the
+    /// write-ahead records still hold their samples until `maintain` flushes and truncates).
     pub(crate) fn write_chunks(&self, cut: Vec<CutChunk>) -> Result<(), StorageError> {
         if cut.is_empty() {
             return Ok(());
         }
-        let bd = self.inner.config.block_duration_ms;
-        let mut blocks = write_lock(&self.inner.blocks);
+        let span = self.inner.config.chunk_span_ms;
         for c in cut {
-            let start = c.mint.div_euclid(bd) * bd;
-            let block = match blocks.get(&start) {
-                Some(b) => b.clone(),
-                None => {
-                    let b = open_block(
-                        &self.inner.dir.join("blocks").join(format!("{start:020}")),
-                        &self.inner.config,
-                    )?;
-                    blocks.insert(start, b.clone());
-                    b
-                }
-            };
+            let block = self.staging_for(c.mint.div_euclid(span) * span)?;
             let mut value = Vec::with_capacity(8 + c.bytes.len());
             value.extend_from_slice(&c.maxt.to_be_bytes());
             value.extend_from_slice(&c.bytes);
@@ -424,9 +463,17 @@ impl Storage {
         read_lock(&self.inner.head).series.len()
     }
 
-    /// Number of block databases.
+    /// Number of blocks (days) holding data, compacted or staged.
     pub fn block_count(&self) -> usize {
-        read_lock(&self.inner.blocks).len()
+        let bd = self.inner.config.block_duration_ms;
+        let mut days: std::collections::BTreeSet<i64> =
+            read_lock(&self.inner.blocks).keys().copied().collect();
+        days.extend(
+            read_lock(&self.inner.staging)
+                .keys()
+                .map(|w| w.div_euclid(bd) * bd),
+        );
+        days.len()
     }
 
     /// Bytes the data directory takes on disk.
@@ -440,6 +487,9 @@ impl Storage {
 
     /// Flushes everything to disk (used before a clean shutdown; commits are durable anyway).
     pub fn flush(&self) -> Result<(), StorageError> {
+        for b in read_lock(&self.inner.staging).values() {
+            b.db.flush()?;
+        }
         for b in read_lock(&self.inner.blocks).values() {
             b.flush()?;
         }
@@ -465,6 +515,7 @@ pub(crate) struct CutChunk {
 pub(crate) struct Writes {
     kv: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub postings: crate::index::PostingsDelta,
+    pub series: crate::index::SeriesDelta,
 }
 
 impl Writes {
@@ -477,6 +528,7 @@ impl Writes {
     }
     pub fn apply(self, db: &sled::Db) -> Result<(), StorageError> {
         self.postings.apply(db)?;
+        self.series.apply(db)?;
         for part in self.kv.chunks(256) {
             let mut b = sled::Batch::default();
             for (k, v) in part {
@@ -491,10 +543,10 @@ impl Writes {
     }
 }
 
-/// Queues the sled keys of a new series: id -> first sample time, and its postings (the
-/// label sets and labels -> id live in memory and are rebuilt from these on open).
+/// Queues the sled entries of a new series: its `S` entry (first sample time) and its
+/// postings (the label sets and labels -> id live in memory and are rebuilt from these).
 fn series_keys(batch: &mut Writes, id: SeriesId, labels: &Labels, first_t: i64) {
-    batch.insert(keys::labels_by_id(id), first_t.to_be_bytes());
+    batch.series.push(id, SeriesOp::Add { first_t });
     for l in labels.iter() {
         batch.postings.add(&l.name, &l.value, id);
     }
@@ -542,7 +594,7 @@ pub(crate) fn cut_chunk(id: SeriesId, h: HeadChunk) -> CutChunk {
     }
 }
 
-fn open_block(path: &Path, config: &StorageConfig) -> Result<sled::Db, StorageError> {
+pub(crate) fn open_block(path: &Path, config: &StorageConfig) -> Result<sled::Db, StorageError> {
     open_retrying(
         sled::Config::new()
             .path(path)
@@ -571,13 +623,14 @@ fn open_retrying(config: sled::Config) -> Result<sled::Db, StorageError> {
     }
 }
 
-/// The end time of the series' newest chunk in any block.
-fn persisted_maxt(
-    blocks: &BTreeMap<i64, sled::Db>,
+/// The end time of the series' newest staged chunk.
+fn staged_maxt(
+    staging: &BTreeMap<i64, Staging>,
     id: SeriesId,
 ) -> Result<Option<i64>, StorageError> {
-    for b in blocks.values().rev() {
-        if let Some(kv) = b
+    for st in staging.values().rev() {
+        if let Some(kv) = st
+            .db
             .range(keys::chunk(id, i64::MIN)..=keys::chunk(id, i64::MAX))
             .next_back()
         {
@@ -590,6 +643,21 @@ fn persisted_maxt(
         }
     }
     Ok(None)
+}
+
+/// Subdirectories of `dir` (missing: none) by name.
+fn numbered_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, StorageError> {
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::Io(dir.to_owned(), e))?;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| StorageError::Io(dir.to_owned(), e))? {
+        let entry = entry.map_err(|e| StorageError::Io(dir.to_owned(), e))?;
+        out.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
+    }
+    out.sort();
+    Ok(out)
 }
 
 pub(crate) fn dir_size(p: &Path) -> Result<u64, StorageError> {
@@ -736,7 +804,7 @@ impl Appender for StorageAppender {
         for (id, t, v) in unknown_last {
             let mut buf = Vec::new();
             for c in self.store.chunks_of(id, t, t)? {
-                crate::chunkenc::decode_into(&c.bytes, &mut buf)
+                c.decode_into(&mut buf)
                     .map_err(|e| StorageError::Corrupt(format!("series {id}: {e}")))?;
             }
             if buf

@@ -13,7 +13,9 @@
 //! reads (`query`) and retention (`retention`). Byte layouts: `storage/docs/format.md`.
 
 pub mod chunkenc;
+mod compact;
 mod db;
+pub mod dense;
 mod error;
 pub mod index;
 mod keys;

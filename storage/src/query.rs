@@ -1,7 +1,7 @@
 //! Reading: series selection through the index, samples from block chunks and the head,
 //! raw chunks for remote read, and label names and values.
 
-use crate::chunkenc;
+use crate::compact::StoredChunk;
 use crate::db::{read_lock, Storage};
 use crate::labels::{Labels, Matcher};
 use crate::{index, keys, Querier, Sample, Series, SeriesId, StorageError};
@@ -54,13 +54,14 @@ impl Storage {
         Ok(out)
     }
 
-    /// Chunks of one series overlapping `[mint, maxt]`: from blocks, then the head chunk.
+    /// Chunks of one series overlapping `[mint, maxt]`, in time order: compacted, staged,
+    /// then the head chunk.
     pub(crate) fn chunks_of(
         &self,
         id: SeriesId,
         mint: i64,
         maxt: i64,
-    ) -> Result<Vec<RawChunk>, StorageError> {
+    ) -> Result<Vec<StoredChunk>, StorageError> {
         let cfg = &self.inner.config;
         // Chunks never cross a window boundary, so none that starts before the window of
         // `mint` can reach into the range.
@@ -68,14 +69,12 @@ impl Storage {
             .div_euclid(cfg.chunk_span_ms)
             .saturating_mul(cfg.chunk_span_ms);
         let mut out = Vec::new();
-        let blocks: Vec<(i64, sled::Db)> = read_lock(&self.inner.blocks)
-            .iter()
-            .map(|(s, d)| (*s, d.clone()))
+        self.packed_chunks(id, from, mint, maxt, &mut out)?;
+        let staged: Vec<sled::Db> = read_lock(&self.inner.staging)
+            .range(from..=maxt)
+            .map(|(_, s)| s.db.clone())
             .collect();
-        for (start, db) in blocks {
-            if start > maxt || start.saturating_add(cfg.block_duration_ms) <= from {
-                continue;
-            }
+        for db in staged {
             for kv in db.range(keys::chunk(id, from)..=keys::chunk(id, maxt)) {
                 let (k, v) = kv?;
                 let cmint = keys::ts_from(&k[9..])
@@ -86,7 +85,7 @@ impl Storage {
                     .map(i64::from_be_bytes)
                     .ok_or_else(|| StorageError::Corrupt("chunk value".into()))?;
                 if cmaxt >= mint {
-                    out.push(RawChunk {
+                    out.push(StoredChunk::Xor {
                         mint: cmint,
                         maxt: cmaxt,
                         bytes: v[8..].to_vec(),
@@ -94,11 +93,13 @@ impl Storage {
                 }
             }
         }
+        // Generations of a window and its staged chunks follow one another in time.
+        out.sort_by_key(|c| c.mint());
         let head = read_lock(&self.inner.head);
         if let Some(h) = head.series.get(&id).and_then(|s| s.head.as_ref()) {
             if let Some((last_t, _)) = h.app.last() {
                 if h.app.mint() <= maxt && last_t >= mint {
-                    out.push(RawChunk {
+                    out.push(StoredChunk::Xor {
                         mint: h.app.mint(),
                         maxt: last_t,
                         bytes: h.app.bytes().to_vec(),
@@ -119,7 +120,10 @@ impl Storage {
     ) -> Result<Vec<ChunkSeries>, StorageError> {
         let mut out = Vec::new();
         for (id, labels) in self.matching(matchers, mint, maxt)? {
-            let chunks = self.chunks_of(id, mint, maxt)?;
+            let mut chunks = Vec::new();
+            for c in self.chunks_of(id, mint, maxt)? {
+                c.into_raw(&mut chunks);
+            }
             if !chunks.is_empty() {
                 out.push(ChunkSeries { labels, chunks });
             }
@@ -207,7 +211,7 @@ impl Querier for Storage {
         for (id, labels) in self.matching(matchers, mint, maxt)? {
             buf.clear();
             for c in self.chunks_of(id, mint, maxt)? {
-                chunkenc::decode_into(&c.bytes, &mut buf)
+                c.decode_into(&mut buf)
                     .map_err(|e| StorageError::Corrupt(format!("series {id}: {e}")))?;
             }
             let samples: Vec<Sample> = buf

@@ -2,7 +2,7 @@
 //! time and size (whole blocks, then the series left without data).
 
 use crate::db::{cut_chunk, dir_size, read_lock, write_lock, Storage};
-use crate::{keys, wal, StorageError};
+use crate::{wal, StorageError};
 use std::sync::atomic::Ordering;
 
 /// What one `maintain` call did.
@@ -11,6 +11,8 @@ pub struct MaintenanceReport {
     pub idle_chunks_cut: usize,
     pub wal_segments_removed: usize,
     pub blocks_removed: usize,
+    /// Chunk windows compacted into their blocks.
+    pub windows_compacted: usize,
     pub series_removed: usize,
     /// Samples dropped from lagging log readers' holds (see `wal_hold_max_bytes`).
     pub held_samples_dropped: u64,
@@ -40,9 +42,10 @@ impl Storage {
         report.idle_chunks_cut = cut.len();
         self.write_chunks(cut)?;
 
-        // 2. Blocks and sled durable, then the log segments whose records are all applied.
-        for b in read_lock(&inner.blocks).values() {
-            b.flush()?;
+        // 2. Staged chunks and sled durable, then the log segments whose records are all
+        //    applied.
+        for b in read_lock(&inner.staging).values() {
+            b.db.flush()?;
         }
         let keep_from = read_lock(&inner.head)
             .series
@@ -59,15 +62,27 @@ impl Storage {
             .truncate_before(keep_from)?;
         let mut batch = crate::db::Writes::default();
 
-        // 3. Retention by time, then by size (never the newest block).
+        // 3. Windows that are over into their blocks' pages.
+        report.windows_compacted = self.compact_windows(now_ms)?;
+
+        // 4. Retention by time, then by size (never the newest block).
         let cutoff = now_ms.saturating_sub(cfg.retention_ms);
-        let mut doomed: Vec<i64> = read_lock(&inner.blocks)
-            .keys()
+        let bd = cfg.block_duration_ms;
+        let mut days: Vec<i64> = read_lock(&inner.blocks).keys().copied().collect();
+        days.extend(
+            read_lock(&inner.staging)
+                .keys()
+                .map(|w| w.div_euclid(bd) * bd),
+        );
+        days.sort_unstable();
+        days.dedup();
+        let mut doomed: Vec<i64> = days
+            .iter()
             .copied()
-            .filter(|s| s.saturating_add(cfg.block_duration_ms) <= cutoff)
+            .filter(|s| s.saturating_add(bd) <= cutoff)
             .collect();
         if let Some(max) = cfg.retention_bytes {
-            let blocks: Vec<i64> = read_lock(&inner.blocks).keys().copied().collect();
+            let blocks = days.clone();
             let mut size = dir_size(&inner.dir)?;
             for start in &blocks[..blocks.len().saturating_sub(1)] {
                 if size <= max {
@@ -76,23 +91,38 @@ impl Storage {
                 if !doomed.contains(start) {
                     doomed.push(*start);
                 }
-                size = size.saturating_sub(dir_size(&block_dir(self, *start))?);
+                size = size.saturating_sub(self.day_size(*start)?);
             }
         }
         let mut min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
         for start in doomed {
-            if let Some(db) = write_lock(&inner.blocks).remove(&start) {
-                drop(db);
+            let end = start.saturating_add(bd);
+            let block = write_lock(&inner.blocks).remove(&start);
+            let staged: Vec<(i64, crate::compact::Staging)> = {
+                let mut st = write_lock(&inner.staging);
+                let ws: Vec<i64> = st.range(start..end).map(|(w, _)| *w).collect();
+                ws.into_iter()
+                    .filter_map(|w| st.remove(&w).map(|s| (w, s)))
+                    .collect()
+            };
+            write_lock(&inner.packed).retain(|w, _| *w < start || *w >= end);
+            if block.is_some() {
+                drop(block);
                 let dir = block_dir(self, start);
                 std::fs::remove_dir_all(&dir).map_err(|e| StorageError::Io(dir.clone(), e))?;
-                report.blocks_removed += 1;
-                min_valid = min_valid.max(start + cfg.block_duration_ms);
-                tracing::info!(block_start_ms = start, "retention removed block");
             }
+            for (w, s) in staged {
+                drop(s.db);
+                let dir = crate::compact::staging_dir(&inner.dir, w, s.gen);
+                std::fs::remove_dir_all(&dir).map_err(|e| StorageError::Io(dir.clone(), e))?;
+            }
+            report.blocks_removed += 1;
+            min_valid = min_valid.max(end);
+            tracing::info!(block_start_ms = start, "retention removed block");
         }
         inner.min_valid_t.store(min_valid as u64, Ordering::SeqCst);
 
-        // 4. Series with nothing left.
+        // 5. Series with nothing left.
         {
             let mut head = write_lock(&inner.head);
             let gone: Vec<u64> = head
@@ -104,7 +134,7 @@ impl Storage {
             for id in gone {
                 if let Some(s) = head.series.remove(&id) {
                     head.by_labels.remove(&s.labels);
-                    batch.remove(keys::labels_by_id(id));
+                    batch.series.push(id, crate::index::SeriesOp::Remove);
                     for l in crate::Labels::decode(&s.labels)?.iter() {
                         batch.postings.remove(&l.name, &l.value, id);
                     }
@@ -169,6 +199,18 @@ impl Storage {
             keep = next.0;
         }
         Ok(keep.min(keep_from))
+    }
+}
+
+impl Storage {
+    /// Bytes of one day on disk: its block and its staged windows.
+    fn day_size(&self, start: i64) -> Result<u64, StorageError> {
+        let end = start.saturating_add(self.inner.config.block_duration_ms);
+        let mut size = dir_size(&block_dir(self, start))?;
+        for (w, s) in read_lock(&self.inner.staging).range(start..end) {
+            size += dir_size(&crate::compact::staging_dir(&self.inner.dir, *w, s.gen))?;
+        }
+        Ok(size)
     }
 }
 

@@ -137,6 +137,8 @@ pub struct Wal {
     written: u64,
     /// A new segment is started past this size.
     segment_bytes: u64,
+    /// Sequence of the newest record written or found (0: none).
+    newest: u64,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StorageError + '_ {
@@ -198,6 +200,7 @@ impl Wal {
                 file: None,
                 written: 0,
                 segment_bytes,
+                newest: records.last().map_or(0, |r: &Record| r.seq),
             },
             records,
         ))
@@ -228,12 +231,29 @@ impl Wal {
         f.write_all(&frame).map_err(io(&self.dir))?;
         f.sync_data().map_err(io(&self.dir))?;
         self.written += frame.len() as u64;
+        self.newest = rec.seq;
         Ok(())
     }
 
     /// Deletes the segments all of whose records have sequences below `keep_from`; returns
-    /// how many. The segment being written is kept.
+    /// how many. When every record is below it, an empty segment named `keep_from` takes
+    /// over first (its name keeps the sequence from being handed out again after a
+    /// restart), so no record that is no longer needed stays on disk.
     pub fn truncate_before(&mut self, keep_from: u64) -> Result<usize, StorageError> {
+        if self.newest < keep_from && self.segments.last().is_some_and(|&l| l < keep_from) {
+            let path = segment_path(&self.dir, keep_from);
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))?;
+            self.file = Some(f);
+            self.written = 0;
+            self.segments.push(keep_from);
+        }
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[1] <= keep_from {
             let path = segment_path(&self.dir, self.segments[0]);
@@ -515,5 +535,27 @@ mod tests {
         let mut behind = Tailer::new(dir.path(), 0);
         let got = seqs(behind.next(1 << 20).unwrap());
         assert!(got[0] > 2 && got.ends_with(&[12, 13]), "{got:?}");
+    }
+
+    #[test]
+    fn truncating_past_every_record_leaves_one_empty_segment_named_by_the_next_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = Wal::open(dir.path(), 1 << 20).unwrap();
+        for s in 1..=3 {
+            w.append(&rec(s)).unwrap();
+        }
+        let mut t = Tailer::new(dir.path(), 0);
+        assert_eq!(t.next(1 << 20).unwrap().len(), 3);
+        assert_eq!(w.truncate_before(3).unwrap(), 0, "record 3 is still needed");
+        assert_eq!(w.truncate_before(4).unwrap(), 1);
+        assert_eq!(segments(dir.path()).unwrap(), vec![(4, 0)]);
+        drop(w);
+        let (mut w, records) = Wal::open(dir.path(), 1 << 20).unwrap();
+        assert!(records.is_empty());
+        assert!(t.next(1 << 20).unwrap().is_empty());
+        w.append(&rec(4)).unwrap();
+        assert_eq!(segments(dir.path()).unwrap().len(), 1);
+        let got: Vec<u64> = t.next(1 << 20).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(got, vec![4]);
     }
 }

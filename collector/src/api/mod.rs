@@ -260,8 +260,14 @@ async fn metrics(State(st): State<ApiState>) -> Response {
     put(
         "kappie_storage_chunks_cut_total",
         "counter",
-        "Compressed chunks written to blocks.",
+        "Compressed chunks cut from the head and staged.",
         &[("", s.chunks_cut.load(Relaxed))],
+    );
+    put(
+        "kappie_storage_windows_compacted_total",
+        "counter",
+        "Chunk windows packed into their blocks by compaction.",
+        &[("", s.windows_compacted.load(Relaxed))],
     );
     put(
         "kappie_storage_series",
@@ -272,7 +278,7 @@ async fn metrics(State(st): State<ApiState>) -> Response {
     put(
         "kappie_storage_blocks",
         "gauge",
-        "Block databases on disk.",
+        "Days with data on disk (compacted or staged).",
         &[("", st.store.block_count() as u64)],
     );
     put(

@@ -29,6 +29,15 @@ struct Args {
     samples: usize,
     #[arg(long, default_value_t = 19190)]
     prometheus_port: u16,
+    /// Size of the pages compaction writes (`StorageConfig::page_bytes`).
+    #[arg(long, default_value_t = StorageConfig::default().page_bytes)]
+    page_bytes: usize,
+    /// Measure Kappie only (no Prometheus column): for trying out storage changes.
+    #[arg(long)]
+    kappie_only: bool,
+    /// Keep the data directories instead of deleting them at the end.
+    #[arg(long)]
+    keep: bool,
 }
 
 const BATCH: usize = 10_000;
@@ -51,16 +60,42 @@ fn series_labels(i: usize) -> Vec<(String, String)> {
     ]
 }
 
-/// Deterministic values: counters grow by 0..=4 per step, `kappie_tcp_state` is a gauge
-/// that wanders a little.
-fn value(i: usize, step: usize) -> f64 {
-    let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+fn hash(i: usize, step: usize) -> u64 {
+    let mut h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ (step as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    if i % METRICS.len() == 4 {
-        (100 + (h >> 60)) as f64
-    } else {
-        let base = (i * 1000) as f64;
-        base + (0..step).map(|s| ((i + s) % 5) as f64).sum::<f64>()
+    h ^= h >> 31;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 29)
+}
+
+/// Deterministic values, step by step: counters grow by a pseudo-random 0..=4 per step
+/// (not a repeating pattern, which page compression would find), `kappie_tcp_state` is a
+/// gauge that wanders between 100 and 115.
+struct Values {
+    series: Vec<usize>,
+    current: Vec<f64>,
+}
+
+impl Values {
+    fn new(series: Vec<usize>) -> Self {
+        let current = series.iter().map(|&i| (i * 1000) as f64).collect();
+        Values { series, current }
+    }
+
+    /// Values of step `step` (steps must come in order), with the series index.
+    fn step(&mut self, step: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
+        for (k, &i) in self.series.iter().enumerate() {
+            let h = hash(i, step);
+            if i % METRICS.len() == 4 {
+                self.current[k] = (100 + (h >> 60)) as f64;
+            } else if step > 0 {
+                self.current[k] += (h % 5) as f64;
+            }
+        }
+        self.series
+            .iter()
+            .copied()
+            .zip(self.current.iter().copied())
     }
 }
 
@@ -123,19 +158,25 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|l| Labels::new(l.clone()).unwrap())
         .collect();
+    let config = StorageConfig {
+        page_bytes: args.page_bytes,
+        ..StorageConfig::default()
+    };
     let rss0 = rss_kib(std::process::id());
-    let store = Storage::open(&kdir, &StorageConfig::default())?;
+    let store = Storage::open(&kdir, &config)?;
     eprintln!(
         "kappie: RSS {} MiB after generating labels and opening",
         rss_kib(std::process::id()) / 1024
     );
+    let mut values = Values::new((0..args.series).collect());
     let started = Instant::now();
     for step in 0..args.samples {
         let t = t0 + step as i64 * STEP_MS;
-        for chunk in (0..args.series).collect::<Vec<_>>().chunks(BATCH) {
+        let vals: Vec<(usize, f64)> = values.step(step).collect();
+        for chunk in vals.chunks(BATCH) {
             let mut a = store.appender();
-            for &i in chunk {
-                a.append(&klabels[i], t, value(i, step))?;
+            for &(i, v) in chunk {
+                a.append(&klabels[i], t, v)?;
             }
             let r = a.commit()?;
             if r.refused() > 0 {
@@ -179,7 +220,7 @@ fn main() -> anyhow::Result<()> {
         .sum();
     drop(store);
     let reopen = Instant::now();
-    let store = Storage::open(&kdir, &StorageConfig::default())?;
+    let store = Storage::open(&kdir, &config)?;
     eprintln!(
         "kappie: XOR chunk bytes alone {:.2} per sample; reopening {} series took {:.2} s",
         raw as f64 / total,
@@ -187,6 +228,18 @@ fn main() -> anyhow::Result<()> {
         reopen.elapsed().as_secs_f64()
     );
     drop(store);
+    if args.kappie_only {
+        println!(
+            "| Kappie only | ingest {k_ingest:.0} samples/s | disk {:.3} B/sample | RSS {:.0} B/series | read {:.1} ms |",
+            k_disk as f64 / total,
+            k_rss as f64 * 1024.0 / args.series as f64,
+            median(k_sel)
+        );
+        if !args.keep {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        return Ok(());
+    }
 
     // Prometheus.
     let pdir = work.join("prometheus");
@@ -204,13 +257,15 @@ fn main() -> anyhow::Result<()> {
             let labels = &labels;
             let base = &base;
             handles.push(s.spawn(move || -> anyhow::Result<()> {
+                let mut values = Values::new(half.clone());
                 for step in 0..args.samples {
                     let t = t0 + step as i64 * STEP_MS;
-                    for chunk in half.chunks(BATCH) {
+                    let vals: Vec<(usize, f64)> = values.step(step).collect();
+                    for chunk in vals.chunks(BATCH) {
                         let req = pb::WriteRequest {
                             timeseries: chunk
                                 .iter()
-                                .map(|&i| pb::TimeSeries {
+                                .map(|&(i, v)| pb::TimeSeries {
                                     labels: labels[i]
                                         .iter()
                                         .map(|(n, v)| pb::Label {
@@ -219,7 +274,7 @@ fn main() -> anyhow::Result<()> {
                                         })
                                         .collect(),
                                     samples: vec![pb::Sample {
-                                        value: value(i, step),
+                                        value: v,
                                         timestamp: t,
                                     }],
                                 })
@@ -261,7 +316,9 @@ fn main() -> anyhow::Result<()> {
         p_n = v["data"]["result"].as_array().map(|a| a.len()).unwrap_or(0);
     }
     drop(prom);
-    let _ = std::fs::remove_dir_all(&work);
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&work);
+    }
 
     println!("| measure | Kappie | Prometheus 2.42 |");
     println!("|---|---|---|");
