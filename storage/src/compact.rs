@@ -423,6 +423,13 @@ impl Storage {
             bytes_in: 0,
             bytes_out: 0,
         };
+        // Pages of this generation left by a compaction the process did not finish (the
+        // staged window may have grown since, so they need not line up with the new ones).
+        let prefix = &keys::page(window, gen, 0)[..13];
+        for kv in c.block.scan_prefix(prefix) {
+            let (k, _) = kv?;
+            c.block.remove(k)?;
+        }
         // Staged keys are `C id mint`: one series after another, in time order.
         let mut current: Option<(SeriesId, Vec<Staged>)> = None;
         for kv in staged.iter() {

@@ -557,3 +557,62 @@ fn compaction_packs_finished_windows_and_changes_no_answer() {
     a.append(&labels("m", "s39"), last39, 12345.0).unwrap();
     assert_eq!(a.commit().unwrap().duplicate_timestamp, 1);
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_staged_window_left_behind_by_a_finished_compaction_is_dropped_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StorageConfig {
+        chunk_span_ms: 600_000,
+        head_idle_ms: 60_000,
+        ..small()
+    };
+    let t0 = 1_700_000_000_000i64 / 600_000 * 600_000;
+    {
+        let s = Storage::open(dir.path(), &cfg).unwrap();
+        for n in 0..300 {
+            let mut a = s.appender();
+            for j in 0..20 {
+                a.append(
+                    &labels("m", &format!("j{j}")),
+                    t0 + n * 10_000,
+                    (n * j) as f64,
+                )
+                .unwrap();
+            }
+            a.commit().unwrap();
+        }
+        // Chunks cut so far are staged (flushed), nothing is compacted yet.
+        s.flush().unwrap();
+    }
+    let expected = bits(&all(&Storage::open(dir.path(), &cfg).unwrap()));
+    assert_eq!(expected.len(), 20);
+    let saved = dir.path().join("saved-staging");
+    copy_dir(&dir.path().join("staging"), &saved);
+    let staged = subdirs(&saved);
+    assert!(staged >= 4, "{staged} staged windows");
+    {
+        let s = Storage::open(dir.path(), &cfg).unwrap();
+        let r = s.maintain(t0 + 10 * 3_600_000).unwrap();
+        assert_eq!(r.windows_compacted, staged + 1, "{r:?}"); // + the last, cut idle
+        assert_eq!(subdirs(&dir.path().join("staging")), 0);
+    }
+    // As if the process had died after the pages were durable but before it deleted the
+    // staging directories: they are back, and must not be read twice.
+    std::fs::remove_dir_all(dir.path().join("staging")).unwrap();
+    copy_dir(&saved, &dir.path().join("staging"));
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    assert_eq!(subdirs(&dir.path().join("staging")), 0, "dropped on open");
+    assert_eq!(bits(&all(&s)), expected);
+}
