@@ -24,16 +24,47 @@ use crate::db::{read_lock, write_lock, Storage, Writes};
 use crate::index::SeriesOp;
 use crate::query::RawChunk;
 use crate::{dense, keys, SeriesId, StorageError};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 const ENC_XOR: u8 = 1;
 const ENC_DENSE: u8 = 2;
 
-/// The staging database of one chunk window.
+/// The staging database of one chunk window and generation.
 pub(crate) struct Staging {
-    pub gen: u32,
     pub db: sled::Db,
+    /// Being compacted: new chunks of the window go to the next generation.
+    pub sealed: bool,
+}
+
+/// Staged and compacted windows, under one lock so that a reader sees a generation either
+/// staged or compacted, never both or neither.
+#[derive(Default)]
+pub(crate) struct Windows {
+    /// Staged chunk databases by (window start, generation).
+    pub staging: BTreeMap<(i64, u32), Staging>,
+    /// Compacted generations by window start.
+    pub packed: BTreeMap<i64, u32>,
+}
+
+impl Windows {
+    /// Compacted windows in `[from, to]` with their generations, and the staged databases.
+    pub fn snapshot(&self, from: i64, to: i64) -> (Vec<(i64, u32)>, Vec<sled::Db>) {
+        if from > to {
+            return (Vec::new(), Vec::new());
+        }
+        (
+            self.packed
+                .range(from..=to)
+                .map(|(w, g)| (*w, *g))
+                .collect(),
+            self.staging
+                .range((from, 0)..=(to, u32::MAX))
+                .map(|(_, s)| s.db.clone())
+                .collect(),
+        )
+    }
 }
 
 /// A chunk as read: XOR bytes (staged, head, or kept as XOR by compaction), or the samples
@@ -297,21 +328,18 @@ fn read_page(
 }
 
 impl Storage {
-    /// Compacted chunks of series `id` overlapping `[mint, maxt]` in windows from `from`.
+    /// Compacted chunks of series `id` overlapping `[mint, maxt]` in `windows` (window
+    /// start, generations).
     pub(crate) fn packed_chunks(
         &self,
         id: SeriesId,
-        from: i64,
+        windows: Vec<(i64, u32)>,
         mint: i64,
         maxt: i64,
         out: &mut Vec<StoredChunk>,
     ) -> Result<(), StorageError> {
         let inner = &self.inner;
         let bd = inner.config.block_duration_ms;
-        let windows: Vec<(i64, u32)> = read_lock(&inner.packed)
-            .range(from..=maxt)
-            .map(|(w, g)| (*w, *g))
-            .collect();
         if windows.is_empty() {
             return Ok(());
         }
@@ -350,62 +378,70 @@ impl Storage {
         Ok(b)
     }
 
-    /// The staging database of `window`, opened or created (under the next generation).
+    /// The open staging database of `window`, or a new one under the next generation.
     pub(crate) fn staging_for(&self, window: i64) -> Result<sled::Db, StorageError> {
-        let mut staging = write_lock(&self.inner.staging);
-        if let Some(s) = staging.get(&window) {
-            return Ok(s.db.clone());
+        let mut w = write_lock(&self.inner.windows);
+        let mut gen = w.packed.get(&window).copied().unwrap_or(0);
+        for ((_, g), s) in w.staging.range((window, 0)..=(window, u32::MAX)) {
+            if !s.sealed {
+                return Ok(s.db.clone());
+            }
+            gen = gen.max(*g);
         }
-        let gen = read_lock(&self.inner.packed)
-            .get(&window)
-            .copied()
-            .unwrap_or(0)
-            + 1;
+        gen += 1;
         let db = crate::db::open_block(
             &staging_dir(&self.inner.dir, window, gen),
             &self.inner.config,
         )?;
-        staging.insert(
-            window,
+        w.staging.insert(
+            (window, gen),
             Staging {
-                gen,
                 db: db.clone(),
+                sealed: false,
             },
         );
         Ok(db)
     }
 
-    /// Compacts every staged window that is over as of `now_ms`; returns how many.
-    /// Callers hold the write lock and have flushed the staging databases.
+    /// Compacts every staged window that is over as of `now_ms`; returns how many. Takes
+    /// the write lock only to pick the windows and to update the series table, so commits
+    /// go on while pages are written. Callers serialize maintenance and have flushed the
+    /// staging databases.
     pub(crate) fn compact_windows(&self, now_ms: i64) -> Result<usize, StorageError> {
-        let cfg = &self.inner.config;
-        let open_windows: std::collections::HashSet<i64> = read_lock(&self.inner.head)
-            .series
-            .values()
-            .filter_map(|s| s.head.as_ref().map(|h| h.window * cfg.chunk_span_ms))
-            .collect();
-        let due: Vec<i64> = read_lock(&self.inner.staging)
-            .keys()
-            .copied()
-            .filter(|w| {
-                w.saturating_add(cfg.chunk_span_ms)
-                    .saturating_add(cfg.head_idle_ms)
-                    <= now_ms
-                    && !open_windows.contains(w)
-            })
-            .collect();
-        for w in &due {
-            self.compact_window(*w)?;
+        let inner = &self.inner;
+        let cfg = &inner.config;
+        let due: Vec<(i64, u32, sled::Db)> = {
+            let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+            let open_windows: std::collections::HashSet<i64> = read_lock(&inner.head)
+                .series
+                .values()
+                .filter_map(|s| s.head.as_ref().map(|h| h.window * cfg.chunk_span_ms))
+                .collect();
+            let mut w = write_lock(&inner.windows);
+            w.staging
+                .iter_mut()
+                .filter(|((win, _), _)| {
+                    win.saturating_add(cfg.chunk_span_ms)
+                        .saturating_add(cfg.head_idle_ms)
+                        <= now_ms
+                        && !open_windows.contains(win)
+                })
+                .map(|((win, gen), s)| {
+                    s.sealed = true;
+                    (*win, *gen, s.db.clone())
+                })
+                .collect()
+        };
+        let n = due.len();
+        for (i, (window, gen, db)) in due.into_iter().enumerate() {
+            self.compact_window(window, gen, db)?;
+            tracing::debug!(done = i + 1, of = n, "compaction progress");
         }
-        Ok(due.len())
+        Ok(n)
     }
 
-    fn compact_window(&self, window: i64) -> Result<(), StorageError> {
+    fn compact_window(&self, window: i64, gen: u32, staged: sled::Db) -> Result<(), StorageError> {
         let inner = &self.inner;
-        let (gen, staged) = match read_lock(&inner.staging).get(&window) {
-            Some(s) => (s.gen, s.db.clone()),
-            None => return Ok(()),
-        };
         let started = std::time::Instant::now();
         let mut c = Compactor {
             window,
@@ -455,15 +491,23 @@ impl Storage {
             c.add_series(cid, &cs)?;
         }
         c.flush_page()?;
-        // The series' persisted times first: if the process dies before the pages are
-        // durable, the staged chunks (still there) say the same.
-        std::mem::take(&mut c.series).apply(&inner.main)?;
-        inner.main.flush()?;
+        c.block.flush()?;
+        // The series' persisted times before the generation counts as compacted: if the
+        // process dies in between, the staged chunks (still there) say the same. The series
+        // table changes under the write lock, as commits change it too.
+        {
+            let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut c.series).apply(&inner.main)?;
+            inner.main.flush()?;
+        }
         c.block
             .insert(keys::packed_gens(window), &gen.to_be_bytes())?;
         c.block.flush()?;
-        write_lock(&inner.packed).insert(window, gen);
-        drop(write_lock(&inner.staging).remove(&window));
+        {
+            let mut w = write_lock(&inner.windows);
+            w.packed.insert(window, gen);
+            w.staging.remove(&(window, gen));
+        }
         drop(staged);
         let dir = staging_dir(&inner.dir, window, gen);
         std::fs::remove_dir_all(&dir).map_err(|e| StorageError::Io(dir.clone(), e))?;

@@ -18,7 +18,7 @@
 //! cutting a chunk and truncating the log).
 
 use crate::chunkenc::{XorAppender, MAX_SAMPLES};
-use crate::compact::{parse_staging_name, Staging};
+use crate::compact::{parse_staging_name, Staging, Windows};
 use crate::index::SeriesOp;
 use crate::labels::Labels;
 use crate::{keys, wal, Appender, SeriesId, StorageError};
@@ -154,10 +154,10 @@ pub(crate) struct Inner {
     pub main: sled::Db,
     /// Day blocks (compacted pages) by start time.
     pub blocks: RwLock<BTreeMap<i64, sled::Db>>,
-    /// Staged chunks by window start.
-    pub staging: RwLock<BTreeMap<i64, Staging>>,
-    /// Compacted generations by window start.
-    pub packed: RwLock<BTreeMap<i64, u32>>,
+    /// Staged and compacted chunk windows.
+    pub windows: RwLock<Windows>,
+    /// Serializes maintenance (which releases the write lock while it compacts).
+    pub maintenance: Mutex<()>,
     pub head: RwLock<Head>,
     /// Serializes commits and maintenance.
     pub write: Mutex<()>,
@@ -233,10 +233,10 @@ impl Storage {
                 continue;
             }
             staging.insert(
-                w,
+                (w, gen),
                 Staging {
-                    gen,
                     db: open_block(&path, config)?,
+                    sealed: false,
                 },
             );
         }
@@ -279,8 +279,8 @@ impl Storage {
             config: config.clone(),
             main,
             blocks: RwLock::new(blocks),
-            staging: RwLock::new(staging),
-            packed: RwLock::new(packed),
+            windows: RwLock::new(Windows { staging, packed }),
+            maintenance: Mutex::new(()),
             head: RwLock::new(head),
             write: Mutex::new(()),
             next_id: AtomicU64::new(max_id + 1),
@@ -295,7 +295,7 @@ impl Storage {
         };
         let (records, samples) = store.replay(records)?;
         let blocks_n = read_lock(&store.inner.blocks).len();
-        let staged_n = read_lock(&store.inner.staging).len();
+        let staged_n = read_lock(&store.inner.windows).staging.len();
         tracing::info!(dir = %dir.display(), series = store.series_count(), blocks = blocks_n,
             staged_windows = staged_n,
             wal_records = records, wal_samples = samples, "opened store");
@@ -469,9 +469,10 @@ impl Storage {
         let mut days: std::collections::BTreeSet<i64> =
             read_lock(&self.inner.blocks).keys().copied().collect();
         days.extend(
-            read_lock(&self.inner.staging)
+            read_lock(&self.inner.windows)
+                .staging
                 .keys()
-                .map(|w| w.div_euclid(bd) * bd),
+                .map(|(w, _)| w.div_euclid(bd) * bd),
         );
         days.len()
     }
@@ -487,7 +488,7 @@ impl Storage {
 
     /// Flushes everything to disk (used before a clean shutdown; commits are durable anyway).
     pub fn flush(&self) -> Result<(), StorageError> {
-        for b in read_lock(&self.inner.staging).values() {
+        for b in read_lock(&self.inner.windows).staging.values() {
             b.db.flush()?;
         }
         for b in read_lock(&self.inner.blocks).values() {
@@ -625,7 +626,7 @@ fn open_retrying(config: sled::Config) -> Result<sled::Db, StorageError> {
 
 /// The end time of the series' newest staged chunk.
 fn staged_maxt(
-    staging: &BTreeMap<i64, Staging>,
+    staging: &BTreeMap<(i64, u32), Staging>,
     id: SeriesId,
 ) -> Result<Option<i64>, StorageError> {
     for st in staging.values().rev() {

@@ -69,11 +69,8 @@ impl Storage {
             .div_euclid(cfg.chunk_span_ms)
             .saturating_mul(cfg.chunk_span_ms);
         let mut out = Vec::new();
-        self.packed_chunks(id, from, mint, maxt, &mut out)?;
-        let staged: Vec<sled::Db> = read_lock(&self.inner.staging)
-            .range(from..=maxt)
-            .map(|(_, s)| s.db.clone())
-            .collect();
+        let (packed, staged) = read_lock(&self.inner.windows).snapshot(from, maxt);
+        self.packed_chunks(id, packed, mint, maxt, &mut out)?;
         for db in staged {
             for kv in db.range(keys::chunk(id, from)..=keys::chunk(id, maxt)) {
                 let (k, v) = kv?;

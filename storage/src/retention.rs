@@ -20,12 +20,28 @@ pub struct MaintenanceReport {
 
 impl Storage {
     /// Runs housekeeping as of `now_ms`. Call it periodically (the collector does every
-    /// minute); it holds the write lock while it runs.
+    /// minute); it holds the write lock while it runs, except while it writes compacted
+    /// pages.
     pub fn maintain(&self, now_ms: i64) -> Result<MaintenanceReport, StorageError> {
+        let inner = &self.inner;
+        let _m = inner.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+        let mut report = MaintenanceReport::default();
+        self.cut_and_truncate(now_ms, &mut report)?;
+        // 3. Windows that are over into their blocks' pages.
+        report.windows_compacted = self.compact_windows(now_ms)?;
+        self.retention(now_ms, &mut report)?;
+        Ok(report)
+    }
+
+    /// Steps 1 and 2 of maintenance, under the write lock.
+    fn cut_and_truncate(
+        &self,
+        now_ms: i64,
+        report: &mut MaintenanceReport,
+    ) -> Result<(), StorageError> {
         let inner = &self.inner;
         let cfg = &inner.config;
         let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut report = MaintenanceReport::default();
 
         // 1. Idle head chunks into their blocks, so their records can go.
         let mut cut = Vec::new();
@@ -44,7 +60,7 @@ impl Storage {
 
         // 2. Staged chunks and sled durable, then the log segments whose records are all
         //    applied.
-        for b in read_lock(&inner.staging).values() {
+        for b in read_lock(&inner.windows).staging.values() {
             b.db.flush()?;
         }
         let keep_from = read_lock(&inner.head)
@@ -54,25 +70,31 @@ impl Storage {
             .min()
             .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst));
         inner.main.flush()?;
-        let keep_from = self.apply_holds(keep_from, &mut report)?;
+        let keep_from = self.apply_holds(keep_from, report)?;
         report.wal_segments_removed = inner
             .wal
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .truncate_before(keep_from)?;
-        let mut batch = crate::db::Writes::default();
+        Ok(())
+    }
 
-        // 3. Windows that are over into their blocks' pages.
-        report.windows_compacted = self.compact_windows(now_ms)?;
+    /// Steps 4 and 5 of maintenance, under the write lock.
+    fn retention(&self, now_ms: i64, report: &mut MaintenanceReport) -> Result<(), StorageError> {
+        let inner = &self.inner;
+        let cfg = &inner.config;
+        let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = crate::db::Writes::default();
 
         // 4. Retention by time, then by size (never the newest block).
         let cutoff = now_ms.saturating_sub(cfg.retention_ms);
         let bd = cfg.block_duration_ms;
         let mut days: Vec<i64> = read_lock(&inner.blocks).keys().copied().collect();
         days.extend(
-            read_lock(&inner.staging)
+            read_lock(&inner.windows)
+                .staging
                 .keys()
-                .map(|w| w.div_euclid(bd) * bd),
+                .map(|(w, _)| w.div_euclid(bd) * bd),
         );
         days.sort_unstable();
         days.dedup();
@@ -98,22 +120,26 @@ impl Storage {
         for start in doomed {
             let end = start.saturating_add(bd);
             let block = write_lock(&inner.blocks).remove(&start);
-            let staged: Vec<(i64, crate::compact::Staging)> = {
-                let mut st = write_lock(&inner.staging);
-                let ws: Vec<i64> = st.range(start..end).map(|(w, _)| *w).collect();
-                ws.into_iter()
-                    .filter_map(|w| st.remove(&w).map(|s| (w, s)))
+            let staged: Vec<((i64, u32), crate::compact::Staging)> = {
+                let mut w = write_lock(&inner.windows);
+                w.packed.retain(|win, _| *win < start || *win >= end);
+                let keys: Vec<(i64, u32)> = w
+                    .staging
+                    .range((start, 0)..(end, 0))
+                    .map(|(k, _)| *k)
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|k| w.staging.remove(&k).map(|s| (k, s)))
                     .collect()
             };
-            write_lock(&inner.packed).retain(|w, _| *w < start || *w >= end);
             if block.is_some() {
                 drop(block);
                 let dir = block_dir(self, start);
                 std::fs::remove_dir_all(&dir).map_err(|e| StorageError::Io(dir.clone(), e))?;
             }
-            for (w, s) in staged {
+            for ((w, gen), s) in staged {
                 drop(s.db);
-                let dir = crate::compact::staging_dir(&inner.dir, w, s.gen);
+                let dir = crate::compact::staging_dir(&inner.dir, w, gen);
                 std::fs::remove_dir_all(&dir).map_err(|e| StorageError::Io(dir.clone(), e))?;
             }
             report.blocks_removed += 1;
@@ -144,7 +170,7 @@ impl Storage {
         }
         batch.apply(&inner.main)?;
         inner.main.flush()?;
-        Ok(report)
+        Ok(())
     }
 }
 
@@ -207,8 +233,12 @@ impl Storage {
     fn day_size(&self, start: i64) -> Result<u64, StorageError> {
         let end = start.saturating_add(self.inner.config.block_duration_ms);
         let mut size = dir_size(&block_dir(self, start))?;
-        for (w, s) in read_lock(&self.inner.staging).range(start..end) {
-            size += dir_size(&crate::compact::staging_dir(&self.inner.dir, *w, s.gen))?;
+        for (w, gen) in read_lock(&self.inner.windows)
+            .staging
+            .range((start, 0)..(end, 0))
+            .map(|(k, _)| *k)
+        {
+            size += dir_size(&crate::compact::staging_dir(&self.inner.dir, w, gen))?;
         }
         Ok(size)
     }

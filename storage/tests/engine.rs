@@ -496,6 +496,7 @@ fn compaction_packs_finished_windows_and_changes_no_answer() {
     let raw_before = raw_bits(&s, t0 + 123_456, t0 + 7_000_000);
     assert_eq!(before.len(), 40);
     assert!(subdirs(&dir.path().join("staging")) >= 16);
+    s.flush().unwrap();
     let size_before = s.size_on_disk().unwrap();
 
     let r = s.maintain(now).unwrap();
@@ -505,6 +506,7 @@ fn compaction_packs_finished_windows_and_changes_no_answer() {
     assert_eq!(bits(&all(&s)), before);
     assert_eq!(raw_bits(&s, t0 + 123_456, t0 + 7_000_000), raw_before);
     let size_after = s.size_on_disk().unwrap();
+    eprintln!("disk {size_before} -> {size_after} bytes");
     assert!(size_after < size_before, "{size_before} -> {size_after}");
 
     // A series first seen now, with samples in compacted windows: staged under the next
@@ -615,4 +617,79 @@ fn a_staged_window_left_behind_by_a_finished_compaction_is_dropped_on_open() {
     let s = Storage::open(dir.path(), &cfg).unwrap();
     assert_eq!(subdirs(&dir.path().join("staging")), 0, "dropped on open");
     assert_eq!(bits(&all(&s)), expected);
+}
+
+#[test]
+fn commits_during_compaction_lose_and_double_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StorageConfig {
+        chunk_span_ms: 60_000,
+        head_idle_ms: 10_000,
+        page_bytes: 1024,
+        ..small()
+    };
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    let t0 = 1_700_000_000_000i64 / 60_000 * 60_000;
+    let steps = 3000i64;
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for n in 0..steps {
+                let mut a = s.appender();
+                for j in 0..30 {
+                    a.append(
+                        &labels("w", &format!("j{j}")),
+                        t0 + n * 1000,
+                        (n + j) as f64,
+                    )
+                    .unwrap();
+                }
+                // Now and then a new series with 130 samples in a window that may be being
+                // compacted: the commit cuts a full chunk into it.
+                if n % 20 == 10 {
+                    for k in 0..130 {
+                        a.append(&labels("late", &format!("n{n}")), t0 + k * 400, k as f64)
+                            .unwrap();
+                    }
+                }
+                assert_eq!(a.commit().unwrap().refused(), 0);
+            }
+        })
+    };
+    let mut compacted = 0;
+    while !writer.is_finished() {
+        let newest = s
+            .stats()
+            .newest_sample_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        compacted += s.maintain(newest).unwrap().windows_compacted;
+    }
+    writer.join().unwrap();
+    compacted += s
+        .maintain(t0 + steps * 1000 + 3_600_000)
+        .unwrap()
+        .windows_compacted;
+    assert!(compacted > 40, "{compacted} windows compacted");
+    let check = |s: &Storage| {
+        let w = Matcher::new(MatchOp::Equal, "__name__", "w").unwrap();
+        let got = s.select(&[w], i64::MIN, i64::MAX).unwrap();
+        assert_eq!(got.len(), 30);
+        for series in got {
+            let j: i64 = series.labels.get("job").unwrap()[1..].parse().unwrap();
+            let want: Vec<Sample> = (0..steps)
+                .map(|n| Sample {
+                    t: t0 + n * 1000,
+                    v: (n + j) as f64,
+                })
+                .collect();
+            assert_eq!(series.samples, want, "series {j}");
+        }
+        let late = Matcher::new(MatchOp::Equal, "__name__", "late").unwrap();
+        let got = s.select(&[late], i64::MIN, i64::MAX).unwrap();
+        assert_eq!(got.len(), 150);
+        assert!(got.iter().all(|x| x.samples.len() == 130));
+    };
+    check(&s);
+    drop(s);
+    check(&Storage::open(dir.path(), &cfg).unwrap());
 }

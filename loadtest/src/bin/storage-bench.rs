@@ -194,8 +194,16 @@ fn main() -> anyhow::Result<()> {
     }
     let k_ingest = total / started.elapsed().as_secs_f64();
     let k_rss = rss_kib(std::process::id()).saturating_sub(rss0);
-    store.maintain(now + 3_600_000)?; // cuts every head chunk into blocks, truncates the records
+    let maint = Instant::now();
+    // Cuts every head chunk, truncates the log, compacts every window into its block.
+    let report = store.maintain(now + 3_600_000)?;
     store.flush()?;
+    eprintln!(
+        "kappie: maintenance (cut {} head chunks, compacted {} windows) took {:.1} s",
+        report.idle_chunks_cut,
+        report.windows_compacted,
+        maint.elapsed().as_secs_f64()
+    );
     let k_disk = du(&kdir);
     eprintln!(
         "kappie disk: main {} bytes, blocks {} bytes ({} blocks)",
