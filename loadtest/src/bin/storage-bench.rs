@@ -135,6 +135,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The store's own logs (compaction figures) with RUST_LOG=info.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 / STEP_MS * STEP_MS;
     let t0 = now - (args.samples as i64 - 1) * STEP_MS;
     let total = (args.series * args.samples) as f64;
@@ -195,8 +203,9 @@ fn main() -> anyhow::Result<()> {
     let k_ingest = total / started.elapsed().as_secs_f64();
     let k_rss = rss_kib(std::process::id()).saturating_sub(rss0);
     let maint = Instant::now();
-    // Cuts every head chunk, truncates the log, compacts every window into its block.
-    let report = store.maintain(now + 3_600_000)?;
+    // Two hours on: every head chunk is cut, the log truncated and every window compacted
+    // (a window is over once its end is head_idle past).
+    let report = store.maintain(now + 7_200_000)?;
     store.flush()?;
     eprintln!(
         "kappie: maintenance (cut {} head chunks, compacted {} windows) took {:.1} s",
