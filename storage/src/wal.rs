@@ -206,21 +206,27 @@ impl Wal {
         ))
     }
 
+    /// Creates segment `first` (durably: the directory is synced) and writes there next.
+    fn start_segment(&mut self, first: u64) -> Result<(), StorageError> {
+        let path = segment_path(&self.dir, first);
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        self.file = Some(f);
+        self.written = 0;
+        self.segments.push(first);
+        Ok(())
+    }
+
     /// Appends a record and fsyncs it.
     pub fn append(&mut self, rec: &Record) -> Result<(), StorageError> {
         if self.file.is_none() || self.written >= self.segment_bytes {
-            let path = segment_path(&self.dir, rec.seq);
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(io(&path))?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&self.dir))?;
-            self.file = Some(f);
-            self.written = 0;
-            self.segments.push(rec.seq);
+            self.start_segment(rec.seq)?;
         }
         let payload = rec.encode();
         let mut frame = Vec::with_capacity(payload.len() + 8);
@@ -241,18 +247,7 @@ impl Wal {
     /// restart), so no record that is no longer needed stays on disk.
     pub fn truncate_before(&mut self, keep_from: u64) -> Result<usize, StorageError> {
         if self.newest < keep_from && self.segments.last().is_some_and(|&l| l < keep_from) {
-            let path = segment_path(&self.dir, keep_from);
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(io(&path))?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&self.dir))?;
-            self.file = Some(f);
-            self.written = 0;
-            self.segments.push(keep_from);
+            self.start_segment(keep_from)?;
         }
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[1] <= keep_from {
