@@ -257,21 +257,29 @@ impl Storage {
         }
         let mut head = Head::default();
         let mut max_id = 0;
+        let mut stale = crate::index::SeriesDelta::default();
         for kv in main.scan_prefix([keys::SERIES_GROUP]) {
             let (k, v) = kv?;
             let group = keys::be_u64(&k[1..]).ok_or_else(|| corrupt("series group key"))?;
             for (id, e) in crate::index::decode_group(group, &v)? {
+                max_id = max_id.max(id);
                 let Some(p) = pairs.remove(&id) else {
-                    return Err(corrupt("series without postings"));
+                    // Retention removes postings first: the process stopped in between.
+                    tracing::warn!(
+                        series = id,
+                        "series without postings (its removal was interrupted); removing it"
+                    );
+                    stale.push(id, SeriesOp::Remove);
+                    continue;
                 };
                 let labels: Arc<[u8]> = Arc::from(Labels::new(p)?.encode());
                 let maxt = staged_maxt(&staging, id)?
                     .unwrap_or(i64::MIN)
                     .max(e.persisted_maxt);
                 head.insert_series(id, labels, e.first_t, maxt);
-                max_id = max_id.max(id);
             }
         }
+        stale.apply(&main)?;
         let (wal, records) = wal::Wal::open(&dir.join("wal"), config.wal_segment_bytes)?;
         let inner = Inner {
             wal: Mutex::new(wal),
