@@ -315,6 +315,7 @@ async fn both_response_types_agree_and_bad_requests_change_nothing() {
     };
     let kappie = InProcess::start_with(config).await;
     let kbase = kappie.http_url();
+    let store = kappie.running.as_ref().unwrap().store.clone();
     let end = now_ms() / 60_000 * 60_000;
     tokio::task::spawn_blocking(move || {
         prom::remote_write(&format!("{kbase}/api/v1/write"), data(end)).unwrap();
@@ -372,6 +373,17 @@ async fn both_response_types_agree_and_bad_requests_change_nothing() {
             frames > samples[0].len() + samples[1].len(),
             "long series span several frames ({frames})"
         );
+        // After compaction (dense chunks re-encoded as XOR for the stream): the same.
+        let r = store.maintain(end + 7_200_000).unwrap();
+        assert!(r.windows_compacted >= 1, "{r:?}");
+        let (_, _, body) = post(&url, &read_request(queries(), &[Samples]));
+        assert_eq!(decode_samples(&body), samples, "SAMPLES after compaction");
+        let (_, _, body) = post(
+            &url,
+            &read_request(queries(), &[StreamedXorChunks, Samples]),
+        );
+        let (streamed, _) = decode_stream(&body, &ranges, max_frame);
+        assert_eq!(streamed, samples, "streamed chunks after compaction");
         // No accepted types: SAMPLES, as for old clients.
         let (_, ct, _) = post(&url, &read_request(queries(), &[]));
         assert_eq!(ct, "application/x-protobuf");

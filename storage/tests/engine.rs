@@ -693,3 +693,26 @@ fn commits_during_compaction_lose_and_double_nothing() {
     drop(s);
     check(&Storage::open(dir.path(), &cfg).unwrap());
 }
+
+#[test]
+fn a_data_directory_of_the_first_layout_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Layout 1 kept `I id -> first time` per series in main/.
+        let main = sled::Config::new()
+            .path(dir.path().join("main"))
+            .use_compression(true)
+            .open()
+            .unwrap();
+        let mut k = vec![b'I'];
+        k.extend_from_slice(&1u64.to_be_bytes());
+        main.insert(k, &0i64.to_be_bytes()).unwrap();
+        main.flush().unwrap();
+    }
+    let err = Storage::open(dir.path(), &small()).err().expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("first storage layout") && msg.contains("empty data directory"),
+        "{msg}"
+    );
+}
