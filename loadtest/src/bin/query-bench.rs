@@ -14,7 +14,7 @@ use anyhow::bail;
 use clap::Parser;
 use kappie_loadtest::{now_ms, work_dir, Collector};
 use kappie_testkit::prometheus::{self as prom, Prometheus};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 struct Args {
@@ -24,6 +24,11 @@ struct Args {
     /// Minutes of data, one sample every 15 s, ending now.
     #[arg(long, default_value_t = 70)]
     minutes: i64,
+    /// The data ends this many minutes ago; when that puts every chunk window in the past
+    /// (75 or more), the benchmark waits until Kappie has compacted them and so measures
+    /// queries over compacted pages.
+    #[arg(long, default_value_t = 0)]
+    ago_minutes: i64,
     /// Runs of each query against each system.
     #[arg(long, default_value_t = 50)]
     runs: usize,
@@ -75,7 +80,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let work = work_dir("query-bench")?;
-    let end = now_ms() / 60_000 * 60_000;
+    let end = now_ms() / 60_000 * 60_000 - args.ago_minutes * 60_000;
     let t0 = end - args.minutes * 60_000;
     let jobs = 10;
     let codes = 10;
@@ -152,6 +157,33 @@ fn main() -> anyhow::Result<()> {
         jobs * instances * codes,
         started.elapsed().as_secs_f64()
     );
+    if args.ago_minutes >= 75 {
+        // The collector's maintenance (every minute) compacts windows whose end is 15
+        // minutes past.
+        let windows = (end.div_euclid(3_600_000) - t0.div_euclid(3_600_000) + 1) as f64;
+        let waited = Instant::now();
+        loop {
+            let m = ureq::get(&format!("{kbase}/metrics"))
+                .call()?
+                .into_string()?;
+            let done = m
+                .lines()
+                .find_map(|l| l.strip_prefix("kappie_storage_windows_compacted_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if done >= windows {
+                eprintln!(
+                    "kappie compacted {done} windows after {:.0} s",
+                    waited.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            if waited.elapsed() > Duration::from_secs(180) {
+                bail!("Kappie compacted {done} of {windows} windows in 180 s");
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
 
     let secs = |ms: i64| format!("{}", ms as f64 / 1000.0);
     println!(
