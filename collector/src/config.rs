@@ -220,3 +220,19 @@ impl Config {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The Mimir example of `docs/azure-monitor.md` is a valid config file.
+    #[test]
+    fn the_documented_mimir_destination_parses() {
+        let doc = include_str!("../../docs/azure-monitor.md");
+        let start = doc.find("name = \"mimir\"").expect("example in the doc");
+        let block = &doc[start..];
+        let toml_text = format!("[[remote_write]]\n{}", &block[..block.find("```").unwrap()]);
+        let c: super::Config = toml::from_str(&toml_text).expect("parses");
+        let d = &c.remote_write[0];
+        assert_eq!(d.headers.get("X-Scope-OrgID").unwrap(), "team-network");
+        assert!(crate::remote::write::extra_headers(d).is_ok());
+    }
+}

@@ -23,6 +23,8 @@ struct Seen {
     path: String,
     at: Instant,
     auth: Option<String>,
+    /// The `X-Scope-OrgID` header (Mimir's tenant), if sent.
+    org: Option<String>,
     /// Sample values in the request, in order.
     values: Vec<f64>,
     status: u16,
@@ -62,6 +64,9 @@ async fn write(
         at: Instant::now(),
         auth: headers
             .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        org: headers
+            .get("x-scope-orgid")
             .map(|v| v.to_str().unwrap().to_owned()),
         values,
         status,
@@ -316,6 +321,11 @@ async fn entra_managed_identity_bearer_file_and_basic_auth() {
     std::fs::write(&token_file, "file-token-1\n").unwrap();
     let dest = |name: &str, auth: AuthConfig| DestinationConfig {
         auth,
+        // One destination also names a Mimir tenant.
+        headers: [("X-Scope-OrgID".to_string(), "tenant-a".to_string())]
+            .into_iter()
+            .filter(|_| name == "basic")
+            .collect(),
         ..DestinationConfig::plain(name, &format!("{base}/write/{name}"))
     };
     let dests = vec![
@@ -411,6 +421,10 @@ async fn entra_managed_identity_bearer_file_and_basic_auth() {
     let b = headers("basic");
     // base64("kappie:pa:ss")
     assert!(b.iter().all(|x| x == "Basic a2FwcGllOnBhOnNz"), "{b:?}");
+    for s in &seen {
+        let want = (s.path == "basic").then(|| "tenant-a".to_string());
+        assert_eq!(s.org, want, "X-Scope-OrgID to {}", s.path);
+    }
     c.stop().await;
 }
 

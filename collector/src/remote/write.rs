@@ -40,6 +40,11 @@ pub struct DestinationConfig {
     /// Added to every series that does not have the label already.
     #[serde(default)]
     pub external_labels: BTreeMap<String, String>,
+    /// HTTP headers sent with every request, e.g. Mimir's `X-Scope-OrgID` tenant. Headers
+    /// Kappie sets itself (authorization, content type and encoding, remote write version,
+    /// user agent) are refused.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
     #[serde(default = "defaults::shards")]
     pub shards: usize,
     #[serde(default = "defaults::max_samples_per_send")]
@@ -91,6 +96,7 @@ impl DestinationConfig {
             name: name.into(),
             url: url.into(),
             external_labels: BTreeMap::new(),
+            headers: BTreeMap::new(),
             shards: defaults::shards(),
             max_samples_per_send: defaults::max_samples_per_send(),
             max_round_samples: defaults::max_round_samples(),
@@ -168,10 +174,49 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Headers a destination's `headers` may not set: Kappie sets them itself.
+const RESERVED_HEADERS: [&str; 7] = [
+    "authorization",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "host",
+    "user-agent",
+    "x-prometheus-remote-write-version",
+];
+
+pub(crate) fn extra_headers(cfg: &DestinationConfig) -> Result<reqwest::header::HeaderMap, String> {
+    use reqwest::header::{HeaderName, HeaderValue};
+    let mut map = reqwest::header::HeaderMap::new();
+    for (k, v) in &cfg.headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+            format!(
+                "remote write {}: {k:?} is not an HTTP header name",
+                cfg.name
+            )
+        })?;
+        if RESERVED_HEADERS.contains(&name.as_str()) {
+            return Err(format!(
+                "remote write {}: header {k:?} is set by Kappie and cannot be configured (use auth for credentials)",
+                cfg.name
+            ));
+        }
+        let value = HeaderValue::from_str(v).map_err(|_| {
+            format!(
+                "remote write {}: header {k:?} has a value that is not valid in HTTP",
+                cfg.name
+            )
+        })?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
 fn client(cfg: &DestinationConfig) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
         .timeout(Duration::from_secs(cfg.timeout_seconds))
-        .user_agent(concat!("kappie/", env!("CARGO_PKG_VERSION")));
+        .user_agent(concat!("kappie/", env!("CARGO_PKG_VERSION")))
+        .default_headers(extra_headers(cfg)?);
     let read =
         |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
     if let Some(ca) = &cfg.tls.ca_file {
@@ -537,6 +582,31 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_headers_are_checked() {
+        let with = |k: &str, v: &str| {
+            let mut cfg = DestinationConfig::plain("mimir", "http://127.0.0.1:9/");
+            cfg.headers.insert(k.into(), v.into());
+            extra_headers(&cfg)
+        };
+        let ok = with("X-Scope-OrgID", "tenant-a").unwrap();
+        assert_eq!(ok.get("x-scope-orgid").unwrap(), "tenant-a");
+        for reserved in [
+            "Authorization",
+            "content-type",
+            "X-Prometheus-Remote-Write-Version",
+        ] {
+            let e = with(reserved, "x").unwrap_err();
+            assert!(e.contains("set by Kappie"), "{e}");
+        }
+        assert!(with("bad header", "x")
+            .unwrap_err()
+            .contains("not an HTTP header name"));
+        assert!(with("X-Ok", "line\nbreak")
+            .unwrap_err()
+            .contains("not valid"));
+    }
 
     /// Regression: samples of a series created by the record being sent were dropped as
     /// "series gone" when the tailer read the record before the store showed the series.
