@@ -280,6 +280,22 @@ impl Storage {
             }
         }
         stale.apply(&main)?;
+        // Postings of ids without a series entry: retention stopped between removing the
+        // entry and the postings. (A series being created writes postings first; its log
+        // record, replayed below, writes them again.)
+        if !pairs.is_empty() {
+            tracing::warn!(
+                ids = pairs.len(),
+                "removing postings of series that no longer exist (an interrupted retention)"
+            );
+            let mut leftover = crate::index::PostingsDelta::default();
+            for (id, labels) in &pairs {
+                for (name, value) in labels {
+                    leftover.remove(name, value, *id);
+                }
+            }
+            leftover.apply(&main)?;
+        }
         let (wal, records) = wal::Wal::open(&dir.join("wal"), config.wal_segment_bytes)?;
         let inner = Inner {
             wal: Mutex::new(wal),

@@ -168,6 +168,10 @@ impl Storage {
                 }
             }
         }
+        // Series entries before postings: if the process stops in between, the postings
+        // left over name no series and are cleaned at open; the other order could leave
+        // a series with part of its labels.
+        std::mem::take(&mut batch.series).apply(&inner.main)?;
         batch.apply(&inner.main)?;
         inner.main.flush()?;
         Ok(())

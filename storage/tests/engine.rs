@@ -716,3 +716,55 @@ fn a_data_directory_of_the_first_layout_is_refused_with_a_clear_error() {
         "{msg}"
     );
 }
+
+fn open_main(dir: &std::path::Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir.join("main"))
+        .use_compression(true)
+        .open()
+        .unwrap()
+}
+
+#[test]
+fn postings_left_by_an_interrupted_series_removal_are_cleaned_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_700_000_000_000i64;
+    {
+        let s = Storage::open(dir.path(), &small()).unwrap();
+        let mut a = s.appender();
+        a.append(&labels("m", "a"), t0, 1.0).unwrap();
+        a.append(&labels("m", "b"), t0, 2.0).unwrap();
+        a.commit().unwrap();
+        // Cut, flushed, log truncated: nothing to replay on open.
+        s.maintain(t0 + 3_600_000).unwrap();
+    }
+    // Retention removes a series' entry first, then its postings; stop in between: the
+    // second series' entry is gone, its postings are not.
+    {
+        let main = open_main(dir.path());
+        let (k, v) = main.scan_prefix(b"S").next().unwrap().unwrap();
+        assert_eq!(v.len(), 36, "two series of 18 bytes");
+        main.insert(k, &v[..18]).unwrap();
+        main.flush().unwrap();
+    }
+    let s = Storage::open(dir.path(), &small()).unwrap();
+    let got = all(&s);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let gone = if got[0].labels.get("job") == Some("a") {
+        "b"
+    } else {
+        "a"
+    };
+    assert_eq!(
+        s.label_values("job", &[], i64::MIN, i64::MAX)
+            .unwrap()
+            .len(),
+        1
+    );
+    drop(s);
+    let key: Vec<u8> = [b"Pjob\xff".as_slice(), gone.as_bytes(), b"\xff"].concat();
+    assert!(
+        open_main(dir.path()).get(&key).unwrap().is_none(),
+        "the posting job={gone} is still there"
+    );
+}
