@@ -264,7 +264,9 @@ impl Storage {
             for (id, e) in crate::index::decode_group(group, &v)? {
                 max_id = max_id.max(id);
                 let Some(p) = pairs.remove(&id) else {
-                    // Retention removes postings first: the process stopped in between.
+                    // Not left by this version (postings go first when a series is
+                    // created, last when it is removed); kept for directories written by
+                    // one whose retention removed postings first.
                     tracing::warn!(
                         series = id,
                         "series without postings (its removal was interrupted); removing it"
