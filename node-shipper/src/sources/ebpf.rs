@@ -155,19 +155,7 @@ impl EbpfSource {
             ("kappie_tc_ingress", TcAttachType::Ingress),
             ("kappie_tc_egress", TcAttachType::Egress),
         ] {
-            let prog: &mut SchedClassifier = forward
-                .program_mut(name)
-                .ok_or_else(|| {
-                    step(
-                        format!("find program {name}"),
-                        "the embedded object is broken; rebuild with ebpf/build.sh",
-                    )(std::io::Error::other("missing"))
-                })?
-                .try_into()
-                .map_err(step(
-                    format!("program {name}"),
-                    "the embedded object is broken; rebuild with ebpf/build.sh",
-                ))?;
+            let prog: &mut SchedClassifier = program(&mut forward, name)?;
             prog.load().map_err(step(
                 format!("load program {name}"),
                 "the verifier refused it; see the error",
@@ -177,9 +165,7 @@ impl EbpfSource {
                     ifindexes.push(ifindex(iface)?);
                 }
                 let pin = config.pin_dir.join(format!("link-{name}-{iface}"));
-                if let Ok(link) = PinnedLink::from_pin(&pin) {
-                    // A previous shipper's attachment, still counting: keep it.
-                    links.push((pin, link));
+                if reuse_pinned(&pin, &mut links) {
                     continue;
                 }
                 let id = match prog.attach(iface, attach) {
@@ -209,13 +195,7 @@ impl EbpfSource {
                     .take_link(id)
                     .map_err(step(format!("take link of {name}"), "report this"))?;
                 match FdLink::try_from(link) {
-                    Ok(fd) => {
-                        let pinned = fd.pin(&pin).map_err(step(
-                            format!("pin {}", pin.display()),
-                            "check that bpffs is writable",
-                        ))?;
-                        links.push((pin, pinned));
-                    }
+                    Ok(fd) => pin_link(fd, pin, &mut links)?,
                     // A netlink (clsact) attachment has no link to pin; keep it alive here.
                     Err(e) => tracing::debug!(error = %e, "clsact attachment not pinned"),
                 }
@@ -342,7 +322,40 @@ impl EbpfSource {
     }
 }
 
-/// Pins a new link at `pin`, or keeps the one a previous shipper pinned there.
+/// Program `name` of `obj` as its type `T`.
+fn program<'a, T>(obj: &'a mut Ebpf, name: &str) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    obj.program_mut(name)
+        .ok_or_else(|| {
+            step(
+                format!("find program {name}"),
+                "the embedded object is broken; rebuild with ebpf/build.sh",
+            )(std::io::Error::other("missing"))
+        })?
+        .try_into()
+        .map_err(step(
+            format!("program {name}"),
+            "the embedded object is broken; rebuild with ebpf/build.sh",
+        ))
+}
+
+/// Pins `link` at `pin` so the attachment outlives the shipper.
+fn pin_link(
+    link: FdLink,
+    pin: PathBuf,
+    links: &mut Vec<(PathBuf, PinnedLink)>,
+) -> Result<(), EbpfError> {
+    let pinned = link.pin(&pin).map_err(step(
+        format!("pin {}", pin.display()),
+        "check that bpffs is writable",
+    ))?;
+    links.push((pin, pinned));
+    Ok(())
+}
+
+/// Keeps the link a previous shipper pinned at `pin` (still counting), if there is one.
 fn reuse_pinned(pin: &Path, links: &mut Vec<(PathBuf, PinnedLink)>) -> bool {
     match PinnedLink::from_pin(pin) {
         Ok(link) => {
@@ -363,19 +376,7 @@ fn attach_kfree_skb_btf(
     if reuse_pinned(&pin, links) {
         return Ok(());
     }
-    let prog: &mut BtfTracePoint = drops
-        .program_mut("kappie_kfree_skb")
-        .ok_or_else(|| {
-            step(
-                "find program kappie_kfree_skb",
-                "rebuild with ebpf/build.sh",
-            )(std::io::Error::other("missing"))
-        })?
-        .try_into()
-        .map_err(step(
-            "program kappie_kfree_skb",
-            "rebuild with ebpf/build.sh",
-        ))?;
+    let prog: &mut BtfTracePoint = program(drops, "kappie_kfree_skb")?;
     prog.load("kfree_skb", btf).map_err(step(
         "load tp_btf/kfree_skb",
         "the kernel refused a BTF program",
@@ -387,12 +388,7 @@ fn attach_kfree_skb_btf(
     let link = prog
         .take_link(id)
         .map_err(step("take link of kappie_kfree_skb", "report this"))?;
-    let pinned = FdLink::from(link).pin(&pin).map_err(step(
-        format!("pin {}", pin.display()),
-        "check that bpffs is writable",
-    ))?;
-    links.push((pin, pinned));
-    Ok(())
+    pin_link(FdLink::from(link), pin, links)
 }
 
 fn attach_kfree_skb_tracepoint(
@@ -404,19 +400,7 @@ fn attach_kfree_skb_tracepoint(
     if reuse_pinned(&pin, links) {
         return Ok(());
     }
-    let prog: &mut TracePoint = drops
-        .program_mut("kappie_kfree_skb_tp")
-        .ok_or_else(|| {
-            step(
-                "find program kappie_kfree_skb_tp",
-                "rebuild with ebpf/build.sh",
-            )(std::io::Error::other("missing"))
-        })?
-        .try_into()
-        .map_err(step(
-            "program kappie_kfree_skb_tp",
-            "rebuild with ebpf/build.sh",
-        ))?;
+    let prog: &mut TracePoint = program(drops, "kappie_kfree_skb_tp")?;
     prog.load().map_err(step(
         "load tracepoint skb:kfree_skb",
         "the verifier refused it; see the error",
@@ -429,13 +413,7 @@ fn attach_kfree_skb_tracepoint(
         .take_link(id)
         .map_err(step("take link of kappie_kfree_skb_tp", "report this"))?;
     match FdLink::try_from(link) {
-        Ok(fd) => {
-            let pinned = fd.pin(&pin).map_err(step(
-                format!("pin {}", pin.display()),
-                "check that bpffs is writable",
-            ))?;
-            links.push((pin, pinned));
-        }
+        Ok(fd) => pin_link(fd, pin, links)?,
         Err(e) => {
             tracing::info!(error = %e, "tracepoint attachment cannot be pinned on this kernel; it ends with the shipper")
         }
