@@ -20,6 +20,7 @@
 //! of them is deleted.
 
 use crate::chunkenc::{self, ChunkError};
+use crate::codec::{put_uvarint, put_varint, Reader};
 use crate::db::{read_lock, write_lock, Storage, Writes};
 use crate::index::SeriesOp;
 use crate::query::RawChunk;
@@ -129,47 +130,6 @@ fn corrupt(what: impl Into<String>) -> StorageError {
     StorageError::Corrupt(what.into())
 }
 
-fn put_uvarint(out: &mut Vec<u8>, mut x: u64) {
-    while x >= 0x80 {
-        out.push(x as u8 | 0x80);
-        x >>= 7;
-    }
-    out.push(x as u8);
-}
-
-fn put_varint(out: &mut Vec<u8>, x: i64) {
-    put_uvarint(out, ((x as u64) << 1) ^ ((x >> 63) as u64));
-}
-
-struct Cursor<'a>(&'a [u8]);
-
-impl Cursor<'_> {
-    fn uvarint(&mut self) -> Result<u64, StorageError> {
-        let mut x = 0u64;
-        for i in 0..10 {
-            let (&b, rest) = self.0.split_first().ok_or_else(|| corrupt("page varint"))?;
-            self.0 = rest;
-            x |= ((b & 0x7f) as u64) << (7 * i);
-            if b < 0x80 {
-                return Ok(x);
-            }
-        }
-        Err(corrupt("page varint too long"))
-    }
-    fn varint(&mut self) -> Result<i64, StorageError> {
-        let u = self.uvarint()?;
-        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
-    }
-    fn take(&mut self, n: usize) -> Result<&[u8], StorageError> {
-        if n > self.0.len() {
-            return Err(corrupt("page truncated"));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-}
-
 /// A staged chunk: mint, maxt, XOR bytes.
 type Staged = (i64, i64, Vec<u8>);
 
@@ -230,7 +190,7 @@ fn encode_series(window: i64, chunks: &[Staged], out: &mut Vec<u8>) -> usize {
 
 fn decode_series(
     window: i64,
-    mut c: Cursor,
+    mut c: Reader,
     mint: i64,
     maxt: i64,
     out: &mut Vec<StoredChunk>,
@@ -306,7 +266,7 @@ fn read_page(
     if id > last || id < first_id {
         return Ok(());
     }
-    let mut c = Cursor(&page[8..]);
+    let mut c = Reader::new(&page[8..], "page");
     let n = c.uvarint()?;
     let (mut prev, mut offset, mut found) = (first_id, 0usize, None);
     for _ in 0..n {
@@ -319,10 +279,11 @@ fn read_page(
         prev = sid;
     }
     if let Some((off, len)) = found {
-        let data =
-            c.0.get(off..off + len)
-                .ok_or_else(|| corrupt("page data"))?;
-        decode_series(window, Cursor(data), mint, maxt, out)?;
+        let data = c
+            .buf
+            .get(off..off + len)
+            .ok_or_else(|| corrupt("page data"))?;
+        decode_series(window, Reader::new(data, "page"), mint, maxt, out)?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! reads (`query`) and retention (`retention`). Byte layouts: `storage/docs/format.md`.
 
 pub mod chunkenc;
+mod codec;
 mod compact;
 mod db;
 pub mod dense;

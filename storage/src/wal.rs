@@ -9,6 +9,7 @@
 //! fails its checksum ends the log (a crash during the write; that commit was never
 //! acknowledged) and the segment is truncated there.
 
+use crate::codec::{put_uvarint, put_varint, Reader};
 use crate::{SeriesId, StorageError};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -30,14 +31,6 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-fn put_uvarint(out: &mut Vec<u8>, mut x: u64) {
-    while x >= 0x80 {
-        out.push(x as u8 | 0x80);
-        x >>= 7;
-    }
-    out.push(x as u8);
-}
-
 impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32 + self.samples.len() * 14);
@@ -57,14 +50,14 @@ impl Record {
         }
         for &(id, t, v) in &self.samples {
             put_uvarint(&mut out, id);
-            put_uvarint(&mut out, ((t as u64) << 1) ^ ((t >> 63) as u64));
+            put_varint(&mut out, t);
             out.extend_from_slice(&v.to_bits().to_be_bytes());
         }
         out
     }
 
     pub fn decode(b: &[u8]) -> Result<Record, StorageError> {
-        let mut r = Reader(b);
+        let mut r = Reader::new(b, "WAL record");
         let mut rec = Record {
             seq: r.u64()?,
             ..Record::default()
@@ -79,52 +72,13 @@ impl Record {
             let v = if set { Some(r.bytes()?.to_vec()) } else { None };
             rec.meta.push((k, v));
         }
-        while !r.0.is_empty() {
+        while !r.buf.is_empty() {
             let id = r.uvarint()?;
-            let zz = r.uvarint()?;
-            let t = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
+            let t = r.varint()?;
             let v = f64::from_bits(r.u64()?);
             rec.samples.push((id, t, v));
         }
         Ok(rec)
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StorageError> {
-        if self.0.len() < n {
-            return Err(StorageError::Corrupt("WAL record is truncated".into()));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u32(&mut self) -> Result<u32, StorageError> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, StorageError> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], StorageError> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-    fn uvarint(&mut self) -> Result<u64, StorageError> {
-        let mut x = 0u64;
-        for i in 0..10 {
-            let b = self.take(1)?[0];
-            x |= ((b & 0x7f) as u64) << (7 * i);
-            if b < 0x80 {
-                return Ok(x);
-            }
-        }
-        Err(StorageError::Corrupt("WAL varint too long".into()))
     }
 }
 
