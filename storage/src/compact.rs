@@ -144,16 +144,28 @@ const MAX_DENSE_SAMPLES: usize = 4096;
 /// dense on its own when it can be and smaller, else kept as XOR. Returns the number of
 /// dense chunks written.
 fn encode_series(window: i64, chunks: &[Staged], out: &mut Vec<u8>) -> usize {
+    // Every chunk decoded once: its samples are `all[range]` (none if it does not decode).
     let mut all = Vec::new();
-    let merged: Option<Vec<Vec<u8>>> = chunks
+    let ranges: Vec<Option<std::ops::Range<usize>>> = chunks
         .iter()
-        .try_for_each(|c| chunkenc::decode_into(&c.2, &mut all))
-        .ok()
-        .and_then(|_| {
-            all.chunks(MAX_DENSE_SAMPLES)
-                .map(|part| dense::encode(part, window))
-                .collect()
-        });
+        .map(|c| {
+            let start = all.len();
+            match chunkenc::decode_into(&c.2, &mut all) {
+                Ok(()) => Some(start..all.len()),
+                Err(_) => {
+                    all.truncate(start);
+                    None
+                }
+            }
+        })
+        .collect();
+    let merged: Option<Vec<Vec<u8>>> = if ranges.iter().all(Option::is_some) {
+        all.chunks(MAX_DENSE_SAMPLES)
+            .map(|part| dense::encode(part, window))
+            .collect()
+    } else {
+        None
+    };
     if let Some(parts) = merged {
         put_uvarint(out, parts.len() as u64);
         for p in &parts {
@@ -165,10 +177,8 @@ fn encode_series(window: i64, chunks: &[Staged], out: &mut Vec<u8>) -> usize {
     }
     let mut dense_n = 0;
     put_uvarint(out, chunks.len() as u64);
-    for (mint, maxt, xor) in chunks {
-        let d = chunkenc::decode(xor)
-            .ok()
-            .and_then(|s| dense::encode(&s, window));
+    for ((mint, maxt, xor), range) in chunks.iter().zip(ranges) {
+        let d = range.and_then(|r| dense::encode(&all[r], window));
         match d {
             Some(b) if b.len() < xor.len() => {
                 dense_n += 1;
