@@ -508,6 +508,11 @@ impl Storage {
 
     /// Number of blocks (days) holding data, compacted or staged.
     pub fn block_count(&self) -> usize {
+        self.days().len()
+    }
+
+    /// Start times of the blocks (days) holding data, compacted or staged, oldest first.
+    pub(crate) fn days(&self) -> Vec<i64> {
         let bd = self.inner.config.block_duration_ms;
         let mut days: std::collections::BTreeSet<i64> =
             read_lock(&self.inner.blocks).keys().copied().collect();
@@ -517,7 +522,15 @@ impl Storage {
                 .keys()
                 .map(|(w, _)| w.div_euclid(bd) * bd),
         );
-        days.len()
+        days.into_iter().collect()
+    }
+
+    /// Makes the staged chunks durable.
+    pub(crate) fn flush_staging(&self) -> Result<(), StorageError> {
+        for b in read_lock(&self.inner.windows).staging.values() {
+            b.db.flush()?;
+        }
+        Ok(())
     }
 
     /// Bytes the data directory takes on disk.
@@ -531,9 +544,7 @@ impl Storage {
 
     /// Flushes everything to disk (used before a clean shutdown; commits are durable anyway).
     pub fn flush(&self) -> Result<(), StorageError> {
-        for b in read_lock(&self.inner.windows).staging.values() {
-            b.db.flush()?;
-        }
+        self.flush_staging()?;
         for b in read_lock(&self.inner.blocks).values() {
             b.flush()?;
         }

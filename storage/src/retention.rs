@@ -60,9 +60,7 @@ impl Storage {
 
         // 2. Staged chunks and sled durable, then the log segments whose records are all
         //    applied.
-        for b in read_lock(&inner.windows).staging.values() {
-            b.db.flush()?;
-        }
+        self.flush_staging()?;
         let keep_from = read_lock(&inner.head)
             .series
             .values()
@@ -89,24 +87,15 @@ impl Storage {
         // 4. Retention by time, then by size (never the newest block).
         let cutoff = now_ms.saturating_sub(cfg.retention_ms);
         let bd = cfg.block_duration_ms;
-        let mut days: Vec<i64> = read_lock(&inner.blocks).keys().copied().collect();
-        days.extend(
-            read_lock(&inner.windows)
-                .staging
-                .keys()
-                .map(|(w, _)| w.div_euclid(bd) * bd),
-        );
-        days.sort_unstable();
-        days.dedup();
+        let days = self.days();
         let mut doomed: Vec<i64> = days
             .iter()
             .copied()
             .filter(|s| s.saturating_add(bd) <= cutoff)
             .collect();
         if let Some(max) = cfg.retention_bytes {
-            let blocks = days.clone();
             let mut size = dir_size(&inner.dir)?;
-            for start in &blocks[..blocks.len().saturating_sub(1)] {
+            for start in &days[..days.len().saturating_sub(1)] {
                 if size <= max {
                     break;
                 }
