@@ -16,7 +16,7 @@ pub mod chunkenc;
 mod codec;
 mod compact;
 mod db;
-pub mod dense;
+mod dense;
 mod error;
 pub mod index;
 mod keys;
