@@ -21,8 +21,7 @@
 
 use crate::chunkenc::{self, ChunkError};
 use crate::codec::{put_uvarint, put_varint, Reader};
-use crate::db::{read_lock, write_lock, Storage, Writes};
-use crate::index::SeriesOp;
+use crate::db::{read_lock, write_lock, Storage};
 use crate::query::RawChunk;
 use crate::{dense, keys, SeriesId, StorageError};
 use std::collections::BTreeMap;
@@ -419,7 +418,6 @@ impl Storage {
             gen,
             page_bytes: inner.config.page_bytes,
             block: self.block_for(window)?,
-            series: Writes::default(),
             page: PageBuilder {
                 ids: Vec::new(),
                 data: Vec::new(),
@@ -463,13 +461,11 @@ impl Storage {
         }
         c.flush_page()?;
         c.block.flush()?;
-        // The series' persisted times before the generation counts as compacted: if the
-        // process dies in between, the staged chunks (still there) say the same. The series
-        // table changes under the write lock, as commits change it too.
+        // Every chunk in the pages is covered by its series' durable mark before the
+        // generation counts as compacted (the durability order, `Storage::mark_durable`).
         {
-            let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::take(&mut c.series).apply(&inner.main)?;
-            inner.main.flush()?;
+            let w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+            self.mark_durable(&w)?;
         }
         c.block
             .insert(keys::packed_gens(window), &gen.to_be_bytes())?;
@@ -507,7 +503,6 @@ struct Compactor {
     gen: u32,
     page_bytes: usize,
     block: sled::Db,
-    series: Writes,
     page: PageBuilder,
     pages: usize,
     chunks: usize,
@@ -518,8 +513,6 @@ struct Compactor {
 
 impl Compactor {
     fn add_series(&mut self, id: SeriesId, cs: &[Staged]) -> Result<(), StorageError> {
-        let maxt = cs.iter().map(|c| c.1).max().unwrap_or(i64::MIN);
-        self.series.series.push(id, SeriesOp::RaiseMaxt(maxt));
         let before = self.page.data.len();
         self.dense += encode_series(self.window, cs, &mut self.page.data);
         self.page.ids.push((id, self.page.data.len() - before));

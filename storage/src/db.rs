@@ -10,12 +10,13 @@
 //! the source of truth) and the samples to the series' open head chunks. A head chunk is
 //! cut into its window's staging database when it holds 120 samples or the next sample falls
 //! in another chunk window (`chunk_span`); [`Storage::maintain`] cuts idle head chunks,
-//! flushes sled and the staging databases, deletes the log segments that are no longer
+//! makes the cut chunks durable and marks them so ([`Storage::mark_durable`], the one
+//! place that states the durability order), deletes the log segments that are no longer
 //! needed and compacts the windows that are over.
 //!
-//! Recovery: on open the log is replayed: series and ingest state into sled again
-//! (idempotent), samples into the head unless a block already has them (a crash between
-//! cutting a chunk and truncating the log).
+//! Recovery: on open, staged chunks past their series' durable mark are discarded, then
+//! the log is replayed: series and ingest state into sled again (idempotent), samples after
+//! the mark into the head.
 
 use crate::chunkenc::{XorAppender, MAX_SAMPLES};
 use crate::compact::{parse_staging_name, Staging, Windows};
@@ -25,7 +26,7 @@ use crate::{keys, wal, Appender, SeriesId, StorageError};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Store settings.
 #[derive(Debug, Clone)]
@@ -118,6 +119,12 @@ pub(crate) struct MemSeries {
     pub mint: i64,
     /// Last sample time; `i64::MIN` without samples.
     pub maxt: i64,
+    /// End of the newest chunk cut from the head (written to staging, maybe not yet
+    /// flushed); `i64::MIN` for none.
+    pub staged_maxt: i64,
+    /// End of the newest chunk known to be on disk: the series' `persisted maxt` in the
+    /// series table, raised only by [`Storage::mark_durable`].
+    pub durable_maxt: i64,
 }
 
 #[derive(Default)]
@@ -127,7 +134,8 @@ pub(crate) struct Head {
 }
 
 impl Head {
-    /// Adds a series without a head chunk, findable by id and by its encoded labels.
+    /// Adds a series without a head chunk, findable by id and by its encoded labels; its
+    /// samples up to `maxt` are durable in chunks.
     pub fn insert_series(&mut self, id: SeriesId, labels: Arc<[u8]>, mint: i64, maxt: i64) {
         self.by_labels.insert(labels.clone(), id);
         self.series.insert(
@@ -137,6 +145,8 @@ impl Head {
                 head: None,
                 mint,
                 maxt,
+                staged_maxt: maxt,
+                durable_maxt: maxt,
             },
         );
     }
@@ -275,13 +285,11 @@ impl Storage {
                     continue;
                 };
                 let labels: Arc<[u8]> = Arc::from(Labels::new(p)?.encode());
-                let maxt = staged_maxt(&staging, id)?
-                    .unwrap_or(i64::MIN)
-                    .max(e.persisted_maxt);
-                head.insert_series(id, labels, e.first_t, maxt);
+                head.insert_series(id, labels, e.first_t, e.persisted_maxt);
             }
         }
         stale.apply(&main)?;
+        discard_undurable_chunks(&staging, &head)?;
         // Postings of ids without a series entry: retention stopped between removing the
         // entry and the postings. (A series being created writes postings first; its log
         // record, replayed below, writes them again.)
@@ -525,6 +533,44 @@ impl Storage {
         days.into_iter().collect()
     }
 
+    /// The store's durability order, in one place (storage/docs/format.md, "Durability
+    /// order"):
+    ///
+    /// 1. A commit is acknowledged only once its log record is fsynced; what it changes in
+    ///    sled (series, postings, ingest state, cut chunks in staging) is written unflushed.
+    /// 2. Here: every staging database is fsynced, *then* each series' `persisted maxt`
+    ///    is raised to the end of its newest cut chunk, *then* `main/` is fsynced. At open
+    ///    only staged chunks at or before that mark are trusted; later ones are discarded
+    ///    and cut again from the log (`discard_undurable_chunks`).
+    /// 3. Only after this may the log lose records (those before the first record of every
+    ///    open head chunk), and may compaction record a window's pages as compacted and
+    ///    delete its staging directory (the pages are fsynced before).
+    ///
+    /// Callers hold the write lock (`_write`), so no commit cuts a chunk meanwhile.
+    pub(crate) fn mark_durable(&self, _write: &MutexGuard<'_, ()>) -> Result<(), StorageError> {
+        let inner = &self.inner;
+        self.flush_staging()?;
+        let raised: Vec<(SeriesId, i64)> = read_lock(&inner.head)
+            .series
+            .iter()
+            .filter(|(_, s)| s.staged_maxt > s.durable_maxt)
+            .map(|(id, s)| (*id, s.staged_maxt))
+            .collect();
+        let mut delta = crate::index::SeriesDelta::default();
+        for &(id, t) in &raised {
+            delta.push(id, SeriesOp::RaiseMaxt(t));
+        }
+        delta.apply(&inner.main)?;
+        inner.main.flush()?;
+        let mut head = write_lock(&inner.head);
+        for (id, t) in raised {
+            if let Some(s) = head.series.get_mut(&id) {
+                s.durable_maxt = s.durable_maxt.max(t);
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the staged chunks durable.
     pub(crate) fn flush_staging(&self) -> Result<(), StorageError> {
         for b in read_lock(&self.inner.windows).staging.values() {
@@ -544,11 +590,11 @@ impl Storage {
 
     /// Flushes everything to disk (used before a clean shutdown; commits are durable anyway).
     pub fn flush(&self) -> Result<(), StorageError> {
-        self.flush_staging()?;
+        let w = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.mark_durable(&w)?;
         for b in read_lock(&self.inner.blocks).values() {
             b.flush()?;
         }
-        self.inner.main.flush()?;
         Ok(())
     }
 }
@@ -625,6 +671,9 @@ pub(crate) fn append_to_head(
         .is_some_and(|h| h.app.len() >= MAX_SAMPLES || h.window != window);
     if full {
         cut = s.head.take().map(|h| cut_chunk(id, h));
+        if let Some(c) = &cut {
+            s.staged_maxt = c.maxt;
+        }
     }
     let h = s.head.get_or_insert_with(|| HeadChunk {
         app: XorAppender::new(),
@@ -678,26 +727,43 @@ fn open_retrying(config: sled::Config) -> Result<sled::Db, StorageError> {
     }
 }
 
-/// The end time of the series' newest staged chunk.
-fn staged_maxt(
+/// Removes, at open, every staged chunk that begins after its series' durable mark (or
+/// belongs to no series the table knows): such a chunk was cut after the last
+/// [`Storage::mark_durable`], so nothing says the chunks before it reached the disk too
+/// (each staging database is its own sled file, flushed only by `mark_durable`), and the
+/// log, which is not truncated past the mark, still holds all of its samples. Replay then
+/// cuts them again. A chunk at or before the mark was fsynced before the mark was written.
+fn discard_undurable_chunks(
     staging: &BTreeMap<(i64, u32), Staging>,
-    id: SeriesId,
-) -> Result<Option<i64>, StorageError> {
-    for st in staging.values().rev() {
-        if let Some(kv) = st
-            .db
-            .range(keys::chunk(id, i64::MIN)..=keys::chunk(id, i64::MAX))
-            .next_back()
-        {
-            let (_, v) = kv?;
-            let maxt = v
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(i64::from_be_bytes);
-            return maxt.map(Some).ok_or_else(|| corrupt("chunk value"));
+    head: &Head,
+) -> Result<(), StorageError> {
+    let mut discarded = 0usize;
+    for st in staging.values() {
+        let mut doomed = Vec::new();
+        for kv in st.db.iter() {
+            let (k, _) = kv?;
+            let (id, mint) = keys::parse_chunk(&k).ok_or_else(|| corrupt("chunk key"))?;
+            let mark = head.series.get(&id).map_or(i64::MIN, |s| s.durable_maxt);
+            if mint > mark {
+                doomed.push(k);
+            }
+        }
+        discarded += doomed.len();
+        for part in doomed.chunks(256) {
+            let mut b = sled::Batch::default();
+            for k in part {
+                b.remove(k.clone());
+            }
+            st.db.apply_batch(b)?;
         }
     }
-    Ok(None)
+    if discarded > 0 {
+        tracing::info!(
+            chunks = discarded,
+            "discarded staged chunks cut after the last durable mark; the log replays their samples"
+        );
+    }
+    Ok(())
 }
 
 /// Subdirectories of `dir` (missing: none) by name.

@@ -66,6 +66,14 @@ pub fn chunk(id: SeriesId, mint: i64) -> Vec<u8> {
     with_prefix(CHUNK, &[&id.to_be_bytes(), &ts(mint)])
 }
 
+/// Series id and start time of a `C id mint` key.
+pub fn parse_chunk(k: &[u8]) -> Option<(SeriesId, i64)> {
+    if k.len() != 17 || k[0] != CHUNK {
+        return None;
+    }
+    Some((be_u64(&k[1..9])?, ts_from(&k[9..17])?))
+}
+
 pub fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.try_into().ok()?))
 }

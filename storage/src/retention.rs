@@ -50,7 +50,9 @@ impl Storage {
             for (id, s) in head.series.iter_mut() {
                 if s.head.is_some() && s.maxt < now_ms - cfg.head_idle_ms {
                     if let Some(h) = s.head.take() {
-                        cut.push(cut_chunk(*id, h));
+                        let c = cut_chunk(*id, h);
+                        s.staged_maxt = c.maxt;
+                        cut.push(c);
                     }
                 }
             }
@@ -58,16 +60,15 @@ impl Storage {
         report.idle_chunks_cut = cut.len();
         self.write_chunks(cut)?;
 
-        // 2. Staged chunks and sled durable, then the log segments whose records are all
-        //    applied.
-        self.flush_staging()?;
+        // 2. Staged chunks and sled durable (and marked so), then the log segments whose
+        //    records are all in chunks.
+        self.mark_durable(&_w)?;
         let keep_from = read_lock(&inner.head)
             .series
             .values()
             .filter_map(|s| s.head.as_ref().map(|h| h.first_wal))
             .min()
             .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst));
-        inner.main.flush()?;
         let keep_from = self.apply_holds(keep_from, report)?;
         report.wal_segments_removed = inner
             .wal
