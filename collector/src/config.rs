@@ -66,6 +66,10 @@ pub struct Cli {
     /// past it their oldest samples are dropped (and counted).
     #[arg(long, env = "KAPPIE_REMOTE_WRITE_MAX_BACKLOG_BYTES")]
     pub remote_write_max_backlog_bytes: Option<u64>,
+    /// Seconds between store maintenance runs (cutting idle chunks, making them durable,
+    /// truncating the log, compaction, retention); default 60.
+    #[arg(long, env = "KAPPIE_MAINTENANCE_INTERVAL_SECONDS")]
+    pub maintenance_interval_seconds: Option<u64>,
     /// How long samples are kept, in seconds.
     #[arg(long, env = "KAPPIE_RETENTION_SECONDS")]
     pub retention_seconds: Option<u64>,
@@ -96,6 +100,7 @@ pub struct Config {
     pub max_future_skew_seconds: u64,
     pub cache_capacity_bytes: u64,
     pub block_cache_capacity_bytes: u64,
+    pub maintenance_interval_seconds: u64,
     pub retention_seconds: u64,
     pub retention_bytes: u64,
     pub max_remote_write_bytes: usize,
@@ -124,6 +129,7 @@ impl Default for Config {
             max_future_skew_seconds: 300,
             cache_capacity_bytes: 8 * 1024 * 1024,
             block_cache_capacity_bytes: 2 * 1024 * 1024,
+            maintenance_interval_seconds: 60,
             retention_seconds: 15 * 24 * 3600,
             retention_bytes: 0,
             max_remote_write_bytes: 32 << 20,
@@ -203,6 +209,7 @@ impl Config {
             max_future_skew_seconds,
             cache_capacity_bytes,
             block_cache_capacity_bytes,
+            maintenance_interval_seconds,
             retention_seconds,
             retention_bytes,
             max_remote_write_bytes,
@@ -217,6 +224,9 @@ impl Config {
             remote_write_max_backlog_bytes,
             log_format
         );
+        if c.maintenance_interval_seconds == 0 {
+            anyhow::bail!("maintenance_interval_seconds must be at least 1");
+        }
         Ok(c)
     }
 }

@@ -127,7 +127,7 @@ pub async fn serve(
     });
     let maintenance = tokio::spawn(maintain_every(
         store.clone(),
-        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(config.maintenance_interval_seconds.max(1)),
         tx_maint,
     ));
     tracing::info!(%http_addr, %grpc_addr, data_dir = %config.data_dir.display(), "collector serving");

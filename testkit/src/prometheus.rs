@@ -205,3 +205,69 @@ pub fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> pb::TimeSeries
             .collect(),
     }
 }
+
+/// One series of a remote read answer: sorted label pairs and `(ms, value bits)` samples.
+pub type ReadSeries = (Vec<(String, String)>, Vec<(i64, u64)>);
+
+/// Remote read (`SAMPLES`) of `[start, end]` for one query whose matchers are
+/// `(type, name, value)`; the series in the answer's order, values as their exact bits.
+pub fn remote_read_samples(
+    url: &str,
+    matchers: &[(pb::label_matcher::Type, &str, &str)],
+    start: i64,
+    end: i64,
+) -> Result<Vec<ReadSeries>, String> {
+    let req = pb::ReadRequest {
+        queries: vec![pb::Query {
+            start_timestamp_ms: start,
+            end_timestamp_ms: end,
+            matchers: matchers
+                .iter()
+                .map(|(t, n, v)| pb::LabelMatcher {
+                    r#type: *t as i32,
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            hints: None,
+        }],
+        accepted_response_types: vec![pb::read_request::ResponseType::Samples as i32],
+    };
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .map_err(|e| e.to_string())?;
+    let resp = match ureq::post(url)
+        .set("Content-Type", "application/x-protobuf")
+        .set("Content-Encoding", "snappy")
+        .send_bytes(&body)
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            return Err(format!(
+                "{url}: HTTP {code}: {}",
+                r.into_string().unwrap_or_default()
+            ))
+        }
+        Err(e) => return Err(format!("{url}: {e}")),
+    };
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut raw).map_err(|e| e.to_string())?;
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(&raw)
+        .map_err(|e| format!("{url}: snappy: {e}"))?;
+    let resp = pb::ReadResponse::decode(raw.as_slice()).map_err(|e| format!("{url}: {e}"))?;
+    Ok(resp
+        .results
+        .into_iter()
+        .flat_map(|r| r.timeseries)
+        .map(|ts| {
+            (
+                ts.labels.into_iter().map(|l| (l.name, l.value)).collect(),
+                ts.samples
+                    .iter()
+                    .map(|s| (s.timestamp, s.value.to_bits()))
+                    .collect(),
+            )
+        })
+        .collect())
+}
