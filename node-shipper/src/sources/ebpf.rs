@@ -358,9 +358,10 @@ fn attach_kfree_skb_tracepoint(
         "load tracepoint skb:kfree_skb",
         "the verifier refused it; see the error",
     ))?;
+    super::kernelfs::ensure_tracefs()?;
     let id = prog.attach("skb", "kfree_skb").map_err(step(
         "attach tracepoint skb:kfree_skb",
-        "the shipper needs CAP_BPF, CAP_PERFMON and tracefs",
+        "the shipper needs CAP_BPF and CAP_PERFMON",
     ))?;
     let link = prog
         .take_link(id)
