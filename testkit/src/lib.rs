@@ -12,17 +12,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether this process may create network namespaces (root with CAP_SYS_ADMIN).
-pub fn can_netns() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    root && Command::new("ip")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 /// A network namespace with its loopback up; deleted on drop.
 pub struct Netns {
     pub name: String,

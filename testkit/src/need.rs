@@ -6,6 +6,7 @@
 //! Kernel filesystems (bpffs, tracefs) are not needs: the shipper mounts them itself, so no
 //! test depends on what an earlier run left mounted.
 
+use std::io::Write;
 use std::path::Path;
 
 /// One thing a test needs.
@@ -115,7 +116,9 @@ pub fn require_for(test: &str, needs: &[Need]) -> bool {
         std::env::var_os("CI").is_none(),
         "{test}: {why} — and CI is set, where nothing may be skipped"
     );
-    eprintln!("SKIPPED {test}: {why}");
+    // Straight to stderr, past the test harness's capture, so the skip shows in
+    // `cargo test` output even though the test passes.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
     false
 }
 
