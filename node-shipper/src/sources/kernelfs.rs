@@ -52,6 +52,11 @@ pub(super) fn ensure_bpffs(dir: &Path) -> Result<(), EbpfError> {
                 "mount it (mount -t bpf bpf /sys/fs/bpf) or give the shipper CAP_SYS_ADMIN",
             )(std::io::Error::last_os_error()));
         }
+        tracing::info!(
+            path = "/sys/fs/bpf",
+            "bpffs was not mounted; mounted it for the pinned eBPF maps (it stays mounted \
+             after the shipper exits, as the pins must)"
+        );
     }
     std::fs::create_dir_all(dir).map_err(step(
         format!("create {}", dir.display()),
