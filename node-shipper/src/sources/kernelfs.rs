@@ -14,6 +14,17 @@ use std::path::Path;
 
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 
+/// Held from the look to the mount, so that two sources starting at once in one process
+/// (tests do) neither both mount, stacking a second filesystem on the first, nor see the
+/// other's mount half-way and judge the pin directory to be off bpffs.
+static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn mounting() -> std::sync::MutexGuard<'static, ()> {
+    MOUNTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn is_bpffs(p: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
         return false;
@@ -26,6 +37,7 @@ fn is_bpffs(p: &Path) -> bool {
 /// `/sys/fs/bpf` when `dir` is below it and nothing is mounted there (a DaemonSet mounts
 /// the host's), then creates `dir`.
 pub(super) fn ensure_bpffs(dir: &Path) -> Result<(), EbpfError> {
+    let _mounting = mounting();
     let existing = dir
         .ancestors()
         .find(|a| a.exists())
@@ -88,6 +100,7 @@ pub fn tracefs_found() -> bool {
 /// Must run before the process's first tracepoint attach: aya looks tracefs up once per
 /// process and keeps the answer, so a lookup that found nothing stays failed.
 pub(super) fn ensure_tracefs() -> Result<(), EbpfError> {
+    let _mounting = mounting();
     if tracefs_found() {
         return Ok(());
     }
