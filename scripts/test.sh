@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs what Kappie's tests need on a fresh Debian machine, then runs formatting and lint
-# checks and every test. The namespace tests need root (CI runs as root); without it they
-# say so and skip.
+# checks and every test. Each test that needs root, a kernel feature or a program checks it
+# through kappie_testkit::require (testkit/src/need.rs: keep the list below in step with it):
+# without it the test says why and skips, and with CI set (.ci/run sets it) it fails.
+# Nothing is mounted here: the shipper mounts bpffs (/sys/fs/bpf) and tracefs
+# (/sys/kernel/tracing) itself when they are missing, and the tests make their own
+# namespaces, so no test depends on what an earlier run left on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for tool in ip:iproute2 ss:iproute2 nstat:iproute2 curl:curl clang-19:clang-19 nft:nftables prometheus:prometheus openssl:openssl; do
+for tool in ip:iproute2 ss:iproute2 nstat:iproute2 sysctl:procps mount:mount curl:curl \
+  clang-19:clang-19 nft:nftables prometheus:prometheus openssl:openssl; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)

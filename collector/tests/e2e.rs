@@ -5,7 +5,8 @@
 mod common;
 
 use common::{query, single_value, workspace_bin};
-use kappie_testkit::{can_netns, wait_for, Netns, Proc, Veth};
+use kappie_testkit::need::NETNS;
+use kappie_testkit::{require, wait_for, Need, Netns, Proc, Veth};
 use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
@@ -53,19 +54,9 @@ fn value(ns: &Netns, q: &str) -> Option<f64> {
     ns.enter(|| single_value(&query(HTTP, q)))
 }
 
-fn skip_without_root() -> bool {
-    if !can_netns() {
-        eprintln!(
-            "SKIPPED: needs root and iproute2 to create network namespaces (CI runs as root)"
-        );
-        return true;
-    }
-    false
-}
-
 #[test]
 fn udp_active_sockets_moves_with_open_sockets() {
-    if skip_without_root() {
+    if !require(&NETNS) {
         return;
     }
     let ns = Netns::new("udp");
@@ -128,7 +119,7 @@ fn send_to_closed_port(ns: &Netns, n: usize) {
 
 #[test]
 fn sigkilled_shipper_loses_and_doubles_no_counts() {
-    if skip_without_root() {
+    if !require(&NETNS) {
         return;
     }
     let ns = Netns::new("kill");
@@ -201,7 +192,7 @@ impl Drop for PinDir {
 
 #[test]
 fn ebpf_forward_totals_survive_a_sigkilled_shipper() {
-    if skip_without_root() {
+    if !require(&[NETNS.as_slice(), &[Need::KernelBtf]].concat()) {
         return;
     }
     let client = Netns::new("efc");

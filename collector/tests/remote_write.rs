@@ -592,7 +592,10 @@ fn make_certs(dir: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_with_a_custom_ca_against_prometheus() {
-    if !prom::required("mutual_tls_with_a_custom_ca_against_prometheus") {
+    if !kappie_testkit::require(&[
+        kappie_testkit::need::PROMETHEUS,
+        kappie_testkit::need::OPENSSL,
+    ]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

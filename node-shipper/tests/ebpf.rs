@@ -5,7 +5,8 @@
 
 use kappie_ebpf::{DIR_EGRESS, DIR_INGRESS};
 use kappie_node_shipper::sources::ebpf::{EbpfConfig, EbpfSource, Snapshot};
-use kappie_testkit::{can_netns, Netns, Veth};
+use kappie_testkit::need::{NETNS, NFT};
+use kappie_testkit::{require, Need, Netns, Veth};
 use std::net::UdpSocket;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -47,9 +48,11 @@ struct Setup {
     ifindex: u32,
 }
 
+/// `None` (the test skips, or fails when `CI` is set) when the machine lacks what the
+/// programs and the namespaces need. bpffs and tracefs are not checked: the source mounts
+/// them itself.
 fn setup(tag: &str, net: u8) -> Option<Setup> {
-    if !can_netns() {
-        eprintln!("SKIPPED: needs root (CAP_BPF, CAP_NET_ADMIN) and iproute2; CI runs as root");
+    if !require(&[NETNS.as_slice(), &[Need::KernelBtf]].concat()) {
         return None;
     }
     let client = Netns::new(&format!("{tag}c"));
@@ -316,6 +319,9 @@ fn tcp_flags_match_the_exchange_ipv6() {
 
 #[test]
 fn nftables_drops_count_as_netfilter_drop_exactly() {
+    if !require(&[NFT]) {
+        return;
+    }
     let Some(t) = setup("ebpfn", 14) else { return };
     let src = t.start();
     let nf = reason(&src, "NETFILTER_DROP");

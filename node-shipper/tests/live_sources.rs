@@ -10,7 +10,8 @@ use kappie_node_shipper::source::{Observation, Source};
 use kappie_node_shipper::sources::interfaces::InterfacesSource;
 use kappie_node_shipper::sources::netstat::NetstatSource;
 use kappie_node_shipper::sources::sockets::SocketsSource;
-use kappie_testkit::{can_netns, Netns, Veth};
+use kappie_testkit::need::{IPROUTE2, NETNS};
+use kappie_testkit::{require, Netns, Veth};
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ fn tool(program: &str, args: &[&str]) -> String {
 
 #[test]
 fn netstat_counters_match_nstat() {
+    if !require(&[IPROUTE2]) {
+        return;
+    }
     let mut src = NetstatSource::new(PathBuf::from("/proc"));
     let before = collect(&mut src);
     let nstat: HashMap<String, f64> = tool("nstat", &["-asz"])
@@ -83,6 +87,9 @@ fn netstat_counters_match_nstat() {
 
 #[test]
 fn interface_counters_match_ip_link() {
+    if !require(&[IPROUTE2]) {
+        return;
+    }
     let mut src = InterfacesSource::new(PathBuf::from("/sys"));
     let before = collect(&mut src);
     let links: serde_json::Value =
@@ -142,6 +149,9 @@ fn ss_state(s: &str) -> &'static str {
 
 #[test]
 fn sockets_match_ss_on_the_host() {
+    if !require(&[IPROUTE2]) {
+        return;
+    }
     // The host's sockets churn a little while the test runs (other tests, the package
     // manager), so allow a small difference here; the namespace test below is exact.
     let mut src = SocketsSource::new(PathBuf::from("/proc"), 100);
@@ -176,10 +186,7 @@ fn sockets_match_ss_on_the_host() {
 
 #[test]
 fn sockets_match_ss_exactly_in_a_namespace() {
-    if !can_netns() {
-        eprintln!(
-            "SKIPPED: needs root and iproute2 to create network namespaces (CI runs as root)"
-        );
+    if !require(&NETNS) {
         return;
     }
     let client = Netns::new("sockc");

@@ -1,23 +1,16 @@
-//! Helpers for Kappie's integration tests: network namespaces and veth pairs that the test
-//! makes itself and removes on drop, threads that enter a namespace, child processes that
-//! are killed on drop, and polling with a deadline.
+//! Helpers for Kappie's integration tests: what a test needs from the machine ([`require`]),
+//! network namespaces and veth pairs that the test makes itself and removes on drop, threads
+//! that enter a namespace, child processes that are killed on drop, and polling with a
+//! deadline.
 
+pub mod need;
 pub mod prometheus;
+
+pub use need::{require, require_for, Need};
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Whether this process may create network namespaces (root with CAP_SYS_ADMIN).
-pub fn can_netns() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    root && Command::new("ip")
-        .arg("-V")
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
 /// A network namespace with its loopback up; deleted on drop.
 pub struct Netns {
@@ -74,6 +67,39 @@ impl Netns {
         );
         String::from_utf8(out.stdout).unwrap()
     }
+}
+
+/// Runs `f` on a thread of its own in a private mount namespace (a copy of this one whose
+/// changes no other thread or process sees), after unmounting whatever is mounted at each
+/// of `unmount`, in order: the test sees a machine where those are not mounted, whatever
+/// the host has. Needs root.
+pub fn with_unmounted<T: Send>(unmount: &[&str], f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // A thread may have a mount namespace of its own (unshare gives it its own
+            // filesystem context too); MS_PRIVATE keeps the unmounts from propagating back.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+            assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+            let rc = unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(rc, 0, "make / private: {}", std::io::Error::last_os_error());
+            for path in unmount {
+                let c = std::ffi::CString::new(*path).expect("a path without NUL");
+                // Mounts can be stacked; EINVAL (not a mount point) or ENOENT ends it.
+                while unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {}
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// A veth pair between two namespaces with an IPv4 and an IPv6 address on each end.

@@ -8,28 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether a `prometheus` binary is on the PATH.
-pub fn available() -> bool {
-    Command::new("prometheus")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Whether a test that needs Prometheus should run: it must when `CI` is set (the CI script
-/// installs it), and otherwise skips with a message when Prometheus is missing.
+/// Whether a test that needs Prometheus should run: see [`crate::require`] (it must when
+/// `CI` is set, where the CI script installs it).
 pub fn required(test: &str) -> bool {
-    if available() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: prometheus is not installed (apt-get install prometheus) but CI is set"
-    );
-    eprintln!("skipping {test}: prometheus is not installed (apt-get install prometheus)");
-    false
+    crate::require_for(test, &[crate::need::PROMETHEUS])
 }
 
 pub struct Prometheus {

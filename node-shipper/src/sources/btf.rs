@@ -112,11 +112,11 @@ pub fn drop_reasons(vmlinux: &std::path::Path) -> Result<HashMap<u32, String>, S
 mod tests {
     #[test]
     fn reads_drop_reasons_from_the_running_kernel() {
-        let path = std::path::Path::new("/sys/kernel/btf/vmlinux");
-        if !path.exists() {
-            eprintln!("SKIPPED: this kernel has no BTF at {}", path.display());
+        use kappie_testkit::{require, Need};
+        if !require(&[Need::KernelBtf]) {
             return;
         }
+        let path = std::path::Path::new("/sys/kernel/btf/vmlinux");
         let r = super::drop_reasons(path).unwrap();
         let names: Vec<&str> = r.values().map(String::as_str).collect();
         for want in ["NO_SOCKET", "NETFILTER_DROP", "TCP_CSUM", "NOT_SPECIFIED"] {

@@ -42,7 +42,7 @@ pub enum EbpfError {
     },
 }
 
-fn step<E: std::error::Error + Send + Sync + 'static>(
+pub(super) fn step<E: std::error::Error + Send + Sync + 'static>(
     step: impl Into<String>,
     hint: &'static str,
 ) -> impl FnOnce(E) -> EbpfError {
@@ -82,53 +82,6 @@ pub struct EbpfSource {
     links: Vec<(PathBuf, PinnedLink)>,
 }
 
-const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
-
-fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as u32 == BPF_FS_MAGIC }
-}
-
-/// Makes sure `dir` is on a bpffs (pins elsewhere are impossible): mounts one at
-/// `/sys/fs/bpf` when `dir` is below it and nothing is mounted there (a DaemonSet mounts
-/// the host's), then creates `dir`.
-fn ensure_bpffs(dir: &Path) -> Result<(), EbpfError> {
-    let existing = dir
-        .ancestors()
-        .find(|a| a.exists())
-        .unwrap_or(Path::new("/"));
-    if !is_bpffs(existing) {
-        if !dir.starts_with("/sys/fs/bpf") || is_bpffs(Path::new("/sys/fs/bpf")) {
-            return Err(step(
-                format!("pin directory {}", dir.display()),
-                "it must be on a bpffs (mount -t bpf bpf DIR); the default is below /sys/fs/bpf",
-            )(std::io::Error::other("not on a bpffs")));
-        }
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                c"/sys/fs/bpf".as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(step(
-                "mount bpffs at /sys/fs/bpf",
-                "mount it (mount -t bpf bpf /sys/fs/bpf) or give the shipper CAP_SYS_ADMIN",
-            )(std::io::Error::last_os_error()));
-        }
-    }
-    std::fs::create_dir_all(dir).map_err(step(
-        format!("create {}", dir.display()),
-        "check that bpffs is writable",
-    ))
-}
-
 fn ifindex(name: &str) -> Result<u32, EbpfError> {
     let c = std::ffi::CString::new(name)
         .map_err(step("interface name", "interface names have no NUL bytes"))?;
@@ -144,7 +97,7 @@ fn ifindex(name: &str) -> Result<u32, EbpfError> {
 impl EbpfSource {
     /// Loads the programs, attaches them and opens (or reuses) the pinned maps.
     pub fn start(config: &EbpfConfig) -> Result<Self, EbpfError> {
-        ensure_bpffs(&config.pin_dir)?;
+        super::kernelfs::ensure_bpffs(&config.pin_dir)?;
         let mut forward = EbpfLoader::new()
             .map_pin_path(&config.pin_dir)
             .load(kappie_ebpf::forward_object())
@@ -405,9 +358,10 @@ fn attach_kfree_skb_tracepoint(
         "load tracepoint skb:kfree_skb",
         "the verifier refused it; see the error",
     ))?;
+    super::kernelfs::ensure_tracefs()?;
     let id = prog.attach("skb", "kfree_skb").map_err(step(
         "attach tracepoint skb:kfree_skb",
-        "the shipper needs CAP_BPF, CAP_PERFMON and tracefs",
+        "the shipper needs CAP_BPF and CAP_PERFMON",
     ))?;
     let link = prog
         .take_link(id)

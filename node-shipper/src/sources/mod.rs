@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod ebpf;
 pub mod interfaces;
+pub mod kernelfs;
 pub mod netstat;
 pub mod sockets;
 
