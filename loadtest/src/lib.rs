@@ -7,6 +7,8 @@
 //! storage and PromQL work lands. Figures and the commands that produced them go in
 //! `docs/BENCHMARKS.md`.
 
+pub mod shapes;
+
 use anyhow::{bail, Context};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -1,20 +1,41 @@
 //! Benchmark: Kappie's store against a real Prometheus fed the same generated data in the
 //! same run.
 //!
-//! Data: `--series` Kappie-shaped series (100 nodes, counters moving by small amounts and
-//! gauges), one sample every 10 s for `--samples` steps ending now. Kappie's store is written
-//! in-process through its `Appender` (10,000 samples per commit, each commit fsynced);
-//! Prometheus 2.42 receives the same samples by remote write (snappy protobuf, 10,000
-//! samples per request, two senders, each owning half of the series).
+//! Data: `--series` Kappie-named series (5 metrics, 100 nodes), one sample per 10 s step for
+//! `--samples` steps ending now, in one of three `--shape`s (seeded by `--seed`):
 //!
-//! Reports ingest samples/s, on-disk bytes per sample, resident memory per series, and the
-//! time to read 1 h of 10,000 series (Kappie: `Querier::select` in-process; Prometheus: an
-//! instant query of a 1 h range selector over HTTP).
+//! - `friendly`: exact 10 s timestamps; counters growing by a pseudo-random 0..=4 per step
+//!   and a gauge wandering between 100 and 115. The generator of the figures before the
+//!   shapes existed; easy for any delta codec.
+//! - `realistic` (default): shaped like a node shipper's series. Timestamps 0..=9 ms late,
+//!   the same for a node's series in a step; packet counters growing by a drifting rate of
+//!   100..5,000 per step with 25 % noise; byte counters by 10^4..10^6; drop counters idle
+//!   but for bursts (1 % per step, 1..=500 per step, each step of a burst going on with
+//!   probability 1/2); tcp_state gauges moving by round(N(0, 2)) per step.
+//! - `hostile`: each series' timestamps anywhere in their 10 s step; random floats, a counter
+//!   growing by uniform integers below 2^40, a float counter, an integer gauge below 2^32.
 //!
-//! Needs `prometheus` on the PATH (`apt-get install prometheus`).
+//! The exact definitions are in `kappie_loadtest::shapes`. A `recorded` shape (data recorded
+//! from a real shipper on a busy host) does not exist yet.
+//!
+//! Kappie's store is written in-process through its `Appender` (10,000 samples per commit,
+//! each commit fsynced); Prometheus 2.42 receives the same samples by remote write (snappy
+//! protobuf, 10,000 samples per request, two senders, each owning half of the series), and
+//! the same samples are written as OpenMetrics text and turned into a Prometheus block by
+//! `promtool tsdb create-blocks-from openmetrics`.
+//!
+//! Reports ingest samples/s, on-disk bytes per sample fresh (Kappie's data directory right
+//! after ingest, flushed as at a clean stop: log, staged chunks, index; Prometheus's WAL and
+//! head) and compacted (Kappie after `maintain` compacted every window; the Prometheus
+//! block: chunks, index, meta), resident memory per series, and the time to read 1 h of
+//! 10,000 series (Kappie: `Querier::select` in-process; Prometheus: an instant query of a
+//! 1 h range selector over HTTP).
+//!
+//! Needs `prometheus` and `promtool` on the PATH (`apt-get install prometheus`).
 
 use anyhow::bail;
 use clap::Parser;
+use kappie_loadtest::shapes::{self, Generator, Shape, STEP_MS};
 use kappie_proto::prometheus as pb;
 use kappie_storage::{Appender, Labels, MatchOp, Matcher, Querier, Storage, StorageConfig};
 use kappie_testkit::prometheus::{remote_write, Prometheus};
@@ -27,6 +48,12 @@ struct Args {
     series: usize,
     #[arg(long, default_value_t = 360)]
     samples: usize,
+    /// What the data looks like (see the module documentation).
+    #[arg(long, value_enum, default_value_t = Shape::Realistic)]
+    shape: Shape,
+    /// Seed of the generator's random numbers.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     #[arg(long, default_value_t = 19190)]
     prometheus_port: u16,
     /// Size of the pages compaction writes (`StorageConfig::page_bytes`).
@@ -41,63 +68,6 @@ struct Args {
 }
 
 const BATCH: usize = 10_000;
-const STEP_MS: i64 = 10_000;
-const METRICS: [&str; 5] = [
-    "kappie_tcp_connection_stats",
-    "kappie_ip_connection_stats",
-    "kappie_interface_stats",
-    "kappie_drop_count",
-    "kappie_tcp_state",
-];
-
-fn series_labels(i: usize) -> Vec<(String, String)> {
-    let metric = METRICS[i % METRICS.len()];
-    vec![
-        ("__name__".into(), metric.into()),
-        ("cluster".into(), "bench".into()),
-        ("node_name".into(), format!("node-{}", i % 100)),
-        ("statistic_name".into(), format!("Stat{}", i / 100)),
-    ]
-}
-
-fn hash(i: usize, step: usize) -> u64 {
-    let mut h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ (step as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 31;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 29)
-}
-
-/// Deterministic values, step by step: counters grow by a pseudo-random 0..=4 per step
-/// (not a repeating pattern, which page compression would find), `kappie_tcp_state` is a
-/// gauge that wanders between 100 and 115.
-struct Values {
-    series: Vec<usize>,
-    current: Vec<f64>,
-}
-
-impl Values {
-    fn new(series: Vec<usize>) -> Self {
-        let current = series.iter().map(|&i| (i * 1000) as f64).collect();
-        Values { series, current }
-    }
-
-    /// Values of step `step` (steps must come in order), with the series index.
-    fn step(&mut self, step: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
-        for (k, &i) in self.series.iter().enumerate() {
-            let h = hash(i, step);
-            if i % METRICS.len() == 4 {
-                self.current[k] = (100 + (h >> 60)) as f64;
-            } else if step > 0 {
-                self.current[k] += (h % 5) as f64;
-            }
-        }
-        self.series
-            .iter()
-            .copied()
-            .zip(self.current.iter().copied())
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -154,7 +124,7 @@ fn main() -> anyhow::Result<()> {
         total,
         work.display()
     );
-    let labels: Vec<Vec<(String, String)>> = (0..args.series).map(series_labels).collect();
+    let labels: Vec<Vec<(String, String)>> = (0..args.series).map(shapes::series_labels).collect();
     let select_matchers = || {
         vec![Matcher::new(MatchOp::Regex, "node_name", "node-[0-9]").unwrap()] // nodes 0..9: 10% of the series
     };
@@ -176,14 +146,13 @@ fn main() -> anyhow::Result<()> {
         "kappie: RSS {} MiB after generating labels and opening",
         rss_kib(std::process::id()) / 1024
     );
-    let mut values = Values::new((0..args.series).collect());
+    let mut values = Generator::new(args.shape, args.seed, t0, 0..args.series);
     let started = Instant::now();
     for step in 0..args.samples {
-        let t = t0 + step as i64 * STEP_MS;
-        let vals: Vec<(usize, f64)> = values.step(step).collect();
+        let vals: Vec<(usize, i64, f64)> = values.step(step).collect();
         for chunk in vals.chunks(BATCH) {
             let mut a = store.appender();
-            for &(i, v) in chunk {
+            for &(i, t, v) in chunk {
                 a.append(&klabels[i], t, v)?;
             }
             let r = a.commit()?;
@@ -202,6 +171,15 @@ fn main() -> anyhow::Result<()> {
     }
     let k_ingest = total / started.elapsed().as_secs_f64();
     let k_rss = rss_kib(std::process::id()).saturating_sub(rss0);
+    // Fresh: what a clean stop right after ingest leaves (head chunks are only in the log).
+    store.flush()?;
+    let k_fresh = du(&kdir);
+    eprintln!(
+        "kappie fresh: wal {} bytes, staging {} bytes, main {} bytes",
+        du(&kdir.join("wal")),
+        du(&kdir.join("staging")),
+        du(&kdir.join("main"))
+    );
     let maint = Instant::now();
     // Two hours on: every head chunk is cut, the log truncated and every window compacted
     // (a window is over once its end is head_idle past).
@@ -247,7 +225,9 @@ fn main() -> anyhow::Result<()> {
     drop(store);
     if args.kappie_only {
         println!(
-            "| Kappie only | ingest {k_ingest:.0} samples/s | disk {:.3} B/sample | RSS {:.0} B/series | read {:.1} ms |",
+            "| Kappie only, {} | ingest {k_ingest:.0} samples/s | fresh {:.2} B/sample | compacted {:.3} B/sample | RSS {:.0} B/series | read {:.1} ms |",
+            args.shape.name(),
+            k_fresh as f64 / total,
             k_disk as f64 / total,
             k_rss as f64 * 1024.0 / args.series as f64,
             median(k_sel)
@@ -274,15 +254,14 @@ fn main() -> anyhow::Result<()> {
             let labels = &labels;
             let base = &base;
             handles.push(s.spawn(move || -> anyhow::Result<()> {
-                let mut values = Values::new(half.clone());
+                let mut values = Generator::new(args.shape, args.seed, t0, half.iter().copied());
                 for step in 0..args.samples {
-                    let t = t0 + step as i64 * STEP_MS;
-                    let vals: Vec<(usize, f64)> = values.step(step).collect();
+                    let vals: Vec<(usize, i64, f64)> = values.step(step).collect();
                     for chunk in vals.chunks(BATCH) {
                         let req = pb::WriteRequest {
                             timeseries: chunk
                                 .iter()
-                                .map(|&(i, v)| pb::TimeSeries {
+                                .map(|&(i, t, v)| pb::TimeSeries {
                                     labels: labels[i]
                                         .iter()
                                         .map(|(n, v)| pb::Label {
@@ -333,13 +312,71 @@ fn main() -> anyhow::Result<()> {
         p_n = v["data"]["result"].as_array().map(|a| a.len()).unwrap_or(0);
     }
     drop(prom);
+
+    // The same samples as a Prometheus block (what Prometheus's compaction makes of its head).
+    let om = work.join("samples.om");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&om)?);
+    shapes::write_openmetrics(&mut w, args.shape, args.seed, t0, args.series, args.samples)?;
+    std::io::Write::flush(&mut w)?;
+    drop(w);
+    let bdir = work.join("prometheus-blocks");
+    let started = Instant::now();
+    let out = std::process::Command::new("promtool")
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&om)
+        .arg(&bdir)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run promtool (apt-get install prometheus): {e}"))?;
+    if !out.status.success() {
+        bail!(
+            "promtool tsdb create-blocks-from openmetrics failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_file(&om);
+    let p_block = du(&bdir);
+    let blocks: Vec<String> = std::fs::read_dir(&bdir)?
+        .flatten()
+        .filter(|e| e.path().join("meta.json").exists())
+        .map(|e| {
+            format!(
+                "{} bytes (chunks {}, index {})",
+                du(&e.path()),
+                du(&e.path().join("chunks")),
+                std::fs::metadata(e.path().join("index"))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            )
+        })
+        .collect();
+    eprintln!(
+        "prometheus: {} block(s) from promtool in {:.1} s: {}",
+        blocks.len(),
+        started.elapsed().as_secs_f64(),
+        blocks.join("; ")
+    );
     if !args.keep {
         let _ = std::fs::remove_dir_all(&work);
     }
 
-    println!("| measure | Kappie | Prometheus 2.42 |");
+    println!(
+        "| measure ({} shape, {} series x {} samples) | Kappie | Prometheus 2.42 |",
+        args.shape.name(),
+        args.series,
+        args.samples
+    );
     println!("|---|---|---|");
     println!("| ingest, samples/s | {k_ingest:.0} | {p_ingest:.0} |");
+    println!(
+        "| fresh: bytes per sample (Kappie log + staging + index, flushed; Prometheus WAL + head) | {:.2} | {:.2} |",
+        k_fresh as f64 / total,
+        p_disk as f64 / total
+    );
+    println!(
+        "| compacted: bytes per sample incl. index (Kappie after maintain; Prometheus block from promtool) | {:.3} | {:.3} |",
+        k_disk as f64 / total,
+        p_block as f64 / total
+    );
     println!(
         "| on-disk bytes per sample (whole data dir) | {:.2} | {:.2} |",
         k_disk as f64 / total,
