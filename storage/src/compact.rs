@@ -19,10 +19,10 @@
 //! block's `G window` says which generations are compacted, and a staging directory of one
 //! of them is deleted.
 
-use crate::chunkenc::{self, ChunkError};
+use crate::chunk::{decode_staged, StoredChunk};
+use crate::chunkenc;
 use crate::codec::{put_uvarint, put_varint, Reader};
 use crate::db::{read_lock, write_lock, Storage};
-use crate::query::RawChunk;
 use crate::{dense, keys, SeriesId, StorageError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -67,54 +67,6 @@ impl Windows {
     }
 }
 
-/// A chunk as read: XOR bytes (staged, head, or kept as XOR by compaction), or the samples
-/// of a dense chunk (decoded once, when its page was read).
-#[derive(Debug, Clone)]
-pub(crate) enum StoredChunk {
-    Xor {
-        mint: i64,
-        maxt: i64,
-        bytes: Vec<u8>,
-    },
-    Samples(Vec<(i64, f64)>),
-}
-
-impl StoredChunk {
-    pub fn mint(&self) -> i64 {
-        match self {
-            StoredChunk::Xor { mint, .. } => *mint,
-            StoredChunk::Samples(s) => s.first().map_or(i64::MIN, |x| x.0),
-        }
-    }
-
-    pub fn decode_into(&self, out: &mut Vec<(i64, f64)>) -> Result<(), ChunkError> {
-        match self {
-            StoredChunk::Xor { bytes, .. } => chunkenc::decode_into(bytes, out),
-            StoredChunk::Samples(s) => {
-                out.extend_from_slice(s);
-                Ok(())
-            }
-        }
-    }
-
-    /// The chunk in Prometheus's XOR encoding, cut at 120 samples like Prometheus's
-    /// (dense chunks are re-encoded).
-    pub fn into_raw(self, out: &mut Vec<RawChunk>) {
-        match self {
-            StoredChunk::Xor { mint, maxt, bytes } => out.push(RawChunk { mint, maxt, bytes }),
-            StoredChunk::Samples(s) => {
-                for part in s.chunks(chunkenc::MAX_SAMPLES as usize) {
-                    out.push(RawChunk {
-                        mint: part[0].0,
-                        maxt: part[part.len() - 1].0,
-                        bytes: chunkenc::encode_all(part),
-                    });
-                }
-            }
-        }
-    }
-}
-
 pub(crate) fn staging_dir(root: &Path, window: i64, gen: u32) -> PathBuf {
     root.join("staging").join(format!("{window:020}-{gen}"))
 }
@@ -129,9 +81,6 @@ fn corrupt(what: impl Into<String>) -> StorageError {
     StorageError::Corrupt(what.into())
 }
 
-/// A staged chunk: mint, maxt, XOR bytes.
-type Staged = (i64, i64, Vec<u8>);
-
 /// Most samples in one dense chunk of a page.
 const MAX_DENSE_SAMPLES: usize = 4096;
 
@@ -142,14 +91,14 @@ const MAX_DENSE_SAMPLES: usize = 4096;
 /// 4,096 samples (one frame of bit widths for the whole window); otherwise each chunk is
 /// dense on its own when it can be and smaller, else kept as XOR. Returns the number of
 /// dense chunks written.
-fn encode_series(window: i64, chunks: &[Staged], out: &mut Vec<u8>) -> usize {
+fn encode_series(window: i64, chunks: &[StoredChunk], out: &mut Vec<u8>) -> usize {
     // Every chunk decoded once: its samples are `all[range]` (none if it does not decode).
     let mut all = Vec::new();
     let ranges: Vec<Option<std::ops::Range<usize>>> = chunks
         .iter()
         .map(|c| {
             let start = all.len();
-            match chunkenc::decode_into(&c.2, &mut all) {
+            match c.decode_into(&mut all) {
                 Ok(()) => Some(start..all.len()),
                 Err(_) => {
                     all.truncate(start);
@@ -176,8 +125,13 @@ fn encode_series(window: i64, chunks: &[Staged], out: &mut Vec<u8>) -> usize {
     }
     let mut dense_n = 0;
     put_uvarint(out, chunks.len() as u64);
-    for ((mint, maxt, xor), range) in chunks.iter().zip(ranges) {
-        let d = range.and_then(|r| dense::encode(&all[r], window));
+    for (c, range) in chunks.iter().zip(ranges) {
+        let d = range.clone().and_then(|r| dense::encode(&all[r], window));
+        let xor: std::borrow::Cow<[u8]> = match (c, &range) {
+            (StoredChunk::Xor { bytes, .. }, _) => bytes.into(),
+            (StoredChunk::Samples(_), Some(r)) => chunkenc::encode_all(&all[r.clone()]).into(),
+            (StoredChunk::Samples(_), None) => Vec::new().into(),
+        };
         match d {
             Some(b) if b.len() < xor.len() => {
                 dense_n += 1;
@@ -186,11 +140,12 @@ fn encode_series(window: i64, chunks: &[Staged], out: &mut Vec<u8>) -> usize {
                 out.extend_from_slice(&b);
             }
             _ => {
+                let (mint, maxt) = (c.mint(), c.maxt());
                 out.push(ENC_XOR);
                 put_varint(out, mint.wrapping_sub(window));
-                put_uvarint(out, maxt.wrapping_sub(*mint) as u64);
+                put_uvarint(out, maxt.wrapping_sub(mint) as u64);
                 put_uvarint(out, xor.len() as u64);
-                out.extend_from_slice(xor);
+                out.extend_from_slice(&xor);
             }
         }
     }
@@ -436,16 +391,10 @@ impl Storage {
             c.block.remove(k)?;
         }
         // Staged keys are `C id mint`: one series after another, in time order.
-        let mut current: Option<(SeriesId, Vec<Staged>)> = None;
+        let mut current: Option<(SeriesId, Vec<StoredChunk>)> = None;
         for kv in staged.iter() {
             let (k, v) = kv?;
-            let id = keys::be_u64(k.get(1..9).ok_or_else(|| corrupt("chunk key"))?)
-                .ok_or_else(|| corrupt("chunk key"))?;
-            let mint = keys::ts_from(k.get(9..17).ok_or_else(|| corrupt("chunk key"))?)
-                .ok_or_else(|| corrupt("chunk key"))?;
-            let maxt = keys::be_u64(v.get(..8).ok_or_else(|| corrupt("chunk value"))?)
-                .ok_or_else(|| corrupt("chunk value"))? as i64;
-            let chunk = (mint, maxt, v[8..].to_vec());
+            let (id, chunk) = decode_staged(&k, &v)?;
             match &mut current {
                 Some((cid, cs)) if *cid == id => cs.push(chunk),
                 _ => {
@@ -512,12 +461,12 @@ struct Compactor {
 }
 
 impl Compactor {
-    fn add_series(&mut self, id: SeriesId, cs: &[Staged]) -> Result<(), StorageError> {
+    fn add_series(&mut self, id: SeriesId, cs: &[StoredChunk]) -> Result<(), StorageError> {
         let before = self.page.data.len();
         self.dense += encode_series(self.window, cs, &mut self.page.data);
         self.page.ids.push((id, self.page.data.len() - before));
         self.chunks += cs.len();
-        self.bytes_in += cs.iter().map(|c| c.2.len()).sum::<usize>();
+        self.bytes_in += cs.iter().map(StoredChunk::stored_len).sum::<usize>();
         if self.page.data.len() >= self.page_bytes {
             self.flush_page()?;
         }

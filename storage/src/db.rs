@@ -431,10 +431,10 @@ impl Storage {
             for part in chunks.chunks(256) {
                 let mut b = sled::Batch::default();
                 for c in part {
-                    let mut value = Vec::with_capacity(8 + c.bytes.len());
-                    value.extend_from_slice(&c.maxt.to_be_bytes());
-                    value.extend_from_slice(&c.bytes);
-                    b.insert(keys::chunk(c.id, c.mint), value);
+                    b.insert(
+                        keys::chunk(c.id, c.mint),
+                        crate::chunk::encode_staged(c.mint, c.maxt, &c.bytes),
+                    );
                 }
                 db.apply_batch(b)?;
             }
@@ -966,9 +966,10 @@ impl Appender for StorageAppender {
         // Durable in the log; sled catches up on its own (the log is replayed after a crash).
         batch.apply(&inner.main)?;
 
-        // Durable: now visible.
-        let mut cut = Vec::new();
+        // Durable: now visible. Cut chunks are staged before the head lock is released,
+        // so a reader (which holds it across staging and head) never misses them.
         {
+            let mut cut = Vec::new();
             let mut head = write_lock(&inner.head);
             for (enc, id) in created {
                 // `append_to_head` below sets the first time.
@@ -981,8 +982,8 @@ impl Appender for StorageAppender {
                     }
                 }
             }
+            self.store.write_chunks(cut)?;
         }
-        self.store.write_chunks(cut)?;
         let st = &inner.stats;
         st.samples_appended
             .fetch_add(report.appended as u64, Ordering::Relaxed);

@@ -12,6 +12,7 @@
 //! ([`index`]), write-ahead records ([`wal`]), the engine with its in-memory head (`db`),
 //! reads (`query`) and retention (`retention`). Byte layouts: `storage/docs/format.md`.
 
+mod chunk;
 pub mod chunkenc;
 mod codec;
 mod compact;

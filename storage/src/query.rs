@@ -1,7 +1,7 @@
 //! Reading: series selection through the index, samples from block chunks and the head,
 //! raw chunks for remote read, and label names and values.
 
-use crate::compact::StoredChunk;
+use crate::chunk::{decode_staged, StoredChunk};
 use crate::db::{read_lock, Storage};
 use crate::labels::{Labels, Matcher};
 use crate::{index, keys, Querier, Sample, Series, SeriesId, StorageError};
@@ -69,30 +69,23 @@ impl Storage {
             .div_euclid(cfg.chunk_span_ms)
             .saturating_mul(cfg.chunk_span_ms);
         let mut out = Vec::new();
+        // Held across staging and the head: chunks move from the head to staging under its
+        // write lock, so a chunk is seen in exactly one of them (lock order: head, then
+        // windows, then blocks).
+        let head = read_lock(&self.inner.head);
         let (packed, staged) = read_lock(&self.inner.windows).snapshot(from, maxt);
         self.packed_chunks(id, packed, mint, maxt, &mut out)?;
         for db in staged {
             for kv in db.range(keys::chunk(id, from)..=keys::chunk(id, maxt)) {
                 let (k, v) = kv?;
-                let cmint = keys::ts_from(&k[9..])
-                    .ok_or_else(|| StorageError::Corrupt("chunk key".into()))?;
-                let cmaxt = v
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(i64::from_be_bytes)
-                    .ok_or_else(|| StorageError::Corrupt("chunk value".into()))?;
-                if cmaxt >= mint {
-                    out.push(StoredChunk::Xor {
-                        mint: cmint,
-                        maxt: cmaxt,
-                        bytes: v[8..].to_vec(),
-                    });
+                let (_, c) = decode_staged(&k, &v)?;
+                if c.maxt() >= mint {
+                    out.push(c);
                 }
             }
         }
         // Generations of a window and its staged chunks follow one another in time.
         out.sort_by_key(|c| c.mint());
-        let head = read_lock(&self.inner.head);
         if let Some(h) = head.series.get(&id).and_then(|s| s.head.as_ref()) {
             if let Some((last_t, _)) = h.app.last() {
                 if h.app.mint() <= maxt && last_t >= mint {

@@ -43,7 +43,8 @@ impl Storage {
         let cfg = &inner.config;
         let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
 
-        // 1. Idle head chunks into their blocks, so their records can go.
+        // 1. Idle head chunks into their blocks, so their records can go. Staged before
+        //    the head lock is released: a reader never sees a chunk in neither place.
         let mut cut = Vec::new();
         {
             let mut head = write_lock(&inner.head);
@@ -56,9 +57,9 @@ impl Storage {
                     }
                 }
             }
+            report.idle_chunks_cut = cut.len();
+            self.write_chunks(cut)?;
         }
-        report.idle_chunks_cut = cut.len();
-        self.write_chunks(cut)?;
 
         // 2. Staged chunks and sled durable (and marked so), then the log segments whose
         //    records are all in chunks.
