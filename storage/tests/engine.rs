@@ -788,7 +788,10 @@ fn readers_never_miss_a_chunk_while_it_moves_from_head_to_staging() {
                 let m = Matcher::new(MatchOp::Equal, "__name__", "race").unwrap();
                 let mut reads = 0;
                 while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    for series in s.select(&[m.clone()], i64::MIN, i64::MAX).unwrap() {
+                    for series in s
+                        .select(std::slice::from_ref(&m), i64::MIN, i64::MAX)
+                        .unwrap()
+                    {
                         let paused = series.labels.get("j") == Some("0");
                         for (i, x) in series.samples.iter().enumerate() {
                             let step = if paused { i / 40 * 50 + i % 40 } else { i };
