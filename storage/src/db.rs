@@ -18,11 +18,11 @@
 //! the log is replayed: series and ingest state into sled again (idempotent), samples after
 //! the mark into the head.
 
-use crate::chunkenc::{XorAppender, MAX_SAMPLES};
 use crate::compact::{parse_staging_name, Staging, Windows};
+use crate::head::{append_to_head, CutChunk, Head};
 use crate::index::SeriesOp;
 use crate::labels::Labels;
-use crate::{keys, wal, Appender, SeriesId, StorageError};
+use crate::{keys, wal, SeriesId, StorageError};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,53 +105,6 @@ pub struct StorageStats {
     pub newest_sample_ms: std::sync::atomic::AtomicI64,
 }
 
-pub(crate) struct HeadChunk {
-    pub app: XorAppender,
-    /// Write-ahead record of the chunk's first sample.
-    pub first_wal: u64,
-    pub window: i64,
-}
-
-pub(crate) struct MemSeries {
-    pub labels: Arc<[u8]>,
-    pub head: Option<HeadChunk>,
-    /// First sample time (kept, not raised by retention: an over-estimate of the range).
-    pub mint: i64,
-    /// Last sample time; `i64::MIN` without samples.
-    pub maxt: i64,
-    /// End of the newest chunk cut from the head (written to staging, maybe not yet
-    /// flushed); `i64::MIN` for none.
-    pub staged_maxt: i64,
-    /// End of the newest chunk known to be on disk: the series' `persisted maxt` in the
-    /// series table, raised only by [`Storage::mark_durable`].
-    pub durable_maxt: i64,
-}
-
-#[derive(Default)]
-pub(crate) struct Head {
-    pub by_labels: HashMap<Arc<[u8]>, SeriesId>,
-    pub series: HashMap<SeriesId, MemSeries>,
-}
-
-impl Head {
-    /// Adds a series without a head chunk, findable by id and by its encoded labels; its
-    /// samples up to `maxt` are durable in chunks.
-    pub fn insert_series(&mut self, id: SeriesId, labels: Arc<[u8]>, mint: i64, maxt: i64) {
-        self.by_labels.insert(labels.clone(), id);
-        self.series.insert(
-            id,
-            MemSeries {
-                labels,
-                head: None,
-                mint,
-                maxt,
-                staged_maxt: maxt,
-                durable_maxt: maxt,
-            },
-        );
-    }
-}
-
 /// A handle on the store; cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
@@ -184,7 +137,7 @@ pub(crate) struct Inner {
     pub holds: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
-fn corrupt(what: &str) -> StorageError {
+pub(crate) fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(what.into())
 }
 
@@ -443,17 +396,7 @@ impl Storage {
         Ok(())
     }
 
-    /// Starts an atomic write.
-    pub fn appender(&self) -> StorageAppender {
-        StorageAppender {
-            store: self.clone(),
-            samples: Vec::new(),
-            meta: Vec::new(),
-            new_series: HashMap::new(),
-        }
-    }
-
-    /// Reads an ingest-state value written with [`Appender::set_meta`].
+    /// Reads an ingest-state value written with [`crate::Appender::set_meta`].
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.inner.main.get(keys::meta(key))?.map(|v| v.to_vec()))
     }
@@ -602,13 +545,6 @@ impl Storage {
 /// An ingest-state key and its value.
 pub type MetaEntry = (Vec<u8>, Vec<u8>);
 
-pub(crate) struct CutChunk {
-    pub id: SeriesId,
-    pub mint: i64,
-    pub maxt: i64,
-    pub bytes: Vec<u8>,
-}
-
 /// sled writes of one commit or replay. They need not be atomic (the write-ahead log is),
 /// and sled holds a huge batch in memory many times over (measured: one 70,000-key batch
 /// cost 2.4 GB RSS), so they are applied in small batches.
@@ -646,55 +582,10 @@ impl Writes {
 
 /// Queues the sled entries of a new series: its `S` entry (first sample time) and its
 /// postings (the label sets and labels -> id live in memory and are rebuilt from these).
-fn series_keys(batch: &mut Writes, id: SeriesId, labels: &Labels, first_t: i64) {
+pub(crate) fn series_keys(batch: &mut Writes, id: SeriesId, labels: &Labels, first_t: i64) {
     batch.series.push(id, SeriesOp::Add { first_t });
     for l in labels.iter() {
         batch.postings.add(&l.name, &l.value, id);
-    }
-}
-
-/// Appends one sample (already validated as newer) to a series' head chunk; returns the
-/// chunk it cut, if any.
-pub(crate) fn append_to_head(
-    config: &StorageConfig,
-    id: SeriesId,
-    s: &mut MemSeries,
-    t: i64,
-    v: f64,
-    wal_seq: u64,
-) -> Option<CutChunk> {
-    let window = t.div_euclid(config.chunk_span_ms);
-    let mut cut = None;
-    let full = s
-        .head
-        .as_ref()
-        .is_some_and(|h| h.app.len() >= MAX_SAMPLES || h.window != window);
-    if full {
-        cut = s.head.take().map(|h| cut_chunk(id, h));
-        if let Some(c) = &cut {
-            s.staged_maxt = c.maxt;
-        }
-    }
-    let h = s.head.get_or_insert_with(|| HeadChunk {
-        app: XorAppender::new(),
-        first_wal: wal_seq,
-        window,
-    });
-    h.app.append(t, v);
-    if s.mint == i64::MIN || t < s.mint {
-        s.mint = t;
-    }
-    s.maxt = t;
-    cut
-}
-
-pub(crate) fn cut_chunk(id: SeriesId, h: HeadChunk) -> CutChunk {
-    let (maxt, _) = h.app.last().unwrap_or((h.app.mint(), 0.0));
-    CutChunk {
-        id,
-        mint: h.app.mint(),
-        maxt,
-        bytes: h.app.bytes().to_vec(),
     }
 }
 
@@ -811,194 +702,4 @@ pub(crate) fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 pub(crate) fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The [`Appender`] of [`Storage`].
-pub struct StorageAppender {
-    store: Storage,
-    samples: Vec<(Arc<[u8]>, i64, f64)>,
-    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    new_series: HashMap<Arc<[u8]>, Labels>,
-}
-
-impl Appender for StorageAppender {
-    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<(), StorageError> {
-        if labels.get("__name__").is_none() {
-            return Err(StorageError::InvalidLabels(
-                "series without __name__".into(),
-            ));
-        }
-        let enc: Arc<[u8]> = Arc::from(labels.encode());
-        if !read_lock(&self.store.inner.head)
-            .by_labels
-            .contains_key(&enc)
-        {
-            self.new_series
-                .entry(enc.clone())
-                .or_insert_with(|| labels.clone());
-        }
-        self.samples.push((enc, t, v));
-        Ok(())
-    }
-
-    fn set_meta(&mut self, key: &[u8], value: &[u8]) {
-        self.meta.push((key.to_vec(), Some(value.to_vec())));
-    }
-
-    fn remove_meta(&mut self, key: &[u8]) {
-        self.meta.push((key.to_vec(), None));
-    }
-
-    fn commit(self) -> Result<CommitReport, StorageError> {
-        let inner = &self.store.inner;
-        let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut batch = Writes::default();
-        let mut report = CommitReport::default();
-
-        // Ids for new series (another commit may have created them meanwhile).
-        let mut ids: HashMap<Arc<[u8]>, SeriesId> = HashMap::new();
-        let mut created: Vec<(Arc<[u8]>, SeriesId)> = Vec::new();
-        let mut first_times: HashMap<&Arc<[u8]>, i64> = HashMap::new();
-        if !self.new_series.is_empty() {
-            for (enc, t, _) in &self.samples {
-                let e = first_times.entry(enc).or_insert(*t);
-                *e = (*e).min(*t);
-            }
-        }
-        {
-            let head = read_lock(&inner.head);
-            for (enc, labels) in &self.new_series {
-                if let Some(id) = head.by_labels.get(enc) {
-                    ids.insert(enc.clone(), *id);
-                    continue;
-                }
-                let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
-                let first_t = first_times.get(enc).copied().unwrap_or(0);
-                series_keys(&mut batch, id, labels, first_t);
-                ids.insert(enc.clone(), id);
-                created.push((enc.clone(), id));
-            }
-        }
-
-        // Validate order against the head and within this append.
-        let min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
-        let mut accepted: Vec<(SeriesId, i64, f64)> = Vec::with_capacity(self.samples.len());
-        let mut unknown_last: Vec<(SeriesId, i64, f64)> = Vec::new();
-        {
-            let head = read_lock(&inner.head);
-            let mut last: HashMap<SeriesId, (i64, u64)> = HashMap::new();
-            for (enc, t, v) in &self.samples {
-                let id = match head.by_labels.get(enc).or_else(|| ids.get(enc)) {
-                    Some(id) => *id,
-                    None => return Err(corrupt("appended series has no id")),
-                };
-                let prev = last.get(&id).copied().or_else(|| {
-                    let s = head.series.get(&id)?;
-                    let lv = s
-                        .head
-                        .as_ref()
-                        .and_then(|h| h.app.last())
-                        .map(|(_, v)| v.to_bits());
-                    (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
-                });
-                if *t < min_valid {
-                    report.too_old += 1;
-                    continue;
-                }
-                match prev {
-                    Some((pt, _)) if *t < pt => report.out_of_order += 1,
-                    Some((pt, pv)) if *t == pt && pv == v.to_bits() => {
-                        report.duplicates_ignored += 1
-                    }
-                    // The last value is not in memory (its chunk was cut, e.g. before a
-                    // restart): decided from the stored chunk below.
-                    Some((pt, u64::MAX)) if *t == pt => unknown_last.push((id, *t, *v)),
-                    Some((pt, _)) if *t == pt => report.duplicate_timestamp += 1,
-                    _ => {
-                        last.insert(id, (*t, v.to_bits()));
-                        accepted.push((id, *t, *v));
-                    }
-                }
-            }
-        }
-        // Resending exactly the last stored sample is a harmless retry, not a conflict.
-        for (id, t, v) in unknown_last {
-            let mut buf = Vec::new();
-            for c in self.store.chunks_of(id, t, t)? {
-                c.decode_into(&mut buf)
-                    .map_err(|e| StorageError::Corrupt(format!("series {id}: {e}")))?;
-            }
-            if buf
-                .iter()
-                .any(|&(bt, bv)| bt == t && bv.to_bits() == v.to_bits())
-            {
-                report.duplicates_ignored += 1;
-            } else {
-                report.duplicate_timestamp += 1;
-            }
-        }
-        report.appended = accepted.len();
-
-        let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
-        for (k, v) in &self.meta {
-            match v {
-                Some(v) => batch.insert(keys::meta(k), v.as_slice()),
-                None => batch.remove(keys::meta(k)),
-            }
-        }
-        if !accepted.is_empty() || !created.is_empty() || !self.meta.is_empty() {
-            let rec = wal::Record {
-                seq,
-                series: created
-                    .iter()
-                    .map(|(enc, id)| (*id, enc.to_vec()))
-                    .collect(),
-                meta: self.meta,
-                samples: accepted.clone(),
-            };
-            inner
-                .wal
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(&rec)?;
-            inner.last_record.store(seq, Ordering::SeqCst);
-        }
-        // Durable in the log; sled catches up on its own (the log is replayed after a crash).
-        batch.apply(&inner.main)?;
-
-        // Durable: now visible. Cut chunks are staged before the head lock is released,
-        // so a reader (which holds it across staging and head) never misses them.
-        {
-            let mut cut = Vec::new();
-            let mut head = write_lock(&inner.head);
-            for (enc, id) in created {
-                // `append_to_head` below sets the first time.
-                head.insert_series(id, enc, i64::MIN, i64::MIN);
-            }
-            for &(id, t, v) in &accepted {
-                if let Some(s) = head.series.get_mut(&id) {
-                    if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
-                        cut.push(c);
-                    }
-                }
-            }
-            self.store.write_chunks(cut)?;
-        }
-        let st = &inner.stats;
-        st.samples_appended
-            .fetch_add(report.appended as u64, Ordering::Relaxed);
-        if let Some(newest) = accepted.iter().map(|x| x.1).max() {
-            st.newest_sample_ms.fetch_max(newest, Ordering::Relaxed);
-        }
-        st.samples_refused_out_of_order
-            .fetch_add(report.out_of_order as u64, Ordering::Relaxed);
-        st.samples_refused_duplicate_timestamp
-            .fetch_add(report.duplicate_timestamp as u64, Ordering::Relaxed);
-        st.samples_refused_too_old
-            .fetch_add(report.too_old as u64, Ordering::Relaxed);
-        if report.refused() > 0 {
-            tracing::debug!(?report, "samples refused");
-        }
-        Ok(report)
-    }
 }

@@ -12,21 +12,23 @@
 //! ([`index`]), write-ahead records ([`wal`]), the engine with its in-memory head (`db`),
 //! reads (`query`) and retention (`retention`). Byte layouts: `storage/docs/format.md`.
 
+mod appender;
 mod chunk;
-pub mod chunkenc;
-mod codec;
 mod compact;
 mod db;
-mod dense;
+mod encoding;
 mod error;
+mod head;
 pub mod index;
-mod keys;
 mod labels;
 mod query;
 mod retention;
 pub mod wal;
 
-pub use db::{CommitReport, MetaEntry, Storage, StorageAppender, StorageConfig, StorageStats};
+pub use appender::StorageAppender;
+pub use db::{CommitReport, MetaEntry, Storage, StorageConfig, StorageStats};
+pub use encoding::chunkenc;
+pub(crate) use encoding::{codec, dense, keys};
 pub use error::StorageError;
 pub use labels::{valid_label_name, Label, Labels, MatchOp, Matcher};
 pub use query::{ChunkSeries, RawChunk};

@@ -1,7 +1,8 @@
 //! Housekeeping: cutting idle head chunks, truncating write-ahead records, and retention by
 //! time and size (whole blocks, then the series left without data).
 
-use crate::db::{cut_chunk, dir_size, read_lock, write_lock, Storage};
+use crate::db::{dir_size, read_lock, write_lock, Storage};
+use crate::head::cut_chunk;
 use crate::{wal, StorageError};
 use std::sync::atomic::Ordering;
 

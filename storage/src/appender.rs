@@ -1,0 +1,212 @@
+//! The [`Appender`] of [`Storage`]: validate against the head, append one record to the
+//! log and fsync it, then apply to sled, the head and staging (see `Storage::mark_durable`
+//! for what is durable when).
+
+use crate::db::{corrupt, read_lock, series_keys, write_lock, CommitReport, Storage, Writes};
+use crate::head::append_to_head;
+use crate::{keys, wal, Appender, Labels, SeriesId, StorageError};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+impl Storage {
+    /// Starts an atomic write.
+    pub fn appender(&self) -> StorageAppender {
+        StorageAppender {
+            store: self.clone(),
+            samples: Vec::new(),
+            meta: Vec::new(),
+            new_series: HashMap::new(),
+        }
+    }
+}
+
+/// The [`Appender`] of [`Storage`].
+pub struct StorageAppender {
+    store: Storage,
+    samples: Vec<(Arc<[u8]>, i64, f64)>,
+    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    new_series: HashMap<Arc<[u8]>, Labels>,
+}
+
+impl Appender for StorageAppender {
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<(), StorageError> {
+        if labels.get("__name__").is_none() {
+            return Err(StorageError::InvalidLabels(
+                "series without __name__".into(),
+            ));
+        }
+        let enc: Arc<[u8]> = Arc::from(labels.encode());
+        if !read_lock(&self.store.inner.head)
+            .by_labels
+            .contains_key(&enc)
+        {
+            self.new_series
+                .entry(enc.clone())
+                .or_insert_with(|| labels.clone());
+        }
+        self.samples.push((enc, t, v));
+        Ok(())
+    }
+
+    fn set_meta(&mut self, key: &[u8], value: &[u8]) {
+        self.meta.push((key.to_vec(), Some(value.to_vec())));
+    }
+
+    fn remove_meta(&mut self, key: &[u8]) {
+        self.meta.push((key.to_vec(), None));
+    }
+
+    fn commit(self) -> Result<CommitReport, StorageError> {
+        let inner = &self.store.inner;
+        let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = Writes::default();
+        let mut report = CommitReport::default();
+
+        // Ids for new series (another commit may have created them meanwhile).
+        let mut ids: HashMap<Arc<[u8]>, SeriesId> = HashMap::new();
+        let mut created: Vec<(Arc<[u8]>, SeriesId)> = Vec::new();
+        let mut first_times: HashMap<&Arc<[u8]>, i64> = HashMap::new();
+        if !self.new_series.is_empty() {
+            for (enc, t, _) in &self.samples {
+                let e = first_times.entry(enc).or_insert(*t);
+                *e = (*e).min(*t);
+            }
+        }
+        {
+            let head = read_lock(&inner.head);
+            for (enc, labels) in &self.new_series {
+                if let Some(id) = head.by_labels.get(enc) {
+                    ids.insert(enc.clone(), *id);
+                    continue;
+                }
+                let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
+                let first_t = first_times.get(enc).copied().unwrap_or(0);
+                series_keys(&mut batch, id, labels, first_t);
+                ids.insert(enc.clone(), id);
+                created.push((enc.clone(), id));
+            }
+        }
+
+        // Validate order against the head and within this append.
+        let min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
+        let mut accepted: Vec<(SeriesId, i64, f64)> = Vec::with_capacity(self.samples.len());
+        let mut unknown_last: Vec<(SeriesId, i64, f64)> = Vec::new();
+        {
+            let head = read_lock(&inner.head);
+            let mut last: HashMap<SeriesId, (i64, u64)> = HashMap::new();
+            for (enc, t, v) in &self.samples {
+                let id = match head.by_labels.get(enc).or_else(|| ids.get(enc)) {
+                    Some(id) => *id,
+                    None => return Err(corrupt("appended series has no id")),
+                };
+                let prev = last.get(&id).copied().or_else(|| {
+                    let s = head.series.get(&id)?;
+                    let lv = s
+                        .head
+                        .as_ref()
+                        .and_then(|h| h.app.last())
+                        .map(|(_, v)| v.to_bits());
+                    (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
+                });
+                if *t < min_valid {
+                    report.too_old += 1;
+                    continue;
+                }
+                match prev {
+                    Some((pt, _)) if *t < pt => report.out_of_order += 1,
+                    Some((pt, pv)) if *t == pt && pv == v.to_bits() => {
+                        report.duplicates_ignored += 1
+                    }
+                    // The last value is not in memory (its chunk was cut, e.g. before a
+                    // restart): decided from the stored chunk below.
+                    Some((pt, u64::MAX)) if *t == pt => unknown_last.push((id, *t, *v)),
+                    Some((pt, _)) if *t == pt => report.duplicate_timestamp += 1,
+                    _ => {
+                        last.insert(id, (*t, v.to_bits()));
+                        accepted.push((id, *t, *v));
+                    }
+                }
+            }
+        }
+        // Resending exactly the last stored sample is a harmless retry, not a conflict.
+        for (id, t, v) in unknown_last {
+            let mut buf = Vec::new();
+            for c in self.store.chunks_of(id, t, t)? {
+                c.decode_into(&mut buf)
+                    .map_err(|e| StorageError::Corrupt(format!("series {id}: {e}")))?;
+            }
+            if buf
+                .iter()
+                .any(|&(bt, bv)| bt == t && bv.to_bits() == v.to_bits())
+            {
+                report.duplicates_ignored += 1;
+            } else {
+                report.duplicate_timestamp += 1;
+            }
+        }
+        report.appended = accepted.len();
+
+        let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
+        for (k, v) in &self.meta {
+            match v {
+                Some(v) => batch.insert(keys::meta(k), v.as_slice()),
+                None => batch.remove(keys::meta(k)),
+            }
+        }
+        if !accepted.is_empty() || !created.is_empty() || !self.meta.is_empty() {
+            let rec = wal::Record {
+                seq,
+                series: created
+                    .iter()
+                    .map(|(enc, id)| (*id, enc.to_vec()))
+                    .collect(),
+                meta: self.meta,
+                samples: accepted.clone(),
+            };
+            inner
+                .wal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&rec)?;
+            inner.last_record.store(seq, Ordering::SeqCst);
+        }
+        // Durable in the log; sled catches up on its own (the log is replayed after a crash).
+        batch.apply(&inner.main)?;
+
+        // Durable: now visible. Cut chunks are staged before the head lock is released,
+        // so a reader (which holds it across staging and head) never misses them.
+        {
+            let mut cut = Vec::new();
+            let mut head = write_lock(&inner.head);
+            for (enc, id) in created {
+                // `append_to_head` below sets the first time.
+                head.insert_series(id, enc, i64::MIN, i64::MIN);
+            }
+            for &(id, t, v) in &accepted {
+                if let Some(s) = head.series.get_mut(&id) {
+                    if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
+                        cut.push(c);
+                    }
+                }
+            }
+            self.store.write_chunks(cut)?;
+        }
+        let st = &inner.stats;
+        st.samples_appended
+            .fetch_add(report.appended as u64, Ordering::Relaxed);
+        if let Some(newest) = accepted.iter().map(|x| x.1).max() {
+            st.newest_sample_ms.fetch_max(newest, Ordering::Relaxed);
+        }
+        st.samples_refused_out_of_order
+            .fetch_add(report.out_of_order as u64, Ordering::Relaxed);
+        st.samples_refused_duplicate_timestamp
+            .fetch_add(report.duplicate_timestamp as u64, Ordering::Relaxed);
+        st.samples_refused_too_old
+            .fetch_add(report.too_old as u64, Ordering::Relaxed);
+        if report.refused() > 0 {
+            tracing::debug!(?report, "samples refused");
+        }
+        Ok(report)
+    }
+}

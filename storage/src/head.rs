@@ -1,0 +1,107 @@
+//! The head: every series in memory (labels, time range, durable mark) and its open chunk,
+//! which takes samples until it holds 120 or the next sample falls in another chunk window;
+//! then it is cut and goes to staging. Guarded by `Inner::head` (see `db` for the lock order).
+
+use crate::chunkenc::{XorAppender, MAX_SAMPLES};
+use crate::{SeriesId, StorageConfig};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub(crate) struct HeadChunk {
+    pub app: XorAppender,
+    /// Write-ahead record of the chunk's first sample.
+    pub first_wal: u64,
+    pub window: i64,
+}
+
+pub(crate) struct MemSeries {
+    pub labels: Arc<[u8]>,
+    pub head: Option<HeadChunk>,
+    /// First sample time (kept, not raised by retention: an over-estimate of the range).
+    pub mint: i64,
+    /// Last sample time; `i64::MIN` without samples.
+    pub maxt: i64,
+    /// End of the newest chunk cut from the head (written to staging, maybe not yet
+    /// flushed); `i64::MIN` for none.
+    pub staged_maxt: i64,
+    /// End of the newest chunk known to be on disk: the series' `persisted maxt` in the
+    /// series table, raised only by [`Storage::mark_durable`].
+    pub durable_maxt: i64,
+}
+
+#[derive(Default)]
+pub(crate) struct Head {
+    pub by_labels: HashMap<Arc<[u8]>, SeriesId>,
+    pub series: HashMap<SeriesId, MemSeries>,
+}
+
+impl Head {
+    /// Adds a series without a head chunk, findable by id and by its encoded labels; its
+    /// samples up to `maxt` are durable in chunks.
+    pub fn insert_series(&mut self, id: SeriesId, labels: Arc<[u8]>, mint: i64, maxt: i64) {
+        self.by_labels.insert(labels.clone(), id);
+        self.series.insert(
+            id,
+            MemSeries {
+                labels,
+                head: None,
+                mint,
+                maxt,
+                staged_maxt: maxt,
+                durable_maxt: maxt,
+            },
+        );
+    }
+}
+
+pub(crate) struct CutChunk {
+    pub id: SeriesId,
+    pub mint: i64,
+    pub maxt: i64,
+    pub bytes: Vec<u8>,
+}
+
+/// Appends one sample (already validated as newer) to a series' head chunk; returns the
+/// chunk it cut, if any.
+pub(crate) fn append_to_head(
+    config: &StorageConfig,
+    id: SeriesId,
+    s: &mut MemSeries,
+    t: i64,
+    v: f64,
+    wal_seq: u64,
+) -> Option<CutChunk> {
+    let window = t.div_euclid(config.chunk_span_ms);
+    let mut cut = None;
+    let full = s
+        .head
+        .as_ref()
+        .is_some_and(|h| h.app.len() >= MAX_SAMPLES || h.window != window);
+    if full {
+        cut = s.head.take().map(|h| cut_chunk(id, h));
+        if let Some(c) = &cut {
+            s.staged_maxt = c.maxt;
+        }
+    }
+    let h = s.head.get_or_insert_with(|| HeadChunk {
+        app: XorAppender::new(),
+        first_wal: wal_seq,
+        window,
+    });
+    h.app.append(t, v);
+    if s.mint == i64::MIN || t < s.mint {
+        s.mint = t;
+    }
+    s.maxt = t;
+    cut
+}
+
+pub(crate) fn cut_chunk(id: SeriesId, h: HeadChunk) -> CutChunk {
+    let (maxt, _) = h.app.last().unwrap_or((h.app.mint(), 0.0));
+    CutChunk {
+        id,
+        mint: h.app.mint(),
+        maxt,
+        bytes: h.app.bytes().to_vec(),
+    }
+}
