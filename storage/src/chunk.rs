@@ -1,7 +1,7 @@
 //! Chunks as the store reads them, and the one codec of a staged chunk's sled value.
 
 use crate::chunkenc::{self, ChunkError};
-use crate::query::RawChunk;
+use crate::querier::RawChunk;
 use crate::{dense, keys, SeriesId, StorageError};
 
 /// A chunk as read: XOR bytes (staged, head, or kept as XOR by compaction), or the samples

@@ -18,10 +18,11 @@
 //! the log is replayed: series and ingest state into sled again (idempotent), samples after
 //! the mark into the head.
 
-use crate::compact::{parse_staging_name, Staging, Windows};
-use crate::head::{append_to_head, CutChunk, Head};
+use crate::blocks::open_block;
+use crate::head::{append_to_head, Head};
 use crate::index::SeriesOp;
 use crate::labels::Labels;
+use crate::staging::{discard_undurable_chunks, parse_staging_name, Staging, Windows};
 use crate::{keys, wal, SeriesId, StorageError};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -111,6 +112,19 @@ pub struct Storage {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// The store's shared state. Every lock, in the order they may be nested (take a later one
+/// while holding an earlier one, never the reverse):
+///
+/// 1. `maintenance`: one maintenance at a time (it releases `write` while compaction writes
+///    pages).
+/// 2. `write`: serializes commits and the steps of maintenance that change what commits
+///    see; [`Storage::mark_durable`] runs under it.
+/// 3. `head`: series and head chunks. A chunk cut from the head is staged before `head` is
+///    released, and readers hold it across staging and the head (`querier`).
+/// 4. `windows`: which windows are staged and which compacted (one lock, so a reader sees
+///    a generation in exactly one of them).
+/// 5. `blocks`: the day databases.
+/// 6. `wal` and `holds`: leaves, never held while taking another.
 pub(crate) struct Inner {
     pub dir: PathBuf,
     pub config: StorageConfig,
@@ -361,41 +375,6 @@ impl Storage {
         Ok((n, samples))
     }
 
-    /// Writes cut chunks into their windows' staging databases (not flushed: the
-    /// write-ahead records still hold their samples until `maintain` flushes and truncates).
-    pub(crate) fn write_chunks(&self, cut: Vec<CutChunk>) -> Result<(), StorageError> {
-        if cut.is_empty() {
-            return Ok(());
-        }
-        let span = self.inner.config.chunk_span_ms;
-        let n = cut.len() as u64;
-        // By window, in key order, in batches of 256 (sled keeps a big batch in memory many
-        // times over; one insert at a time was 50 µs a chunk).
-        let mut by_window: BTreeMap<i64, Vec<CutChunk>> = BTreeMap::new();
-        for c in cut {
-            by_window
-                .entry(c.mint.div_euclid(span) * span)
-                .or_default()
-                .push(c);
-        }
-        for (window, mut chunks) in by_window {
-            let db = self.staging_for(window)?;
-            chunks.sort_unstable_by_key(|c| (c.id, c.mint));
-            for part in chunks.chunks(256) {
-                let mut b = sled::Batch::default();
-                for c in part {
-                    b.insert(
-                        keys::chunk(c.id, c.mint),
-                        crate::chunk::encode_staged(c.mint, c.maxt, &c.bytes),
-                    );
-                }
-                db.apply_batch(b)?;
-            }
-        }
-        self.inner.stats.chunks_cut.fetch_add(n, Ordering::Relaxed);
-        Ok(())
-    }
-
     /// Reads an ingest-state value written with [`crate::Appender::set_meta`].
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.inner.main.get(keys::meta(key))?.map(|v| v.to_vec()))
@@ -514,14 +493,6 @@ impl Storage {
         Ok(())
     }
 
-    /// Makes the staged chunks durable.
-    pub(crate) fn flush_staging(&self) -> Result<(), StorageError> {
-        for b in read_lock(&self.inner.windows).staging.values() {
-            b.db.flush()?;
-        }
-        Ok(())
-    }
-
     /// Bytes the data directory takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StorageError> {
         dir_size(&self.inner.dir)
@@ -589,19 +560,9 @@ pub(crate) fn series_keys(batch: &mut Writes, id: SeriesId, labels: &Labels, fir
     }
 }
 
-pub(crate) fn open_block(path: &Path, config: &StorageConfig) -> Result<sled::Db, StorageError> {
-    open_retrying(
-        sled::Config::new()
-            .path(path)
-            .cache_capacity(config.block_cache_capacity_bytes)
-            .flush_every_ms(None)
-            .use_compression(true),
-    )
-}
-
 /// Opens a sled database, waiting up to 5 s for its file lock: sled's background threads
 /// release a just-dropped handle of the same process asynchronously.
-fn open_retrying(config: sled::Config) -> Result<sled::Db, StorageError> {
+pub(crate) fn open_retrying(config: sled::Config) -> Result<sled::Db, StorageError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match config.open() {
@@ -616,45 +577,6 @@ fn open_retrying(config: sled::Config) -> Result<sled::Db, StorageError> {
             r => return Ok(r?),
         }
     }
-}
-
-/// Removes, at open, every staged chunk that begins after its series' durable mark (or
-/// belongs to no series the table knows): such a chunk was cut after the last
-/// [`Storage::mark_durable`], so nothing says the chunks before it reached the disk too
-/// (each staging database is its own sled file, flushed only by `mark_durable`), and the
-/// log, which is not truncated past the mark, still holds all of its samples. Replay then
-/// cuts them again. A chunk at or before the mark was fsynced before the mark was written.
-fn discard_undurable_chunks(
-    staging: &BTreeMap<(i64, u32), Staging>,
-    head: &Head,
-) -> Result<(), StorageError> {
-    let mut discarded = 0usize;
-    for st in staging.values() {
-        let mut doomed = Vec::new();
-        for kv in st.db.iter() {
-            let (k, _) = kv?;
-            let (id, mint) = keys::parse_chunk(&k).ok_or_else(|| corrupt("chunk key"))?;
-            let mark = head.series.get(&id).map_or(i64::MIN, |s| s.durable_maxt);
-            if mint > mark {
-                doomed.push(k);
-            }
-        }
-        discarded += doomed.len();
-        for part in doomed.chunks(256) {
-            let mut b = sled::Batch::default();
-            for k in part {
-                b.remove(k.clone());
-            }
-            st.db.apply_batch(b)?;
-        }
-    }
-    if discarded > 0 {
-        tracing::info!(
-            chunks = discarded,
-            "discarded staged chunks cut after the last durable mark; the log replays their samples"
-        );
-    }
-    Ok(())
 }
 
 /// Subdirectories of `dir` (missing: none) by name.

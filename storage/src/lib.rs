@@ -13,6 +13,7 @@
 //! reads (`query`) and retention (`retention`). Byte layouts: `storage/docs/format.md`.
 
 mod appender;
+mod blocks;
 mod chunk;
 mod compact;
 mod db;
@@ -21,8 +22,9 @@ mod error;
 mod head;
 pub mod index;
 mod labels;
-mod query;
+mod querier;
 mod retention;
+mod staging;
 pub mod wal;
 
 pub use appender::StorageAppender;
@@ -31,7 +33,7 @@ pub use encoding::chunkenc;
 pub(crate) use encoding::{codec, dense, keys};
 pub use error::StorageError;
 pub use labels::{valid_label_name, Label, Labels, MatchOp, Matcher};
-pub use query::{ChunkSeries, RawChunk};
+pub use querier::{ChunkSeries, RawChunk};
 pub use retention::MaintenanceReport;
 
 /// Prometheus's staleness marker: the NaN bit pattern Prometheus writes when a series

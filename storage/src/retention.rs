@@ -112,7 +112,7 @@ impl Storage {
         for start in doomed {
             let end = start.saturating_add(bd);
             let block = write_lock(&inner.blocks).remove(&start);
-            let staged: Vec<((i64, u32), crate::compact::Staging)> = {
+            let staged: Vec<((i64, u32), crate::staging::Staging)> = {
                 let mut w = write_lock(&inner.windows);
                 w.packed.retain(|win, _| *win < start || *win >= end);
                 let keys: Vec<(i64, u32)> = w
@@ -131,7 +131,7 @@ impl Storage {
             }
             for ((w, gen), s) in staged {
                 drop(s.db);
-                let dir = crate::compact::staging_dir(&inner.dir, w, gen);
+                let dir = crate::staging::staging_dir(&inner.dir, w, gen);
                 std::fs::remove_dir_all(&dir).map_err(|e| StorageError::Io(dir.clone(), e))?;
             }
             report.blocks_removed += 1;
@@ -234,7 +234,7 @@ impl Storage {
             .range((start, 0)..(end, 0))
             .map(|(k, _)| *k)
         {
-            size += dir_size(&crate::compact::staging_dir(&self.inner.dir, w, gen))?;
+            size += dir_size(&crate::staging::staging_dir(&self.inner.dir, w, gen))?;
         }
         Ok(size)
     }
