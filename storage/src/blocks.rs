@@ -3,7 +3,7 @@
 //! first-id`, and `G window` for the generations compacted). Byte layout:
 //! `storage/docs/format.md`.
 
-use crate::chunk::StoredChunk;
+use crate::chunk::{ChunkSource, StoredChunk};
 use crate::chunkenc;
 use crate::codec::{put_uvarint, put_varint, Reader};
 use crate::db::{open_retrying, read_lock, write_lock, Storage, StorageConfig};
@@ -151,6 +151,34 @@ impl PageBuilder {
     }
 }
 
+/// A series in a page: its id and the range of its data.
+type PageEntry = (SeriesId, std::ops::Range<usize>);
+
+/// The directory of a page value whose key names `first_id`: each series' id and the
+/// range of its data in the returned slice.
+fn page_entries(first_id: SeriesId, page: &[u8]) -> Result<(Vec<PageEntry>, &[u8]), StorageError> {
+    let mut c = Reader::new(page.get(8..).ok_or_else(|| corrupt("page header"))?, "page");
+    let n = c.uvarint()?;
+    let mut entries = Vec::new();
+    let (mut prev, mut offset) = (first_id, 0usize);
+    for _ in 0..n {
+        let sid = prev
+            .checked_add(c.uvarint()?)
+            .ok_or_else(|| corrupt("page directory"))?;
+        let len = c.uvarint()? as usize;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| corrupt("page directory"))?;
+        entries.push((sid, offset..end));
+        offset = end;
+        prev = sid;
+    }
+    if offset > c.buf.len() {
+        return Err(corrupt("page data"));
+    }
+    Ok((entries, c.buf))
+}
+
 /// The chunks of series `id` in a page value whose key names `first_id`.
 fn read_page(
     window: i64,
@@ -166,26 +194,73 @@ fn read_page(
     if id > last || id < first_id {
         return Ok(());
     }
-    let mut c = Reader::new(&page[8..], "page");
-    let n = c.uvarint()?;
-    let (mut prev, mut offset, mut found) = (first_id, 0usize, None);
-    for _ in 0..n {
-        let sid = prev + c.uvarint()?;
-        let len = c.uvarint()? as usize;
-        if sid == id {
-            found = Some((offset, len));
-        }
-        offset += len;
-        prev = sid;
-    }
-    if let Some((off, len)) = found {
-        let data = c
-            .buf
-            .get(off..off + len)
-            .ok_or_else(|| corrupt("page data"))?;
-        decode_series(window, Reader::new(data, "page"), mint, maxt, out)?;
+    let (entries, data) = page_entries(first_id, page)?;
+    if let Some((_, r)) = entries.into_iter().find(|(sid, _)| *sid == id) {
+        decode_series(window, Reader::new(&data[r], "page"), mint, maxt, out)?;
     }
     Ok(())
+}
+
+/// The compacted generations `1..=gens` of one window, in its day's database, as a chunk
+/// source.
+pub(crate) struct CompactedWindow<'a> {
+    pub db: &'a sled::Db,
+    pub window: i64,
+    pub gens: u32,
+}
+
+impl ChunkSource for CompactedWindow<'_> {
+    fn chunks(
+        &self,
+        id: SeriesId,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<StoredChunk>,
+    ) -> Result<(), StorageError> {
+        let w = self.window;
+        for gen in 1..=self.gens {
+            let hit = self
+                .db
+                .range(keys::page(w, gen, 0)..=keys::page(w, gen, id))
+                .next_back();
+            if let Some(kv) = hit {
+                let (k, v) = kv?;
+                let first = keys::be_u64(&k[13..]).ok_or_else(|| corrupt("page key"))?;
+                read_page(w, first, &v, id, mint, maxt, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn for_each_series(
+        &self,
+        f: &mut dyn FnMut(SeriesId, Vec<StoredChunk>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut all: std::collections::BTreeMap<SeriesId, Vec<StoredChunk>> = Default::default();
+        for gen in 1..=self.gens {
+            let prefix = &keys::page(self.window, gen, 0)[..13];
+            for kv in self.db.scan_prefix(prefix) {
+                let (k, v) = kv?;
+                let first = keys::be_u64(&k[13..]).ok_or_else(|| corrupt("page key"))?;
+                let (entries, data) = page_entries(first, &v)?;
+                for (id, r) in entries {
+                    let out = all.entry(id).or_default();
+                    decode_series(
+                        self.window,
+                        Reader::new(&data[r], "page"),
+                        i64::MIN,
+                        i64::MAX,
+                        out,
+                    )?;
+                }
+            }
+        }
+        for (id, mut cs) in all {
+            cs.sort_by_key(StoredChunk::mint);
+            f(id, cs)?;
+        }
+        Ok(())
+    }
 }
 
 impl Storage {
@@ -205,19 +280,9 @@ impl Storage {
             return Ok(());
         }
         let blocks = read_lock(&inner.blocks);
-        for (w, gens) in windows {
-            let Some(db) = blocks.get(&w.div_euclid(bd).saturating_mul(bd)) else {
-                continue;
-            };
-            for gen in 1..=gens {
-                let hit = db
-                    .range(keys::page(w, gen, 0)..=keys::page(w, gen, id))
-                    .next_back();
-                if let Some(kv) = hit {
-                    let (k, v) = kv?;
-                    let first = keys::be_u64(&k[13..]).ok_or_else(|| corrupt("page key"))?;
-                    read_page(w, first, &v, id, mint, maxt, out)?;
-                }
+        for (window, gens) in windows {
+            if let Some(db) = blocks.get(&window.div_euclid(bd).saturating_mul(bd)) {
+                CompactedWindow { db, window, gens }.chunks(id, mint, maxt, out)?;
             }
         }
         Ok(())

@@ -67,6 +67,27 @@ impl StoredChunk {
     }
 }
 
+/// Where a series' chunks are read from: the head, a staged window or a compacted window.
+/// The querier merges the sources of a range; compaction reads a staged window through
+/// [`ChunkSource::for_each_series`] and never sees the store.
+pub(crate) trait ChunkSource {
+    /// Appends the chunks of series `id` that overlap `[mint, maxt]` to `out`, in time
+    /// order (a chunk may hold samples outside the range; readers filter).
+    fn chunks(
+        &self,
+        id: SeriesId,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<StoredChunk>,
+    ) -> Result<(), StorageError>;
+
+    /// Calls `f` with each series' chunks (in time order), series in id order.
+    fn for_each_series(
+        &self,
+        f: &mut dyn FnMut(SeriesId, Vec<StoredChunk>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError>;
+}
+
 /// Tag after `maxt` of a staged value holding a dense chunk. An XOR chunk begins with its
 /// u16 sample count, whose first byte is 0 (chunks hold at most 120 samples), so the two
 /// never clash.

@@ -2,8 +2,9 @@
 //! which takes samples until it holds 120 or the next sample falls in another chunk window;
 //! then it is cut and goes to staging. Guarded by `Inner::head` (see `db` for the lock order).
 
+use crate::chunk::{ChunkSource, StoredChunk};
 use crate::chunkenc::{XorAppender, MAX_SAMPLES};
-use crate::{SeriesId, StorageConfig};
+use crate::{SeriesId, StorageConfig, StorageError};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -103,5 +104,46 @@ pub(crate) fn cut_chunk(id: SeriesId, h: HeadChunk) -> CutChunk {
         mint: h.app.mint(),
         maxt,
         bytes: h.app.bytes().to_vec(),
+    }
+}
+
+impl HeadChunk {
+    fn stored(&self) -> Option<StoredChunk> {
+        let (last_t, _) = self.app.last()?;
+        Some(StoredChunk::Xor {
+            mint: self.app.mint(),
+            maxt: last_t,
+            bytes: self.app.bytes().to_vec(),
+        })
+    }
+}
+
+impl ChunkSource for Head {
+    fn chunks(
+        &self,
+        id: SeriesId,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<StoredChunk>,
+    ) -> Result<(), StorageError> {
+        let chunk = self.series.get(&id).and_then(|s| s.head.as_ref()?.stored());
+        if let Some(c) = chunk.filter(|c| c.mint() <= maxt && c.maxt() >= mint) {
+            out.push(c);
+        }
+        Ok(())
+    }
+
+    fn for_each_series(
+        &self,
+        f: &mut dyn FnMut(SeriesId, Vec<StoredChunk>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut ids: Vec<SeriesId> = self.series.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(c) = self.series[&id].head.as_ref().and_then(HeadChunk::stored) {
+                f(id, vec![c])?;
+            }
+        }
+        Ok(())
     }
 }

@@ -1,10 +1,11 @@
 //! Reading: series selection through the index, samples from block chunks and the head,
 //! raw chunks for remote read, and label names and values.
 
-use crate::chunk::{decode_staged, StoredChunk};
+use crate::chunk::{ChunkSource, StoredChunk};
 use crate::db::{read_lock, Storage};
 use crate::labels::{Labels, Matcher};
-use crate::{index, keys, Querier, Sample, Series, SeriesId, StorageError};
+use crate::staging::StagedWindow;
+use crate::{index, Querier, Sample, Series, SeriesId, StorageError};
 use std::collections::{BTreeSet, HashSet};
 
 /// One compressed chunk (Prometheus XOR encoding) and its time range.
@@ -75,28 +76,12 @@ impl Storage {
         let head = read_lock(&self.inner.head);
         let (packed, staged) = read_lock(&self.inner.windows).snapshot(from, maxt);
         self.packed_chunks(id, packed, mint, maxt, &mut out)?;
-        for db in staged {
-            for kv in db.range(keys::chunk(id, from)..=keys::chunk(id, maxt)) {
-                let (k, v) = kv?;
-                let (_, c) = decode_staged(&k, &v)?;
-                if c.maxt() >= mint {
-                    out.push(c);
-                }
-            }
+        for db in &staged {
+            StagedWindow(db).chunks(id, mint, maxt, &mut out)?;
         }
         // Generations of a window and its staged chunks follow one another in time.
         out.sort_by_key(|c| c.mint());
-        if let Some(h) = head.series.get(&id).and_then(|s| s.head.as_ref()) {
-            if let Some((last_t, _)) = h.app.last() {
-                if h.app.mint() <= maxt && last_t >= mint {
-                    out.push(StoredChunk::Xor {
-                        mint: h.app.mint(),
-                        maxt: last_t,
-                        bytes: h.app.bytes().to_vec(),
-                    });
-                }
-            }
-        }
+        head.chunks(id, mint, maxt, &mut out)?;
         Ok(out)
     }
 

@@ -3,9 +3,10 @@
 //! `Storage::mark_durable`. Late samples (a series first seen with old timestamps) can
 //! reach a window after its compaction: they are staged under the next generation.
 
+use crate::chunk::{decode_staged, ChunkSource, StoredChunk};
 use crate::db::{corrupt, read_lock, write_lock, Storage};
 use crate::head::{CutChunk, Head};
-use crate::{keys, StorageError};
+use crate::{keys, SeriesId, StorageError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -54,6 +55,57 @@ pub(crate) fn staging_dir(root: &Path, window: i64, gen: u32) -> PathBuf {
 pub(crate) fn parse_staging_name(name: &str) -> Option<(i64, u32)> {
     let (w, g) = name.rsplit_once('-')?;
     Some((w.parse().ok()?, g.parse().ok()?))
+}
+
+/// One staged window and generation as a chunk source.
+pub(crate) struct StagedWindow<'a>(pub &'a sled::Db);
+
+impl ChunkSource for StagedWindow<'_> {
+    fn chunks(
+        &self,
+        id: SeriesId,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<StoredChunk>,
+    ) -> Result<(), StorageError> {
+        // One window per database: every chunk of `id` in it starts within the window.
+        for kv in self
+            .0
+            .range(keys::chunk(id, i64::MIN)..=keys::chunk(id, maxt))
+        {
+            let (k, v) = kv?;
+            let (_, c) = decode_staged(&k, &v)?;
+            if c.maxt() >= mint {
+                out.push(c);
+            }
+        }
+        Ok(())
+    }
+
+    fn for_each_series(
+        &self,
+        f: &mut dyn FnMut(SeriesId, Vec<StoredChunk>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        // Keys are `C id mint`: one series after another, in time order.
+        let mut current: Option<(SeriesId, Vec<StoredChunk>)> = None;
+        for kv in self.0.iter() {
+            let (k, v) = kv?;
+            let (id, chunk) = decode_staged(&k, &v)?;
+            match &mut current {
+                Some((cid, cs)) if *cid == id => cs.push(chunk),
+                _ => {
+                    if let Some((cid, cs)) = current.take() {
+                        f(cid, cs)?;
+                    }
+                    current = Some((id, vec![chunk]));
+                }
+            }
+        }
+        if let Some((cid, cs)) = current {
+            f(cid, cs)?;
+        }
+        Ok(())
+    }
 }
 
 impl Storage {
