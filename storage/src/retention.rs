@@ -91,23 +91,16 @@ impl Storage {
         let cutoff = now_ms.saturating_sub(cfg.retention_ms);
         let bd = cfg.block_duration_ms;
         let days = self.days();
-        let mut doomed: Vec<i64> = days
-            .iter()
-            .copied()
-            .filter(|s| s.saturating_add(bd) <= cutoff)
-            .collect();
-        if let Some(max) = cfg.retention_bytes {
-            let mut size = dir_size(&inner.dir)?;
-            for start in &days[..days.len().saturating_sub(1)] {
-                if size <= max {
-                    break;
-                }
-                if !doomed.contains(start) {
-                    doomed.push(*start);
-                }
-                size = size.saturating_sub(self.day_size(*start)?);
-            }
-        }
+        let sizes = match cfg.retention_bytes {
+            Some(_) => Some((
+                dir_size(&inner.dir)?,
+                days.iter()
+                    .map(|d| self.day_size(*d))
+                    .collect::<Result<Vec<u64>, _>>()?,
+            )),
+            None => None,
+        };
+        let doomed = plan(&days, bd, cutoff, cfg.retention_bytes, sizes);
         let mut min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
         for start in doomed {
             let end = start.saturating_add(bd);
@@ -168,6 +161,35 @@ impl Storage {
         inner.main.flush()?;
         Ok(())
     }
+}
+
+/// Which days (block starts, oldest first in `days`) retention removes: those that end at or
+/// before `cutoff`, then, while the data directory (`sizes`: its total and each day's size)
+/// is over `max_bytes`, the oldest ones, never the newest.
+pub(crate) fn plan(
+    days: &[i64],
+    block_ms: i64,
+    cutoff: i64,
+    max_bytes: Option<u64>,
+    sizes: Option<(u64, Vec<u64>)>,
+) -> Vec<i64> {
+    let mut doomed: Vec<i64> = days
+        .iter()
+        .copied()
+        .filter(|s| s.saturating_add(block_ms) <= cutoff)
+        .collect();
+    if let (Some(max), Some((mut size, day_sizes))) = (max_bytes, sizes) {
+        for (start, day) in days[..days.len().saturating_sub(1)].iter().zip(day_sizes) {
+            if size <= max {
+                break;
+            }
+            if !doomed.contains(start) {
+                doomed.push(*start);
+            }
+            size = size.saturating_sub(day);
+        }
+    }
+    doomed
 }
 
 impl Storage {
@@ -242,4 +264,29 @@ impl Storage {
 
 fn block_dir(s: &Storage, start: i64) -> std::path::PathBuf {
     s.inner.dir.join("blocks").join(format!("{start:020}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retention_plan_by_time_then_by_size_never_the_newest_day() {
+        let days = [0, 100, 200, 300];
+        assert_eq!(super::plan(&days, 100, 150, None, None), vec![0]);
+        assert_eq!(super::plan(&days, 100, 0, None, None), Vec::<i64>::new());
+        let sizes = || Some((100, vec![10, 20, 30, 40]));
+        // 100 bytes, at most 65: days 0 and 100 go (100 -> 90 -> 70 -> 40 ...).
+        assert_eq!(
+            super::plan(&days, 100, 0, Some(65), sizes()),
+            vec![0, 100, 200]
+        );
+        assert_eq!(super::plan(&days, 100, 0, Some(75), sizes()), vec![0, 100]);
+        assert_eq!(
+            super::plan(&days, 100, 150, Some(1), sizes()),
+            vec![0, 100, 200]
+        );
+        assert_eq!(
+            super::plan(&days, 100, 0, Some(1_000), sizes()),
+            Vec::<i64>::new()
+        );
+    }
 }
