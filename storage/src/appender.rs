@@ -2,12 +2,19 @@
 //! log and fsync it, then apply to sled, the head and staging (see `Storage::mark_durable`
 //! for what is durable when).
 
-use crate::db::{corrupt, read_lock, series_keys, write_lock, CommitReport, Storage, Writes};
+use crate::db::{
+    corrupt, read_lock, series_keys, write_lock, CommitReport, Storage, StorageStats, Writes,
+};
 use crate::head::append_to_head;
 use crate::{keys, wal, Appender, Labels, SeriesId, StorageError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+/// A series created by a commit: encoded labels and id.
+type Created = (Arc<[u8]>, SeriesId);
+/// An accepted sample: series, time, value.
+type Accepted = (SeriesId, i64, f64);
 
 impl Storage {
     /// Starts an atomic write.
@@ -58,155 +65,204 @@ impl Appender for StorageAppender {
     }
 
     fn commit(self) -> Result<CommitReport, StorageError> {
-        let inner = &self.store.inner;
+        let StorageAppender {
+            store,
+            samples,
+            meta,
+            new_series,
+        } = self;
+        let inner = &store.inner;
         let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = Writes::default();
-        let mut report = CommitReport::default();
-
-        // Ids for new series (another commit may have created them meanwhile).
-        let mut ids: HashMap<Arc<[u8]>, SeriesId> = HashMap::new();
-        let mut created: Vec<(Arc<[u8]>, SeriesId)> = Vec::new();
-        let mut first_times: HashMap<&Arc<[u8]>, i64> = HashMap::new();
-        if !self.new_series.is_empty() {
-            for (enc, t, _) in &self.samples {
-                let e = first_times.entry(enc).or_insert(*t);
-                *e = (*e).min(*t);
-            }
-        }
-        {
-            let head = read_lock(&inner.head);
-            for (enc, labels) in &self.new_series {
-                if let Some(id) = head.by_labels.get(enc) {
-                    ids.insert(enc.clone(), *id);
-                    continue;
-                }
-                let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
-                let first_t = first_times.get(enc).copied().unwrap_or(0);
-                series_keys(&mut batch, id, labels, first_t);
-                ids.insert(enc.clone(), id);
-                created.push((enc.clone(), id));
-            }
-        }
-
-        // Validate order against the head and within this append.
-        let min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
-        let mut accepted: Vec<(SeriesId, i64, f64)> = Vec::with_capacity(self.samples.len());
-        let mut unknown_last: Vec<(SeriesId, i64, f64)> = Vec::new();
-        {
-            let head = read_lock(&inner.head);
-            let mut last: HashMap<SeriesId, (i64, u64)> = HashMap::new();
-            for (enc, t, v) in &self.samples {
-                let id = match head.by_labels.get(enc).or_else(|| ids.get(enc)) {
-                    Some(id) => *id,
-                    None => return Err(corrupt("appended series has no id")),
-                };
-                let prev = last.get(&id).copied().or_else(|| {
-                    let s = head.series.get(&id)?;
-                    let lv = s
-                        .head
-                        .as_ref()
-                        .and_then(|h| h.app.last())
-                        .map(|(_, v)| v.to_bits());
-                    (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
-                });
-                if *t < min_valid {
-                    report.too_old += 1;
-                    continue;
-                }
-                match prev {
-                    Some((pt, _)) if *t < pt => report.out_of_order += 1,
-                    Some((pt, pv)) if *t == pt && pv == v.to_bits() => {
-                        report.duplicates_ignored += 1
-                    }
-                    // The last value is not in memory (its chunk was cut, e.g. before a
-                    // restart): decided from the stored chunk below.
-                    Some((pt, u64::MAX)) if *t == pt => unknown_last.push((id, *t, *v)),
-                    Some((pt, _)) if *t == pt => report.duplicate_timestamp += 1,
-                    _ => {
-                        last.insert(id, (*t, v.to_bits()));
-                        accepted.push((id, *t, *v));
-                    }
-                }
-            }
-        }
-        // Resending exactly the last stored sample is a harmless retry, not a conflict.
-        for (id, t, v) in unknown_last {
-            let mut buf = Vec::new();
-            for c in self.store.chunks_of(id, t, t)? {
-                c.decode_into(&mut buf)
-                    .map_err(|e| StorageError::Corrupt(format!("series {id}: {e}")))?;
-            }
-            if buf
-                .iter()
-                .any(|&(bt, bv)| bt == t && bv.to_bits() == v.to_bits())
-            {
-                report.duplicates_ignored += 1;
-            } else {
-                report.duplicate_timestamp += 1;
-            }
-        }
-        report.appended = accepted.len();
-
-        let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
-        for (k, v) in &self.meta {
-            match v {
-                Some(v) => batch.insert(keys::meta(k), v.as_slice()),
-                None => batch.remove(keys::meta(k)),
-            }
-        }
-        if !accepted.is_empty() || !created.is_empty() || !self.meta.is_empty() {
-            let rec = wal::Record {
-                seq,
-                series: created
-                    .iter()
-                    .map(|(enc, id)| (*id, enc.to_vec()))
-                    .collect(),
-                meta: self.meta,
-                samples: accepted.clone(),
-            };
-            inner
-                .wal
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(&rec)?;
-            inner.last_record.store(seq, Ordering::SeqCst);
-        }
+        let (ids, created) = assign_ids(&store, &samples, &new_series, &mut batch);
+        let (accepted, report) = validate(&store, &samples, &ids)?;
+        let seq = log(&store, &mut batch, meta, &created, &accepted)?;
         // Durable in the log; sled catches up on its own (the log is replayed after a crash).
         batch.apply(&inner.main)?;
+        apply(&store, created, &accepted, seq)?;
+        count(&inner.stats, &report, &accepted);
+        Ok(report)
+    }
+}
 
-        // Durable: now visible. Cut chunks are staged before the head lock is released,
-        // so a reader (which holds it across staging and head) never misses them.
-        {
-            let mut cut = Vec::new();
-            let mut head = write_lock(&inner.head);
-            for (enc, id) in created {
-                // `append_to_head` below sets the first time.
-                head.insert_series(id, enc, i64::MIN, i64::MIN);
+/// Ids for the appended series the head does not know (another commit may have created
+/// them meanwhile), with their sled entries queued in `batch`; returns every new series'
+/// id and those created here.
+fn assign_ids(
+    store: &Storage,
+    samples: &[(Arc<[u8]>, i64, f64)],
+    new_series: &HashMap<Arc<[u8]>, Labels>,
+    batch: &mut Writes,
+) -> (HashMap<Arc<[u8]>, SeriesId>, Vec<Created>) {
+    let inner = &store.inner;
+    let mut ids: HashMap<Arc<[u8]>, SeriesId> = HashMap::new();
+    let mut created: Vec<(Arc<[u8]>, SeriesId)> = Vec::new();
+    let mut first_times: HashMap<&Arc<[u8]>, i64> = HashMap::new();
+    if !new_series.is_empty() {
+        for (enc, t, _) in samples {
+            let e = first_times.entry(enc).or_insert(*t);
+            *e = (*e).min(*t);
+        }
+    }
+    let head = read_lock(&inner.head);
+    for (enc, labels) in new_series {
+        if let Some(id) = head.by_labels.get(enc) {
+            ids.insert(enc.clone(), *id);
+            continue;
+        }
+        let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
+        let first_t = first_times.get(enc).copied().unwrap_or(0);
+        series_keys(batch, id, labels, first_t);
+        ids.insert(enc.clone(), id);
+        created.push((enc.clone(), id));
+    }
+    (ids, created)
+}
+
+/// The samples that keep each series' time strictly increasing (against the head and
+/// within this append), and what was refused.
+fn validate(
+    store: &Storage,
+    samples: &[(Arc<[u8]>, i64, f64)],
+    ids: &HashMap<Arc<[u8]>, SeriesId>,
+) -> Result<(Vec<Accepted>, CommitReport), StorageError> {
+    let inner = &store.inner;
+    let mut report = CommitReport::default();
+    let min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
+    let mut accepted: Vec<(SeriesId, i64, f64)> = Vec::with_capacity(samples.len());
+    let mut unknown_last: Vec<(SeriesId, i64, f64)> = Vec::new();
+    {
+        let head = read_lock(&inner.head);
+        let mut last: HashMap<SeriesId, (i64, u64)> = HashMap::new();
+        for (enc, t, v) in samples {
+            let id = match head.by_labels.get(enc).or_else(|| ids.get(enc)) {
+                Some(id) => *id,
+                None => return Err(corrupt("appended series has no id")),
+            };
+            let prev = last.get(&id).copied().or_else(|| {
+                let s = head.series.get(&id)?;
+                let lv = s
+                    .head
+                    .as_ref()
+                    .and_then(|h| h.app.last())
+                    .map(|(_, v)| v.to_bits());
+                (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
+            });
+            if *t < min_valid {
+                report.too_old += 1;
+                continue;
             }
-            for &(id, t, v) in &accepted {
-                if let Some(s) = head.series.get_mut(&id) {
-                    if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
-                        cut.push(c);
-                    }
+            match prev {
+                Some((pt, _)) if *t < pt => report.out_of_order += 1,
+                Some((pt, pv)) if *t == pt && pv == v.to_bits() => report.duplicates_ignored += 1,
+                // The last value is not in memory (its chunk was cut, e.g. before a
+                // restart): decided from the stored chunk below.
+                Some((pt, u64::MAX)) if *t == pt => unknown_last.push((id, *t, *v)),
+                Some((pt, _)) if *t == pt => report.duplicate_timestamp += 1,
+                _ => {
+                    last.insert(id, (*t, v.to_bits()));
+                    accepted.push((id, *t, *v));
                 }
             }
-            self.store.write_chunks(cut)?;
         }
-        let st = &inner.stats;
-        st.samples_appended
-            .fetch_add(report.appended as u64, Ordering::Relaxed);
-        if let Some(newest) = accepted.iter().map(|x| x.1).max() {
-            st.newest_sample_ms.fetch_max(newest, Ordering::Relaxed);
+    }
+    // Resending exactly the last stored sample is a harmless retry, not a conflict.
+    for (id, t, v) in unknown_last {
+        let mut buf = Vec::new();
+        for c in store.chunks_of(id, t, t)? {
+            c.decode_into(&mut buf)
+                .map_err(|e| StorageError::Corrupt(format!("series {id}: {e}")))?;
         }
-        st.samples_refused_out_of_order
-            .fetch_add(report.out_of_order as u64, Ordering::Relaxed);
-        st.samples_refused_duplicate_timestamp
-            .fetch_add(report.duplicate_timestamp as u64, Ordering::Relaxed);
-        st.samples_refused_too_old
-            .fetch_add(report.too_old as u64, Ordering::Relaxed);
-        if report.refused() > 0 {
-            tracing::debug!(?report, "samples refused");
+        if buf
+            .iter()
+            .any(|&(bt, bv)| bt == t && bv.to_bits() == v.to_bits())
+        {
+            report.duplicates_ignored += 1;
+        } else {
+            report.duplicate_timestamp += 1;
         }
-        Ok(report)
+    }
+    report.appended = accepted.len();
+    Ok((accepted, report))
+}
+
+/// Appends the commit's record to the log and fsyncs it (the acknowledgement's
+/// precondition, see `Storage::mark_durable`); queues its ingest-state writes in `batch`.
+/// Returns the record's sequence.
+fn log(
+    store: &Storage,
+    batch: &mut Writes,
+    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    created: &[(Arc<[u8]>, SeriesId)],
+    accepted: &[(SeriesId, i64, f64)],
+) -> Result<u64, StorageError> {
+    let inner = &store.inner;
+    let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
+    for (k, v) in &meta {
+        match v {
+            Some(v) => batch.insert(keys::meta(k), v.as_slice()),
+            None => batch.remove(keys::meta(k)),
+        }
+    }
+    if !accepted.is_empty() || !created.is_empty() || !meta.is_empty() {
+        let rec = wal::Record {
+            seq,
+            series: created
+                .iter()
+                .map(|(enc, id)| (*id, enc.to_vec()))
+                .collect(),
+            meta,
+            samples: accepted.to_vec(),
+        };
+        inner
+            .wal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(&rec)?;
+        inner.last_record.store(seq, Ordering::SeqCst);
+    }
+    Ok(seq)
+}
+
+/// Makes a logged commit visible: new series and samples into the head, cut chunks staged
+/// before the head lock is released, so a reader (which holds it across staging and the
+/// head) never misses them.
+fn apply(
+    store: &Storage,
+    created: Vec<(Arc<[u8]>, SeriesId)>,
+    accepted: &[(SeriesId, i64, f64)],
+    seq: u64,
+) -> Result<(), StorageError> {
+    let inner = &store.inner;
+    let mut cut = Vec::new();
+    let mut head = write_lock(&inner.head);
+    for (enc, id) in created {
+        // `append_to_head` below sets the first time.
+        head.insert_series(id, enc, i64::MIN, i64::MIN);
+    }
+    for &(id, t, v) in accepted {
+        if let Some(s) = head.series.get_mut(&id) {
+            if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
+                cut.push(c);
+            }
+        }
+    }
+    store.write_chunks(cut)
+}
+
+fn count(st: &StorageStats, report: &CommitReport, accepted: &[(SeriesId, i64, f64)]) {
+    st.samples_appended
+        .fetch_add(report.appended as u64, Ordering::Relaxed);
+    if let Some(newest) = accepted.iter().map(|x| x.1).max() {
+        st.newest_sample_ms.fetch_max(newest, Ordering::Relaxed);
+    }
+    st.samples_refused_out_of_order
+        .fetch_add(report.out_of_order as u64, Ordering::Relaxed);
+    st.samples_refused_duplicate_timestamp
+        .fetch_add(report.duplicate_timestamp as u64, Ordering::Relaxed);
+    st.samples_refused_too_old
+        .fetch_add(report.too_old as u64, Ordering::Relaxed);
+    if report.refused() > 0 {
+        tracing::debug!(?report, "samples refused");
     }
 }
