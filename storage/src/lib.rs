@@ -24,6 +24,7 @@ mod labels;
 mod query;
 mod retention;
 pub mod wal;
+pub mod wincodec;
 
 pub use db::{CommitReport, MetaEntry, Storage, StorageAppender, StorageConfig, StorageStats};
 pub use error::StorageError;
