@@ -25,6 +25,7 @@ mod query;
 mod retention;
 pub mod wal;
 pub mod wincodec;
+pub mod winfile;
 
 pub use db::{CommitReport, MetaEntry, Storage, StorageAppender, StorageConfig, StorageStats};
 pub use error::StorageError;
