@@ -172,27 +172,41 @@ impl Writer {
             dir.extend_from_slice(&e.len.to_be_bytes());
             dir.extend_from_slice(&e.crc.to_be_bytes());
         }
+        let too_big = |what: &str| {
+            StorageError::Io(
+                self.tmp.clone(),
+                std::io::Error::other(format!("{what} does not fit the file format's u32")),
+            )
+        };
+        let table_len = u32::try_from(table.len()).map_err(|_| too_big("the timestamp table"))?;
+        let pages = u32::try_from(self.dir.len()).map_err(|_| too_big("the page count"))?;
         let dir_offset = table_offset + table.len() as u64;
         let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
         footer.extend_from_slice(&self.base.to_be_bytes());
         footer.extend_from_slice(&table_offset.to_be_bytes());
-        footer.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        footer.extend_from_slice(&table_len.to_be_bytes());
         footer.extend_from_slice(&crc32c::crc32c(&table).to_be_bytes());
         footer.extend_from_slice(&dir_offset.to_be_bytes());
-        footer.extend_from_slice(&(self.dir.len() as u32).to_be_bytes());
+        footer.extend_from_slice(&pages.to_be_bytes());
         footer.extend_from_slice(&crc32c::crc32c(&dir).to_be_bytes());
         footer.extend_from_slice(&crc32c::crc32c(&footer).to_be_bytes());
         footer.extend_from_slice(MAGIC);
         let tmp = self.tmp.clone();
-        let mut out = self.out.take().expect("present until finish");
-        for part in [&table, &dir, &footer] {
-            out.write_all(part).map_err(io_err(&tmp))?;
+        let out = self.out.take().expect("present until finish");
+        let durable = (|| {
+            let mut out = out;
+            for part in [&table, &dir, &footer] {
+                out.write_all(part).map_err(io_err(&tmp))?;
+            }
+            let file = out
+                .into_inner()
+                .map_err(|e| StorageError::Io(tmp.clone(), e.into_error()))?;
+            file.sync_all().map_err(io_err(&tmp))
+        })();
+        if let Err(e) = durable {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        let file = out
-            .into_inner()
-            .map_err(|e| StorageError::Io(tmp.clone(), e.into_error()))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        drop(file);
         std::fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
         let parent = self
             .path
