@@ -26,6 +26,8 @@ mod querier;
 mod retention;
 mod staging;
 pub mod wal;
+pub mod wincodec;
+pub mod winfile;
 
 pub use appender::StorageAppender;
 pub use db::{CommitReport, MetaEntry, Storage, StorageConfig, StorageStats};
