@@ -1,215 +1,101 @@
-//! Compacted windows: pages of many series' chunks (dense, or XOR where values are not
-//! integers) in a sled database per day (`blocks/<day start>/`, keys `K window gen
-//! first-id`, and `G window` for the generations compacted). Byte layout:
-//! `storage/docs/format.md`.
+//! Compacted windows: one immutable file per chunk window and generation,
+//! `blocks/<day start>/<window start>-<gen>.kpw` (layout: `winfile` and `wincodec`, and
+//! storage/docs/format.md), so that retention removes a day by removing its directory.
+//!
+//! A file is written as `<name>.pending` (through `<name>.pending.tmp`, fsynced, renamed,
+//! directory fsynced) and renamed to its final name only after the durability order allows
+//! the generation to count as compacted (`Storage::mark_durable`): a `.kpw` file is always
+//! complete and its samples are always covered by their series' durable marks. At open,
+//! `.pending` and `.tmp` files (an interrupted compaction; its staging directory is still
+//! there) are deleted.
 
 use crate::chunk::{ChunkSource, StoredChunk};
-use crate::chunkenc;
-use crate::codec::{put_uvarint, put_varint, Reader};
-use crate::db::{open_retrying, read_lock, write_lock, Storage, StorageConfig};
-use crate::{dense, keys, SeriesId, StorageError};
-use std::path::Path;
+use crate::db::{open_retrying, StorageConfig};
+use crate::winfile::{self, WindowFile};
+use crate::{SeriesId, StorageError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-const ENC_XOR: u8 = 1;
-const ENC_DENSE: u8 = 2;
+/// Compacted window files by (window start, generation).
+pub(crate) type Files = BTreeMap<(i64, u32), Arc<WindowFile>>;
 
-fn corrupt(what: impl Into<String>) -> StorageError {
-    StorageError::Corrupt(what.into())
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StorageError + '_ {
+    move |e| StorageError::Io(path.to_owned(), e)
 }
 
-/// Most samples in one dense chunk of a page.
-const MAX_DENSE_SAMPLES: usize = 4096;
-
-/// One series' chunks of a window in a page: `n uvarint` then n records, either
-/// `1 | mint - window varint | maxt - mint uvarint | len uvarint | XOR chunk` or
-/// `2 | len uvarint | dense chunk (times relative to the window)`. When every value of
-/// the series in the window is an integer, its chunks are merged into dense chunks of up to
-/// 4,096 samples (one frame of bit widths for the whole window); otherwise each chunk is
-/// dense on its own when it can be and smaller, else kept as XOR. Returns the number of
-/// dense chunks written.
-pub(crate) fn encode_series(window: i64, chunks: &[StoredChunk], out: &mut Vec<u8>) -> usize {
-    // Every chunk decoded once: its samples are `all[range]` (none if it does not decode).
-    let mut all = Vec::new();
-    let ranges: Vec<Option<std::ops::Range<usize>>> = chunks
-        .iter()
-        .map(|c| {
-            let start = all.len();
-            match c.decode_into(&mut all) {
-                Ok(()) => Some(start..all.len()),
-                Err(_) => {
-                    all.truncate(start);
-                    None
-                }
-            }
-        })
-        .collect();
-    let merged: Option<Vec<Vec<u8>>> = if ranges.iter().all(Option::is_some) {
-        all.chunks(MAX_DENSE_SAMPLES)
-            .map(|part| dense::encode(part, window))
-            .collect()
-    } else {
-        None
-    };
-    if let Some(parts) = merged {
-        put_uvarint(out, parts.len() as u64);
-        for p in &parts {
-            out.push(ENC_DENSE);
-            put_uvarint(out, p.len() as u64);
-            out.extend_from_slice(p);
-        }
-        return parts.len();
-    }
-    let mut dense_n = 0;
-    put_uvarint(out, chunks.len() as u64);
-    for (c, range) in chunks.iter().zip(ranges) {
-        let d = range.clone().and_then(|r| dense::encode(&all[r], window));
-        let xor: std::borrow::Cow<[u8]> = match (c, &range) {
-            (StoredChunk::Xor { bytes, .. }, _) => bytes.into(),
-            (StoredChunk::Samples(_), Some(r)) => chunkenc::encode_all(&all[r.clone()]).into(),
-            (StoredChunk::Samples(_), None) => Vec::new().into(),
-        };
-        match d {
-            Some(b) if b.len() < xor.len() => {
-                dense_n += 1;
-                out.push(ENC_DENSE);
-                put_uvarint(out, b.len() as u64);
-                out.extend_from_slice(&b);
-            }
-            _ => {
-                let (mint, maxt) = (c.mint(), c.maxt());
-                out.push(ENC_XOR);
-                put_varint(out, mint.wrapping_sub(window));
-                put_uvarint(out, maxt.wrapping_sub(mint) as u64);
-                put_uvarint(out, xor.len() as u64);
-                out.extend_from_slice(&xor);
-            }
-        }
-    }
-    dense_n
+/// `blocks/<day start>/`.
+pub(crate) fn day_dir(root: &Path, day: i64) -> PathBuf {
+    root.join("blocks").join(format!("{day:020}"))
 }
 
-fn decode_series(
-    window: i64,
-    mut c: Reader,
-    mint: i64,
-    maxt: i64,
-    out: &mut Vec<StoredChunk>,
-) -> Result<(), StorageError> {
-    let n = c.uvarint()?;
-    for _ in 0..n {
-        match *c.take(1)?.first().expect("one byte") {
-            ENC_XOR => {
-                let cmint = window.wrapping_add(c.varint()?);
-                let cmaxt = cmint.wrapping_add(c.uvarint()? as i64);
-                let len = c.uvarint()? as usize;
-                let bytes = c.take(len)?;
-                if cmaxt >= mint && cmint <= maxt {
-                    out.push(StoredChunk::Xor {
-                        mint: cmint,
-                        maxt: cmaxt,
-                        bytes: bytes.to_vec(),
-                    });
-                }
+/// The final path of a window's file of generation `gen`.
+pub(crate) fn window_path(root: &Path, block_ms: i64, window: i64, gen: u32) -> PathBuf {
+    day_dir(root, window.div_euclid(block_ms) * block_ms).join(format!("{window:020}-{gen}.kpw"))
+}
+
+/// Where compaction writes a window's file before it counts as compacted.
+pub(crate) fn pending_path(root: &Path, block_ms: i64, window: i64, gen: u32) -> PathBuf {
+    window_path(root, block_ms, window, gen).with_extension("pending")
+}
+
+/// `(window, gen)` of a `<window>-<gen>.kpw` file name.
+fn parse_name(name: &str) -> Option<(i64, u32)> {
+    let (w, g) = name.strip_suffix(".kpw")?.rsplit_once('-')?;
+    Some((w.parse().ok()?, g.parse().ok()?))
+}
+
+/// Renames a pending file to its final name and fsyncs the directory: from then on the
+/// generation counts as compacted.
+pub(crate) fn commit_pending(pending: &Path, path: &Path) -> Result<(), StorageError> {
+    std::fs::rename(pending, path).map_err(io(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// Opens every compacted window file under `blocks/`, deleting what an interrupted
+/// compaction left. A day directory of the earlier layout (a sled database of pages) is
+/// refused with what to do.
+pub(crate) fn load(root: &Path) -> Result<Files, StorageError> {
+    let blocks = root.join("blocks");
+    std::fs::create_dir_all(&blocks).map_err(io(&blocks))?;
+    let mut files = Files::new();
+    for day in std::fs::read_dir(&blocks).map_err(io(&blocks))? {
+        let day = day.map_err(io(&blocks))?.path();
+        if !day.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&day).map_err(io(&day))? {
+            let path = entry.map_err(io(&day))?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some(key) = parse_name(&name) {
+                files.insert(key, Arc::new(winfile::open(&path)?));
+            } else if name.ends_with(".pending") || name.ends_with(".tmp") {
+                tracing::info!(file = %path.display(), "removing a window file an interrupted compaction left");
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            } else if name == "conf" || name == "db" {
+                return Err(StorageError::Config(format!(
+                    "{} holds compacted windows in the earlier layout (sled pages), which this \
+                     version does not read; move the data directory away and start with an \
+                     empty one",
+                    day.display()
+                )));
+            } else {
+                tracing::warn!(file = %path.display(), "ignoring unknown file in blocks/");
             }
-            ENC_DENSE => {
-                let len = c.uvarint()? as usize;
-                let mut s = Vec::new();
-                dense::decode_into(c.take(len)?, window, &mut s)
-                    .map_err(|e| corrupt(format!("dense chunk: {e}")))?;
-                if s.first().is_some_and(|f| f.0 <= maxt) && s.last().is_some_and(|l| l.0 >= mint) {
-                    out.push(StoredChunk::Samples(s));
-                }
-            }
-            enc => return Err(corrupt(format!("chunk encoding {enc}"))),
         }
     }
-    Ok(())
+    Ok(files)
 }
 
-/// A page being filled: `last_id u64 | n uvarint | ( id - previous id uvarint | len
-/// uvarint )* | series data*` (the first entry's previous id is the key's first id).
-pub(crate) struct PageBuilder {
-    pub ids: Vec<(SeriesId, usize)>,
-    pub data: Vec<u8>,
-}
-
-impl PageBuilder {
-    pub fn finish(&self) -> (SeriesId, Vec<u8>) {
-        let first = self.ids[0].0;
-        let last = self.ids[self.ids.len() - 1].0;
-        let mut v = Vec::with_capacity(self.data.len() + 8 + self.ids.len() * 3);
-        v.extend_from_slice(&last.to_be_bytes());
-        put_uvarint(&mut v, self.ids.len() as u64);
-        let mut prev = first;
-        for (id, len) in &self.ids {
-            put_uvarint(&mut v, id - prev);
-            put_uvarint(&mut v, *len as u64);
-            prev = *id;
-        }
-        v.extend_from_slice(&self.data);
-        (first, v)
-    }
-}
-
-/// A series in a page: its id and the range of its data.
-type PageEntry = (SeriesId, std::ops::Range<usize>);
-
-/// The directory of a page value whose key names `first_id`: each series' id and the
-/// range of its data in the returned slice.
-fn page_entries(first_id: SeriesId, page: &[u8]) -> Result<(Vec<PageEntry>, &[u8]), StorageError> {
-    let mut c = Reader::new(page.get(8..).ok_or_else(|| corrupt("page header"))?, "page");
-    let n = c.uvarint()?;
-    let mut entries = Vec::new();
-    let (mut prev, mut offset) = (first_id, 0usize);
-    for _ in 0..n {
-        let sid = prev
-            .checked_add(c.uvarint()?)
-            .ok_or_else(|| corrupt("page directory"))?;
-        let len = c.uvarint()? as usize;
-        let end = offset
-            .checked_add(len)
-            .ok_or_else(|| corrupt("page directory"))?;
-        entries.push((sid, offset..end));
-        offset = end;
-        prev = sid;
-    }
-    if offset > c.buf.len() {
-        return Err(corrupt("page data"));
-    }
-    Ok((entries, c.buf))
-}
-
-/// The chunks of series `id` in a page value whose key names `first_id`.
-fn read_page(
-    window: i64,
-    first_id: SeriesId,
-    page: &[u8],
-    id: SeriesId,
-    mint: i64,
-    maxt: i64,
-    out: &mut Vec<StoredChunk>,
-) -> Result<(), StorageError> {
-    let last = keys::be_u64(page.get(..8).ok_or_else(|| corrupt("page header"))?)
-        .ok_or_else(|| corrupt("page header"))?;
-    if id > last || id < first_id {
-        return Ok(());
-    }
-    let (entries, data) = page_entries(first_id, page)?;
-    if let Some((_, r)) = entries.into_iter().find(|(sid, _)| *sid == id) {
-        decode_series(window, Reader::new(&data[r], "page"), mint, maxt, out)?;
-    }
-    Ok(())
-}
-
-/// The compacted generations `1..=gens` of one window, in its day's database, as a chunk
-/// source.
-pub(crate) struct CompactedWindow<'a> {
-    pub db: &'a sled::Db,
-    pub window: i64,
-    pub gens: u32,
-}
-
-impl ChunkSource for CompactedWindow<'_> {
+/// One compacted window generation as a chunk source: each series' samples of the window
+/// as one chunk.
+impl ChunkSource for WindowFile {
     fn chunks(
         &self,
         id: SeriesId,
@@ -217,16 +103,11 @@ impl ChunkSource for CompactedWindow<'_> {
         maxt: i64,
         out: &mut Vec<StoredChunk>,
     ) -> Result<(), StorageError> {
-        let w = self.window;
-        for gen in 1..=self.gens {
-            let hit = self
-                .db
-                .range(keys::page(w, gen, 0)..=keys::page(w, gen, id))
-                .next_back();
-            if let Some(kv) = hit {
-                let (k, v) = kv?;
-                let first = keys::be_u64(&k[13..]).ok_or_else(|| corrupt("page key"))?;
-                read_page(w, first, &v, id, mint, maxt, out)?;
+        if let Some(s) = self.read_series(id)? {
+            let overlaps =
+                s.first().is_some_and(|f| f.0 <= maxt) && s.last().is_some_and(|l| l.0 >= mint);
+            if overlaps {
+                out.push(StoredChunk::Samples(s));
             }
         }
         Ok(())
@@ -236,75 +117,14 @@ impl ChunkSource for CompactedWindow<'_> {
         &self,
         f: &mut dyn FnMut(SeriesId, Vec<StoredChunk>) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        let mut all: std::collections::BTreeMap<SeriesId, Vec<StoredChunk>> = Default::default();
-        for gen in 1..=self.gens {
-            let prefix = &keys::page(self.window, gen, 0)[..13];
-            for kv in self.db.scan_prefix(prefix) {
-                let (k, v) = kv?;
-                let first = keys::be_u64(&k[13..]).ok_or_else(|| corrupt("page key"))?;
-                let (entries, data) = page_entries(first, &v)?;
-                for (id, r) in entries {
-                    let out = all.entry(id).or_default();
-                    decode_series(
-                        self.window,
-                        Reader::new(&data[r], "page"),
-                        i64::MIN,
-                        i64::MAX,
-                        out,
-                    )?;
-                }
-            }
-        }
-        for (id, mut cs) in all {
-            cs.sort_by_key(StoredChunk::mint);
-            f(id, cs)?;
+        for (id, s) in self.read_all()? {
+            f(id, vec![StoredChunk::Samples(s)])?;
         }
         Ok(())
     }
 }
 
-impl Storage {
-    /// Compacted chunks of series `id` overlapping `[mint, maxt]` in `windows` (window
-    /// start, generations).
-    pub(crate) fn packed_chunks(
-        &self,
-        id: SeriesId,
-        windows: Vec<(i64, u32)>,
-        mint: i64,
-        maxt: i64,
-        out: &mut Vec<StoredChunk>,
-    ) -> Result<(), StorageError> {
-        let inner = &self.inner;
-        let bd = inner.config.block_duration_ms;
-        if windows.is_empty() {
-            return Ok(());
-        }
-        let blocks = read_lock(&inner.blocks);
-        for (window, gens) in windows {
-            if let Some(db) = blocks.get(&window.div_euclid(bd).saturating_mul(bd)) {
-                CompactedWindow { db, window, gens }.chunks(id, mint, maxt, out)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The block (day) database holding `window`, opened or created.
-    pub(crate) fn block_for(&self, window: i64) -> Result<sled::Db, StorageError> {
-        let bd = self.inner.config.block_duration_ms;
-        let start = window.div_euclid(bd) * bd;
-        let mut blocks = write_lock(&self.inner.blocks);
-        if let Some(b) = blocks.get(&start) {
-            return Ok(b.clone());
-        }
-        let b = open_block(
-            &self.inner.dir.join("blocks").join(format!("{start:020}")),
-            &self.inner.config,
-        )?;
-        blocks.insert(start, b.clone());
-        Ok(b)
-    }
-}
-
+/// A sled database of staging, opened or created (flushed only by `mark_durable`).
 pub(crate) fn open_block(path: &Path, config: &StorageConfig) -> Result<sled::Db, StorageError> {
     open_retrying(
         sled::Config::new()

@@ -24,14 +24,6 @@ impl StoredChunk {
         }
     }
 
-    /// Bytes of the chunk's encoding as read (samples: 16 a sample).
-    pub fn stored_len(&self) -> usize {
-        match self {
-            StoredChunk::Xor { bytes, .. } => bytes.len(),
-            StoredChunk::Samples(s) => s.len() * 16,
-        }
-    }
-
     pub fn mint(&self) -> i64 {
         match self {
             StoredChunk::Xor { mint, .. } => *mint,

@@ -19,11 +19,12 @@
 //! block's `G window` says which generations are compacted, and a staging directory of one
 //! of them is deleted.
 
-use crate::blocks::{encode_series, PageBuilder};
 use crate::chunk::{ChunkSource, StoredChunk};
 use crate::db::{read_lock, write_lock, Storage};
 use crate::staging::{staging_dir, StagedWindow};
-use crate::{keys, SeriesId, StorageError};
+use crate::wincodec::SharedColumns;
+use crate::winfile::{WriteSummary, Writer};
+use crate::{SeriesId, StorageError};
 use std::sync::atomic::Ordering;
 
 impl Storage {
@@ -67,25 +68,28 @@ impl Storage {
     fn compact_window(&self, window: i64, gen: u32, staged: sled::Db) -> Result<(), StorageError> {
         let inner = &self.inner;
         let started = std::time::Instant::now();
-        let block = self.block_for(window)?;
-        let c = compact(
+        let bd = inner.config.block_duration_ms;
+        let day = crate::blocks::day_dir(&inner.dir, window.div_euclid(bd) * bd);
+        std::fs::create_dir_all(&day).map_err(|e| StorageError::Io(day.clone(), e))?;
+        let pending = crate::blocks::pending_path(&inner.dir, bd, window, gen);
+        let summary = compact(
             &StagedWindow(&staged),
             window,
-            gen,
+            &pending,
             inner.config.page_bytes,
-            &block,
         )?;
-        // Every chunk in the pages is covered by its series' durable mark before the
+        // Every sample in the file is covered by its series' durable mark before the
         // generation counts as compacted (the durability order, `Storage::mark_durable`).
         {
             let w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
             self.mark_durable(&w)?;
         }
-        block.insert(keys::packed_gens(window), &gen.to_be_bytes())?;
-        block.flush()?;
+        let path = crate::blocks::window_path(&inner.dir, bd, window, gen);
+        crate::blocks::commit_pending(&pending, &path)?;
+        let file = std::sync::Arc::new(crate::winfile::open(&path)?);
         {
             let mut w = write_lock(&inner.windows);
-            w.packed.insert(window, gen);
+            w.files.insert((window, gen), file);
             w.staging.remove(&(window, gen));
         }
         drop(staged);
@@ -98,11 +102,11 @@ impl Storage {
         tracing::info!(
             window_start_ms = window,
             gen,
-            chunks = c.chunks,
-            dense_chunks = c.dense,
-            pages = c.pages,
-            xor_bytes = c.bytes_in,
-            page_bytes = c.bytes_out,
+            series = summary.series,
+            samples = summary.samples,
+            pages = summary.pages,
+            shared_columns = summary.shared_columns,
+            bytes = summary.bytes,
             took_ms = started.elapsed().as_millis() as u64,
             "compacted chunk window"
         );
@@ -110,97 +114,50 @@ impl Storage {
     }
 }
 
-/// What [`compact`] wrote.
-#[derive(Debug, Default)]
-pub(crate) struct Packed {
-    pub pages: usize,
-    pub chunks: usize,
-    pub dense: usize,
-    pub bytes_in: usize,
-    pub bytes_out: usize,
+/// The samples of a series' chunks, in time order.
+fn samples_of(id: SeriesId, chunks: &[StoredChunk]) -> Result<Vec<(i64, f64)>, StorageError> {
+    let mut s = Vec::new();
+    for c in chunks {
+        c.decode_into(&mut s)
+            .map_err(|e| StorageError::Corrupt(format!("staged chunk of series {id}: {e}")))?;
+    }
+    Ok(s)
 }
 
-/// Packs every series of `source` (one chunk window) into pages of generation `gen` in
-/// `block` and fsyncs them; pages of that generation left by an unfinished compaction go
-/// first. Sees nothing of the store but the source and the block: recording the generation
-/// as compacted is the caller's (after the durability order allows it).
+/// Writes every series of `source` (one chunk window starting at `window`) into the window
+/// file `path` (fsynced and renamed into place when this returns; see `winfile`), in two
+/// passes: the first counts the timestamp columns the series share, the second encodes.
+/// Sees nothing of the store but the source: recording the generation as compacted is the
+/// caller's, once the durability order allows it.
 pub(crate) fn compact(
     source: &dyn ChunkSource,
     window: i64,
-    gen: u32,
+    path: &std::path::Path,
     page_bytes: usize,
-    block: &sled::Db,
-) -> Result<Packed, StorageError> {
-    // The staged window may have grown since a crashed compaction, so its pages need not
-    // line up with the new ones.
-    let prefix = &keys::page(window, gen, 0)[..13];
-    for kv in block.scan_prefix(prefix) {
-        let (k, _) = kv?;
-        block.remove(k)?;
-    }
-    let mut c = Compactor {
-        window,
-        gen,
-        page_bytes,
-        block,
-        page: PageBuilder {
-            ids: Vec::new(),
-            data: Vec::new(),
-        },
-        out: Packed::default(),
-    };
-    source.for_each_series(&mut |id, cs| c.add_series(id, &cs))?;
-    c.flush_page()?;
-    block.flush()?;
-    Ok(c.out)
-}
-
-/// Packs one window's series into pages.
-struct Compactor<'a> {
-    window: i64,
-    gen: u32,
-    page_bytes: usize,
-    block: &'a sled::Db,
-    page: PageBuilder,
-    out: Packed,
-}
-
-impl Compactor<'_> {
-    fn add_series(&mut self, id: SeriesId, cs: &[StoredChunk]) -> Result<(), StorageError> {
-        let before = self.page.data.len();
-        self.out.dense += encode_series(self.window, cs, &mut self.page.data);
-        self.page.ids.push((id, self.page.data.len() - before));
-        self.out.chunks += cs.len();
-        self.out.bytes_in += cs.iter().map(StoredChunk::stored_len).sum::<usize>();
-        if self.page.data.len() >= self.page_bytes {
-            self.flush_page()?;
-        }
+) -> Result<WriteSummary, StorageError> {
+    let mut shared = SharedColumns::new();
+    source.for_each_series(&mut |id, cs| {
+        shared.count(&samples_of(id, &cs)?);
         Ok(())
-    }
-
-    fn flush_page(&mut self) -> Result<(), StorageError> {
-        if self.page.ids.is_empty() {
+    })?;
+    let mut w = Writer::create(path, window, shared, page_bytes)?;
+    source.for_each_series(&mut |id, cs| {
+        let s = samples_of(id, &cs)?;
+        if s.is_empty() {
             return Ok(());
         }
-        let (first, v) = self.page.finish();
-        self.out.bytes_out += v.len();
-        self.block
-            .insert(keys::page(self.window, self.gen, first), v)?;
-        self.out.pages += 1;
-        self.page.ids.clear();
-        self.page.data.clear();
-        Ok(())
-    }
+        w.add(id, &s)
+    })?;
+    w.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blocks::CompactedWindow;
     use crate::chunk::encode_staged;
     use crate::chunkenc;
 
-    fn samples_of(
+    fn samples_of_source(
         source: &dyn ChunkSource,
     ) -> std::collections::BTreeMap<SeriesId, Vec<(i64, u64)>> {
         let mut out = std::collections::BTreeMap::new();
@@ -218,16 +175,12 @@ mod tests {
     }
 
     /// Compaction sees only chunk sources: what a staged window yields, the compacted
-    /// window yields again, bit for bit (counters, floats, a stale marker, two chunks).
+    /// window file yields again, bit for bit (counters, floats, a stale marker, two chunks).
     #[test]
     fn compacting_a_staged_window_keeps_every_sample() {
         let dir = tempfile::tempdir().unwrap();
         let staged = sled::Config::new()
             .path(dir.path().join("s"))
-            .open()
-            .unwrap();
-        let block = sled::Config::new()
-            .path(dir.path().join("b"))
             .open()
             .unwrap();
         let window = 3_600_000;
@@ -248,20 +201,17 @@ mod tests {
                 let (mint, maxt) = (part[0].0, part[part.len() - 1].0);
                 staged
                     .insert(
-                        keys::chunk(id, mint),
+                        crate::keys::chunk(id, mint),
                         encode_staged(mint, maxt, &chunkenc::encode_all(part)),
                     )
                     .unwrap();
             }
         }
-        let before = samples_of(&StagedWindow(&staged));
-        let packed = compact(&StagedWindow(&staged), window, 1, 16 << 10, &block).unwrap();
-        assert!(packed.pages > 1 && packed.dense > 0, "{packed:?}");
-        let after = samples_of(&CompactedWindow {
-            db: &block,
-            window,
-            gens: 1,
-        });
+        let before = samples_of_source(&StagedWindow(&staged));
+        let path = dir.path().join("w.kpw");
+        let summary = compact(&StagedWindow(&staged), window, &path, 16 << 10).unwrap();
+        assert!(summary.pages > 1, "{summary:?}");
+        let after = samples_of_source(&crate::winfile::open(&path).unwrap());
         assert_eq!(before.len(), 300);
         assert_eq!(after, before);
     }

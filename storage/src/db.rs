@@ -121,16 +121,13 @@ pub struct Storage {
 ///    see; [`Storage::mark_durable`] runs under it.
 /// 3. `head`: series and head chunks. A chunk cut from the head is staged before `head` is
 ///    released, and readers hold it across staging and the head (`querier`).
-/// 4. `windows`: which windows are staged and which compacted (one lock, so a reader sees
-///    a generation in exactly one of them).
-/// 5. `blocks`: the day databases.
-/// 6. `wal` and `holds`: leaves, never held while taking another.
+/// 4. `windows`: which windows are staged and which compacted, with their databases and
+///    files (one lock, so a reader sees a generation in exactly one of them).
+/// 5. `wal` and `holds`: leaves, never held while taking another.
 pub(crate) struct Inner {
     pub dir: PathBuf,
     pub config: StorageConfig,
     pub main: sled::Db,
-    /// Day blocks (compacted pages) by start time.
-    pub blocks: RwLock<BTreeMap<i64, sled::Db>>,
     /// Staged and compacted chunk windows.
     pub windows: RwLock<Windows>,
     /// Serializes maintenance (which releases the write lock while it compacts).
@@ -178,33 +175,14 @@ impl Storage {
                 dir.display()
             )));
         }
-        let mut blocks = BTreeMap::new();
-        let mut packed = BTreeMap::new();
-        for (start, path) in numbered_dirs(&dir.join("blocks"))? {
-            let Ok(start) = start.parse::<i64>() else {
-                tracing::warn!(dir = %path.display(), "ignoring unknown directory in blocks/");
-                continue;
-            };
-            let db = open_block(&path, config)?;
-            for kv in db.scan_prefix([keys::PACKED_GENS]) {
-                let (k, v) = kv?;
-                let w = keys::ts_from(&k[1..]).ok_or_else(|| corrupt("window key"))?;
-                let g = v
-                    .as_ref()
-                    .try_into()
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| corrupt("window generations"))?;
-                packed.insert(w, g);
-            }
-            blocks.insert(start, db);
-        }
+        let files = crate::blocks::load(dir)?;
         let mut staging = BTreeMap::new();
         for (name, path) in numbered_dirs(&dir.join("staging"))? {
             let Some((w, gen)) = parse_staging_name(&name) else {
                 tracing::warn!(dir = %path.display(), "ignoring unknown directory in staging/");
                 continue;
             };
-            if packed.get(&w).is_some_and(|&g| g >= gen) {
+            if files.range((w, gen)..=(w, u32::MAX)).next().is_some() {
                 // Compacted, but the process stopped before deleting it.
                 std::fs::remove_dir_all(&path).map_err(|e| StorageError::Io(path.clone(), e))?;
                 continue;
@@ -279,8 +257,7 @@ impl Storage {
             dir: dir.to_owned(),
             config: config.clone(),
             main,
-            blocks: RwLock::new(blocks),
-            windows: RwLock::new(Windows { staging, packed }),
+            windows: RwLock::new(Windows { staging, files }),
             maintenance: Mutex::new(()),
             head: RwLock::new(head),
             write: Mutex::new(()),
@@ -295,9 +272,9 @@ impl Storage {
             inner: Arc::new(inner),
         };
         let (records, samples) = store.replay(records)?;
-        let blocks_n = read_lock(&store.inner.blocks).len();
+        let blocks_n = read_lock(&store.inner.windows).files.len();
         let staged_n = read_lock(&store.inner.windows).staging.len();
-        tracing::info!(dir = %dir.display(), series = store.series_count(), blocks = blocks_n,
+        tracing::info!(dir = %dir.display(), series = store.series_count(), compacted_windows = blocks_n,
             staged_windows = staged_n,
             wal_records = records, wal_samples = samples, "opened store");
         Ok(store)
@@ -444,14 +421,13 @@ impl Storage {
     /// Start times of the blocks (days) holding data, compacted or staged, oldest first.
     pub(crate) fn days(&self) -> Vec<i64> {
         let bd = self.inner.config.block_duration_ms;
-        let mut days: std::collections::BTreeSet<i64> =
-            read_lock(&self.inner.blocks).keys().copied().collect();
-        days.extend(
-            read_lock(&self.inner.windows)
-                .staging
-                .keys()
-                .map(|(w, _)| w.div_euclid(bd) * bd),
-        );
+        let w = read_lock(&self.inner.windows);
+        let days: std::collections::BTreeSet<i64> = w
+            .staging
+            .keys()
+            .chain(w.files.keys())
+            .map(|(w, _)| w.div_euclid(bd) * bd)
+            .collect();
         days.into_iter().collect()
     }
 
@@ -505,11 +481,7 @@ impl Storage {
     /// Flushes everything to disk (used before a clean shutdown; commits are durable anyway).
     pub fn flush(&self) -> Result<(), StorageError> {
         let w = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
-        self.mark_durable(&w)?;
-        for b in read_lock(&self.inner.blocks).values() {
-            b.flush()?;
-        }
-        Ok(())
+        self.mark_durable(&w)
     }
 }
 

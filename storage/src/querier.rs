@@ -72,10 +72,12 @@ impl Storage {
         let mut out = Vec::new();
         // Held across staging and the head: chunks move from the head to staging under its
         // write lock, so a chunk is seen in exactly one of them (lock order: head, then
-        // windows, then blocks).
+        // windows).
         let head = read_lock(&self.inner.head);
-        let (packed, staged) = read_lock(&self.inner.windows).snapshot(from, maxt);
-        self.packed_chunks(id, packed, mint, maxt, &mut out)?;
+        let (files, staged) = read_lock(&self.inner.windows).snapshot(from, maxt);
+        for f in &files {
+            f.chunks(id, mint, maxt, &mut out)?;
+        }
         for db in &staged {
             StagedWindow(db).chunks(id, mint, maxt, &mut out)?;
         }

@@ -104,10 +104,9 @@ impl Storage {
         let mut min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
         for start in doomed {
             let end = start.saturating_add(bd);
-            let block = write_lock(&inner.blocks).remove(&start);
             let staged: Vec<((i64, u32), crate::staging::Staging)> = {
                 let mut w = write_lock(&inner.windows);
-                w.packed.retain(|win, _| *win < start || *win >= end);
+                w.files.retain(|(win, _), _| *win < start || *win >= end);
                 let keys: Vec<(i64, u32)> = w
                     .staging
                     .range((start, 0)..(end, 0))
@@ -117,10 +116,13 @@ impl Storage {
                     .filter_map(|k| w.staging.remove(&k).map(|s| (k, s)))
                     .collect()
             };
-            if block.is_some() {
-                drop(block);
-                let dir = block_dir(self, start);
-                std::fs::remove_dir_all(&dir).map_err(|e| StorageError::Io(dir.clone(), e))?;
+            // Readers holding one of its files keep reading the unlinked file.
+            let dir = block_dir(self, start);
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::Io(dir.clone(), e))
+                }
+                _ => {}
             }
             for ((w, gen), s) in staged {
                 drop(s.db);

@@ -3,13 +3,16 @@
 //! `Storage::mark_durable`. Late samples (a series first seen with old timestamps) can
 //! reach a window after its compaction: they are staged under the next generation.
 
+use crate::blocks::Files;
 use crate::chunk::{decode_staged, ChunkSource, StoredChunk};
 use crate::db::{corrupt, read_lock, write_lock, Storage};
 use crate::head::{CutChunk, Head};
+use crate::winfile::WindowFile;
 use crate::{keys, SeriesId, StorageError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// The staging database of one chunk window and generation.
 pub(crate) struct Staging {
@@ -24,20 +27,28 @@ pub(crate) struct Staging {
 pub(crate) struct Windows {
     /// Staged chunk databases by (window start, generation).
     pub staging: BTreeMap<(i64, u32), Staging>,
-    /// Compacted generations by window start.
-    pub packed: BTreeMap<i64, u32>,
+    /// Compacted window files by (window start, generation).
+    pub files: Files,
 }
 
 impl Windows {
-    /// Compacted windows in `[from, to]` with their generations, and the staged databases.
-    pub fn snapshot(&self, from: i64, to: i64) -> (Vec<(i64, u32)>, Vec<sled::Db>) {
+    /// How many generations of `window` are compacted.
+    pub fn compacted_gens(&self, window: i64) -> u32 {
+        self.files
+            .range((window, 0)..=(window, u32::MAX))
+            .next_back()
+            .map_or(0, |((_, g), _)| *g)
+    }
+
+    /// Compacted window files and staged databases of the windows in `[from, to]`.
+    pub fn snapshot(&self, from: i64, to: i64) -> (Vec<Arc<WindowFile>>, Vec<sled::Db>) {
         if from > to {
             return (Vec::new(), Vec::new());
         }
         (
-            self.packed
-                .range(from..=to)
-                .map(|(w, g)| (*w, *g))
+            self.files
+                .range((from, 0)..=(to, u32::MAX))
+                .map(|(_, f)| f.clone())
                 .collect(),
             self.staging
                 .range((from, 0)..=(to, u32::MAX))
@@ -112,7 +123,7 @@ impl Storage {
     /// The open staging database of `window`, or a new one under the next generation.
     pub(crate) fn staging_for(&self, window: i64) -> Result<sled::Db, StorageError> {
         let mut w = write_lock(&self.inner.windows);
-        let mut gen = w.packed.get(&window).copied().unwrap_or(0);
+        let mut gen = w.compacted_gens(window);
         for ((_, g), s) in w.staging.range((window, 0)..=(window, u32::MAX)) {
             if !s.sealed {
                 return Ok(s.db.clone());

@@ -6,8 +6,6 @@ use crate::SeriesId;
 /// Layout 1 kept a key per series; its presence means an older data directory.
 pub const LABELS_BY_ID: u8 = b'I';
 pub const SERIES_GROUP: u8 = b'S';
-pub const PAGE: u8 = b'K';
-pub const PACKED_GENS: u8 = b'G';
 
 /// Series per `S` group value.
 pub const GROUP_BITS: u32 = 10;
@@ -35,19 +33,6 @@ pub fn with_prefix(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
 /// `S group` (group = id >> GROUP_BITS): first and last persisted time of its series.
 pub fn series_group(group: u64) -> Vec<u8> {
     with_prefix(SERIES_GROUP, &[&group.to_be_bytes()])
-}
-
-/// `K window gen first_id`: a page of compacted chunks (in a day's block).
-pub fn page(window: i64, gen: u32, first_id: SeriesId) -> Vec<u8> {
-    with_prefix(
-        PAGE,
-        &[&ts(window), &gen.to_be_bytes(), &first_id.to_be_bytes()],
-    )
-}
-
-/// `G window`: how many compactions of the window the block holds.
-pub fn packed_gens(window: i64) -> Vec<u8> {
-    with_prefix(PACKED_GENS, &[&ts(window)])
 }
 
 /// `P name 0xff value 0xff` (value: roaring bitmap of series ids).
