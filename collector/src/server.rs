@@ -31,7 +31,7 @@ impl Running {
         for w in self.writers {
             w.await.context("remote write task")?;
         }
-        self.store.flush()?;
+        self.store.close()?;
         Ok(())
     }
 }

@@ -34,6 +34,26 @@ impl Storage {
         Ok(report)
     }
 
+    /// A clean stop (the collector calls it last on SIGTERM): every head chunk is cut into
+    /// staging, made durable and marked, and the log is truncated past it, but for what log
+    /// readers (remote write destinations) still hold, so that a stopped store keeps each
+    /// sample once, in its chunk. The store stays usable; the next samples start new chunks.
+    pub fn close(&self) -> Result<(), StorageError> {
+        let _m = self
+            .inner
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut report = MaintenanceReport::default();
+        self.cut_and_truncate(i64::MAX, &mut report)?;
+        tracing::info!(
+            chunks_cut = report.idle_chunks_cut,
+            wal_segments_removed = report.wal_segments_removed,
+            "store closed"
+        );
+        Ok(())
+    }
+
     /// Steps 1 and 2 of maintenance, under the write lock.
     fn cut_and_truncate(
         &self,
@@ -50,7 +70,7 @@ impl Storage {
         {
             let mut head = write_lock(&inner.head);
             for (id, s) in head.series.iter_mut() {
-                if s.head.is_some() && s.maxt < now_ms - cfg.head_idle_ms {
+                if s.head.is_some() && s.maxt < now_ms.saturating_sub(cfg.head_idle_ms) {
                     if let Some(h) = s.head.take() {
                         let c = cut_chunk(*id, h);
                         s.staged_maxt = c.maxt;

@@ -832,3 +832,47 @@ fn readers_never_miss_a_chunk_while_it_moves_from_head_to_staging() {
         assert!(r.join().expect("reader") > 0);
     }
 }
+
+/// A clean stop keeps each sample once, in its chunk (issue 11, section 3: the log was most
+/// of a stopped store): after `close` the log holds no record, every sample reads back after
+/// reopening, and commits go on.
+#[test]
+fn close_cuts_every_head_chunk_and_empties_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path(), &small()).unwrap();
+    for step in 0..50i64 {
+        let mut a = s.appender();
+        for j in 0..20 {
+            a.append(
+                &labels("closing", &j.to_string()),
+                step * 10_000,
+                (step * j) as f64,
+            )
+            .unwrap();
+        }
+        a.commit().unwrap();
+    }
+    let before = bits(&all(&s));
+    let wal = |d: &std::path::Path| {
+        std::fs::read_dir(d.join("wal"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum::<u64>()
+    };
+    assert!(wal(dir.path()) > 0);
+    s.close().unwrap();
+    assert_eq!(
+        wal(dir.path()),
+        0,
+        "the log holds nothing after a clean stop"
+    );
+    assert_eq!(bits(&all(&s)), before);
+    let mut a = s.appender();
+    a.append(&labels("closing", "0"), 50 * 10_000, 1.0).unwrap();
+    a.commit().unwrap();
+    drop(s);
+    let s = Storage::open(dir.path(), &small()).unwrap();
+    let after = bits(&all(&s));
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after[0].1.len(), before[0].1.len() + 1);
+}

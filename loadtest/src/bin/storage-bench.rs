@@ -25,8 +25,9 @@
 //! `promtool tsdb create-blocks-from openmetrics`.
 //!
 //! Reports ingest samples/s, on-disk bytes per sample fresh (Kappie's data directory right
-//! after ingest, flushed as at a clean stop: log, staged chunks, index; Prometheus's WAL and
-//! head) and compacted (Kappie after `maintain` compacted every window; the Prometheus
+//! after ingest, running or after a crash: log, staged chunks, index, flushed; and after a
+//! clean stop, `Storage::close`, which cuts the head chunks and truncates the log;
+//! Prometheus's WAL and head, running) and compacted (Kappie after `maintain` compacted every window; the Prometheus
 //! block: chunks, index, meta), resident memory per series, and the time to read 1 h of
 //! 10,000 series (Kappie: `Querier::select` in-process; Prometheus: an instant query of a
 //! 1 h range selector over HTTP).
@@ -171,11 +172,20 @@ fn main() -> anyhow::Result<()> {
     }
     let k_ingest = total / started.elapsed().as_secs_f64();
     let k_rss = rss_kib(std::process::id()).saturating_sub(rss0);
-    // Fresh: what a clean stop right after ingest leaves (head chunks are only in the log).
+    // Fresh, running (or after a crash): head chunks are only in the log.
     store.flush()?;
     let k_fresh = du(&kdir);
     eprintln!(
         "kappie fresh: wal {} bytes, staging {} bytes, main {} bytes",
+        du(&kdir.join("wal")),
+        du(&kdir.join("staging")),
+        du(&kdir.join("main"))
+    );
+    // Fresh after a clean stop: each sample once, in its chunk.
+    store.close()?;
+    let k_closed = du(&kdir);
+    eprintln!(
+        "kappie after a clean stop: wal {} bytes, staging {} bytes, main {} bytes",
         du(&kdir.join("wal")),
         du(&kdir.join("staging")),
         du(&kdir.join("main"))
@@ -225,9 +235,10 @@ fn main() -> anyhow::Result<()> {
     drop(store);
     if args.kappie_only {
         println!(
-            "| Kappie only, {} | ingest {k_ingest:.0} samples/s | fresh {:.2} B/sample | compacted {:.3} B/sample | RSS {:.0} B/series | read {:.1} ms |",
+            "| Kappie only, {} | ingest {k_ingest:.0} samples/s | fresh {:.2} B/sample | after a clean stop {:.2} B/sample | compacted {:.3} B/sample | RSS {:.0} B/series | read {:.1} ms |",
             args.shape.name(),
             k_fresh as f64 / total,
+            k_closed as f64 / total,
             k_disk as f64 / total,
             k_rss as f64 * 1024.0 / args.series as f64,
             median(k_sel)
@@ -370,6 +381,11 @@ fn main() -> anyhow::Result<()> {
     println!(
         "| fresh: bytes per sample (Kappie log + staging + index, flushed; Prometheus WAL + head) | {:.2} | {:.2} |",
         k_fresh as f64 / total,
+        p_disk as f64 / total
+    );
+    println!(
+        "| fresh after a clean stop (Kappie: `close` cut the head chunks and truncated the log; Prometheus WAL + head as above) | {:.2} | {:.2} |",
+        k_closed as f64 / total,
         p_disk as f64 / total
     );
     println!(
