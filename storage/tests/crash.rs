@@ -42,6 +42,24 @@ fn next_of(s: &Storage) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs the ignored test `name` of this binary as a child process on data directory `dir`,
+/// its stdout piped.
+fn spawn_child(name: &str, dir: &std::path::Path, stderr: Stdio) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("KAPPIE_CRASH_CHILD", dir)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 /// The child of `sigkill_at_random_points_loses_nothing_acknowledged`, run by it in a process
 /// of its own (ignored in ordinary runs: it loops until killed).
 #[test]
@@ -84,19 +102,7 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let delay = Duration::from_millis(100 + seed % 500);
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crash_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("KAPPIE_CRASH_CHILD", dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_child("crash_child", dir.path(), Stdio::null());
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
             let mut last = None;
@@ -216,19 +222,7 @@ fn hour_boundary_child() {
 #[test]
 fn sigkill_after_commits_across_an_hour_boundary_keeps_every_sample() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "hour_boundary_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("KAPPIE_CRASH_CHILD", dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child("hour_boundary_child", dir.path(), Stdio::inherit());
     let stdout = child.stdout.take().unwrap();
     let acked = BufReader::new(stdout)
         .lines()
