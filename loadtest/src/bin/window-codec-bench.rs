@@ -1,13 +1,14 @@
-//! Benchmark: bytes per sample of one compacted window, the store's pages today against
-//! the window codec (`kappie_storage::wincodec`) in a window file (`kappie_storage::winfile`).
+//! Benchmark: bytes per sample of one compacted window: what the store writes (its own
+//! `maintain`) and the window codec (`kappie_storage::wincodec`) in a window file
+//! (`kappie_storage::winfile`) written directly, with layout alternatives.
 //!
 //! Data: `--series` series of each `--shape` (`kappie_loadtest::shapes`, seeded by `--seed`),
 //! `--samples` samples 10 s apart in one aligned hour (three hours before now), so every
 //! series' samples are one piece of one chunk window.
 //!
-//! - Store today: the samples written through the store's `Appender` and compacted by its own
-//!   `maintain`; reported are the page values (dense chunks, else XOR, in 16 KiB pages with a
-//!   directory; read back from the block's sled database) and `du` of `blocks/` (sled).
+//! - The store: the samples written through the store's `Appender` and compacted by its own
+//!   `maintain`; reported is `du` of `blocks/` (since 2026-11-30 one window file; before,
+//!   16 KiB pages in a sled database, whose figures are in docs/BENCHMARKS.md).
 //! - Window codec: `wincodec::encode` of the whole window as one value, and the window
 //!   written by `winfile::write` (16 KiB pages, one timestamp table per file), whose length
 //!   is the figure; every series is read back with `read_series` and compared bit for bit.
@@ -55,21 +56,6 @@ fn du(p: &Path) -> u64 {
     std::fs::read_dir(p)
         .map(|rd| rd.flatten().map(|e| du(&e.path())).sum())
         .unwrap_or(0)
-}
-
-/// Bytes of the compacted pages (`K` keys) in the store's block databases.
-fn page_value_bytes(blocks: &Path) -> anyhow::Result<u64> {
-    let mut n = 0;
-    for e in std::fs::read_dir(blocks)? {
-        let db = sled::Config::new()
-            .path(e?.path())
-            .use_compression(true)
-            .open()?;
-        for kv in db.scan_prefix(b"K") {
-            n += kv?.1.len() as u64;
-        }
-    }
-    Ok(n)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -130,8 +116,7 @@ fn main() -> anyhow::Result<()> {
             }
             store.flush()?;
         }
-        let store_pages = page_value_bytes(&dir.join("blocks")).context("reading pages")?;
-        let store_sled = du(&dir.join("blocks"));
+        let store_blocks = du(&dir.join("blocks"));
         let index = du(&dir.join("main"));
 
         // The window codec.
@@ -175,11 +160,10 @@ fn main() -> anyhow::Result<()> {
             per(index)
         );
         rows.push(format!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
             shape.name(),
             per(xor),
-            per(store_pages),
-            per(store_sled),
+            per(store_blocks),
             per(blob),
             per(own_tables),
             per(file),
@@ -191,12 +175,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "| bytes/sample, {} series x {} samples, seed {} | XOR chunks of 120 | store pages | \
-         store pages in sled (du) | wincodec, one value | pages with a table each | window \
-         file | window file + main/ |",
+        "| bytes/sample, {} series x {} samples, seed {} | XOR chunks of 120 | store's blocks/ \
+         (du) | wincodec, one value | pages with a table each | window file | window file + \
+         main/ |",
         args.series, args.samples, args.seed
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }
