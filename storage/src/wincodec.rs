@@ -622,6 +622,13 @@ impl<'a> Table<'a> {
         Ok(Table { base, columns })
     }
 
+    /// Every column, decoded.
+    pub fn decode_columns(&self) -> Result<Vec<Vec<i64>>, StorageError> {
+        (0..self.columns.len() as u64)
+            .map(|k| self.column(k))
+            .collect()
+    }
+
     /// Columns in the table.
     pub fn len(&self) -> usize {
         self.columns.len()
@@ -642,15 +649,39 @@ impl<'a> Table<'a> {
 
 /// Decodes one series record (from [`Encoder::encode_series`]) against its window's table.
 pub fn decode_record(table: &Table, record: &[u8]) -> Result<Vec<(i64, f64)>, StorageError> {
+    decode_record_with(table.base, record, |k| table.column(k))
+}
+
+/// Decodes one series record against the window's timestamp columns, already decoded
+/// ([`Table::decode_columns`]; readers of many series keep them).
+pub fn decode_record_in(
+    base: i64,
+    columns: &[Vec<i64>],
+    record: &[u8],
+) -> Result<Vec<(i64, f64)>, StorageError> {
+    decode_record_with(base, record, |k| {
+        usize::try_from(k)
+            .ok()
+            .and_then(|k| columns.get(k))
+            .cloned()
+            .ok_or_else(|| corrupt(format!("timestamp column {k} is not in the table")))
+    })
+}
+
+fn decode_record_with(
+    base: i64,
+    record: &[u8],
+    column: impl Fn(u64) -> Result<Vec<i64>, StorageError>,
+) -> Result<Vec<(i64, f64)>, StorageError> {
     let mut r = Reader::new(record, "series record");
     let head = r.uvarint()?;
     let ts = match head >> 2 {
         0 => {
             let len = usize::try_from(r.uvarint()?).unwrap_or(usize::MAX);
             let col = r.take(len)?;
-            read_column(&mut BitReader::new(col), table.base, col.len() * 8)?
+            read_column(&mut BitReader::new(col), base, col.len() * 8)?
         }
-        k => table.column(k - 1)?,
+        k => column(k - 1)?,
     };
     let vs = decode_values(head & 3, r.buf, ts.len())?;
     Ok(ts.into_iter().zip(vs).collect())

@@ -260,7 +260,15 @@ pub struct WindowFile {
     base: i64,
     dir: Vec<Entry>,
     table: Vec<u8>,
+    /// The table's columns, decoded on the first read of a series.
+    columns: std::sync::OnceLock<Vec<Vec<i64>>>,
+    /// The pages read last (index, checked bytes), newest first: a query reads series in
+    /// label order, which is mostly id order, so neighbours share a page.
+    recent: std::sync::Mutex<std::collections::VecDeque<(usize, std::sync::Arc<Vec<u8>>)>>,
 }
+
+/// Pages kept per open file (`WindowFile::recent`).
+const RECENT_PAGES: usize = 4;
 
 /// The message of a codec error, to be wrapped in one that names the file.
 fn detail(e: StorageError) -> String {
@@ -362,6 +370,8 @@ pub fn open(path: &Path) -> Result<WindowFile, StorageError> {
         base,
         dir,
         table,
+        columns: std::sync::OnceLock::new(),
+        recent: Default::default(),
     })
 }
 
@@ -387,6 +397,21 @@ impl WindowFile {
         ))
     }
 
+    /// Page `i`, checked, from the recent pages or read.
+    fn cached_page(&self, i: usize) -> Result<std::sync::Arc<Vec<u8>>, StorageError> {
+        {
+            let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, p)) = recent.iter().find(|(j, _)| *j == i) {
+                return Ok(p.clone());
+            }
+        }
+        let p = std::sync::Arc::new(self.page(i)?);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.push_front((i, p.clone()));
+        recent.truncate(RECENT_PAGES);
+        Ok(p)
+    }
+
     /// Reads and checks page `i`.
     fn page(&self, i: usize) -> Result<Vec<u8>, StorageError> {
         let e = &self.dir[i];
@@ -407,14 +432,21 @@ impl WindowFile {
         let Some(i) = i.checked_sub(1) else {
             return Ok(None);
         };
-        let page = self.page(i)?;
+        let page = self.cached_page(i)?;
         let wrap = |e: StorageError| self.bad(format!("page {i}: {}", detail(e)));
         let entries = wincodec::parse_section(&page).map_err(wrap)?;
         let Ok(k) = entries.binary_search_by_key(&id, |e| e.0) else {
             return Ok(None);
         };
-        let table = Table::parse(self.base, &self.table).map_err(wrap)?;
-        wincodec::decode_record(&table, entries[k].1)
+        let columns = match self.columns.get() {
+            Some(c) => c,
+            None => {
+                let table = Table::parse(self.base, &self.table).map_err(wrap)?;
+                let c = table.decode_columns().map_err(wrap)?;
+                self.columns.get_or_init(|| c)
+            }
+        };
+        wincodec::decode_record_in(self.base, columns, entries[k].1)
             .map(Some)
             .map_err(wrap)
     }
