@@ -79,8 +79,8 @@ pub struct Cli {
     /// sled page cache size in bytes.
     #[arg(long, env = "KAPPIE_CACHE_CAPACITY_BYTES")]
     pub cache_capacity_bytes: Option<u64>,
-    /// sled page cache of each day block, bytes (blocks hold all but the newest chunks;
-    /// a bigger cache makes queries over them faster).
+    /// sled page cache of each staging database (one per chunk window not yet compacted),
+    /// bytes.
     #[arg(long, env = "KAPPIE_BLOCK_CACHE_CAPACITY_BYTES")]
     pub block_cache_capacity_bytes: Option<u64>,
     /// Log format: `text` or `json`.

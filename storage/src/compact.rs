@@ -1,23 +1,13 @@
-//! Staging and compaction of cut chunks.
-//!
-//! A cut chunk goes first into the sled database of its chunk window
-//! (`staging/`, see `staging`; one value per chunk, dense or XOR). Once a window is
-//! over (its end is `head_idle` in the past and no head chunk is left in it), `maintain`
-//! compacts it: the window's chunks, series by series in id order, are packed into pages
-//! of about `page_bytes` in the sled database of its day (`blocks/<day start>/`), each
-//! chunk dense-encoded when its values are integers ([`crate::dense`]) and kept as XOR
-//! otherwise; then the staging directory is deleted.
-//!
-//! Why: sled 0.34 costs about 56 bytes per value on top of the value and cleans its log only
-//! below 50 % live data, so a value per 120-sample chunk made 1.31 bytes of XOR per sample
-//! into 2.4 on disk (measured); a few large values per window do not pay either.
+//! Compaction: once a staged window is over (its end is `head_idle` in the past and no head
+//! chunk is left in it), `maintain` writes its series, in id order, into one window file
+//! (`blocks`, `winfile`) and then deletes the staging directory. Why files and not sled:
+//! sled 0.34 stored immutable 16 KiB pages in 1.2-2.8x their size (docs/BENCHMARKS.md).
 //!
 //! Late samples (a series first seen with old timestamps) can reach a window after its
-//! compaction: they are staged under the next generation (`gen`) and compacted again into
-//! pages of that generation; readers look at every generation of a window. A crash
-//! between writing the pages and deleting the staging directory is resolved on open: the
-//! block's `G window` says which generations are compacted, and a staging directory of one
-//! of them is deleted.
+//! compaction: they are staged under the next generation (`gen`) and compacted into a file
+//! of that generation; readers look at every generation of a window. When the generation
+//! counts as compacted, and what happens after a crash at each step, is step 4 of the
+//! durability order (`Storage::mark_durable`, storage/docs/format.md).
 
 use crate::chunk::{ChunkSource, StoredChunk};
 use crate::db::{read_lock, write_lock, Storage};

@@ -34,13 +34,14 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 pub struct StorageConfig {
     /// sled page cache of the main database, bytes.
     pub cache_capacity_bytes: u64,
-    /// sled page cache of each block database, bytes.
+    /// sled page cache of each staging database (one per chunk window), bytes.
     pub block_cache_capacity_bytes: u64,
     /// Samples older than this are deleted (whole blocks at a time), ms.
     pub retention_ms: i64,
     /// When the data directory is larger than this, the oldest blocks are deleted.
     pub retention_bytes: Option<u64>,
-    /// Time span of one block database, ms; a multiple of `chunk_span_ms`.
+    /// Time span of one block (a day directory of window files), ms; a multiple of
+    /// `chunk_span_ms`.
     pub block_duration_ms: i64,
     /// Chunks never span a boundary of this aligned window, ms.
     pub chunk_span_ms: i64,
@@ -52,7 +53,8 @@ pub struct StorageConfig {
     /// destinations behind); past it the oldest held segments go and the samples in them
     /// are counted as dropped for each reader.
     pub wal_hold_max_bytes: u64,
-    /// Compaction packs a window's chunks into sled values of about this size.
+    /// Pages of a compacted window file are cut at about this size (a read of one series
+    /// reads and checks one page).
     pub page_bytes: usize,
 }
 
@@ -272,9 +274,9 @@ impl Storage {
             inner: Arc::new(inner),
         };
         let (records, samples) = store.replay(records)?;
-        let blocks_n = read_lock(&store.inner.windows).files.len();
+        let compacted = read_lock(&store.inner.windows).files.len();
         let staged_n = read_lock(&store.inner.windows).staging.len();
-        tracing::info!(dir = %dir.display(), series = store.series_count(), compacted_windows = blocks_n,
+        tracing::info!(dir = %dir.display(), series = store.series_count(), compacted_windows = compacted,
             staged_windows = staged_n,
             wal_records = records, wal_samples = samples, "opened store");
         Ok(store)

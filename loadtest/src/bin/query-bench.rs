@@ -32,7 +32,7 @@ struct Args {
     /// Runs of each query against each system.
     #[arg(long, default_value_t = 50)]
     runs: usize,
-    /// The collector's sled cache per day block, bytes.
+    /// The collector's sled cache per staging database (`--block-cache-capacity-bytes`), bytes.
     #[arg(long, default_value_t = 2 << 20)]
     block_cache_bytes: u64,
     /// The collector binary.
