@@ -83,6 +83,11 @@ pub struct Cli {
     /// bytes.
     #[arg(long, env = "KAPPIE_BLOCK_CACHE_CAPACITY_BYTES")]
     pub block_cache_capacity_bytes: Option<u64>,
+    /// Size at which the write-ahead log starts a new segment file, bytes. The log is
+    /// truncated a whole segment at a time, so smaller segments free disk sooner once their
+    /// samples are durable in chunks.
+    #[arg(long, env = "KAPPIE_WAL_SEGMENT_BYTES")]
+    pub wal_segment_bytes: Option<u64>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "KAPPIE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -100,6 +105,7 @@ pub struct Config {
     pub max_future_skew_seconds: u64,
     pub cache_capacity_bytes: u64,
     pub block_cache_capacity_bytes: u64,
+    pub wal_segment_bytes: u64,
     pub maintenance_interval_seconds: u64,
     pub retention_seconds: u64,
     pub retention_bytes: u64,
@@ -129,6 +135,7 @@ impl Default for Config {
             max_future_skew_seconds: 300,
             cache_capacity_bytes: 8 * 1024 * 1024,
             block_cache_capacity_bytes: 2 * 1024 * 1024,
+            wal_segment_bytes: kappie_storage::StorageConfig::default().wal_segment_bytes,
             maintenance_interval_seconds: 60,
             retention_seconds: 15 * 24 * 3600,
             retention_bytes: 0,
@@ -209,6 +216,7 @@ impl Config {
             max_future_skew_seconds,
             cache_capacity_bytes,
             block_cache_capacity_bytes,
+            wal_segment_bytes,
             maintenance_interval_seconds,
             retention_seconds,
             retention_bytes,
@@ -224,6 +232,9 @@ impl Config {
             remote_write_max_backlog_bytes,
             log_format
         );
+        if c.wal_segment_bytes < 1 << 20 {
+            anyhow::bail!("wal_segment_bytes must be at least 1 MiB (1048576)");
+        }
         if c.maintenance_interval_seconds == 0 {
             anyhow::bail!("maintenance_interval_seconds must be at least 1");
         }

@@ -52,6 +52,7 @@ pub async fn serve(
             retention_ms: (config.retention_seconds as i64).saturating_mul(1000),
             retention_bytes: (config.retention_bytes > 0).then_some(config.retention_bytes),
             wal_hold_max_bytes: config.remote_write_max_backlog_bytes,
+            wal_segment_bytes: config.wal_segment_bytes,
             ..StorageConfig::default()
         },
     )

@@ -206,30 +206,123 @@ fn next(shape: Shape, seed: u64, base: i64, step: usize, s: &mut Series) -> (i64
     }
 }
 
-/// Writes the samples of series `0..n_series` as OpenMetrics text, as
-/// `promtool tsdb create-blocks-from openmetrics` reads it: each metric's series together,
-/// each series' samples in time order, timestamps in seconds.
-pub fn write_openmetrics(
-    out: &mut impl std::io::Write,
-    shape: Shape,
-    seed: u64,
-    t0: i64,
-    n_series: usize,
-    n_steps: usize,
-) -> std::io::Result<()> {
-    for (m, name) in METRICS.iter().enumerate() {
-        writeln!(out, "# TYPE {name} gauge")?;
-        for i in (m..n_series).step_by(METRICS.len()) {
-            let labels = series_labels(i)
-                .into_iter()
-                .skip(1)
-                .map(|(k, v)| format!("{k}=\"{v}\""))
-                .collect::<Vec<_>>()
-                .join(",");
-            let mut g = Generator::new(shape, seed, t0, [i]);
-            for step in 0..n_steps {
-                for (_, t, v) in g.step(step) {
+/// A whole data set in memory: each series' labels (`__name__` first) and its samples in
+/// time order. Generated from a shape, or loaded from a recording of a real shipper
+/// (`loadtest/record-busy-host.sh`).
+pub struct Dataset {
+    pub labels: Vec<Vec<(String, String)>>,
+    pub samples: Vec<Vec<(i64, f64)>>,
+}
+
+impl Dataset {
+    /// Series `0..n_series` of `shape`, `n_steps` steps from `t0` (ms).
+    pub fn generate(shape: Shape, seed: u64, t0: i64, n_series: usize, n_steps: usize) -> Self {
+        let mut samples = vec![Vec::with_capacity(n_steps); n_series];
+        let mut g = Generator::new(shape, seed, t0, 0..n_series);
+        for step in 0..n_steps {
+            for (i, t, v) in g.step(step) {
+                samples[i].push((t, v));
+            }
+        }
+        Dataset {
+            labels: (0..n_series).map(series_labels).collect(),
+            samples,
+        }
+    }
+
+    /// A recording (`record-dump`: a zstd-compressed remote-write `WriteRequest`), moved by
+    /// whole hours so that its last sample lies in the hour before `end` (ms): the data
+    /// keeps the position relative to hour boundaries (chunk windows) it was recorded with.
+    pub fn load(path: &std::path::Path, end: i64) -> anyhow::Result<Self> {
+        use prost::Message;
+        let z = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the recording {}: {e}", path.display()))?;
+        let raw = zstd::stream::decode_all(z.as_slice())?;
+        let req = kappie_proto::prometheus::WriteRequest::decode(raw.as_slice())?;
+        let last = req
+            .timeseries
+            .iter()
+            .flat_map(|s| s.samples.last())
+            .map(|s| s.timestamp)
+            .max()
+            .ok_or_else(|| anyhow::anyhow!("{} holds no samples", path.display()))?;
+        const HOUR: i64 = 3_600_000;
+        let shift = (end - last).div_euclid(HOUR) * HOUR;
+        let mut d = Dataset {
+            labels: Vec::new(),
+            samples: Vec::new(),
+        };
+        for ts in req.timeseries {
+            let mut labels: Vec<(String, String)> =
+                ts.labels.into_iter().map(|l| (l.name, l.value)).collect();
+            // `__name__` first, the rest sorted (remote read sends them sorted).
+            labels.sort_by(|a, b| (a.0 != "__name__", &a.0).cmp(&(b.0 != "__name__", &b.0)));
+            d.labels.push(labels);
+            d.samples.push(
+                ts.samples
+                    .into_iter()
+                    .map(|s| (s.timestamp + shift, s.value))
+                    .collect(),
+            );
+        }
+        Ok(d)
+    }
+
+    pub fn series(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn total_samples(&self) -> usize {
+        self.samples.iter().map(Vec::len).sum()
+    }
+
+    /// Samples per series of the longest series.
+    pub fn steps(&self) -> usize {
+        self.samples.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
+    /// The `step`-th sample `(series index, t, value)` of every series among `indices`
+    /// that has one.
+    pub fn step<'a>(
+        &'a self,
+        step: usize,
+        indices: impl IntoIterator<Item = usize> + 'a,
+    ) -> impl Iterator<Item = (usize, i64, f64)> + 'a {
+        indices
+            .into_iter()
+            .filter_map(move |i| self.samples[i].get(step).map(|&(t, v)| (i, t, v)))
+    }
+
+    /// Every sample as OpenMetrics text, as `promtool tsdb create-blocks-from openmetrics`
+    /// reads it: each metric's series together, each series' samples in time order,
+    /// timestamps in seconds.
+    pub fn write_openmetrics(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut by_metric: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for (i, l) in self.labels.iter().enumerate() {
+            by_metric.entry(l[0].1.as_str()).or_default().push(i);
+        }
+        for (name, series) in by_metric {
+            writeln!(out, "# TYPE {name} gauge")?;
+            for i in series {
+                let labels = self.labels[i][1..]
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = v
+                            .replace('\\', "\\\\")
+                            .replace('"', "\\\"")
+                            .replace('\n', "\\n");
+                        format!("{k}=\"{v}\"")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                for &(t, v) in &self.samples[i] {
                     // f64's Display is the shortest text that parses back to the same bits.
+                    let v = match v {
+                        v if v.is_nan() => "NaN".to_string(),
+                        f64::INFINITY => "+Inf".to_string(),
+                        f64::NEG_INFINITY => "-Inf".to_string(),
+                        v => v.to_string(),
+                    };
                     writeln!(
                         out,
                         "{name}{{{labels}}} {v} {}.{:03}",
@@ -239,8 +332,8 @@ pub fn write_openmetrics(
                 }
             }
         }
+        writeln!(out, "# EOF")
     }
-    writeln!(out, "# EOF")
 }
 
 #[cfg(test)]
@@ -273,5 +366,64 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A recording loads back with its labels, values and jitter, moved by whole hours.
+    #[test]
+    fn recordings_load_back_moved_by_whole_hours() {
+        use kappie_proto::prometheus as pb;
+        use prost::Message;
+        let req = pb::WriteRequest {
+            timeseries: vec![pb::TimeSeries {
+                labels: vec![
+                    pb::Label {
+                        name: "zone".into(),
+                        value: "a\"b".into(),
+                    },
+                    pb::Label {
+                        name: "__name__".into(),
+                        value: "kappie_x".into(),
+                    },
+                    pb::Label {
+                        name: "node".into(),
+                        value: "n".into(),
+                    },
+                ],
+                samples: vec![
+                    pb::Sample {
+                        value: 1.5,
+                        timestamp: 1_000_003,
+                    },
+                    pb::Sample {
+                        value: 2.5,
+                        timestamp: 1_010_007,
+                    },
+                ],
+            }],
+            ..Default::default()
+        };
+        let path =
+            std::env::temp_dir().join(format!("kappie-recording-{}.pb.zst", std::process::id()));
+        std::fs::write(
+            &path,
+            zstd::stream::encode_all(req.encode_to_vec().as_slice(), 3).unwrap(),
+        )
+        .unwrap();
+        let d = Dataset::load(&path, 10 * 3_600_000 + 5).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(d.labels[0][0], ("__name__".into(), "kappie_x".into()));
+        assert_eq!(d.labels[0][1].0, "node");
+        let shift = 9 * 3_600_000;
+        assert_eq!(
+            d.samples[0],
+            vec![(1_000_003 + shift, 1.5), (1_010_007 + shift, 2.5)]
+        );
+        let mut om = Vec::new();
+        d.write_openmetrics(&mut om).unwrap();
+        let om = String::from_utf8(om).unwrap();
+        assert!(
+            om.contains("kappie_x{node=\"n\",zone=\"a\\\"b\"} 1.5 33400.003\n"),
+            "{om}"
+        );
     }
 }

@@ -47,7 +47,10 @@ pub struct StorageConfig {
     pub chunk_span_ms: i64,
     /// Head chunks with no sample for this long are cut into their block by `maintain`, ms.
     pub head_idle_ms: i64,
-    /// Size at which the write-ahead log starts a new segment file.
+    /// Size at which the write-ahead log starts a new segment file. The log is truncated a
+    /// whole segment at a time: 16 MiB lets `maintain` free the log of samples already in
+    /// cut chunks (at most 120 samples a series stay in the head) where 64 MiB kept most
+    /// of an hour of 20,000 series.
     pub wal_segment_bytes: u64,
     /// Most bytes of write-ahead log kept for readers that hold it (remote write
     /// destinations behind); past it the oldest held segments go and the samples in them
@@ -68,7 +71,7 @@ impl Default for StorageConfig {
             block_duration_ms: 24 * 3600 * 1000,
             chunk_span_ms: 3600 * 1000,
             head_idle_ms: 15 * 60 * 1000,
-            wal_segment_bytes: 64 << 20,
+            wal_segment_bytes: 16 << 20,
             wal_hold_max_bytes: 1 << 30,
             page_bytes: 16 << 10,
         }

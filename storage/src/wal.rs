@@ -10,7 +10,7 @@
 //! short or fails its checksum ends the log (a crash during the write; that commit was never
 //! acknowledged) and the segment is truncated there.
 
-use crate::codec::{put_uvarint, put_varint, Reader};
+use crate::codec::{put_varint, Reader};
 use crate::{SeriesId, StorageError};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -34,7 +34,11 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 
 /// First byte of a compressed record payload: `1 | raw length u32 BE | zstd(raw)`. A raw
 /// payload starts with its sequence's top byte, which is 0 (sequences stay below 2^56).
+/// Written before 2026-12-01; still read.
 const ZSTD_RECORD: u8 = 1;
+/// First byte of a columnar record payload (written since 2026-12-01):
+/// `2 | columnar length u32 BE | zstd(columnar)`, see [`Record::encode_columnar`].
+const COLUMNAR_RECORD: u8 = 2;
 /// zstd level of log records: level 1 compresses a 10,000-sample record in well under a
 /// millisecond, small next to the fsync it precedes.
 const ZSTD_LEVEL: i32 = 1;
@@ -43,39 +47,91 @@ const ZSTD_LEVEL: i32 = 1;
 const MAX_RAW_RECORD: usize = 1 << 30;
 
 impl Record {
-    /// The payload written to the log: compressed when that is smaller.
+    /// The payload written to the log: `2 | length | zstd(columnar record)`.
     pub fn encode(&self) -> Vec<u8> {
-        let raw = self.encode_raw();
-        match zstd::block::compress(&raw, ZSTD_LEVEL) {
-            Ok(z) if z.len() + 5 < raw.len() => {
-                let mut out = Vec::with_capacity(z.len() + 5);
-                out.push(ZSTD_RECORD);
-                out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
-                out.extend_from_slice(&z);
-                out
-            }
-            _ => raw,
-        }
+        let raw = self.encode_columnar();
+        let z = zstd::block::compress(&raw, ZSTD_LEVEL).expect("zstd compresses any input");
+        let mut out = Vec::with_capacity(z.len() + 5);
+        out.push(COLUMNAR_RECORD);
+        out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        out.extend_from_slice(&z);
+        out
     }
 
-    fn encode_raw(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.samples.len() * 14);
+    /// The header shared by both layouts: sequence, new series, ingest-state changes.
+    fn encode_header(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&(self.series.len() as u32).to_be_bytes());
         for (id, labels) in &self.series {
             out.extend_from_slice(&id.to_be_bytes());
-            put_bytes(&mut out, labels);
+            put_bytes(out, labels);
         }
         out.extend_from_slice(&(self.meta.len() as u32).to_be_bytes());
         for (k, v) in &self.meta {
             out.push(v.is_some() as u8);
-            put_bytes(&mut out, k);
+            put_bytes(out, k);
             if let Some(v) = v {
-                put_bytes(&mut out, v);
+                put_bytes(out, v);
             }
         }
+    }
+
+    /// The header, then the samples as three columns that zstd compresses far better than
+    /// interleaved samples (issue 11: the log was most of the fresh footprint). A *run* is
+    /// consecutive samples of one series (remote write sends a series' samples together; a
+    /// shipper's push sends one sample per series).
+    /// - `n u32`, the record's first timestamp (zigzag varint), then ids: zigzag varint of the difference to the previous sample's id;
+    /// - timestamps: in a run, zigzag varint of the change of the time step (delta of
+    ///   delta; the run's second sample: its delta); at a run's start, of the difference
+    ///   to the record's first timestamp;
+    /// - values: in a run, the bits XOR the previous value's; at a run's start, the bits;
+    ///   stored as 8 byte planes (every value's most significant byte, then every second
+    ///   byte, ...), so the bytes that repeat across values lie together.
+    fn encode_columnar(&self) -> Vec<u8> {
+        let n = self.samples.len();
+        let mut out = Vec::with_capacity(64 + n * 12);
+        self.encode_header(&mut out);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+        let mut prev_id = 0u64;
+        for &(id, _, _) in &self.samples {
+            put_varint(&mut out, id.wrapping_sub(prev_id) as i64);
+            prev_id = id;
+        }
+        let base = self.samples.first().map_or(0, |s| s.1);
+        put_varint(&mut out, base);
+        let mut words = Vec::with_capacity(n);
+        let mut prev: Option<(SeriesId, i64, f64)> = None;
+        let mut prev_delta = 0i64;
         for &(id, t, v) in &self.samples {
-            put_uvarint(&mut out, id);
+            match prev {
+                Some((pid, pt, pv)) if pid == id => {
+                    let delta = t.wrapping_sub(pt);
+                    put_varint(&mut out, delta.wrapping_sub(prev_delta));
+                    prev_delta = delta;
+                    words.push(v.to_bits() ^ pv.to_bits());
+                }
+                _ => {
+                    put_varint(&mut out, t.wrapping_sub(base));
+                    prev_delta = 0;
+                    words.push(v.to_bits());
+                }
+            }
+            prev = Some((id, t, v));
+        }
+        for byte in 0..8 {
+            let shift = 56 - 8 * byte;
+            out.extend(words.iter().map(|w| (w >> shift) as u8));
+        }
+        out
+    }
+
+    /// The layout written before 2026-12-01 (tests write it to prove it is still read).
+    #[cfg(test)]
+    fn encode_raw(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.samples.len() * 14);
+        self.encode_header(&mut out);
+        for &(id, t, v) in &self.samples {
+            crate::codec::put_uvarint(&mut out, id);
             put_varint(&mut out, t);
             out.extend_from_slice(&v.to_bits().to_be_bytes());
         }
@@ -83,27 +139,30 @@ impl Record {
     }
 
     pub fn decode(b: &[u8]) -> Result<Record, StorageError> {
-        if b.first() == Some(&ZSTD_RECORD) {
-            let len = b
-                .get(1..5)
-                .and_then(|l| l.try_into().ok())
-                .map(u32::from_be_bytes)
-                .ok_or_else(|| StorageError::Corrupt("WAL record is truncated".into()))?
-                as usize;
-            if len > MAX_RAW_RECORD {
-                return Err(StorageError::Corrupt(format!(
-                    "WAL record claims {len} bytes"
-                )));
-            }
-            let raw = zstd::block::decompress(&b[5..], len)
-                .map_err(|e| StorageError::Corrupt(format!("WAL record: zstd: {e}")))?;
-            return Self::decode_raw(&raw);
+        match b.first() {
+            Some(&ZSTD_RECORD) => Self::decode_raw(&Self::decompress(b)?),
+            Some(&COLUMNAR_RECORD) => Self::decode_columnar(&Self::decompress(b)?),
+            _ => Self::decode_raw(b),
         }
-        Self::decode_raw(b)
     }
 
-    fn decode_raw(b: &[u8]) -> Result<Record, StorageError> {
-        let mut r = Reader::new(b, "WAL record");
+    fn decompress(b: &[u8]) -> Result<Vec<u8>, StorageError> {
+        let len = b
+            .get(1..5)
+            .and_then(|l| l.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| StorageError::Corrupt("WAL record is truncated".into()))?
+            as usize;
+        if len > MAX_RAW_RECORD {
+            return Err(StorageError::Corrupt(format!(
+                "WAL record claims {len} bytes"
+            )));
+        }
+        zstd::block::decompress(&b[5..], len)
+            .map_err(|e| StorageError::Corrupt(format!("WAL record: zstd: {e}")))
+    }
+
+    fn decode_header(r: &mut Reader) -> Result<Record, StorageError> {
         let mut rec = Record {
             seq: r.u64()?,
             ..Record::default()
@@ -118,11 +177,72 @@ impl Record {
             let v = if set { Some(r.bytes()?.to_vec()) } else { None };
             rec.meta.push((k, v));
         }
+        Ok(rec)
+    }
+
+    fn decode_raw(b: &[u8]) -> Result<Record, StorageError> {
+        let mut r = Reader::new(b, "WAL record");
+        let mut rec = Self::decode_header(&mut r)?;
         while !r.buf.is_empty() {
             let id = r.uvarint()?;
             let t = r.varint()?;
             let v = f64::from_bits(r.u64()?);
             rec.samples.push((id, t, v));
+        }
+        Ok(rec)
+    }
+
+    fn decode_columnar(b: &[u8]) -> Result<Record, StorageError> {
+        let mut r = Reader::new(b, "WAL record");
+        let mut rec = Self::decode_header(&mut r)?;
+        let n = r.u32()? as usize;
+        // Every sample takes at least 10 bytes (id, time, value planes): a corrupt count
+        // must not make it allocate more than the record holds.
+        if n > r.buf.len() / 10 {
+            return Err(StorageError::Corrupt(format!(
+                "WAL record claims {n} samples in {} bytes",
+                r.buf.len()
+            )));
+        }
+        let mut ids = Vec::with_capacity(n);
+        let mut prev_id = 0u64;
+        for _ in 0..n {
+            prev_id = prev_id.wrapping_add(r.varint()? as u64);
+            ids.push(prev_id);
+        }
+        let base = r.varint()?;
+        let mut times: Vec<i64> = Vec::with_capacity(n);
+        let mut prev_delta = 0i64;
+        for i in 0..n {
+            let x = r.varint()?;
+            let t = if i > 0 && ids[i - 1] == ids[i] {
+                prev_delta = prev_delta.wrapping_add(x);
+                times[i - 1].wrapping_add(prev_delta)
+            } else {
+                prev_delta = 0;
+                base.wrapping_add(x)
+            };
+            times.push(t);
+        }
+        let planes = r.take(8 * n)?;
+        if !r.buf.is_empty() {
+            return Err(StorageError::Corrupt(
+                "WAL record has bytes after its samples".into(),
+            ));
+        }
+        let mut prev_bits = 0u64;
+        for i in 0..n {
+            let mut w = 0u64;
+            for byte in 0..8 {
+                w = (w << 8) | planes[byte * n + i] as u64;
+            }
+            let bits = if i > 0 && ids[i - 1] == ids[i] {
+                w ^ prev_bits
+            } else {
+                w
+            };
+            prev_bits = bits;
+            rec.samples.push((ids[i], times[i], f64::from_bits(bits)));
         }
         Ok(rec)
     }
@@ -479,7 +599,7 @@ mod tests {
         };
         let raw = big.encode_raw();
         let payload = big.encode();
-        assert_eq!(payload[0], ZSTD_RECORD);
+        assert_eq!(payload[0], COLUMNAR_RECORD);
         assert!(
             payload.len() * 2 < raw.len(),
             "{} vs {}",
@@ -487,7 +607,12 @@ mod tests {
             raw.len()
         );
         assert_eq!(Record::decode(&payload).unwrap(), big);
+        // Both layouts written before the columnar one are still read.
         assert_eq!(Record::decode(&raw).unwrap(), big);
+        let mut v1 = vec![ZSTD_RECORD];
+        v1.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        v1.extend_from_slice(&zstd::block::compress(&raw, 1).unwrap());
+        assert_eq!(Record::decode(&v1).unwrap(), big);
         let small = rec(3);
         assert_eq!(Record::decode(&small.encode_raw()).unwrap().seq, 3);
         let mut bad = payload.clone();
@@ -497,6 +622,61 @@ mod tests {
         let mut huge = payload;
         huge[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(Record::decode(&huge).is_err());
+    }
+
+    /// The columnar layout gives back every sample exactly: runs of one series (remote
+    /// write) and one sample per series (a shipper's push) mixed, ids going down, times
+    /// before 1970 and at the ends of i64, every kind of float bits.
+    #[test]
+    fn columnar_records_roundtrip_every_shape_exactly() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let specials = [
+            f64::NAN,
+            crate::STALE_NAN_BITS as f64,
+            f64::from_bits(crate::STALE_NAN_BITS),
+            -0.0,
+            f64::INFINITY,
+            f64::MIN_POSITIVE / 3.0,
+        ];
+        for case in 0..200 {
+            let mut samples = Vec::new();
+            let n = rng.gen_range(0..300);
+            while samples.len() < n {
+                let id = rng.gen_range(0..40u64) * if case % 2 == 0 { 1 } else { u64::MAX / 50 };
+                let mut t: i64 = match rng.gen_range(0..4) {
+                    0 => i64::MIN + rng.gen_range(0..1000),
+                    1 => i64::MAX - rng.gen_range(0..1_000_000),
+                    2 => -rng.gen_range(0..1_000_000_000_000i64),
+                    _ => 1_700_000_000_000 + rng.gen_range(0..10_000_000),
+                };
+                for _ in 0..rng.gen_range(1..20) {
+                    let v = match rng.gen_range(0..4) {
+                        0 => specials[rng.gen_range(0..specials.len())],
+                        1 => f64::from_bits(rng.gen()),
+                        _ => rng.gen_range(0..1_000_000u64) as f64,
+                    };
+                    samples.push((id, t, v));
+                    t = t.wrapping_add(rng.gen_range(-5..20_000));
+                }
+            }
+            let r = Record {
+                seq: case,
+                series: vec![(3, b"labels".to_vec())],
+                meta: vec![(b"k".to_vec(), Some(b"v".to_vec())), (b"x".to_vec(), None)],
+                samples,
+            };
+            let back = Record::decode(&r.encode()).unwrap();
+            assert_eq!(back.seq, r.seq);
+            assert_eq!(back.series, r.series);
+            assert_eq!(back.meta, r.meta);
+            let bits = |s: &[(SeriesId, i64, f64)]| {
+                s.iter()
+                    .map(|&(id, t, v)| (id, t, v.to_bits()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&back.samples), bits(&r.samples), "case {case}");
+        }
     }
 
     #[test]

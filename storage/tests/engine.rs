@@ -337,10 +337,13 @@ fn log_holds_keep_records_for_readers_up_to_their_limit() {
     };
     let s = Storage::open(dir.path(), &cfg).unwrap();
     s.hold_wal("dest", 1);
+    // Values the log's compression cannot shrink much (the limits are in log bytes).
     let commit = |from: i64| {
         let mut a = s.appender();
         for t in from..from + 50 {
-            a.append(&labels("up", "a"), t * 1000, t as f64).unwrap();
+            let v = (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 12;
+            a.append(&labels("up", "a"), t * 1000, v as f64 / 7.0)
+                .unwrap();
         }
         a.commit().unwrap();
     };

@@ -15,8 +15,10 @@
 //! - `hostile`: each series' timestamps anywhere in their 10 s step; random floats, a counter
 //!   growing by uniform integers below 2^40, a float counter, an integer gauge below 2^32.
 //!
-//! The exact definitions are in `kappie_loadtest::shapes`. A `recorded` shape (data recorded
-//! from a real shipper on a busy host) does not exist yet.
+//! The exact definitions are in `kappie_loadtest::shapes`. With `--recording FILE` the data
+//! is instead a recording of a real shipper on a busy host (`loadtest/record-busy-host.sh`;
+//! one is committed as `loadtest/recordings/busy-host.pb.zst`), moved by whole hours to end
+//! in the last hour; `--series`, `--samples`, `--shape` and `--seed` are then unused.
 //!
 //! Kappie's store is written in-process through its `Appender` (10,000 samples per commit,
 //! each commit fsynced); Prometheus 2.42 receives the same samples by remote write (snappy
@@ -25,9 +27,12 @@
 //! `promtool tsdb create-blocks-from openmetrics`.
 //!
 //! Reports ingest samples/s, on-disk bytes per sample fresh (Kappie's data directory right
-//! after ingest, running or after a crash: log, staged chunks, index, flushed; and after a
-//! clean stop, `Storage::close`, which cuts the head chunks and truncates the log;
-//! Prometheus's WAL and head, running) and compacted (Kappie after `maintain` compacted every window; the Prometheus
+//! after ingest, before any maintenance, as after a crash: log, staged chunks, index,
+//! flushed; running, after one maintenance pass at the time of the last sample, as the
+//! collector runs it every minute: windows over for 15 minutes compacted, the log
+//! truncated to what the head chunks still need; and after a clean stop, `Storage::close`,
+//! which cuts the head chunks and truncates the log; Prometheus's WAL and head, running)
+//! and compacted (Kappie after `maintain` compacted every window; the Prometheus
 //! block: chunks, index, meta), resident memory per series, and the time to read 1 h of
 //! 10,000 series (Kappie: `Querier::select` in-process; Prometheus: an instant query of a
 //! 1 h range selector over HTTP).
@@ -36,7 +41,7 @@
 
 use anyhow::bail;
 use clap::Parser;
-use kappie_loadtest::shapes::{self, Generator, Shape, STEP_MS};
+use kappie_loadtest::shapes::{Dataset, Shape, STEP_MS};
 use kappie_proto::prometheus as pb;
 use kappie_storage::{Appender, Labels, MatchOp, Matcher, Querier, Storage, StorageConfig};
 use kappie_testkit::prometheus::{remote_write, Prometheus};
@@ -66,6 +71,9 @@ struct Args {
     /// Keep the data directories instead of deleting them at the end.
     #[arg(long)]
     keep: bool,
+    /// Use this recording of a real shipper (`record-dump`) instead of generated data.
+    #[arg(long)]
+    recording: Option<std::path::PathBuf>,
 }
 
 const BATCH: usize = 10_000;
@@ -116,19 +124,40 @@ fn main() -> anyhow::Result<()> {
         .init();
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 / STEP_MS * STEP_MS;
     let t0 = now - (args.samples as i64 - 1) * STEP_MS;
-    let total = (args.series * args.samples) as f64;
+    let (data, shape_name) = match &args.recording {
+        Some(path) => (
+            Dataset::load(path, now)?,
+            format!(
+                "recorded ({})",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        ),
+        None => (
+            Dataset::generate(args.shape, args.seed, t0, args.series, args.samples),
+            args.shape.name().to_string(),
+        ),
+    };
+    let (n_series, n_steps) = (data.series(), data.steps());
+    let total = data.total_samples() as f64;
     let work = kappie_loadtest::work_dir("storage-bench")?;
     eprintln!(
-        "{} series x {} samples = {} samples; data under {}",
-        args.series,
-        args.samples,
-        total,
+        "{shape_name}: {n_series} series, up to {n_steps} samples each, {total} samples; data under {}",
         work.display()
     );
-    let labels: Vec<Vec<(String, String)>> = (0..args.series).map(shapes::series_labels).collect();
-    let select_matchers = || {
-        vec![Matcher::new(MatchOp::Regex, "node_name", "node-[0-9]").unwrap()] // nodes 0..9: 10% of the series
+    let labels = &data.labels;
+    // Generated data: nodes 0..9, 10 % of the series; a recording (one node): every series.
+    let (sel_name, sel_value, sel_promql) = match args.recording {
+        Some(_) => ("__name__", ".+", "{__name__=~\".+\"}[1h]"),
+        None => ("node_name", "node-[0-9]", "{node_name=~\"node-[0-9]\"}[1h]"),
     };
+    let select_matchers = || vec![Matcher::new(MatchOp::Regex, sel_name, sel_value).unwrap()];
+    let last_t = data
+        .samples
+        .iter()
+        .filter_map(|s| s.last())
+        .map(|s| s.0)
+        .max()
+        .unwrap_or(now);
 
     // Kappie.
     let kdir = work.join("kappie");
@@ -147,10 +176,9 @@ fn main() -> anyhow::Result<()> {
         "kappie: RSS {} MiB after generating labels and opening",
         rss_kib(std::process::id()) / 1024
     );
-    let mut values = Generator::new(args.shape, args.seed, t0, 0..args.series);
     let started = Instant::now();
-    for step in 0..args.samples {
-        let vals: Vec<(usize, i64, f64)> = values.step(step).collect();
+    for step in 0..n_steps {
+        let vals: Vec<(usize, i64, f64)> = data.step(step, 0..n_series).collect();
         for chunk in vals.chunks(BATCH) {
             let mut a = store.appender();
             for &(i, t, v) in chunk {
@@ -165,7 +193,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!(
                 "kappie: {} of {} steps, RSS {} MiB",
                 step + 1,
-                args.samples,
+                n_steps,
                 rss_kib(std::process::id()) / 1024
             );
         }
@@ -180,6 +208,17 @@ fn main() -> anyhow::Result<()> {
         du(&kdir.join("wal")),
         du(&kdir.join("staging")),
         du(&kdir.join("main"))
+    );
+    // Fresh, running: the collector's maintenance (every minute) at the last sample's time.
+    store.maintain(last_t)?;
+    store.flush()?;
+    let k_running = du(&kdir);
+    eprintln!(
+        "kappie running (after a maintenance pass): wal {} bytes, staging {} bytes, main {} bytes, blocks {} bytes",
+        du(&kdir.join("wal")),
+        du(&kdir.join("staging")),
+        du(&kdir.join("main")),
+        du(&kdir.join("blocks"))
     );
     // Fresh after a clean stop: each sample once, in its chunk.
     store.close()?;
@@ -226,6 +265,12 @@ fn main() -> anyhow::Result<()> {
     drop(store);
     let reopen = Instant::now();
     let store = Storage::open(&kdir, &config)?;
+    if store.series_count() != n_series {
+        bail!(
+            "reopened store holds {} series, not {n_series}",
+            store.series_count()
+        );
+    }
     eprintln!(
         "kappie: XOR chunk bytes alone {:.2} per sample; reopening {} series took {:.2} s",
         raw as f64 / total,
@@ -235,12 +280,12 @@ fn main() -> anyhow::Result<()> {
     drop(store);
     if args.kappie_only {
         println!(
-            "| Kappie only, {} | ingest {k_ingest:.0} samples/s | fresh {:.2} B/sample | after a clean stop {:.2} B/sample | compacted {:.3} B/sample | RSS {:.0} B/series | read {:.1} ms |",
-            args.shape.name(),
+            "| Kappie only, {shape_name} | ingest {k_ingest:.0} samples/s | fresh {:.2} B/sample | running {:.2} B/sample | after a clean stop {:.2} B/sample | compacted {:.3} B/sample | RSS {:.0} B/series | read {:.1} ms |",
             k_fresh as f64 / total,
+            k_running as f64 / total,
             k_closed as f64 / total,
             k_disk as f64 / total,
-            k_rss as f64 * 1024.0 / args.series as f64,
+            k_rss as f64 * 1024.0 / n_series as f64,
             median(k_sel)
         );
         if !args.keep {
@@ -256,18 +301,17 @@ fn main() -> anyhow::Result<()> {
     let p_rss0 = rss_kib(prom.pid());
     let started = Instant::now();
     let halves: Vec<Vec<usize>> = vec![
-        (0..args.series / 2).collect(),
-        (args.series / 2..args.series).collect(),
+        (0..n_series / 2).collect(),
+        (n_series / 2..n_series).collect(),
     ];
     std::thread::scope(|s| -> anyhow::Result<()> {
         let mut handles = Vec::new();
         for half in &halves {
-            let labels = &labels;
-            let base = &base;
+            let (base, data) = (&base, &data);
             handles.push(s.spawn(move || -> anyhow::Result<()> {
-                let mut values = Generator::new(args.shape, args.seed, t0, half.iter().copied());
-                for step in 0..args.samples {
-                    let vals: Vec<(usize, i64, f64)> = values.step(step).collect();
+                for step in 0..n_steps {
+                    let vals: Vec<(usize, i64, f64)> =
+                        data.step(step, half.iter().copied()).collect();
                     for chunk in vals.chunks(BATCH) {
                         let req = pb::WriteRequest {
                             timeseries: chunk
@@ -312,7 +356,7 @@ fn main() -> anyhow::Result<()> {
         let mut body = String::new();
         std::io::Read::read_to_string(
             &mut ureq::get(&format!("{base}/api/v1/query"))
-                .query("query", "{node_name=~\"node-[0-9]\"}[1h]")
+                .query("query", sel_promql)
                 .query("time", &format!("{}", now as f64 / 1000.0))
                 .call()?
                 .into_reader(),
@@ -327,7 +371,7 @@ fn main() -> anyhow::Result<()> {
     // The same samples as a Prometheus block (what Prometheus's compaction makes of its head).
     let om = work.join("samples.om");
     let mut w = std::io::BufWriter::new(std::fs::File::create(&om)?);
-    shapes::write_openmetrics(&mut w, args.shape, args.seed, t0, args.series, args.samples)?;
+    data.write_openmetrics(&mut w)?;
     std::io::Write::flush(&mut w)?;
     drop(w);
     let bdir = work.join("prometheus-blocks");
@@ -371,16 +415,18 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "| measure ({} shape, {} series x {} samples) | Kappie | Prometheus 2.42 |",
-        args.shape.name(),
-        args.series,
-        args.samples
+        "| measure ({shape_name} shape, {n_series} series x {n_steps} samples) | Kappie | Prometheus 2.42 |"
     );
     println!("|---|---|---|");
     println!("| ingest, samples/s | {k_ingest:.0} | {p_ingest:.0} |");
     println!(
-        "| fresh: bytes per sample (Kappie log + staging + index, flushed; Prometheus WAL + head) | {:.2} | {:.2} |",
+        "| fresh before any maintenance: bytes per sample (Kappie log + staging + index, flushed, as after a crash; Prometheus WAL + head) | {:.2} | {:.2} |",
         k_fresh as f64 / total,
+        p_disk as f64 / total
+    );
+    println!(
+        "| fresh, running (Kappie after one maintenance pass, as every minute: finished windows compacted, log truncated; Prometheus WAL + head as above) | {:.2} | {:.2} |",
+        k_running as f64 / total,
         p_disk as f64 / total
     );
     println!(
@@ -400,8 +446,8 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "| resident memory per series, bytes (RSS growth / series) | {:.0} | {:.0} |",
-        k_rss as f64 * 1024.0 / args.series as f64,
-        p_rss as f64 * 1024.0 / args.series as f64
+        k_rss as f64 * 1024.0 / n_series as f64,
+        p_rss as f64 * 1024.0 / n_series as f64
     );
     println!(
         "| read 1 h of {k_n} / {p_n} series, median of 5, ms | {:.1} | {:.1} |",
