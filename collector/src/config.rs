@@ -79,9 +79,10 @@ pub struct Cli {
     /// sled page cache size in bytes.
     #[arg(long, env = "KAPPIE_CACHE_CAPACITY_BYTES")]
     pub cache_capacity_bytes: Option<u64>,
-    /// sled page cache of each staging database (one per chunk window not yet compacted),
-    /// bytes.
-    #[arg(long, env = "KAPPIE_BLOCK_CACHE_CAPACITY_BYTES")]
+    /// No effect since 2026-12-01, when staged chunks moved from a sled database per chunk
+    /// window into append-only files (read through the kernel's page cache); accepted so that
+    /// existing settings still start, with a warning.
+    #[arg(long, env = "KAPPIE_BLOCK_CACHE_CAPACITY_BYTES", hide = true)]
     pub block_cache_capacity_bytes: Option<u64>,
     /// Size at which the write-ahead log starts a new segment file, bytes. The log is
     /// truncated a whole segment at a time, so smaller segments free disk sooner once their

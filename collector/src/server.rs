@@ -42,13 +42,17 @@ pub async fn serve(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
+    if config.block_cache_capacity_bytes != Config::default().block_cache_capacity_bytes {
+        tracing::warn!(
+            "block_cache_capacity_bytes has no effect since staged chunks live in files; remove the setting"
+        );
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let store = Storage::open(
         &config.data_dir,
         &StorageConfig {
             cache_capacity_bytes: config.cache_capacity_bytes,
-            block_cache_capacity_bytes: config.block_cache_capacity_bytes,
             retention_ms: (config.retention_seconds as i64).saturating_mul(1000),
             retention_bytes: (config.retention_bytes > 0).then_some(config.retention_bytes),
             wal_hold_max_bytes: config.remote_write_max_backlog_bytes,

@@ -6,11 +6,10 @@
 //! directory fsynced) and renamed to its final name only after the durability order allows
 //! the generation to count as compacted (`Storage::mark_durable`): a `.kpw` file is always
 //! complete and its samples are always covered by their series' durable marks. At open,
-//! `.pending` and `.tmp` files (an interrupted compaction; its staging directory is still
+//! `.pending` and `.tmp` files (an interrupted compaction; its staging file is still
 //! there) are deleted.
 
 use crate::chunk::{ChunkSource, StoredChunk};
-use crate::db::{open_retrying, StorageConfig};
 use crate::winfile::{self, WindowFile};
 use crate::{SeriesId, StorageError};
 use std::collections::BTreeMap;
@@ -122,15 +121,4 @@ impl ChunkSource for WindowFile {
         }
         Ok(())
     }
-}
-
-/// A sled database of staging, opened or created (flushed only by `mark_durable`).
-pub(crate) fn open_block(path: &Path, config: &StorageConfig) -> Result<sled::Db, StorageError> {
-    open_retrying(
-        sled::Config::new()
-            .path(path)
-            .cache_capacity(config.block_cache_capacity_bytes)
-            .flush_every_ms(None)
-            .use_compression(true),
-    )
 }

@@ -1,6 +1,6 @@
 //! Compaction: once a staged window is over (its end is `head_idle` in the past and no head
 //! chunk is left in it), `maintain` writes its series, in id order, into one window file
-//! (`blocks`, `winfile`) and then deletes the staging directory. Why files and not sled:
+//! (`blocks`, `winfile`) and then deletes the staging file. Why files and not sled:
 //! sled 0.34 stored immutable 16 KiB pages in 1.2-2.8x their size (docs/BENCHMARKS.md).
 //!
 //! Late samples (a series first seen with old timestamps) can reach a window after its
@@ -11,21 +11,22 @@
 
 use crate::chunk::{ChunkSource, StoredChunk};
 use crate::db::{read_lock, write_lock, Storage};
-use crate::staging::{staging_dir, StagedWindow};
+use crate::staging::{StagedWindow, StagingFile};
 use crate::wincodec::SharedColumns;
 use crate::winfile::{WriteSummary, Writer};
 use crate::{SeriesId, StorageError};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 impl Storage {
     /// Compacts every staged window that is over as of `now_ms`; returns how many. Takes
     /// the write lock only to pick the windows and to update the series table, so commits
     /// go on while pages are written. Callers serialize maintenance and have flushed the
-    /// staging databases.
+    /// staging files.
     pub(crate) fn compact_windows(&self, now_ms: i64) -> Result<usize, StorageError> {
         let inner = &self.inner;
         let cfg = &inner.config;
-        let due: Vec<(i64, u32, sled::Db)> = {
+        let due: Vec<(i64, u32, Arc<StagingFile>)> = {
             let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
             let open_windows: std::collections::HashSet<i64> = read_lock(&inner.head)
                 .series
@@ -43,7 +44,7 @@ impl Storage {
                 })
                 .map(|((win, gen), s)| {
                     s.sealed = true;
-                    (*win, *gen, s.db.clone())
+                    (*win, *gen, s.file.clone())
                 })
                 .collect()
         };
@@ -55,7 +56,12 @@ impl Storage {
         Ok(n)
     }
 
-    fn compact_window(&self, window: i64, gen: u32, staged: sled::Db) -> Result<(), StorageError> {
+    fn compact_window(
+        &self,
+        window: i64,
+        gen: u32,
+        staged: Arc<StagingFile>,
+    ) -> Result<(), StorageError> {
         let inner = &self.inner;
         let started = std::time::Instant::now();
         let bd = inner.config.block_duration_ms;
@@ -82,9 +88,8 @@ impl Storage {
             w.files.insert((window, gen), file);
             w.staging.remove(&(window, gen));
         }
-        drop(staged);
-        let dir = staging_dir(&inner.dir, window, gen);
-        std::fs::remove_dir_all(&dir).map_err(|e| StorageError::Io(dir.clone(), e))?;
+        // Readers still holding it read the unlinked file.
+        crate::staging::remove_staged(staged.path())?;
         inner
             .stats
             .windows_compacted
@@ -169,10 +174,7 @@ mod tests {
     #[test]
     fn compacting_a_staged_window_keeps_every_sample() {
         let dir = tempfile::tempdir().unwrap();
-        let staged = sled::Config::new()
-            .path(dir.path().join("s"))
-            .open()
-            .unwrap();
+        let staged = StagingFile::create(&dir.path().join("s.kps")).unwrap();
         let window = 3_600_000;
         for id in 0..300u64 {
             let all: Vec<(i64, f64)> = (0..200)
@@ -189,11 +191,9 @@ mod tests {
                 .collect();
             for part in all.chunks(120) {
                 let (mint, maxt) = (part[0].0, part[part.len() - 1].0);
+                let v = encode_staged(mint, maxt, &chunkenc::encode_all(part));
                 staged
-                    .insert(
-                        crate::keys::chunk(id, mint),
-                        encode_staged(mint, maxt, &chunkenc::encode_all(part)),
-                    )
+                    .append(std::iter::once((id, mint, v.as_slice())))
                     .unwrap();
             }
         }

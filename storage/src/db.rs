@@ -1,14 +1,14 @@
 //! The engine: the write-ahead log (`wal/`), series, postings and ingest state in one sled
-//! database (`main/`), cut chunks in one sled database per chunk window
-//! (`staging/<window>-<gen>/`) and compacted windows in one per time block
-//! (`blocks/<start>/`, see `compact`), so that compaction and retention free disk by
-//! removing whole directories.
+//! database (`main/`), cut chunks in one append-only staging file per chunk window
+//! (`staging/<window>-<gen>.kps`, see `staging`) and compacted windows in one directory
+//! per time block (`blocks/<start>/`, see `compact`), so that compaction and retention free
+//! disk by removing whole files and directories.
 //!
 //! Writes: an append is validated against the in-memory head (strictly increasing time per
 //! series); then one log record with its new series, ingest-state changes and accepted
 //! samples is appended and fsynced; then the same changes go to sled (unflushed: the log is
 //! the source of truth) and the samples to the series' open head chunks. A head chunk is
-//! cut into its window's staging database when it holds 120 samples or the next sample falls
+//! cut into its window's staging file when it holds 120 samples or the next sample falls
 //! in another chunk window (`chunk_span`); [`Storage::maintain`] cuts idle head chunks,
 //! makes the cut chunks durable and marks them so ([`Storage::mark_durable`], the one
 //! place that states the durability order), deletes the log segments that are no longer
@@ -18,11 +18,10 @@
 //! the log is replayed: series and ingest state into sled again (idempotent), samples after
 //! the mark into the head.
 
-use crate::blocks::open_block;
 use crate::head::{append_to_head, Head};
 use crate::index::SeriesOp;
 use crate::labels::Labels;
-use crate::staging::{discard_undurable_chunks, parse_staging_name, Staging, Windows};
+use crate::staging::{open_staging, Windows};
 use crate::{keys, wal, SeriesId, StorageError};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,8 +33,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 pub struct StorageConfig {
     /// sled page cache of the main database, bytes.
     pub cache_capacity_bytes: u64,
-    /// sled page cache of each staging database (one per chunk window), bytes.
-    pub block_cache_capacity_bytes: u64,
     /// Samples older than this are deleted (whole blocks at a time), ms.
     pub retention_ms: i64,
     /// When the data directory is larger than this, the oldest blocks are deleted.
@@ -65,7 +62,6 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             cache_capacity_bytes: 8 << 20,
-            block_cache_capacity_bytes: 2 << 20,
             retention_ms: 15 * 24 * 3600 * 1000,
             retention_bytes: None,
             block_duration_ms: 24 * 3600 * 1000,
@@ -181,26 +177,6 @@ impl Storage {
             )));
         }
         let files = crate::blocks::load(dir)?;
-        let mut staging = BTreeMap::new();
-        for (name, path) in numbered_dirs(&dir.join("staging"))? {
-            let Some((w, gen)) = parse_staging_name(&name) else {
-                tracing::warn!(dir = %path.display(), "ignoring unknown directory in staging/");
-                continue;
-            };
-            if files.range((w, gen)..=(w, u32::MAX)).next().is_some() {
-                // Compacted, but the process stopped before deleting it.
-                std::fs::remove_dir_all(&path).map_err(|e| StorageError::Io(path.clone(), e))?;
-                continue;
-            }
-            staging.insert(
-                (w, gen),
-                Staging {
-                    db: open_block(&path, config)?,
-                    sealed: false,
-                },
-            );
-        }
-
         // Series: `S group` values (first time, newest compacted time); label sets are
         // rebuilt from the postings (keeping them only there saves sled memory per series).
         let mut pairs: HashMap<SeriesId, Vec<(String, String)>> = HashMap::new();
@@ -239,7 +215,7 @@ impl Storage {
             }
         }
         stale.apply(&main)?;
-        discard_undurable_chunks(&staging, &head)?;
+        let staging = open_staging(dir, &files, &head)?;
         // Postings of ids without a series entry: retention stopped between removing the
         // entry and the postings. (A series being created writes postings first; its log
         // record, replayed below, writes them again.)
@@ -440,14 +416,15 @@ impl Storage {
     /// order"):
     ///
     /// 1. A commit is acknowledged only once its log record is fsynced; what it changes in
-    ///    sled (series, postings, ingest state, cut chunks in staging) is written unflushed.
-    /// 2. Here: every staging database is fsynced, *then* each series' `persisted maxt`
+    ///    sled (series, postings, ingest state) and staging (cut chunks) is written
+    ///    without fsync.
+    /// 2. Here: every staging file is fsynced, *then* each series' `persisted maxt`
     ///    is raised to the end of its newest cut chunk, *then* `main/` is fsynced. At open
     ///    only staged chunks at or before that mark are trusted; later ones are discarded
     ///    and cut again from the log (`discard_undurable_chunks`).
     /// 3. Only after this may the log lose records (those before the first record of every
     ///    open head chunk), and may compaction record a window's pages as compacted and
-    ///    delete its staging directory (the pages are fsynced before).
+    ///    delete its staging file (the pages are fsynced before).
     ///
     /// Callers hold the write lock (`_write`), so no commit cuts a chunk meanwhile.
     pub(crate) fn mark_durable(&self, _write: &MutexGuard<'_, ()>) -> Result<(), StorageError> {
@@ -557,20 +534,6 @@ pub(crate) fn open_retrying(config: sled::Config) -> Result<sled::Db, StorageErr
 }
 
 /// Subdirectories of `dir` (missing: none) by name.
-fn numbered_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, StorageError> {
-    std::fs::create_dir_all(dir).map_err(|e| StorageError::Io(dir.to_owned(), e))?;
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| StorageError::Io(dir.to_owned(), e))? {
-        let entry = entry.map_err(|e| StorageError::Io(dir.to_owned(), e))?;
-        out.push((
-            entry.file_name().to_string_lossy().into_owned(),
-            entry.path(),
-        ));
-    }
-    out.sort();
-    Ok(out)
-}
-
 pub(crate) fn dir_size(p: &Path) -> Result<u64, StorageError> {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;

@@ -78,8 +78,8 @@ impl Storage {
         for f in &files {
             f.chunks(id, mint, maxt, &mut out)?;
         }
-        for db in &staged {
-            StagedWindow(db).chunks(id, mint, maxt, &mut out)?;
+        for file in &staged {
+            StagedWindow(file).chunks(id, mint, maxt, &mut out)?;
         }
         // Generations of a window and its staged chunks follow one another in time.
         out.sort_by_key(|c| c.mint());

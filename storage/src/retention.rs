@@ -144,10 +144,8 @@ impl Storage {
                 }
                 _ => {}
             }
-            for ((w, gen), s) in staged {
-                drop(s.db);
-                let dir = crate::staging::staging_dir(&inner.dir, w, gen);
-                std::fs::remove_dir_all(&dir).map_err(|e| StorageError::Io(dir.clone(), e))?;
+            for (_, s) in staged {
+                crate::staging::remove_staged(s.file.path())?;
             }
             report.blocks_removed += 1;
             min_valid = min_valid.max(end);
@@ -273,12 +271,12 @@ impl Storage {
     fn day_size(&self, start: i64) -> Result<u64, StorageError> {
         let end = start.saturating_add(self.inner.config.block_duration_ms);
         let mut size = dir_size(&block_dir(self, start))?;
-        for (w, gen) in read_lock(&self.inner.windows)
+        for s in read_lock(&self.inner.windows)
             .staging
             .range((start, 0)..(end, 0))
-            .map(|(k, _)| *k)
+            .map(|(_, s)| s)
         {
-            size += dir_size(&crate::staging::staging_dir(&self.inner.dir, w, gen))?;
+            size += s.file.len();
         }
         Ok(size)
     }

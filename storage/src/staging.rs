@@ -1,31 +1,219 @@
-//! Staging: cut chunks, one sled value each (`C id mint`, see `chunk`), in a sled database
-//! per chunk window and generation (`staging/<window start>-<gen>/`), unflushed until
-//! `Storage::mark_durable`. Late samples (a series first seen with old timestamps) can
-//! reach a window after its compaction: they are staged under the next generation.
+//! Staging: cut chunks in an append-only file per chunk window and generation
+//! (`staging/<window start>-<gen>.kps`), one checksummed record per chunk, with an index in
+//! memory; written without fsync until `Storage::mark_durable`. Late samples (a series first
+//! seen with old timestamps) can reach a window after its compaction: they are staged under
+//! the next generation.
+//!
+//! Why files and not sled (which staged chunks until 2026-12-01): a staged chunk is written
+//! once and read until its window is compacted, never changed; sled kept such values at
+//! 1.3 to 1.75 times their size (pages rewritten as they filled), a file keeps them at their
+//! size plus 24 bytes. sled keeps what changes: series, postings, ingest state.
 
 use crate::blocks::Files;
 use crate::chunk::{decode_staged, ChunkSource, StoredChunk};
-use crate::db::{corrupt, read_lock, write_lock, Storage};
+use crate::db::{read_lock, write_lock, Storage};
 use crate::head::{CutChunk, Head};
 use crate::winfile::WindowFile;
 use crate::{keys, SeriesId, StorageError};
 use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// The staging database of one chunk window and generation.
+/// The staging file of one chunk window and generation.
 pub(crate) struct Staging {
-    pub db: sled::Db,
+    pub file: Arc<StagingFile>,
     /// Being compacted: new chunks of the window go to the next generation.
     pub sealed: bool,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StorageError + '_ {
+    move |e| StorageError::Io(path.to_owned(), e)
+}
+
+/// Bytes of a record before its value: `len u32 BE | crc32c u32 BE | id u64 BE | mint i64 BE`.
+const RECORD_HEAD: usize = 24;
+/// Largest record value accepted when reading (a chunk holds at most 120 samples; a corrupt
+/// length must not make it allocate more).
+const MAX_VALUE: usize = 1 << 20;
+
+/// `(id, mint)` -> (offset of the value, its length).
+type Index = BTreeMap<(SeriesId, i64), (u64, u32)>;
+
+/// An append-only file of staged chunks. Record: `len u32 BE` (of what follows the
+/// checksum) `| crc32c u32 BE` (of id, mint and value) `| id u64 BE | mint i64 BE | value`,
+/// the value as `chunk::encode_staged` makes it. A later record of the same `(id, mint)`
+/// replaces an earlier one.
+pub(crate) struct StagingFile {
+    path: PathBuf,
+    file: File,
+    /// The index and the file's length.
+    index: Mutex<(Index, u64)>,
+}
+
+impl StagingFile {
+    /// Creates an empty staging file (and makes its name durable).
+    pub fn create(path: &Path) -> Result<StagingFile, StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io(path))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        Ok(StagingFile {
+            path: path.to_owned(),
+            file,
+            index: Mutex::new((BTreeMap::new(), 0)),
+        })
+    }
+
+    /// Opens a staging file, keeping the chunks `keep(id, mint)` accepts; returns it and
+    /// how many chunks it left out. Reading stops at the first record that is cut short or
+    /// fails its checksum: the process died while the file was written after its last
+    /// fsync, and every chunk from there on was cut after the last durable mark (the log
+    /// still holds its samples). When anything was left out the file is rewritten with only
+    /// what is kept, so that nothing left out can come back later.
+    pub fn open(
+        path: &Path,
+        keep: &mut dyn FnMut(SeriesId, i64) -> bool,
+    ) -> Result<(StagingFile, usize), StorageError> {
+        let data = std::fs::read(path).map_err(io(path))?;
+        let mut index = Index::new();
+        let mut pos = 0usize;
+        while let Some(head) = data.get(pos..pos + RECORD_HEAD) {
+            let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+            if !(16..=16 + MAX_VALUE).contains(&len) || pos + 8 + len > data.len() {
+                break;
+            }
+            let body = &data[pos + 8..pos + 8 + len];
+            let crc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
+            if crc32c::crc32c(body) != crc {
+                break;
+            }
+            let id = u64::from_be_bytes(body[..8].try_into().expect("8 bytes"));
+            let mint = i64::from_be_bytes(body[8..16].try_into().expect("8 bytes"));
+            index.insert((id, mint), ((pos + RECORD_HEAD) as u64, (len - 16) as u32));
+            pos += 8 + len;
+        }
+        let cut_short = data.len() - pos;
+        let before = index.len();
+        index.retain(|(id, mint), _| keep(*id, *mint));
+        let left_out = before - index.len();
+        if cut_short > 0 {
+            tracing::warn!(file = %path.display(), offset = pos, bytes = cut_short,
+                "staging file ends in an unreadable record (the process died while writing it, \
+                 or the disk damaged it); chunks from there on are cut again from the log");
+        }
+        if cut_short == 0 && left_out == 0 {
+            let file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(path)
+                .map_err(io(path))?;
+            let staged = StagingFile {
+                path: path.to_owned(),
+                file,
+                index: Mutex::new((index, data.len() as u64)),
+            };
+            return Ok((staged, 0));
+        }
+        // Rewrite: write `.tmp`, fsync, rename over, fsync the directory.
+        let tmp = path.with_extension("kps.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut staged = StagingFile::create(&tmp)?;
+        staged.append(index.iter().map(|(&(id, mint), &(at, len))| {
+            (id, mint, &data[at as usize..at as usize + len as usize])
+        }))?;
+        staged.sync()?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        staged.path = path.to_owned();
+        Ok((staged, left_out))
+    }
+
+    /// Appends chunks `(id, mint, staged value)` with one write (no fsync: `sync`).
+    pub fn append<'a>(
+        &self,
+        chunks: impl Iterator<Item = (SeriesId, i64, &'a [u8])>,
+    ) -> Result<(), StorageError> {
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let start = index.1;
+        let mut buf = Vec::new();
+        let mut added = Vec::new();
+        for (id, mint, value) in chunks {
+            let at = buf.len();
+            buf.extend_from_slice(&((16 + value.len()) as u32).to_be_bytes());
+            buf.extend_from_slice(&[0; 4]);
+            buf.extend_from_slice(&id.to_be_bytes());
+            buf.extend_from_slice(&mint.to_be_bytes());
+            buf.extend_from_slice(value);
+            let crc = crc32c::crc32c(&buf[at + 8..]);
+            buf[at + 4..at + 8].copy_from_slice(&crc.to_be_bytes());
+            added.push((
+                (id, mint),
+                (start + (at + RECORD_HEAD) as u64, value.len() as u32),
+            ));
+        }
+        (&self.file).write_all(&buf).map_err(io(&self.path))?;
+        index.1 += buf.len() as u64;
+        index.0.extend(added);
+        Ok(())
+    }
+
+    /// Makes everything appended durable.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(io(&self.path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of the file.
+    pub fn len(&self) -> u64 {
+        self.index.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    fn read(
+        &self,
+        id: SeriesId,
+        mint: i64,
+        at: u64,
+        len: u32,
+    ) -> Result<StoredChunk, StorageError> {
+        let mut value = vec![0; len as usize];
+        self.file
+            .read_exact_at(&mut value, at)
+            .map_err(io(&self.path))?;
+        Ok(decode_staged(&keys::chunk(id, mint), &value)?.1)
+    }
+
+    /// `(id, mint, offset, length)` of the chunks of `id` starting at or before `maxt`.
+    fn entries_of(&self, id: SeriesId, maxt: i64) -> Vec<(SeriesId, i64, u64, u32)> {
+        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        index
+            .0
+            .range((id, i64::MIN)..=(id, maxt))
+            .map(|(&(id, mint), &(at, len))| (id, mint, at, len))
+            .collect()
+    }
 }
 
 /// Staged and compacted windows, under one lock so that a reader sees a generation either
 /// staged or compacted, never both or neither.
 #[derive(Default)]
 pub(crate) struct Windows {
-    /// Staged chunk databases by (window start, generation).
+    /// Staging files by (window start, generation).
     pub staging: BTreeMap<(i64, u32), Staging>,
     /// Compacted window files by (window start, generation).
     pub files: Files,
@@ -40,8 +228,8 @@ impl Windows {
             .map_or(0, |((_, g), _)| *g)
     }
 
-    /// Compacted window files and staged databases of the windows in `[from, to]`.
-    pub fn snapshot(&self, from: i64, to: i64) -> (Vec<Arc<WindowFile>>, Vec<sled::Db>) {
+    /// Compacted window files and staging files of the windows in `[from, to]`.
+    pub fn snapshot(&self, from: i64, to: i64) -> (Vec<Arc<WindowFile>>, Vec<Arc<StagingFile>>) {
         if from > to {
             return (Vec::new(), Vec::new());
         }
@@ -52,24 +240,26 @@ impl Windows {
                 .collect(),
             self.staging
                 .range((from, 0)..=(to, u32::MAX))
-                .map(|(_, s)| s.db.clone())
+                .map(|(_, s)| s.file.clone())
                 .collect(),
         )
     }
 }
 
-pub(crate) fn staging_dir(root: &Path, window: i64, gen: u32) -> PathBuf {
-    root.join("staging").join(format!("{window:020}-{gen}"))
+pub(crate) fn staging_path(root: &Path, window: i64, gen: u32) -> PathBuf {
+    root.join("staging").join(format!("{window:020}-{gen}.kps"))
 }
 
-/// `(window, gen)` of a staging directory name.
+/// `(window, gen)` of a staging file's name (or of a staging directory's, the layout before
+/// 2026-12-01, which has no extension).
 pub(crate) fn parse_staging_name(name: &str) -> Option<(i64, u32)> {
+    let name = name.strip_suffix(".kps").unwrap_or(name);
     let (w, g) = name.rsplit_once('-')?;
     Some((w.parse().ok()?, g.parse().ok()?))
 }
 
 /// One staged window and generation as a chunk source.
-pub(crate) struct StagedWindow<'a>(pub &'a sled::Db);
+pub(crate) struct StagedWindow<'a>(pub &'a StagingFile);
 
 impl ChunkSource for StagedWindow<'_> {
     fn chunks(
@@ -79,13 +269,9 @@ impl ChunkSource for StagedWindow<'_> {
         maxt: i64,
         out: &mut Vec<StoredChunk>,
     ) -> Result<(), StorageError> {
-        // One window per database: every chunk of `id` in it starts within the window.
-        for kv in self
-            .0
-            .range(keys::chunk(id, i64::MIN)..=keys::chunk(id, maxt))
-        {
-            let (k, v) = kv?;
-            let (_, c) = decode_staged(&k, &v)?;
+        // One window per file: every chunk of `id` in it starts within the window.
+        for (id, cmint, at, len) in self.0.entries_of(id, maxt) {
+            let c = self.0.read(id, cmint, at, len)?;
             if c.maxt() >= mint {
                 out.push(c);
             }
@@ -97,11 +283,18 @@ impl ChunkSource for StagedWindow<'_> {
         &self,
         f: &mut dyn FnMut(SeriesId, Vec<StoredChunk>) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        // Keys are `C id mint`: one series after another, in time order.
+        // The index is in `(id, mint)` order: one series after another, in time order.
+        let entries: Vec<(SeriesId, i64, u64, u32)> = {
+            let index = self.0.index.lock().unwrap_or_else(|e| e.into_inner());
+            index
+                .0
+                .iter()
+                .map(|(&(id, mint), &(at, len))| (id, mint, at, len))
+                .collect()
+        };
         let mut current: Option<(SeriesId, Vec<StoredChunk>)> = None;
-        for kv in self.0.iter() {
-            let (k, v) = kv?;
-            let (id, chunk) = decode_staged(&k, &v)?;
+        for (id, mint, at, len) in entries {
+            let chunk = self.0.read(id, mint, at, len)?;
             match &mut current {
                 Some((cid, cs)) if *cid == id => cs.push(chunk),
                 _ => {
@@ -120,41 +313,40 @@ impl ChunkSource for StagedWindow<'_> {
 }
 
 impl Storage {
-    /// The open staging database of `window`, or a new one under the next generation.
-    pub(crate) fn staging_for(&self, window: i64) -> Result<sled::Db, StorageError> {
+    /// The open staging file of `window`, or a new one under the next generation.
+    pub(crate) fn staging_for(&self, window: i64) -> Result<Arc<StagingFile>, StorageError> {
         let mut w = write_lock(&self.inner.windows);
         let mut gen = w.compacted_gens(window);
         for ((_, g), s) in w.staging.range((window, 0)..=(window, u32::MAX)) {
             if !s.sealed {
-                return Ok(s.db.clone());
+                return Ok(s.file.clone());
             }
             gen = gen.max(*g);
         }
         gen += 1;
-        let db = crate::blocks::open_block(
-            &staging_dir(&self.inner.dir, window, gen),
-            &self.inner.config,
-        )?;
+        let file = Arc::new(StagingFile::create(&staging_path(
+            &self.inner.dir,
+            window,
+            gen,
+        ))?);
         w.staging.insert(
             (window, gen),
             Staging {
-                db: db.clone(),
+                file: file.clone(),
                 sealed: false,
             },
         );
-        Ok(db)
+        Ok(file)
     }
 
-    /// Writes cut chunks into their windows' staging databases (not flushed: the
-    /// write-ahead records still hold their samples until `maintain` flushes and truncates).
+    /// Appends cut chunks to their windows' staging files (not fsynced: the write-ahead
+    /// records still hold their samples until `maintain` marks them durable and truncates).
     pub(crate) fn write_chunks(&self, cut: Vec<CutChunk>) -> Result<(), StorageError> {
         if cut.is_empty() {
             return Ok(());
         }
         let span = self.inner.config.chunk_span_ms;
         let n = cut.len() as u64;
-        // By window, in key order, in batches of 256 (sled keeps a big batch in memory many
-        // times over; one insert at a time was 50 µs a chunk).
         let mut by_window: BTreeMap<i64, Vec<CutChunk>> = BTreeMap::new();
         for c in cut {
             by_window
@@ -162,19 +354,23 @@ impl Storage {
                 .or_default()
                 .push(c);
         }
-        for (window, mut chunks) in by_window {
-            let db = self.staging_for(window)?;
-            chunks.sort_unstable_by_key(|c| (c.id, c.mint));
-            for part in chunks.chunks(256) {
-                let mut b = sled::Batch::default();
-                for c in part {
-                    b.insert(
-                        keys::chunk(c.id, c.mint),
+        for (window, chunks) in by_window {
+            let file = self.staging_for(window)?;
+            let values: Vec<(SeriesId, i64, Vec<u8>)> = chunks
+                .iter()
+                .map(|c| {
+                    (
+                        c.id,
+                        c.mint,
                         crate::chunk::encode_staged(c.mint, c.maxt, &c.bytes),
-                    );
-                }
-                db.apply_batch(b)?;
-            }
+                    )
+                })
+                .collect();
+            file.append(
+                values
+                    .iter()
+                    .map(|(id, mint, v)| (*id, *mint, v.as_slice())),
+            )?;
         }
         self.inner.stats.chunks_cut.fetch_add(n, Ordering::Relaxed);
         Ok(())
@@ -182,42 +378,80 @@ impl Storage {
 
     /// Makes the staged chunks durable.
     pub(crate) fn flush_staging(&self) -> Result<(), StorageError> {
-        for b in read_lock(&self.inner.windows).staging.values() {
-            b.db.flush()?;
+        let files: Vec<Arc<StagingFile>> = read_lock(&self.inner.windows)
+            .staging
+            .values()
+            .map(|s| s.file.clone())
+            .collect();
+        for f in files {
+            f.sync()?;
         }
         Ok(())
     }
 }
 
-/// Removes, at open, every staged chunk that begins after its series' durable mark (or
-/// belongs to no series the table knows): such a chunk was cut after the last
-/// [`Storage::mark_durable`], so nothing says the chunks before it reached the disk too
-/// (each staging database is its own sled file, flushed only by `mark_durable`), and the
-/// log, which is not truncated past the mark, still holds all of its samples. Replay then
-/// cuts them again. A chunk at or before the mark was fsynced before the mark was written.
-pub(crate) fn discard_undurable_chunks(
-    staging: &BTreeMap<(i64, u32), Staging>,
+/// Opens the staging files at open, keeping only the chunks that begin at or before their
+/// series' durable mark (and belong to a series the table knows): a chunk cut after the
+/// last [`Storage::mark_durable`] may have reached the disk while chunks before it did not
+/// (nothing was fsynced after it), and the log, which is not truncated past the mark, still
+/// holds all of its samples. Replay then cuts them again. A chunk at or before the mark was
+/// fsynced before the mark was written.
+///
+/// A staging directory of a version before 2026-12-01 (a sled database) is read into a
+/// staging file first, then removed.
+pub(crate) fn open_staging(
+    root: &Path,
+    compacted: &Files,
     head: &Head,
-) -> Result<(), StorageError> {
+) -> Result<BTreeMap<(i64, u32), Staging>, StorageError> {
+    let dir = root.join("staging");
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+        let entry = entry.map_err(io(&dir))?;
+        names.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
+    }
+    names.sort();
+    let mut staging = BTreeMap::new();
     let mut discarded = 0usize;
-    for st in staging.values() {
-        let mut doomed = Vec::new();
-        for kv in st.db.iter() {
-            let (k, _) = kv?;
-            let (id, mint) = keys::parse_chunk(&k).ok_or_else(|| corrupt("chunk key"))?;
-            let mark = head.series.get(&id).map_or(i64::MIN, |s| s.durable_maxt);
-            if mint > mark {
-                doomed.push(k);
-            }
+    for (name, path) in names {
+        if name.ends_with(".tmp") {
+            // A rewrite that did not finish; the file it was to replace is still there.
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            continue;
         }
-        discarded += doomed.len();
-        for part in doomed.chunks(256) {
-            let mut b = sled::Batch::default();
-            for k in part {
-                b.remove(k.clone());
-            }
-            st.db.apply_batch(b)?;
+        let Some((w, gen)) = parse_staging_name(&name) else {
+            tracing::warn!(path = %path.display(), "ignoring unknown file in staging/");
+            continue;
+        };
+        if compacted.range((w, gen)..=(w, u32::MAX)).next().is_some() {
+            // Compacted, but the process stopped before deleting it.
+            remove_staged(&path)?;
+            continue;
         }
+        let file_path = staging_path(root, w, gen);
+        if path.is_dir() {
+            if file_path.exists() {
+                // Moved into its file before the process stopped; the file comes next.
+                remove_staged(&path)?;
+                continue;
+            }
+            migrate_sled_staging(&path, &file_path)?;
+        }
+        let mut keep =
+            |id: SeriesId, mint: i64| head.series.get(&id).is_some_and(|s| mint <= s.durable_maxt);
+        let (file, left_out) = StagingFile::open(&file_path, &mut keep)?;
+        discarded += left_out;
+        staging.insert(
+            (w, gen),
+            Staging {
+                file: Arc::new(file),
+                sealed: false,
+            },
+        );
     }
     if discarded > 0 {
         tracing::info!(
@@ -225,5 +459,189 @@ pub(crate) fn discard_undurable_chunks(
             "discarded staged chunks cut after the last durable mark; the log replays their samples"
         );
     }
+    Ok(staging)
+}
+
+/// Reads a sled staging database (the layout before 2026-12-01) into a staging file,
+/// fsyncs it, then removes the database.
+fn migrate_sled_staging(db_dir: &Path, file_path: &Path) -> Result<(), StorageError> {
+    let db = sled::Config::new().path(db_dir).open()?;
+    let tmp = file_path.with_extension("kps.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let file = StagingFile::create(&tmp)?;
+    let mut n = 0usize;
+    let mut batch: Vec<(SeriesId, i64, Vec<u8>)> = Vec::new();
+    for kv in db.iter() {
+        let (k, v) = kv?;
+        let (id, mint) = keys::parse_chunk(&k)
+            .ok_or_else(|| StorageError::Corrupt("staged chunk key".into()))?;
+        batch.push((id, mint, v.to_vec()));
+        if batch.len() == 4096 {
+            n += batch.len();
+            file.append(batch.iter().map(|(i, m, v)| (*i, *m, v.as_slice())))?;
+            batch.clear();
+        }
+    }
+    n += batch.len();
+    file.append(batch.iter().map(|(i, m, v)| (*i, *m, v.as_slice())))?;
+    file.sync()?;
+    drop(db);
+    std::fs::rename(&tmp, file_path).map_err(io(file_path))?;
+    let parent = file_path.parent().unwrap_or(Path::new("."));
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io(parent))?;
+    std::fs::remove_dir_all(db_dir).map_err(io(db_dir))?;
+    tracing::info!(from = %db_dir.display(), to = %file_path.display(), chunks = n,
+        "moved a staging database of an earlier version into a staging file");
     Ok(())
+}
+
+/// Removes a staging file (or a staging directory of an earlier version).
+pub(crate) fn remove_staged(path: &Path) -> Result<(), StorageError> {
+    let r = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(StorageError::Io(path.to_owned(), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::encode_staged;
+    use crate::chunkenc;
+
+    fn value(id: u64, mint: i64) -> Vec<u8> {
+        let samples: Vec<(i64, f64)> = (0..30)
+            .map(|i| (mint + i * 10_000, (id as i64 * 1_000 + i) as f64 / 3.0))
+            .collect();
+        encode_staged(mint, mint + 290_000, &chunkenc::encode_all(&samples))
+    }
+
+    fn chunks_of(f: &StagingFile) -> Vec<(SeriesId, i64, i64)> {
+        let mut out = Vec::new();
+        StagedWindow(f)
+            .for_each_series(&mut |id, cs| {
+                out.extend(cs.iter().map(|c| (id, c.mint(), c.maxt())));
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    fn head_with_marks(marks: &[(SeriesId, i64)]) -> Head {
+        let mut head = Head::default();
+        for &(id, mark) in marks {
+            head.insert_series(id, Arc::from(id.to_be_bytes().to_vec()), 0, mark);
+        }
+        head
+    }
+
+    /// A record cut short or damaged ends what is read; the file is rewritten without it,
+    /// and appends after that are read back on the next open.
+    #[test]
+    fn a_torn_tail_is_cut_and_the_file_stays_appendable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0-1.kps");
+        let f = StagingFile::create(&path).unwrap();
+        let vals: Vec<(u64, i64, Vec<u8>)> =
+            (0..10u64).map(|id| (id, 1_000, value(id, 1_000))).collect();
+        f.append(vals.iter().map(|(i, m, v)| (*i, *m, v.as_slice())))
+            .unwrap();
+        f.sync().unwrap();
+        let full = f.len();
+        assert_eq!(full, std::fs::metadata(&path).unwrap().len());
+        drop(f);
+        // The last record cut short, then garbage after a whole one (a damaged length).
+        let damages: [fn(&mut Vec<u8>); 2] = [
+            |d| d.truncate(d.len() - 7),
+            |d| d.extend_from_slice(&[0xff; 40]),
+        ];
+        for (round, damage) in damages.into_iter().enumerate() {
+            let new_id = 99 + round as u64;
+            let mut data = std::fs::read(&path).unwrap();
+            damage(&mut data);
+            std::fs::write(&path, &data).unwrap();
+            let (f, left_out) = StagingFile::open(&path, &mut |_, _| true).unwrap();
+            assert_eq!(left_out, 0);
+            let got = chunks_of(&f);
+            assert!(got.len() >= 9 && got.len() <= 10, "{got:?}");
+            assert_eq!(f.len(), std::fs::metadata(&path).unwrap().len());
+            let extra = value(new_id, 2_000);
+            f.append(std::iter::once((new_id, 2_000, extra.as_slice())))
+                .unwrap();
+            f.sync().unwrap();
+            drop(f);
+            let (f, _) = StagingFile::open(&path, &mut |_, _| true).unwrap();
+            let again = chunks_of(&f);
+            assert_eq!(again.len(), got.len() + 1, "{again:?}");
+            assert_eq!(again.last().unwrap().0, new_id);
+            // Every chunk decodes to its samples.
+            let mut s = Vec::new();
+            StagedWindow(&f).chunks(3, 0, i64::MAX, &mut s).unwrap();
+            let mut samples = Vec::new();
+            s[0].decode_into(&mut samples).unwrap();
+            assert_eq!(samples.len(), 30);
+            assert_eq!(samples[4].1, (3_000 + 4) as f64 / 3.0);
+        }
+    }
+
+    /// Chunks past their series' durable mark are removed from the file itself at open, so
+    /// they cannot come back once a later mark covers their start.
+    #[test]
+    fn chunks_past_the_mark_are_removed_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("staging")).unwrap();
+        let path = staging_path(dir.path(), 0, 1);
+        let f = StagingFile::create(&path).unwrap();
+        let vals: Vec<(u64, i64, Vec<u8>)> = [(1, 1_000), (1, 400_000), (2, 1_000), (3, 5)]
+            .iter()
+            .map(|&(id, m)| (id, m, value(id, m)))
+            .collect();
+        f.append(vals.iter().map(|(i, m, v)| (*i, *m, v.as_slice())))
+            .unwrap();
+        drop(f);
+        // Series 1 is durable up to its first chunk, series 2 entirely; series 3 is unknown.
+        let head = head_with_marks(&[(1, 291_000), (2, 291_000)]);
+        let staging = open_staging(dir.path(), &Files::new(), &head).unwrap();
+        let f = &staging[&(0, 1)].file;
+        assert_eq!(chunks_of(f), vec![(1, 1_000, 291_000), (2, 1_000, 291_000)]);
+        drop(staging);
+        // A later mark covers the discarded chunk's start: it stays gone.
+        let head = head_with_marks(&[(1, i64::MAX), (2, i64::MAX), (3, i64::MAX)]);
+        let staging = open_staging(dir.path(), &Files::new(), &head).unwrap();
+        assert_eq!(chunks_of(&staging[&(0, 1)].file).len(), 2);
+    }
+
+    /// A sled staging database of an earlier version becomes a staging file with the same
+    /// chunks; its directory goes.
+    #[test]
+    fn sled_staging_of_an_earlier_version_is_moved_into_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir
+            .path()
+            .join("staging")
+            .join(format!("{:020}-2", 7_200_000));
+        {
+            let db = sled::Config::new().path(&old).open().unwrap();
+            for id in 0..50u64 {
+                db.insert(keys::chunk(id, 7_201_000), value(id, 7_201_000))
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let marks: Vec<(SeriesId, i64)> = (0..50).map(|id| (id, i64::MAX)).collect();
+        let staging = open_staging(dir.path(), &Files::new(), &head_with_marks(&marks)).unwrap();
+        assert!(!old.exists());
+        let f = &staging[&(7_200_000, 2)].file;
+        assert_eq!(f.path(), staging_path(dir.path(), 7_200_000, 2));
+        assert_eq!(chunks_of(f).len(), 50);
+    }
 }

@@ -15,7 +15,6 @@ const SERIES: u64 = 50;
 fn config() -> StorageConfig {
     StorageConfig {
         cache_capacity_bytes: 4 << 20,
-        block_cache_capacity_bytes: 1 << 20,
         // Small windows and blocks so chunks are cut, blocks made and records truncated
         // often while the child runs.
         chunk_span_ms: 20_000,

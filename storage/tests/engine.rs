@@ -10,7 +10,6 @@ fn labels(name: &str, job: &str) -> Labels {
 fn small() -> StorageConfig {
     StorageConfig {
         cache_capacity_bytes: 4 << 20,
-        block_cache_capacity_bytes: 1 << 20,
         ..StorageConfig::default()
     }
 }

@@ -32,9 +32,6 @@ struct Args {
     /// Runs of each query against each system.
     #[arg(long, default_value_t = 50)]
     runs: usize,
-    /// The collector's sled cache per staging database (`--block-cache-capacity-bytes`), bytes.
-    #[arg(long, default_value_t = 2 << 20)]
-    block_cache_bytes: u64,
     /// The collector binary.
     #[arg(long, default_value = "target/release/kappie-collector")]
     collector: String,
@@ -86,14 +83,7 @@ fn main() -> anyhow::Result<()> {
     let codes = 10;
     let instances = (args.series / (jobs * codes)).max(1);
 
-    let kappie = Collector::start(
-        &args.collector,
-        &work,
-        &[format!(
-            "--block-cache-capacity-bytes={}",
-            args.block_cache_bytes
-        )],
-    )?;
+    let kappie = Collector::start(&args.collector, &work, &[])?;
     let kbase = kappie.base.clone();
     let p = Prometheus::start(&work.join("prometheus"), "");
 
