@@ -73,13 +73,20 @@ impl Appender for StorageAppender {
         } = self;
         let inner = &store.inner;
         let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        store.check_writable()?;
         let mut batch = Writes::default();
         let (ids, created) = assign_ids(&store, &samples, &new_series, &mut batch);
         let (accepted, report) = validate(&store, &samples, &ids)?;
         let seq = log(&store, &mut batch, meta, &created, &accepted)?;
         // Durable in the log; sled catches up on its own (the log is replayed after a crash).
-        batch.apply(&inner.main)?;
-        apply(&store, created, &accepted, seq)?;
+        // A failure from here on leaves memory and disk apart: no more writes until reopened.
+        if let Err(e) = batch
+            .apply(&inner.main)
+            .and_then(|()| apply(&store, created, &accepted, seq))
+        {
+            store.stop_writes(&e);
+            return Err(e);
+        }
         count(&inner.stats, &report, &accepted);
         Ok(report)
     }

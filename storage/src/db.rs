@@ -147,6 +147,8 @@ pub(crate) struct Inner {
     /// Log readers by name: the first sequence each still needs, and the samples dropped
     /// for it when the log held for it grew past `wal_hold_max_bytes`.
     pub holds: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// Set by [`Storage::stop_writes`]: why the store takes no more writes.
+    pub stopped: Mutex<Option<String>>,
 }
 
 pub(crate) fn corrupt(what: &str) -> StorageError {
@@ -248,6 +250,7 @@ impl Storage {
             min_valid_t: AtomicU64::new(i64::MIN as u64),
             stats: StorageStats::default(),
             holds: Mutex::new(BTreeMap::new()),
+            stopped: Mutex::new(None),
         };
         let store = Storage {
             inner: Arc::new(inner),
@@ -412,6 +415,25 @@ impl Storage {
         days.into_iter().collect()
     }
 
+    /// Stops taking writes and durable marks after `e`, which happened after a log record
+    /// was durable (memory and the files may now disagree); opening the store again
+    /// replays the log.
+    pub(crate) fn stop_writes(&self, e: &StorageError) {
+        let mut stopped = self.inner.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        if stopped.is_none() {
+            tracing::error!(error = %e, "the store stops taking writes; restart the process to recover from the log");
+            *stopped = Some(e.to_string());
+        }
+    }
+
+    /// `Err(Stopped)` once [`Storage::stop_writes`] was called.
+    pub(crate) fn check_writable(&self) -> Result<(), StorageError> {
+        match &*self.inner.stopped.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(StorageError::Stopped(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// The store's durability order, in one place (storage/docs/format.md, "Durability
     /// order"):
     ///
@@ -429,6 +451,9 @@ impl Storage {
     /// Callers hold the write lock (`_write`), so no commit cuts a chunk meanwhile.
     pub(crate) fn mark_durable(&self, _write: &MutexGuard<'_, ()>) -> Result<(), StorageError> {
         let inner = &self.inner;
+        // After a failed staging write a cut chunk may be missing from staging while its
+        // series' staged maxt covers it: marking would let the log lose its samples.
+        self.check_writable()?;
         self.flush_staging()?;
         let raised: Vec<(SeriesId, i64)> = read_lock(&inner.head)
             .series

@@ -18,4 +18,9 @@ pub enum StorageError {
     InvalidMatcher(String),
     #[error("invalid storage configuration: {0}")]
     Config(String),
+    /// A write failed after its log record was durable, so memory and disk may disagree:
+    /// the store refuses writes and durable marks until it is opened again, when the log
+    /// replays everything acknowledged.
+    #[error("the store stopped taking writes after an earlier error ({0}); restart the process: the log replays every acknowledged write")]
+    Stopped(String),
 }

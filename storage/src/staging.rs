@@ -43,6 +43,23 @@ const MAX_VALUE: usize = 1 << 20;
 /// `(id, mint)` -> (offset of the value, its length).
 type Index = BTreeMap<(SeriesId, i64), (u64, u32)>;
 
+/// `(id, mint, value length)` of the whole, checksummed record at `pos`, if there is one.
+fn record_at(data: &[u8], pos: usize) -> Option<(SeriesId, i64, usize)> {
+    let head = data.get(pos..pos + RECORD_HEAD)?;
+    let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    if !(16..=16 + MAX_VALUE).contains(&len) {
+        return None;
+    }
+    let body = data.get(pos + 8..pos + 8 + len)?;
+    let crc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
+    if crc32c::crc32c(body) != crc {
+        return None;
+    }
+    let id = u64::from_be_bytes(body[..8].try_into().expect("8 bytes"));
+    let mint = i64::from_be_bytes(body[8..16].try_into().expect("8 bytes"));
+    Some((id, mint, len - 16))
+}
+
 /// An append-only file of staged chunks. Record: `len u32 BE` (of what follows the
 /// checksum) `| crc32c u32 BE` (of id, mint and value) `| id u64 BE | mint i64 BE | value`,
 /// the value as `chunk::encode_staged` makes it. A later record of the same `(id, mint)`
@@ -50,8 +67,25 @@ type Index = BTreeMap<(SeriesId, i64), (u64, u32)>;
 pub(crate) struct StagingFile {
     path: PathBuf,
     file: File,
-    /// The index and the file's length.
-    index: Mutex<(Index, u64)>,
+    state: Mutex<State>,
+}
+
+struct State {
+    index: Index,
+    /// Bytes of the file that hold whole records.
+    len: u64,
+    /// A write failed and the file could not be cut back to `len`: no more appends.
+    poisoned: bool,
+}
+
+impl State {
+    fn new(index: Index, len: u64) -> Self {
+        State {
+            index,
+            len,
+            poisoned: false,
+        }
+    }
 }
 
 impl StagingFile {
@@ -70,7 +104,7 @@ impl StagingFile {
         Ok(StagingFile {
             path: path.to_owned(),
             file,
-            index: Mutex::new((BTreeMap::new(), 0)),
+            state: Mutex::new(State::new(Index::new(), 0)),
         })
     }
 
@@ -87,29 +121,33 @@ impl StagingFile {
         let data = std::fs::read(path).map_err(io(path))?;
         let mut index = Index::new();
         let mut pos = 0usize;
-        while let Some(head) = data.get(pos..pos + RECORD_HEAD) {
-            let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-            if !(16..=16 + MAX_VALUE).contains(&len) || pos + 8 + len > data.len() {
-                break;
+        let mut skipped = 0usize;
+        while pos < data.len() {
+            match record_at(&data, pos) {
+                Some((id, mint, len)) => {
+                    index.insert((id, mint), ((pos + RECORD_HEAD) as u64, len as u32));
+                    pos += RECORD_HEAD + len;
+                }
+                None => {
+                    // Unreadable from here: look for the next whole record, so that damage
+                    // loses only what it hit (after a crash, records past the last fsync
+                    // may be missing or half there; the mark filters those out below).
+                    let next = (pos + 1..data.len()).find(|&p| record_at(&data, p).is_some());
+                    let to = next.unwrap_or(data.len());
+                    skipped += to - pos;
+                    pos = to;
+                }
             }
-            let body = &data[pos + 8..pos + 8 + len];
-            let crc = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
-            if crc32c::crc32c(body) != crc {
-                break;
-            }
-            let id = u64::from_be_bytes(body[..8].try_into().expect("8 bytes"));
-            let mint = i64::from_be_bytes(body[8..16].try_into().expect("8 bytes"));
-            index.insert((id, mint), ((pos + RECORD_HEAD) as u64, (len - 16) as u32));
-            pos += 8 + len;
         }
-        let cut_short = data.len() - pos;
+        let cut_short = skipped;
         let before = index.len();
         index.retain(|(id, mint), _| keep(*id, *mint));
         let left_out = before - index.len();
         if cut_short > 0 {
-            tracing::warn!(file = %path.display(), offset = pos, bytes = cut_short,
-                "staging file ends in an unreadable record (the process died while writing it, \
-                 or the disk damaged it); chunks from there on are cut again from the log");
+            tracing::warn!(file = %path.display(), bytes = cut_short,
+                "staging file holds unreadable bytes (the process died while writing them, or \
+                 the disk damaged them); chunks in them past the durable mark are cut again from \
+                 the log, any others are lost");
         }
         if cut_short == 0 && left_out == 0 {
             let file = OpenOptions::new()
@@ -120,7 +158,7 @@ impl StagingFile {
             let staged = StagingFile {
                 path: path.to_owned(),
                 file,
-                index: Mutex::new((index, data.len() as u64)),
+                state: Mutex::new(State::new(index, data.len() as u64)),
             };
             return Ok((staged, 0));
         }
@@ -146,8 +184,14 @@ impl StagingFile {
         &self,
         chunks: impl Iterator<Item = (SeriesId, i64, &'a [u8])>,
     ) -> Result<(), StorageError> {
-        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let start = index.1;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.poisoned {
+            return Err(StorageError::Io(
+                self.path.clone(),
+                std::io::Error::other("an earlier write to this staging file failed"),
+            ));
+        }
+        let start = state.len;
         let mut buf = Vec::new();
         let mut added = Vec::new();
         for (id, mint, value) in chunks {
@@ -164,9 +208,16 @@ impl StagingFile {
                 (start + (at + RECORD_HEAD) as u64, value.len() as u32),
             ));
         }
-        (&self.file).write_all(&buf).map_err(io(&self.path))?;
-        index.1 += buf.len() as u64;
-        index.0.extend(added);
+        if let Err(e) = (&self.file).write_all(&buf) {
+            // Part of the records may be in the file: cut it back, or later records'
+            // offsets would be wrong.
+            if self.file.set_len(start).is_err() {
+                state.poisoned = true;
+            }
+            return Err(StorageError::Io(self.path.clone(), e));
+        }
+        state.len += buf.len() as u64;
+        state.index.extend(added);
         Ok(())
     }
 
@@ -181,9 +232,10 @@ impl StagingFile {
 
     /// Bytes of the file.
     pub fn len(&self) -> u64 {
-        self.index.lock().unwrap_or_else(|e| e.into_inner()).1
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).len
     }
 
+    /// The chunk whose value is `len` bytes at `at`, its record's checksum checked.
     fn read(
         &self,
         id: SeriesId,
@@ -191,18 +243,26 @@ impl StagingFile {
         at: u64,
         len: u32,
     ) -> Result<StoredChunk, StorageError> {
-        let mut value = vec![0; len as usize];
+        let head = RECORD_HEAD as u64;
+        let mut record = vec![0; RECORD_HEAD + len as usize];
         self.file
-            .read_exact_at(&mut value, at)
+            .read_exact_at(&mut record, at - head)
             .map_err(io(&self.path))?;
-        Ok(decode_staged(&keys::chunk(id, mint), &value)?.1)
+        let crc = u32::from_be_bytes(record[4..8].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&record[8..]) != crc {
+            return Err(StorageError::Corrupt(format!(
+                "staged chunk of series {id} at {mint} in {} fails its checksum",
+                self.path.display()
+            )));
+        }
+        Ok(decode_staged(&keys::chunk(id, mint), &record[RECORD_HEAD..])?.1)
     }
 
     /// `(id, mint, offset, length)` of the chunks of `id` starting at or before `maxt`.
     fn entries_of(&self, id: SeriesId, maxt: i64) -> Vec<(SeriesId, i64, u64, u32)> {
-        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        index
-            .0
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .index
             .range((id, i64::MIN)..=(id, maxt))
             .map(|(&(id, mint), &(at, len))| (id, mint, at, len))
             .collect()
@@ -285,9 +345,9 @@ impl ChunkSource for StagedWindow<'_> {
     ) -> Result<(), StorageError> {
         // The index is in `(id, mint)` order: one series after another, in time order.
         let entries: Vec<(SeriesId, i64, u64, u32)> = {
-            let index = self.0.index.lock().unwrap_or_else(|e| e.into_inner());
-            index
-                .0
+            let state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+            state
+                .index
                 .iter()
                 .map(|(&(id, mint), &(at, len))| (id, mint, at, len))
                 .collect()
@@ -341,7 +401,18 @@ impl Storage {
 
     /// Appends cut chunks to their windows' staging files (not fsynced: the write-ahead
     /// records still hold their samples until `maintain` marks them durable and truncates).
+    /// A failure stops the store's writes ([`Storage::stop_writes`]): the chunks are gone
+    /// from the head and their series' staged maxt covers them, so a durable mark now would
+    /// let the log lose their samples.
     pub(crate) fn write_chunks(&self, cut: Vec<CutChunk>) -> Result<(), StorageError> {
+        let r = self.write_chunks_inner(cut);
+        if let Err(e) = &r {
+            self.stop_writes(e);
+        }
+        r
+    }
+
+    fn write_chunks_inner(&self, cut: Vec<CutChunk>) -> Result<(), StorageError> {
         if cut.is_empty() {
             return Ok(());
         }
@@ -419,8 +490,9 @@ pub(crate) fn open_staging(
     let mut discarded = 0usize;
     for (name, path) in names {
         if name.ends_with(".tmp") {
-            // A rewrite that did not finish; the file it was to replace is still there.
-            std::fs::remove_file(&path).map_err(io(&path))?;
+            // A rewrite that did not finish (the file it was to replace is still there; an
+            // earlier entry of this loop may have rewritten and so removed it already).
+            remove_staged(&path)?;
             continue;
         }
         let Some((w, gen)) = parse_staging_name(&name) else {
@@ -465,7 +537,11 @@ pub(crate) fn open_staging(
 /// Reads a sled staging database (the layout before 2026-12-01) into a staging file,
 /// fsyncs it, then removes the database.
 fn migrate_sled_staging(db_dir: &Path, file_path: &Path) -> Result<(), StorageError> {
-    let db = sled::Config::new().path(db_dir).open()?;
+    // Opened as `open_block` wrote it (sled refuses another compression setting).
+    let db = sled::Config::new()
+        .path(db_dir)
+        .use_compression(true)
+        .open()?;
     let tmp = file_path.with_extension("kps.tmp");
     let _ = std::fs::remove_file(&tmp);
     let file = StagingFile::create(&tmp)?;
@@ -630,7 +706,13 @@ mod tests {
             .join("staging")
             .join(format!("{:020}-2", 7_200_000));
         {
-            let db = sled::Config::new().path(&old).open().unwrap();
+            // As `open_block` opened staging databases before 2026-12-01.
+            let db = sled::Config::new()
+                .path(&old)
+                .use_compression(true)
+                .flush_every_ms(None)
+                .open()
+                .unwrap();
             for id in 0..50u64 {
                 db.insert(keys::chunk(id, 7_201_000), value(id, 7_201_000))
                     .unwrap();
@@ -643,5 +725,66 @@ mod tests {
         let f = &staging[&(7_200_000, 2)].file;
         assert_eq!(f.path(), staging_path(dir.path(), 7_200_000, 2));
         assert_eq!(chunks_of(f).len(), 50);
+    }
+
+    /// Damage in the middle of a file loses only the record it hit; a record damaged after
+    /// open is refused when read, never returned; a leftover `.tmp` does not stop the open.
+    #[test]
+    fn damage_loses_only_what_it_hit_and_is_never_read_as_data() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("staging")).unwrap();
+        let path = staging_path(dir.path(), 0, 1);
+        let f = StagingFile::create(&path).unwrap();
+        let vals: Vec<(u64, i64, Vec<u8>)> =
+            (0..10u64).map(|id| (id, 1_000, value(id, 1_000))).collect();
+        f.append(vals.iter().map(|(i, m, v)| (*i, *m, v.as_slice())))
+            .unwrap();
+        let third = f.entries_of(3, i64::MAX)[0].2 as usize;
+        drop(f);
+        let mut data = std::fs::read(&path).unwrap();
+        data[third + 5] ^= 0x40;
+        std::fs::write(&path, &data).unwrap();
+        // A rewrite that never finished, and a process that died before removing it.
+        std::fs::write(path.with_extension("kps.tmp"), b"half").unwrap();
+        let marks: Vec<(SeriesId, i64)> = (0..10).map(|id| (id, i64::MAX)).collect();
+        let staging = open_staging(dir.path(), &Files::new(), &head_with_marks(&marks)).unwrap();
+        assert!(!path.with_extension("kps.tmp").exists());
+        let f = staging[&(0, 1)].file.clone();
+        let ids: Vec<SeriesId> = chunks_of(&f).iter().map(|c| c.0).collect();
+        assert_eq!(ids, vec![0, 1, 2, 4, 5, 6, 7, 8, 9]);
+        // Bit rot after open: the read fails, it does not answer other samples.
+        let at = f.entries_of(7, i64::MAX)[0].2;
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xAA], at + 3).unwrap();
+        let mut out = Vec::new();
+        let err = StagedWindow(&f)
+            .chunks(7, 0, i64::MAX, &mut out)
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+        assert!(out.is_empty());
+    }
+
+    /// A write that fails is cut back out of the file, or, when that fails too, refuses
+    /// every later append: later records' offsets are never wrong.
+    #[test]
+    fn a_failed_write_never_leaves_later_offsets_wrong() {
+        let full = StagingFile {
+            path: PathBuf::from("/dev/full"),
+            file: OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+            state: Mutex::new(State::new(Index::new(), 0)),
+        };
+        let v = value(1, 1_000);
+        assert!(full
+            .append(std::iter::once((1, 1_000, v.as_slice())))
+            .is_err());
+        assert!(full
+            .append(std::iter::once((2, 1_000, v.as_slice())))
+            .is_err());
+        assert!(full.entries_of(1, i64::MAX).is_empty());
+        assert!(full.entries_of(2, i64::MAX).is_empty());
     }
 }

@@ -719,12 +719,24 @@ fn a_data_directory_of_the_first_layout_is_refused_with_a_clear_error() {
     );
 }
 
+/// `main/` opened directly. sled releases its file lock from a background thread after the
+/// store is dropped, so the lock may still be held for a moment: retried until it is free.
 fn open_main(dir: &std::path::Path) -> sled::Db {
-    sled::Config::new()
-        .path(dir.join("main"))
-        .use_compression(true)
-        .open()
-        .unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new()
+            .path(dir.join("main"))
+            .use_compression(true)
+            .open()
+        {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("main/ not yet free ({e}); retrying");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open main/: {e}"),
+        }
+    }
 }
 
 #[test]
