@@ -42,6 +42,10 @@ pub struct Cli {
     /// Most series one PromQL query may return (then 422 `execution`).
     #[arg(long, env = "KAPPIE_QUERY_MAX_SERIES")]
     pub query_max_series: Option<usize>,
+    /// Most tokens one PromQL query (or `match[]` selector) may have (then 400 `bad_data`):
+    /// bounds parse time and nesting depth.
+    #[arg(long, env = "KAPPIE_QUERY_MAX_TOKENS")]
+    pub query_max_tokens: Option<usize>,
     /// Most samples one remote read SAMPLES response may carry (then 400).
     #[arg(long, env = "KAPPIE_REMOTE_READ_MAX_SAMPLES")]
     pub remote_read_max_samples: Option<usize>,
@@ -114,6 +118,7 @@ pub struct Config {
     pub query_timeout_seconds: u64,
     pub query_max_samples: usize,
     pub query_max_series: usize,
+    pub query_max_tokens: usize,
     pub remote_read_max_samples: usize,
     pub remote_read_concurrency: usize,
     pub remote_read_max_frame_bytes: usize,
@@ -144,6 +149,7 @@ impl Default for Config {
             query_timeout_seconds: 120,
             query_max_samples: 50_000_000,
             query_max_series: 1_000_000,
+            query_max_tokens: crate::promql::QueryLimits::default().max_tokens,
             remote_read_max_samples: 50_000_000,
             remote_read_concurrency: 10,
             remote_read_max_frame_bytes: 1 << 20,
@@ -188,6 +194,7 @@ impl Config {
             timeout: std::time::Duration::from_secs(self.query_timeout_seconds),
             max_samples: self.query_max_samples,
             max_series: self.query_max_series,
+            max_tokens: self.query_max_tokens,
             ..Default::default()
         }
     }
@@ -225,6 +232,7 @@ impl Config {
             query_timeout_seconds,
             query_max_samples,
             query_max_series,
+            query_max_tokens,
             remote_read_max_samples,
             remote_read_concurrency,
             remote_read_max_frame_bytes,
@@ -235,6 +243,9 @@ impl Config {
         );
         if c.wal_segment_bytes < 1 << 20 {
             anyhow::bail!("wal_segment_bytes must be at least 1 MiB (1048576)");
+        }
+        if c.query_max_tokens == 0 {
+            anyhow::bail!("query_max_tokens must be at least 1");
         }
         if c.maintenance_interval_seconds == 0 {
             anyhow::bail!("maintenance_interval_seconds must be at least 1");

@@ -598,3 +598,93 @@ async fn query_limits_answer_like_prometheus() {
     .unwrap();
     c.stop().await;
 }
+
+/// Issue 16: `1+1+…+1` with 5,000 terms aborted the process (a stack overflow between
+/// parsing, evaluation and dropping the tree). Such queries answer now, on every endpoint
+/// that parses PromQL, and past `--query-max-tokens` they get a clear 400.
+#[tokio::test]
+async fn deeply_nested_queries_answer_and_never_take_the_collector_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = InProcess::start(dir.path()).await;
+    load_m(&c.running.as_ref().unwrap().store, 3);
+    let base = c.http_url();
+    tokio::task::spawn_blocking(move || {
+        let chain = |term: &str, n: usize| vec![term; n].join("+");
+        let (code, v) = post(
+            &format!("{base}/api/v1/query"),
+            &[("query", &chain("1", 5_000)), ("time", "1000")],
+        );
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["data"]["result"][1], "5000");
+        // Nested the other way, and a range query over series.
+        let right = format!("{}1{}", "1+(".repeat(3_000), ")".repeat(3_000));
+        let (code, v) = post(
+            &format!("{base}/api/v1/query"),
+            &[("query", &right), ("time", "1000")],
+        );
+        assert_eq!(
+            (code, &v["data"]["result"][1]),
+            (200, &json!("3001")),
+            "{v}"
+        );
+        let (code, v) = post(
+            &format!("{base}/api/v1/query_range"),
+            &[
+                ("query", &chain("m{i=\"1\"}", 2_000)),
+                ("start", "1000"),
+                ("end", "1100"),
+                ("step", "50"),
+            ],
+        );
+        assert_eq!(code, 200, "{v}");
+        let points = v["data"]["result"][0]["values"].as_array().unwrap().clone();
+        assert_eq!(points.len(), 3, "{v}");
+        // The deepest chain the default limit lets through answers too (the stack of the
+        // query thread is sized for it).
+        let (code, v) = post(
+            &format!("{base}/api/v1/query"),
+            &[("query", &chain("1", 9_999)), ("time", "1000")],
+        );
+        assert_eq!(
+            (code, &v["data"]["result"][1]),
+            (200, &json!("9999")),
+            "{v}"
+        );
+        // Past the token limit (10,001 terms are 20,001 tokens): 400 with what to do.
+        let (code, v) = post(
+            &format!("{base}/api/v1/query"),
+            &[("query", &chain("1", 10_001))],
+        );
+        assert_eq!(
+            (code, v["errorType"].as_str()),
+            (400, Some("bad_data")),
+            "{v}"
+        );
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.contains("more than the limit of 20000") && msg.contains("--query-max-tokens"),
+            "{msg}"
+        );
+        // A match[] may be any text: a deep one is refused, not a crash.
+        let (code, v) = post(
+            &format!("{base}/api/v1/series"),
+            &[("match[]", &chain("1", 5_000))],
+        );
+        assert_eq!(
+            (code, v["errorType"].as_str()),
+            (400, Some("bad_data")),
+            "{v}"
+        );
+        let (code, v) = post(
+            &format!("{base}/api/v1/labels"),
+            &[("match[]", &chain("m", 10_001))],
+        );
+        assert_eq!(code, 400, "{v}");
+        // Still serving.
+        let (code, v) = get(&format!("{base}/api/v1/query?query=1%2B1"));
+        assert_eq!((code, &v["data"]["result"][1]), (200, &json!("2")));
+    })
+    .await
+    .unwrap();
+    c.stop().await;
+}

@@ -40,11 +40,11 @@ fn limit(p: &[(String, String)]) -> Result<Option<usize>, ApiError> {
 }
 
 /// Every `match[]`, each as its `or` branches.
-fn selectors(p: &[(String, String)]) -> Result<Vec<Vec<Matcher>>, ApiError> {
+fn selectors(p: &[(String, String)], max_tokens: usize) -> Result<Vec<Vec<Matcher>>, ApiError> {
     let mut out = Vec::new();
     for (_, v) in p.iter().filter(|(k, _)| k == "match[]") {
         out.extend(
-            promql::series_selector(v)
+            promql::series_selector(v, max_tokens)
                 .map_err(|e| ApiError::bad_data(format!("invalid parameter \"match[]\": {e}")))?,
         );
     }
@@ -85,14 +85,16 @@ async fn union_of<T: Ord + Send + 'static>(
         + Send
         + 'static,
 ) -> Result<Vec<T>, ApiError> {
-    let mut sets = selectors(p)?;
-    if sets.is_empty() {
-        sets.push(Vec::new());
-    }
     let (start, end) = time_range(p)?;
     let limit = limit(p)?.unwrap_or(usize::MAX);
     let store = st.store.clone();
+    let (p, max_tokens) = (p.to_vec(), st.limits.query.max_tokens);
     blocking(move || {
+        // Parsed off the runtime's threads: a selector may be any query, up to the limit.
+        let mut sets = selectors(&p, max_tokens)?;
+        if sets.is_empty() {
+            sets.push(Vec::new());
+        }
         let mut all = BTreeSet::new();
         for set in &sets {
             all.extend(read(&store, set, start, end).map_err(storage)?);
