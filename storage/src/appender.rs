@@ -254,7 +254,8 @@ fn apply(
             }
         }
     }
-    store.write_chunks(cut)
+    store.write_chunks(&mut head, cut);
+    Ok(())
 }
 
 fn count(st: &StorageStats, report: &CommitReport, accepted: &[(SeriesId, i64, f64)]) {

@@ -332,7 +332,7 @@ impl Storage {
             .stats
             .newest_sample_ms
             .store(newest.max(0), Ordering::Relaxed);
-        self.write_chunks(cut)?;
+        self.write_chunks(&mut write_lock(&inner.head), cut);
         Ok((n, samples))
     }
 
@@ -426,6 +426,15 @@ impl Storage {
         }
     }
 
+    /// Why the store takes no more writes (see [`StorageError::Stopped`]), if it stopped.
+    pub fn write_error(&self) -> Option<String> {
+        self.inner
+            .stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// `Err(Stopped)` once [`Storage::stop_writes`] was called.
     pub(crate) fn check_writable(&self) -> Result<(), StorageError> {
         match &*self.inner.stopped.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -451,10 +460,14 @@ impl Storage {
     /// Callers hold the write lock (`_write`), so no commit cuts a chunk meanwhile.
     pub(crate) fn mark_durable(&self, _write: &MutexGuard<'_, ()>) -> Result<(), StorageError> {
         let inner = &self.inner;
-        // After a failed staging write a cut chunk may be missing from staging while its
-        // series' staged maxt covers it: marking would let the log lose its samples.
+        // A store that stopped (memory and files may disagree) marks nothing.
         self.check_writable()?;
-        self.flush_staging()?;
+        // After a failed fsync the kernel may have dropped the pages it could not write,
+        // and a later fsync would succeed without them: never mark after one.
+        if let Err(e) = self.flush_staging() {
+            self.stop_writes(&e);
+            return Err(e);
+        }
         let raised: Vec<(SeriesId, i64)> = read_lock(&inner.head)
             .series
             .iter()

@@ -22,8 +22,8 @@ pub(crate) struct MemSeries {
     pub mint: i64,
     /// Last sample time; `i64::MIN` without samples.
     pub maxt: i64,
-    /// End of the newest chunk cut from the head (written to staging, maybe not yet
-    /// flushed); `i64::MIN` for none.
+    /// End of the newest chunk written to staging (maybe not yet fsynced); `i64::MIN` for
+    /// none.
     pub staged_maxt: i64,
     /// End of the newest chunk known to be on disk: the series' `persisted maxt` in the
     /// series table, raised only by [`Storage::mark_durable`].
@@ -34,6 +34,11 @@ pub(crate) struct MemSeries {
 pub(crate) struct Head {
     pub by_labels: HashMap<Arc<[u8]>, SeriesId>,
     pub series: HashMap<SeriesId, MemSeries>,
+    /// Chunks cut from the head whose write to staging failed (a full disk), oldest first:
+    /// read from here and written again by the next commit or maintenance that stages
+    /// chunks. Their series' staged maxt does not cover them, so no durable mark does, and
+    /// the log keeps their records (see `Storage::write_chunks`).
+    pub unstaged: Vec<CutChunk>,
 }
 
 impl Head {
@@ -60,6 +65,8 @@ pub(crate) struct CutChunk {
     pub mint: i64,
     pub maxt: i64,
     pub bytes: Vec<u8>,
+    /// Write-ahead record of the chunk's first sample.
+    pub first_wal: u64,
 }
 
 /// Appends one sample (already validated as newer) to a series' head chunk; returns the
@@ -80,9 +87,6 @@ pub(crate) fn append_to_head(
         .is_some_and(|h| h.app.len() >= MAX_SAMPLES || h.window != window);
     if full {
         cut = s.head.take().map(|h| cut_chunk(id, h));
-        if let Some(c) = &cut {
-            s.staged_maxt = c.maxt;
-        }
     }
     let h = s.head.get_or_insert_with(|| HeadChunk {
         app: XorAppender::new(),
@@ -104,6 +108,7 @@ pub(crate) fn cut_chunk(id: SeriesId, h: HeadChunk) -> CutChunk {
         mint: h.app.mint(),
         maxt,
         bytes: h.app.bytes().to_vec(),
+        first_wal: h.first_wal,
     }
 }
 
@@ -126,6 +131,16 @@ impl ChunkSource for Head {
         maxt: i64,
         out: &mut Vec<StoredChunk>,
     ) -> Result<(), StorageError> {
+        // Unstaged chunks are older than the series' head chunk.
+        for c in self.unstaged.iter().filter(|c| c.id == id) {
+            if c.mint <= maxt && c.maxt >= mint {
+                out.push(StoredChunk::Xor {
+                    mint: c.mint,
+                    maxt: c.maxt,
+                    bytes: c.bytes.clone(),
+                });
+            }
+        }
         let chunk = self.series.get(&id).and_then(|s| s.head.as_ref()?.stored());
         if let Some(c) = chunk.filter(|c| c.mint() <= maxt && c.maxt() >= mint) {
             out.push(c);
@@ -140,8 +155,10 @@ impl ChunkSource for Head {
         let mut ids: Vec<SeriesId> = self.series.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            if let Some(c) = self.series[&id].head.as_ref().and_then(HeadChunk::stored) {
-                f(id, vec![c])?;
+            let mut chunks = Vec::new();
+            self.chunks(id, i64::MIN, i64::MAX, &mut chunks)?;
+            if !chunks.is_empty() {
+                f(id, chunks)?;
             }
         }
         Ok(())

@@ -72,25 +72,26 @@ impl Storage {
             for (id, s) in head.series.iter_mut() {
                 if s.head.is_some() && s.maxt < now_ms.saturating_sub(cfg.head_idle_ms) {
                     if let Some(h) = s.head.take() {
-                        let c = cut_chunk(*id, h);
-                        s.staged_maxt = c.maxt;
-                        cut.push(c);
+                        cut.push(cut_chunk(*id, h));
                     }
                 }
             }
             report.idle_chunks_cut = cut.len();
-            self.write_chunks(cut)?;
+            self.write_chunks(&mut head, cut);
         }
 
         // 2. Staged chunks and sled durable (and marked so), then the log segments whose
         //    records are all in chunks.
         self.mark_durable(&_w)?;
-        let keep_from = read_lock(&inner.head)
+        let head = read_lock(&inner.head);
+        let keep_from = head
             .series
             .values()
             .filter_map(|s| s.head.as_ref().map(|h| h.first_wal))
+            .chain(head.unstaged.iter().map(|c| c.first_wal))
             .min()
             .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst));
+        drop(head);
         let keep_from = self.apply_holds(keep_from, report)?;
         report.wal_segments_removed = inner
             .wal

@@ -186,10 +186,10 @@ impl StagingFile {
     ) -> Result<(), StorageError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.poisoned {
-            return Err(StorageError::Io(
-                self.path.clone(),
-                std::io::Error::other("an earlier write to this staging file failed"),
-            ));
+            return Err(StorageError::Stopped(format!(
+                "a write to {} failed and could not be cut back out",
+                self.path.display()
+            )));
         }
         let start = state.len;
         let mut buf = Vec::new();
@@ -401,50 +401,92 @@ impl Storage {
 
     /// Appends cut chunks to their windows' staging files (not fsynced: the write-ahead
     /// records still hold their samples until `maintain` marks them durable and truncates).
-    /// A failure stops the store's writes ([`Storage::stop_writes`]): the chunks are gone
-    /// from the head and their series' staged maxt covers them, so a durable mark now would
-    /// let the log lose their samples.
-    pub(crate) fn write_chunks(&self, cut: Vec<CutChunk>) -> Result<(), StorageError> {
-        let r = self.write_chunks_inner(cut);
-        if let Err(e) = &r {
-            self.stop_writes(e);
-        }
-        r
-    }
-
-    fn write_chunks_inner(&self, cut: Vec<CutChunk>) -> Result<(), StorageError> {
-        if cut.is_empty() {
-            return Ok(());
+    /// Appends cut chunks to their windows' staging files (not fsynced: the write-ahead
+    /// records still hold their samples until `maintain` marks them durable and truncates),
+    /// after the chunks an earlier write could not stage, and raises each written chunk's
+    /// series' staged maxt. Called with the head's write lock held, so readers see every
+    /// chunk either in staging or in the head.
+    ///
+    /// When a write fails (a full disk), that chunk and every one after it stay in
+    /// `head.unstaged`: readable, not covered by any durable mark, their log records kept,
+    /// and written again next time. A series' chunks reach staging in time order, so no
+    /// mark ever covers a chunk that is not staged. The commit that cut them still
+    /// succeeds: its samples are durable in the log.
+    pub(crate) fn write_chunks(&self, head: &mut Head, cut: Vec<CutChunk>) {
+        let retrying = head.unstaged.len();
+        let mut todo = std::mem::take(&mut head.unstaged);
+        todo.extend(cut);
+        if todo.is_empty() {
+            return;
         }
         let span = self.inner.config.chunk_span_ms;
-        let n = cut.len() as u64;
+        // Windows in time order; within one, in cut order.
         let mut by_window: BTreeMap<i64, Vec<CutChunk>> = BTreeMap::new();
-        for c in cut {
+        for c in todo {
             by_window
                 .entry(c.mint.div_euclid(span) * span)
                 .or_default()
                 .push(c);
         }
+        let mut failed: Option<StorageError> = None;
+        let mut written = 0u64;
         for (window, chunks) in by_window {
-            let file = self.staging_for(window)?;
-            let values: Vec<(SeriesId, i64, Vec<u8>)> = chunks
-                .iter()
-                .map(|c| {
-                    (
-                        c.id,
-                        c.mint,
-                        crate::chunk::encode_staged(c.mint, c.maxt, &c.bytes),
-                    )
-                })
-                .collect();
-            file.append(
-                values
-                    .iter()
-                    .map(|(id, mint, v)| (*id, *mint, v.as_slice())),
-            )?;
+            if failed.is_none() {
+                match self.stage(window, &chunks) {
+                    Ok(()) => {
+                        for c in &chunks {
+                            if let Some(s) = head.series.get_mut(&c.id) {
+                                s.staged_maxt = s.staged_maxt.max(c.maxt);
+                            }
+                        }
+                        written += chunks.len() as u64;
+                        continue;
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            head.unstaged.extend(chunks);
         }
-        self.inner.stats.chunks_cut.fetch_add(n, Ordering::Relaxed);
-        Ok(())
+        self.inner
+            .stats
+            .chunks_cut
+            .fetch_add(written, Ordering::Relaxed);
+        match failed {
+            Some(e) => {
+                if matches!(e, StorageError::Stopped(_)) {
+                    self.stop_writes(&e);
+                }
+                tracing::warn!(error = %e, unstaged = head.unstaged.len(),
+                    "cannot write cut chunks to staging; they stay in memory and in the log \
+                     and are written again with the next chunks or maintenance");
+            }
+            None if retrying > 0 => {
+                tracing::info!(
+                    chunks = retrying,
+                    "staged the chunks an earlier write could not"
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn stage(&self, window: i64, chunks: &[CutChunk]) -> Result<(), StorageError> {
+        let file = self.staging_for(window)?;
+        let values: Vec<(SeriesId, i64, Vec<u8>)> = chunks
+            .iter()
+            .map(|c| {
+                (
+                    c.id,
+                    c.mint,
+                    crate::chunk::encode_staged(c.mint, c.maxt, &c.bytes),
+                )
+            })
+            .collect();
+        file.append(
+            values
+                .iter()
+                .map(|(id, mint, v)| (*id, *mint, v.as_slice())),
+        )
     }
 
     /// Makes the staged chunks durable.

@@ -259,6 +259,9 @@ pub struct Wal {
     segment_bytes: u64,
     /// Sequence of the newest record written or found (0: none).
     newest: u64,
+    /// Why appends are refused until the log is opened again (a failed fsync, or a failed
+    /// write that could not be cut back out).
+    failed: Option<String>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StorageError + '_ {
@@ -321,6 +324,7 @@ impl Wal {
                 written: 0,
                 segment_bytes,
                 newest: records.last().map_or(0, |r: &Record| r.seq),
+                failed: None,
             },
             records,
         ))
@@ -353,9 +357,27 @@ impl Wal {
         frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         frame.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
         frame.extend_from_slice(&payload);
+        if let Some(why) = &self.failed {
+            return Err(StorageError::Stopped(why.clone()));
+        }
         let f = self.file.as_mut().expect("opened above");
-        f.write_all(&frame).map_err(io(&self.dir))?;
-        f.sync_data().map_err(io(&self.dir))?;
+        if let Err(e) = f.write_all(&frame) {
+            // A frame cut short (a full disk) would end the log at open, and every record
+            // after it with it: cut it back out. If even that fails, write no more.
+            if let Err(e2) = f.set_len(self.written) {
+                self.failed = Some(format!(
+                    "a write-ahead log write failed ({e}) and could not be undone ({e2})"
+                ));
+            }
+            return Err(io(&self.dir)(e));
+        }
+        if let Err(e) = f.sync_data() {
+            // After a failed fsync the kernel may have dropped the pages it could not
+            // write: nothing since the last good fsync can be trusted to be on disk.
+            let why = format!("an fsync of the write-ahead log failed ({e})");
+            self.failed = Some(why.clone());
+            return Err(StorageError::Stopped(why));
+        }
         self.written += frame.len() as u64;
         self.newest = rec.seq;
         Ok(())

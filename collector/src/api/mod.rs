@@ -121,9 +121,23 @@ pub fn router(state: ApiState) -> Router {
             get(labels::query_exemplars).post(labels::query_exemplars),
         )
         .route("/metrics", get(metrics))
-        .route("/-/healthy", get(|| async { "Kappie is Healthy.\n" }))
+        .route("/-/healthy", get(healthy))
         .route("/-/ready", get(|| async { "Kappie is Ready.\n" }))
         .with_state(state)
+}
+
+/// Liveness: unhealthy (503) once the store stopped taking writes after a failure it cannot
+/// undo in place (`StorageError::Stopped`); a restart replays the log, so Kubernetes'
+/// liveness probe restarting the pod is the repair.
+async fn healthy(State(st): State<ApiState>) -> Response {
+    match st.store.write_error() {
+        None => "Kappie is Healthy.\n".into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Kappie is unhealthy: {why}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// An API error in Prometheus's JSON shape.
@@ -153,6 +167,15 @@ impl ApiError {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             error_type: "timeout",
+            message: message.into(),
+        }
+    }
+    /// 503 `unavailable`: the store cannot take the write now (a full disk, say); remote
+    /// write senders retry 5xx answers.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error_type: "unavailable",
             message: message.into(),
         }
     }

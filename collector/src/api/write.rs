@@ -68,7 +68,15 @@ pub(super) async fn remote_write(
     })
     .await
     .map_err(|e| ApiError::internal(format!("write worker failed: {e}")))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .map_err(|e| match e {
+        kappie_storage::StorageError::InvalidLabels(_) => ApiError::bad_data(e.to_string()),
+        e => {
+            tracing::error!(error = %e, "remote write: store write failed");
+            ApiError::unavailable(format!(
+                "the store could not take the write: {e}; retry later"
+            ))
+        }
+    })?;
     if report.refused() > 0 {
         return Err(ApiError::bad_data(format!(
             "{} samples refused ({} out of order, {} duplicate timestamp with another value, {} older than retention); {} stored",
