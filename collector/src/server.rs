@@ -60,9 +60,21 @@ pub async fn serve(
             ..StorageConfig::default()
         },
     )
-    .with_context(|| {
-        format!(
-            "cannot open the store in {} (is another collector using it?)",
+    .map_err(|e| {
+        let hint = match &e {
+            // Says what to do itself.
+            kappie_storage::StorageError::Corrupt(_) | kappie_storage::StorageError::Config(_) => {
+                String::new()
+            }
+            e if e.to_string().contains("could not acquire lock") => {
+                "; another collector is using it: stop that one first".to_string()
+            }
+            _ => "; if another collector is using it, stop that one first; if the data \
+                  directory is damaged, restore it from a backup or start with an empty one"
+                .to_string(),
+        };
+        anyhow::anyhow!(
+            "cannot open the store in {}: {e}{hint}",
             config.data_dir.display()
         )
     })?;

@@ -295,16 +295,24 @@ impl Wal {
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut data))
                 .map_err(io(&path))?;
-            let (payloads, pos) = complete_frames(&data);
+            let (payloads, pos, damaged) = frames_past_damage(&data);
+            for (at, bytes) in damaged {
+                // Whole frames follow: not a crash during a write but damage. Only the
+                // records in these bytes are lost; the log is kept as it is.
+                tracing::error!(segment = %path.display(), at, bytes,
+                    "write-ahead log segment is damaged; the records in these bytes are skipped \
+                     and their samples are lost unless chunks already hold them");
+            }
             for payload in payloads {
                 records.push(Record::decode(payload)?);
             }
             if pos < data.len() {
                 if i + 1 != segments.len() {
-                    return Err(StorageError::Corrupt(format!(
-                        "{} is damaged at byte {pos} and newer segments follow",
-                        path.display()
-                    )));
+                    tracing::error!(segment = %path.display(), at = pos, bytes = data.len() - pos,
+                        "write-ahead log segment ends in damaged bytes and newer segments \
+                         follow; the records in them are skipped and their samples are lost \
+                         unless chunks already hold them");
+                    continue;
                 }
                 tracing::warn!(segment = %path.display(), at = pos, dropped = data.len() - pos,
                     "write-ahead log ends in an incomplete record (a crash during a commit that was never acknowledged); truncating it");
@@ -434,19 +442,47 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, u64)>, StorageError> {
 fn complete_frames(data: &[u8]) -> (Vec<&[u8]>, usize) {
     let mut out = Vec::new();
     let mut pos = 0;
-    while pos + 8 <= data.len() {
-        let len = u32::from_be_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
-        let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
-            break;
-        };
-        if crc32c::crc32c(payload) != crc {
-            break;
-        }
+    while let Some(payload) = frame_at(data, pos) {
         out.push(payload);
-        pos += 8 + len;
+        pos += 8 + payload.len();
     }
     (out, pos)
+}
+
+/// The payload of the whole, checksummed frame at `pos`, if there is one. A frame is never
+/// empty (every record has a sequence): zeros, as a crash can leave at the end of a file,
+/// are not an empty frame with the empty input's checksum 0.
+fn frame_at(data: &[u8], pos: usize) -> Option<&[u8]> {
+    let head = data.get(pos..pos + 8)?;
+    let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_be_bytes(head[4..].try_into().expect("4 bytes"));
+    let payload = data.get(pos + 8..(pos + 8).checked_add(len)?)?;
+    (len > 0 && crc32c::crc32c(payload) == crc).then_some(payload)
+}
+
+/// Every whole frame of a segment, also those after damaged bytes: the payloads in order,
+/// the end of the last whole frame, and the damaged ranges `(start, length)` before it.
+fn frames_past_damage(data: &[u8]) -> (Vec<&[u8]>, usize, Vec<(usize, usize)>) {
+    let mut out = Vec::new();
+    let mut damaged = Vec::new();
+    let mut pos = 0;
+    let mut end = 0;
+    while pos < data.len() {
+        if let Some(payload) = frame_at(data, pos) {
+            out.push(payload);
+            pos += 8 + payload.len();
+            end = pos;
+            continue;
+        }
+        match (pos + 1..data.len()).find(|&p| frame_at(data, p).is_some()) {
+            Some(next) => {
+                damaged.push((pos, next - pos));
+                pos = next;
+            }
+            None => break,
+        }
+    }
+    (out, end, damaged)
 }
 
 /// Samples in the complete records of segment `path` with sequences from `from` on.
@@ -728,6 +764,36 @@ mod tests {
         }
         let (_, again) = Wal::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(again.len(), 3, "the torn tail was truncated, not re-read");
+    }
+
+    /// Damage in the middle of a segment (or of an older one) loses only the records it
+    /// hit; a tail of zeros (a crash after the file grew) is a torn tail, not a record.
+    #[test]
+    fn damage_loses_only_the_records_it_hit_and_zeros_are_no_record() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut w, _) = Wal::open(dir.path(), 1 << 20).unwrap();
+            for s in 1..=5 {
+                w.append(&rec(s)).unwrap();
+            }
+        }
+        let seg = segment_path(dir.path(), 1);
+        let mut data = std::fs::read(&seg).unwrap();
+        let (frames, _) = complete_frames(&data);
+        // A byte in the third record's payload.
+        let third = 8 * 3 + frames[0].len() + frames[1].len() + 20;
+        data[third] ^= 0x10;
+        data.extend_from_slice(&[0; 64]);
+        std::fs::write(&seg, &data).unwrap();
+        let (mut w, recs) = Wal::open(dir.path(), 1 << 20).unwrap();
+        let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 4, 5]);
+        // The zeros were cut; the damage stays (and is skipped again); appends go on.
+        w.append(&rec(6)).unwrap();
+        drop(w);
+        let (_, recs) = Wal::open(dir.path(), 1 << 20).unwrap();
+        let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 4, 5, 6]);
     }
 
     #[test]
