@@ -460,9 +460,12 @@ fn frame_at(data: &[u8], pos: usize) -> Option<&[u8]> {
     (len > 0 && crc32c::crc32c(payload) == crc).then_some(payload)
 }
 
+/// Damaged byte ranges `(start, length)` of a segment.
+type Damaged = Vec<(usize, usize)>;
+
 /// Every whole frame of a segment, also those after damaged bytes: the payloads in order,
-/// the end of the last whole frame, and the damaged ranges `(start, length)` before it.
-fn frames_past_damage(data: &[u8]) -> (Vec<&[u8]>, usize, Vec<(usize, usize)>) {
+/// the end of the last whole frame, and the damaged ranges before it.
+fn frames_past_damage(data: &[u8]) -> (Vec<&[u8]>, usize, Damaged) {
     let mut out = Vec::new();
     let mut damaged = Vec::new();
     let mut pos = 0;
