@@ -21,7 +21,7 @@ type Samples = BTreeMap<String, BTreeMap<i64, u64>>;
 
 fn value(s: usize, k: i64) -> f64 {
     // Counters for even series, floats with arbitrary mantissas for odd ones.
-    if s % 2 == 0 {
+    if s.is_multiple_of(2) {
         (k * (s as i64 + 3)) as f64
     } else {
         (k as f64 * 0.37 + s as f64).sin() * 1e6
@@ -93,7 +93,7 @@ fn damaged_files_are_repaired_with_a_logged_loss_or_refused_never_served_wrong()
         .unwrap()
         .as_millis() as i64;
     let t0 = (now - 3 * 3_600_000) / STEP_MS * STEP_MS;
-    let steps = (3 * 3_600_000 / STEP_MS) as i64;
+    let steps = 3 * 3_600_000 / STEP_MS;
     let mut written = Samples::new();
     for part in 0..steps / 30 {
         let mut batch = Vec::new();
