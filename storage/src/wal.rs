@@ -6,9 +6,9 @@
 //! the blocks and then deletes the segments whose records are all applied and persisted.
 //!
 //! Frame: `len u32 BE | crc32c(payload) u32 BE | payload`; the payload is the record,
-//! zstd-compressed when that is smaller (see storage/docs/format.md). A frame that is cut
-//! short or fails its checksum ends the log (a crash during the write; that commit was never
-//! acknowledged) and the segment is truncated there.
+//! zstd-compressed (see storage/docs/format.md). Bytes that are no whole frame at the end
+//! of the newest segment are a crash during a write (that commit was never acknowledged) and
+//! are truncated; such bytes with whole frames after them are damage, skipped and logged.
 
 use crate::codec::{put_varint, Reader};
 use crate::{SeriesId, StorageError};
