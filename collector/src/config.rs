@@ -93,6 +93,18 @@ pub struct Cli {
     /// samples are durable in chunks.
     #[arg(long, env = "KAPPIE_WAL_SEGMENT_BYTES")]
     pub wal_segment_bytes: Option<u64>,
+    /// Requests to the HTTP API and `/metrics` served at once; past it, 503 at once (the
+    /// health endpoints are not counted).
+    #[arg(long, env = "KAPPIE_HTTP_MAX_CONCURRENT_REQUESTS")]
+    pub http_max_concurrent_requests: Option<usize>,
+    /// Longest an HTTP API request may take until its response starts, body included, in
+    /// seconds (then 503); queries also have --query-timeout-seconds.
+    #[arg(long, env = "KAPPIE_HTTP_REQUEST_TIMEOUT_SECONDS")]
+    pub http_request_timeout_seconds: Option<u64>,
+    /// Longest a client may take to send a request's headers, in seconds; then the
+    /// connection is closed (slow clients cannot hold connections open).
+    #[arg(long, env = "KAPPIE_HTTP_HEADER_TIMEOUT_SECONDS")]
+    pub http_header_timeout_seconds: Option<u64>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "KAPPIE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -119,6 +131,9 @@ pub struct Config {
     pub query_max_samples: usize,
     pub query_max_series: usize,
     pub query_max_tokens: usize,
+    pub http_max_concurrent_requests: usize,
+    pub http_request_timeout_seconds: u64,
+    pub http_header_timeout_seconds: u64,
     pub remote_read_max_samples: usize,
     pub remote_read_concurrency: usize,
     pub remote_read_max_frame_bytes: usize,
@@ -150,6 +165,9 @@ impl Default for Config {
             query_max_samples: 50_000_000,
             query_max_series: 1_000_000,
             query_max_tokens: crate::promql::QueryLimits::default().max_tokens,
+            http_max_concurrent_requests: 512,
+            http_request_timeout_seconds: 300,
+            http_header_timeout_seconds: 30,
             remote_read_max_samples: 50_000_000,
             remote_read_concurrency: 10,
             remote_read_max_frame_bytes: 1 << 20,
@@ -233,6 +251,9 @@ impl Config {
             query_max_samples,
             query_max_series,
             query_max_tokens,
+            http_max_concurrent_requests,
+            http_request_timeout_seconds,
+            http_header_timeout_seconds,
             remote_read_max_samples,
             remote_read_concurrency,
             remote_read_max_frame_bytes,
@@ -243,6 +264,15 @@ impl Config {
         );
         if c.wal_segment_bytes < 1 << 20 {
             anyhow::bail!("wal_segment_bytes must be at least 1 MiB (1048576)");
+        }
+        if c.http_max_concurrent_requests == 0
+            || c.http_request_timeout_seconds == 0
+            || c.http_header_timeout_seconds == 0
+        {
+            anyhow::bail!(
+                "http_max_concurrent_requests, http_request_timeout_seconds and \
+                 http_header_timeout_seconds must be at least 1"
+            );
         }
         if c.query_max_tokens == 0 {
             anyhow::bail!("query_max_tokens must be at least 1");

@@ -107,6 +107,8 @@ pub async fn serve(
     let app = api::router(ApiState {
         store: store.clone(),
         limits: ApiLimits {
+            max_concurrent_requests: config.http_max_concurrent_requests,
+            request_timeout: std::time::Duration::from_secs(config.http_request_timeout_seconds),
             max_remote_write_bytes: config.max_remote_write_bytes,
             query: config.query_limits(),
             remote_read: config.remote_read_limits()?,
@@ -117,13 +119,10 @@ pub async fn serve(
             config.remote_read_concurrency.max(1),
         )),
     });
-    let http = tokio::spawn(async move {
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx_http.recv().await;
-            })
-            .await
-    });
+    let header_timeout = std::time::Duration::from_secs(config.http_header_timeout_seconds);
+    let http = tokio::spawn(serve_http(http_listener, app, header_timeout, async move {
+        let _ = rx_http.recv().await;
+    }));
 
     let ingest = IngestService::new(
         store.clone(),
@@ -185,4 +184,47 @@ async fn maintain_every(
             Err(e) => tracing::error!(error = %e, "store maintenance panicked"),
         }
     }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `listener` until `shutdown`, then waits for the open
+/// connections to finish. Written out (not `axum::serve`) for the header read timeout.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    header_timeout: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: go on accepting.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }

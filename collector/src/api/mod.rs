@@ -69,6 +69,11 @@ pub struct QueryStats {
 /// Limits of the HTTP API.
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
+    /// Requests to `/api/` and `/metrics` served at once; past it, 503 at once.
+    pub max_concurrent_requests: usize,
+    /// Longest a request to `/api/` and `/metrics` may take until its response starts
+    /// (a body sent slowly included); then 503.
+    pub request_timeout: std::time::Duration,
     /// Largest remote write body, compressed or decompressed, in bytes.
     pub max_remote_write_bytes: usize,
     /// PromQL evaluation limits.
@@ -89,8 +94,45 @@ pub struct RemoteReadLimits {
     pub response_types: Vec<i32>,
 }
 
-/// The collector's HTTP routes.
+/// The collector's HTTP routes. The API and `/metrics` are behind the concurrency and time
+/// limits of [`ApiLimits`]; the health endpoints are not, so probes answer under load.
 pub fn router(state: ApiState) -> Router {
+    let limits = state.limits.clone();
+    let health = Router::new()
+        .route("/-/healthy", get(healthy))
+        .route("/-/ready", get(|| async { "Kappie is Ready.\n" }))
+        .with_state(state.clone());
+    let max = limits.max_concurrent_requests;
+    let timeout = limits.request_timeout;
+    api_routes(state)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    move |e: tower::BoxError| async move {
+                        let message = if e.is::<tower::timeout::error::Elapsed>() {
+                            format!(
+                                "the request took longer than {} s (--http-request-timeout-seconds)",
+                                timeout.as_secs()
+                            )
+                        } else if e.is::<tower::load_shed::error::Overloaded>() {
+                            format!(
+                                "more than {max} requests at once (--http-max-concurrent-requests); retry later"
+                            )
+                        } else {
+                            format!("request failed: {e}")
+                        };
+                        ApiError::unavailable(message)
+                    },
+                ))
+                .load_shed()
+                // One semaphore for all routes (`Router::layer` wraps each route apart).
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max))
+                .timeout(timeout),
+        )
+        .merge(health)
+}
+
+fn api_routes(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/query", get(query::instant).post(query::instant))
         .route("/api/v1/query_range", get(query::range).post(query::range))
@@ -121,8 +163,6 @@ pub fn router(state: ApiState) -> Router {
             get(labels::query_exemplars).post(labels::query_exemplars),
         )
         .route("/metrics", get(metrics))
-        .route("/-/healthy", get(healthy))
-        .route("/-/ready", get(|| async { "Kappie is Ready.\n" }))
         .with_state(state)
 }
 
