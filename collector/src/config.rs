@@ -24,6 +24,12 @@ pub struct Cli {
     /// Largest gRPC message accepted, in bytes.
     #[arg(long, env = "KAPPIE_GRPC_MAX_MESSAGE_BYTES")]
     pub grpc_max_message_bytes: Option<usize>,
+    /// Longest one gRPC call may take, in seconds (then DEADLINE_EXCEEDED).
+    #[arg(long, env = "KAPPIE_GRPC_REQUEST_TIMEOUT_SECONDS")]
+    pub grpc_request_timeout_seconds: Option<u64>,
+    /// gRPC calls served at once on one connection (one shipper); more wait.
+    #[arg(long, env = "KAPPIE_GRPC_MAX_CONCURRENT_CALLS_PER_CONNECTION")]
+    pub grpc_max_concurrent_calls_per_connection: Option<usize>,
     /// Most series one shipper session may define.
     #[arg(long, env = "KAPPIE_MAX_SERIES_PER_SHIPPER")]
     pub max_series_per_shipper: Option<usize>,
@@ -118,6 +124,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub grpc_listen: SocketAddr,
     pub grpc_max_message_bytes: usize,
+    pub grpc_request_timeout_seconds: u64,
+    pub grpc_max_concurrent_calls_per_connection: usize,
     pub max_series_per_shipper: usize,
     pub max_future_skew_seconds: u64,
     pub cache_capacity_bytes: u64,
@@ -152,6 +160,8 @@ impl Default for Config {
             http_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 9095)),
             grpc_max_message_bytes: 16 * 1024 * 1024,
+            grpc_request_timeout_seconds: 60,
+            grpc_max_concurrent_calls_per_connection: 16,
             max_series_per_shipper: 100_000,
             max_future_skew_seconds: 300,
             cache_capacity_bytes: 8 * 1024 * 1024,
@@ -238,6 +248,8 @@ impl Config {
             http_listen,
             grpc_listen,
             grpc_max_message_bytes,
+            grpc_request_timeout_seconds,
+            grpc_max_concurrent_calls_per_connection,
             max_series_per_shipper,
             max_future_skew_seconds,
             cache_capacity_bytes,
@@ -264,6 +276,11 @@ impl Config {
         );
         if c.wal_segment_bytes < 1 << 20 {
             anyhow::bail!("wal_segment_bytes must be at least 1 MiB (1048576)");
+        }
+        if c.grpc_request_timeout_seconds == 0 || c.grpc_max_concurrent_calls_per_connection == 0 {
+            anyhow::bail!(
+                "grpc_request_timeout_seconds and grpc_max_concurrent_calls_per_connection must be at least 1"
+            );
         }
         if c.http_max_concurrent_requests == 0
             || c.http_request_timeout_seconds == 0

@@ -133,8 +133,16 @@ pub async fn serve(
     );
     let svc = IngestServer::new(ingest).max_decoding_message_size(config.grpc_max_message_bytes);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    let grpc_timeout = std::time::Duration::from_secs(config.grpc_request_timeout_seconds);
+    let grpc_calls = config.grpc_max_concurrent_calls_per_connection;
     let grpc = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .timeout(grpc_timeout)
+            .concurrency_limit_per_connection(grpc_calls)
+            // Dead peers' connections are found and closed.
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx_grpc.recv().await;
