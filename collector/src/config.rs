@@ -111,6 +111,14 @@ pub struct Cli {
     /// connection is closed (slow clients cannot hold connections open).
     #[arg(long, env = "KAPPIE_HTTP_HEADER_TIMEOUT_SECONDS")]
     pub http_header_timeout_seconds: Option<u64>,
+    /// A file holding the bearer token HTTP API clients must send (`Authorization: Bearer
+    /// ...`); read again when it changes. Off when neither this nor the users file is set.
+    #[arg(long, env = "KAPPIE_HTTP_AUTH_TOKEN_FILE")]
+    pub http_auth_token_file: Option<PathBuf>,
+    /// A file of basic auth users, `user:bcrypt-hash` per line (`htpasswd -nB user`); read
+    /// again when it changes. The health endpoints never ask for credentials.
+    #[arg(long, env = "KAPPIE_HTTP_AUTH_USERS_FILE")]
+    pub http_auth_users_file: Option<PathBuf>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "KAPPIE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -151,6 +159,8 @@ pub struct Config {
     /// Remote write destinations (config file only).
     pub remote_write: Vec<crate::remote::write::DestinationConfig>,
     pub log_format: String,
+    pub http_auth_token_file: Option<PathBuf>,
+    pub http_auth_users_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -186,6 +196,8 @@ impl Default for Config {
             remote_write_max_backlog_bytes: 1 << 30,
             remote_write: Vec::new(),
             log_format: "text".into(),
+            http_auth_token_file: None,
+            http_auth_users_file: None,
         }
     }
 }
@@ -276,6 +288,12 @@ impl Config {
         );
         if c.wal_segment_bytes < 1 << 20 {
             anyhow::bail!("wal_segment_bytes must be at least 1 MiB (1048576)");
+        }
+        if let Some(p) = cli.http_auth_token_file {
+            c.http_auth_token_file = Some(p);
+        }
+        if let Some(p) = cli.http_auth_users_file {
+            c.http_auth_users_file = Some(p);
         }
         if c.grpc_request_timeout_seconds == 0 || c.grpc_max_concurrent_calls_per_connection == 0 {
             anyhow::bail!(

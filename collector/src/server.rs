@@ -118,6 +118,10 @@ pub async fn serve(
         remote_read_gate: std::sync::Arc::new(tokio::sync::Semaphore::new(
             config.remote_read_concurrency.max(1),
         )),
+        auth: api::auth::HttpAuth::new(
+            config.http_auth_token_file.as_deref(),
+            config.http_auth_users_file.as_deref(),
+        )?,
     });
     let header_timeout = std::time::Duration::from_secs(config.http_header_timeout_seconds);
     let http = tokio::spawn(serve_http(http_listener, app, header_timeout, async move {

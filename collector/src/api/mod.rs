@@ -3,6 +3,7 @@
 //! Same JSON envelope, error types and HTTP status codes as Prometheus's `/api/v1`, so
 //! Grafana's Prometheus datasource and Prometheus tooling work unchanged.
 
+pub mod auth;
 mod labels;
 mod query;
 mod time;
@@ -27,6 +28,8 @@ pub struct ApiState {
     pub remote_write: std::sync::Arc<Vec<crate::remote::write::Destination>>,
     /// Remote reads running at once (`--remote-read-concurrency`).
     pub remote_read_gate: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Credentials the API and `/metrics` require, if any.
+    pub auth: Option<std::sync::Arc<auth::HttpAuth>>,
 }
 
 /// Upper bounds (seconds) of the query latency histogram's buckets.
@@ -104,8 +107,11 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state.clone());
     let max = limits.max_concurrent_requests;
     let timeout = limits.request_timeout;
-    api_routes(state)
-        .layer(
+    let mut api = api_routes(state.clone());
+    if let Some(auth) = state.auth.clone() {
+        api = api.route_layer(axum::middleware::from_fn_with_state(auth, auth::require));
+    }
+    api.layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(
                     move |e: tower::BoxError| async move {

@@ -1,0 +1,208 @@
+//! Authentication of the HTTP API (issue 16), as Prometheus's web config does it: a bearer
+//! token (`--http-auth-token-file`) and/or basic auth users with bcrypt-hashed passwords
+//! (`--http-auth-users-file`, lines `user:$2y$...`, as `htpasswd -nB` writes them). Both
+//! files are read again when they change (a rotated Kubernetes Secret). Off when neither is
+//! set; the health endpoints are never behind it.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use subtle::ConstantTimeEq;
+
+/// Most verified `user:password` pairs remembered (bcrypt takes tens of milliseconds a
+/// check; Grafana sends the same credentials with every request).
+const VERIFIED_CACHE: usize = 1024;
+
+/// A file read again when its modification time changes.
+struct Watched<T> {
+    path: PathBuf,
+    seen: Option<SystemTime>,
+    value: T,
+}
+
+impl<T> Watched<T> {
+    fn load(path: &Path, parse: fn(&str) -> anyhow::Result<T>) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Ok(Watched {
+            path: path.to_owned(),
+            seen: std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+            value: parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        })
+    }
+
+    /// Reads the file again if it changed; keeps the old value (and says so) if the new
+    /// one cannot be read. True when it changed.
+    fn refresh(&mut self, parse: fn(&str) -> anyhow::Result<T>) -> bool {
+        let now = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if now == self.seen {
+            return false;
+        }
+        match Watched::load(&self.path, parse) {
+            Ok(w) => {
+                *self = w;
+                tracing::info!(file = %self.path.display(), "HTTP API credentials read again");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read changed HTTP API credentials; keeping the old ones");
+                self.seen = now;
+                false
+            }
+        }
+    }
+}
+
+fn parse_token(text: &str) -> anyhow::Result<String> {
+    let t = text.trim();
+    if t.is_empty() {
+        anyhow::bail!("the token file is empty");
+    }
+    Ok(t.to_owned())
+}
+
+fn parse_users(text: &str) -> anyhow::Result<HashMap<String, String>> {
+    let mut users = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (user, hash) = line
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("line {}: expected user:bcrypt-hash", i + 1))?;
+        if !hash.starts_with("$2") {
+            anyhow::bail!(
+                "line {}: the password of {user:?} is not a bcrypt hash (htpasswd -nB {user})",
+                i + 1
+            );
+        }
+        users.insert(user.to_owned(), hash.to_owned());
+    }
+    if users.is_empty() {
+        anyhow::bail!("no users in the users file");
+    }
+    Ok(users)
+}
+
+struct Credentials {
+    token: Option<Watched<String>>,
+    users: Option<Watched<HashMap<String, String>>>,
+    /// `user:password` pairs bcrypt accepted, for the users file as it is now.
+    verified: HashSet<String>,
+}
+
+/// The HTTP API's credentials.
+pub struct HttpAuth(Mutex<Credentials>);
+
+impl HttpAuth {
+    /// `None` when neither file is given (no authentication). The files are read now, so a
+    /// bad one stops the start with its reason.
+    pub fn new(
+        token_file: Option<&Path>,
+        users_file: Option<&Path>,
+    ) -> anyhow::Result<Option<Arc<HttpAuth>>> {
+        if token_file.is_none() && users_file.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(HttpAuth(Mutex::new(Credentials {
+            token: token_file
+                .map(|p| Watched::load(p, parse_token))
+                .transpose()?,
+            users: users_file
+                .map(|p| Watched::load(p, parse_users))
+                .transpose()?,
+            verified: HashSet::new(),
+        })))))
+    }
+
+    fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(value) = authorization.and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(given) = value.strip_prefix("Bearer ") {
+            return match &mut c.token {
+                Some(t) => {
+                    t.refresh(parse_token);
+                    bool::from(given.trim().as_bytes().ct_eq(t.value.as_bytes()))
+                }
+                None => false,
+            };
+        }
+        let Some(encoded) = value.strip_prefix("Basic ") else {
+            return false;
+        };
+        use base64::Engine;
+        let Some(pair) = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+        else {
+            return false;
+        };
+        let Some((user, password)) = pair.split_once(':') else {
+            return false;
+        };
+        let Some(users) = &mut c.users else {
+            return false;
+        };
+        if users.refresh(parse_users) {
+            c.verified.clear();
+        }
+        if c.verified.contains(&pair) {
+            return true;
+        }
+        let Some(hash) = c.users.as_ref().and_then(|u| u.value.get(user)).cloned() else {
+            return false;
+        };
+        // bcrypt is slow on purpose; the lock is held meanwhile, which also slows guessing.
+        let ok = bcrypt::verify(password, &hash).unwrap_or(false);
+        if ok {
+            if c.verified.len() >= VERIFIED_CACHE {
+                c.verified.clear();
+            }
+            c.verified.insert(pair);
+        }
+        ok
+    }
+}
+
+/// Middleware: lets a request through only with valid credentials; 401 otherwise, with
+/// Prometheus's error JSON.
+pub(super) async fn require(
+    State(auth): State<Arc<HttpAuth>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let header = req.headers().get(header::AUTHORIZATION).cloned();
+    let allowed = {
+        let auth = auth.clone();
+        tokio::task::spawn_blocking(move || auth.allows(header.as_ref()))
+            .await
+            .unwrap_or(false)
+    };
+    if allowed {
+        return next.run(req).await;
+    }
+    let mut resp = super::ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        error_type: "unauthorized",
+        message: "authentication required: a bearer token or basic auth credentials \
+                  (--http-auth-token-file, --http-auth-users-file)"
+            .into(),
+    }
+    .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"kappie\""),
+    );
+    resp
+}
