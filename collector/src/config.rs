@@ -30,6 +30,16 @@ pub struct Cli {
     /// gRPC calls served at once on one connection (one shipper); more wait.
     #[arg(long, env = "KAPPIE_GRPC_MAX_CONCURRENT_CALLS_PER_CONNECTION")]
     pub grpc_max_concurrent_calls_per_connection: Option<usize>,
+    /// Most labels one series may have, `__name__` included (remote write and gRPC ingest;
+    /// then 400 / INVALID_ARGUMENT).
+    #[arg(long, env = "KAPPIE_MAX_LABELS_PER_SERIES")]
+    pub max_labels_per_series: Option<usize>,
+    /// Longest label name, in bytes (remote write and gRPC ingest).
+    #[arg(long, env = "KAPPIE_MAX_LABEL_NAME_BYTES")]
+    pub max_label_name_bytes: Option<usize>,
+    /// Longest label value, in bytes (remote write and gRPC ingest).
+    #[arg(long, env = "KAPPIE_MAX_LABEL_VALUE_BYTES")]
+    pub max_label_value_bytes: Option<usize>,
     /// Most series one shipper session may define.
     #[arg(long, env = "KAPPIE_MAX_SERIES_PER_SHIPPER")]
     pub max_series_per_shipper: Option<usize>,
@@ -133,6 +143,9 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     pub grpc_max_message_bytes: usize,
     pub grpc_request_timeout_seconds: u64,
+    pub max_labels_per_series: usize,
+    pub max_label_name_bytes: usize,
+    pub max_label_value_bytes: usize,
     pub grpc_max_concurrent_calls_per_connection: usize,
     pub max_series_per_shipper: usize,
     pub max_future_skew_seconds: u64,
@@ -171,6 +184,9 @@ impl Default for Config {
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 9095)),
             grpc_max_message_bytes: 16 * 1024 * 1024,
             grpc_request_timeout_seconds: 60,
+            max_labels_per_series: crate::limits::LabelLimits::default().max_labels,
+            max_label_name_bytes: crate::limits::LabelLimits::default().max_name_bytes,
+            max_label_value_bytes: crate::limits::LabelLimits::default().max_value_bytes,
             grpc_max_concurrent_calls_per_connection: 16,
             max_series_per_shipper: 100_000,
             max_future_skew_seconds: 300,
@@ -213,6 +229,15 @@ impl Config {
             ));
         }
         out
+    }
+
+    /// The label limits these settings give.
+    pub fn label_limits(&self) -> crate::limits::LabelLimits {
+        crate::limits::LabelLimits {
+            max_labels: self.max_labels_per_series,
+            max_name_bytes: self.max_label_name_bytes,
+            max_value_bytes: self.max_label_value_bytes,
+        }
     }
 
     /// The remote read limits these settings give.
@@ -261,6 +286,9 @@ impl Config {
             grpc_listen,
             grpc_max_message_bytes,
             grpc_request_timeout_seconds,
+            max_labels_per_series,
+            max_label_name_bytes,
+            max_label_value_bytes,
             grpc_max_concurrent_calls_per_connection,
             max_series_per_shipper,
             max_future_skew_seconds,

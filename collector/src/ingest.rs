@@ -26,6 +26,7 @@ pub const DEFINE_SERIES_METADATA: &str = "kappie-define-series";
 pub struct IngestLimits {
     pub max_series_per_shipper: usize,
     pub max_future_skew_ms: i64,
+    pub labels: crate::limits::LabelLimits,
 }
 
 /// The tonic service.
@@ -226,8 +227,9 @@ impl Core {
         }
         let new_session = !matches!(self.sessions.get(&shipper), Some((s, _)) if *s == req.session);
         let max_series = self.limits.max_series_per_shipper;
+        let label_limits = self.limits.labels;
         let defs = self.session_defs(&shipper, req.session)?;
-        let plan = plan_batch(&req, defs, max_series)?;
+        let plan = plan_batch(&req, defs, max_series, &label_limits)?;
 
         let mut app = self.store.appender();
         if new_session {
@@ -299,10 +301,14 @@ fn plan_batch(
     req: &PushRequest,
     defs: &HashMap<u32, Def>,
     max_series: usize,
+    label_limits: &crate::limits::LabelLimits,
 ) -> Result<Plan, Status> {
     let mut new_defs: HashMap<u32, Def> = HashMap::new();
     for d in &req.definitions {
         let def = validate_definition(d)?;
+        label_limits
+            .check(&def.labels)
+            .map_err(|e| Status::invalid_argument(format!("series {}: {e}", d.r#ref)))?;
         match defs.get(&d.r#ref).or_else(|| new_defs.get(&d.r#ref)) {
             Some(old) if old.kind != def.kind || old.labels != def.labels => {
                 return Err(Status::invalid_argument(format!(

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod limits;
 pub mod promql;
 pub mod remote;
 pub mod server;

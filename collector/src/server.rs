@@ -133,6 +133,7 @@ pub async fn serve(
         IngestLimits {
             max_series_per_shipper: config.max_series_per_shipper,
             max_future_skew_ms: (config.max_future_skew_seconds as i64).saturating_mul(1000),
+            labels: config.label_limits(),
         },
     );
     let svc = IngestServer::new(ingest).max_decoding_message_size(config.grpc_max_message_bytes);

@@ -277,6 +277,15 @@ async fn invalid_batches_get_clear_statuses_and_change_nothing() {
     b = batch(1, 2, t0, 1.0, false);
     b.shipper_id = String::new();
     cases.push(("no shipper id", b.clone(), Code::InvalidArgument));
+    // Label limits (issue 16): defaults of 4096-byte values and 64 labels.
+    b = batch(1, 2, t0, 1.0, false);
+    let long = "v".repeat(4097);
+    b.definitions = vec![def(3, "ok", MetricType::Gauge, &[("a", &long)])];
+    cases.push(("a 4097-byte label value", b.clone(), Code::InvalidArgument));
+    let names: Vec<String> = (0..64).map(|i| format!("l{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    b.definitions = vec![def(3, "ok", MetricType::Gauge, &many)];
+    cases.push(("65 labels with __name__", b.clone(), Code::InvalidArgument));
     b = batch(1, 2, t0, 1.0, false);
     b.definitions = (10..100_020)
         .map(|r| def(r, "kappie_x", MetricType::Gauge, &[("i", &r.to_string())]))
