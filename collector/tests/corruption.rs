@@ -6,12 +6,13 @@
 //! start and answer only true samples (a sample it returns has the value that was written
 //! at that time), with any loss logged. It must never panic.
 
+mod common;
+
 use kappie_proto::prometheus::label_matcher::Type as MatchType;
-use kappie_testkit::prometheus::{free_port, remote_read_samples, remote_write, series};
+use kappie_testkit::prometheus::{remote_read_samples, remote_write, series};
 use kappie_testkit::{wait_for, Proc};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const SERIES: usize = 40;
@@ -29,15 +30,9 @@ fn value(s: usize, k: i64) -> f64 {
 }
 
 fn start(dir: &Path, data: &Path, log: &str) -> (Proc, String) {
-    let http_port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kappie-collector"));
-    cmd.args(["--data-dir", data.to_str().unwrap()])
-        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-        .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--maintenance-interval-seconds", "1"])
-        .env("RUST_LOG", "info");
-    let proc = Proc::spawn("kappie-collector", cmd, &dir.join(log));
-    (proc, format!("http://127.0.0.1:{http_port}"))
+    let args = ["--maintenance-interval-seconds", "1"];
+    let (proc, http, _) = common::collector_process(data, &dir.join(log), &args);
+    (proc, http)
 }
 
 fn read_all(http: &str) -> Result<Samples, String> {

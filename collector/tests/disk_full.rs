@@ -5,8 +5,10 @@
 //! restart its liveness answer (`/-/healthy`, 503) asks for. A SIGKILL at the end and a
 //! restart show every acknowledged sample, bit for bit.
 
+mod common;
+
 use kappie_proto::prometheus::label_matcher::Type as MatchType;
-use kappie_testkit::prometheus::{free_port, remote_read_samples, remote_write, series};
+use kappie_testkit::prometheus::{remote_read_samples, remote_write, series};
 use kappie_testkit::{require, wait_for, Need, Proc};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -36,23 +38,15 @@ fn mount_tmpfs(at: &Path, size: &str) -> Mount {
 }
 
 fn start(dir: &Path, data: &Path, round: usize) -> (Proc, String) {
-    let http_port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kappie-collector"));
-    cmd.args(["--data-dir", data.to_str().unwrap()])
-        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-        .args(["--grpc-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--wal-segment-bytes", "1048576"])
-        .args(["--maintenance-interval-seconds", "1"])
-        .env("RUST_LOG", "info");
-    let proc = Proc::spawn(
-        "kappie-collector",
-        cmd,
-        &dir.join(format!("collector-{round}.log")),
-    );
-    let http = format!("http://127.0.0.1:{http_port}");
-    wait_for("the collector to be ready", Duration::from_secs(60), || {
-        ureq::get(&format!("{http}/-/ready")).call().ok()
-    });
+    let log = dir.join(format!("collector-{round}.log"));
+    let args = [
+        "--wal-segment-bytes",
+        "1048576",
+        "--maintenance-interval-seconds",
+        "1",
+    ];
+    let (proc, http, _) = common::collector_process(data, &log, &args);
+    common::wait_ready(&http);
     (proc, http)
 }
 

@@ -55,6 +55,38 @@ impl InProcess {
     }
 }
 
+/// The real `kappie-collector` process on loopback ports with `data` as its data
+/// directory and `args` added, logging to `log`; returns it (not waited for: see
+/// [`wait_ready`]) with its HTTP and gRPC URLs.
+pub fn collector_process(
+    data: &Path,
+    log: &Path,
+    args: &[&str],
+) -> (kappie_testkit::Proc, String, String) {
+    use kappie_testkit::prometheus::free_port;
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kappie-collector"));
+    cmd.args(["--data-dir", data.to_str().unwrap()])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
+        .args(args)
+        .env("RUST_LOG", "info");
+    (
+        kappie_testkit::Proc::spawn("kappie-collector", cmd, log),
+        format!("http://127.0.0.1:{http_port}"),
+        format!("http://127.0.0.1:{grpc_port}"),
+    )
+}
+
+/// Waits until the collector at `http` answers `/-/ready`.
+pub fn wait_ready(http: &str) {
+    kappie_testkit::wait_for(
+        "the collector to be ready",
+        std::time::Duration::from_secs(60),
+        || ureq::get(&format!("{http}/-/ready")).call().ok(),
+    );
+}
+
 /// Path of a binary of this workspace, next to the collector's.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_kappie-collector")).with_file_name(name);
