@@ -121,6 +121,13 @@ pub struct Cli {
     /// connection is closed (slow clients cannot hold connections open).
     #[arg(long, env = "KAPPIE_HTTP_HEADER_TIMEOUT_SECONDS")]
     pub http_header_timeout_seconds: Option<u64>,
+    /// PEM certificate chain for TLS on the HTTP and gRPC ports (with --tls-key-file); read
+    /// again when it changes. Plain text when unset.
+    #[arg(long, env = "KAPPIE_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "KAPPIE_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
     /// A file holding the bearer token HTTP API clients must send (`Authorization: Bearer
     /// ...`); read again when it changes. Off when neither this nor the users file is set.
     #[arg(long, env = "KAPPIE_HTTP_AUTH_TOKEN_FILE")]
@@ -174,6 +181,8 @@ pub struct Config {
     pub log_format: String,
     pub http_auth_token_file: Option<PathBuf>,
     pub http_auth_users_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -214,6 +223,8 @@ impl Default for Config {
             log_format: "text".into(),
             http_auth_token_file: None,
             http_auth_users_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -322,6 +333,12 @@ impl Config {
         }
         if let Some(p) = cli.http_auth_users_file {
             c.http_auth_users_file = Some(p);
+        }
+        if let Some(p) = cli.tls_cert_file {
+            c.tls_cert_file = Some(p);
+        }
+        if let Some(p) = cli.tls_key_file {
+            c.tls_key_file = Some(p);
         }
         if c.grpc_request_timeout_seconds == 0 || c.grpc_max_concurrent_calls_per_connection == 0 {
             anyhow::bail!(

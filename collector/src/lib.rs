@@ -15,6 +15,7 @@ pub mod limits;
 pub mod promql;
 pub mod remote;
 pub mod server;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{serve, Running};

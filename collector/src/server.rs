@@ -124,9 +124,27 @@ pub async fn serve(
         )?,
     });
     let header_timeout = std::time::Duration::from_secs(config.http_header_timeout_seconds);
-    let http = tokio::spawn(serve_http(http_listener, app, header_timeout, async move {
-        let _ = rx_http.recv().await;
-    }));
+    let cert = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(c), Some(k)) => Some(crate::tls::ReloadingCert::new(c, k)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert-file and --tls-key-file are set together or not at all"),
+    };
+    let http_tls = cert
+        .clone()
+        .map(|c| crate::tls::acceptor(c, &[b"h2", b"http/1.1"]))
+        .transpose()?;
+    let grpc_tls = cert
+        .map(|c| crate::tls::acceptor(c, &[b"h2"]))
+        .transpose()?;
+    let http = tokio::spawn(serve_http(
+        http_listener,
+        app,
+        http_tls,
+        header_timeout,
+        async move {
+            let _ = rx_http.recv().await;
+        },
+    ));
 
     let ingest = IngestService::new(
         store.clone(),
@@ -137,23 +155,56 @@ pub async fn serve(
         },
     );
     let svc = IngestServer::new(ingest).max_decoding_message_size(config.grpc_max_message_bytes);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     let grpc_timeout = std::time::Duration::from_secs(config.grpc_request_timeout_seconds);
     let grpc_calls = config.grpc_max_concurrent_calls_per_connection;
-    let grpc = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .timeout(grpc_timeout)
-            .concurrency_limit_per_connection(grpc_calls)
-            // Dead peers' connections are found and closed.
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-            .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = rx_grpc.recv().await;
-            })
-            .await
-    });
+    let server = tonic::transport::Server::builder()
+        .timeout(grpc_timeout)
+        .concurrency_limit_per_connection(grpc_calls)
+        // Dead peers' connections are found and closed.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        .add_service(svc);
+    let stopped = async move {
+        let _ = rx_grpc.recv().await;
+    };
+    let grpc = match grpc_tls {
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            tokio::spawn(server.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        Some(acceptor) => {
+            // Handshakes on tasks of their own, so one slow client holds up no other.
+            let (tx_conn, rx_conn) = tokio::sync::mpsc::channel(64);
+            tokio::spawn(async move {
+                loop {
+                    let (tcp, _) = tokio::select! {
+                        a = grpc_listener.accept() => match a {
+                            Ok(a) => a,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "gRPC accept failed");
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        },
+                        () = tx_conn.closed() => break,
+                    };
+                    let (acceptor, tx_conn) = (acceptor.clone(), tx_conn.clone());
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => {
+                                let _ = tx_conn.send(Ok::<_, std::io::Error>(tls)).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "gRPC TLS handshake failed"),
+                            Err(_) => tracing::debug!("gRPC TLS handshake timed out"),
+                        }
+                    });
+                }
+            });
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(rx_conn);
+            tokio::spawn(server.serve_with_incoming_shutdown(incoming, stopped))
+        }
+    };
     let maintenance = tokio::spawn(maintain_every(
         store.clone(),
         std::time::Duration::from_secs(config.maintenance_interval_seconds.max(1)),
@@ -199,21 +250,24 @@ async fn maintain_every(
     }
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on `listener` until `shutdown`, then waits for the open
-/// connections to finish. Written out (not `axum::serve`) for the header read timeout.
+/// Serves HTTP/1.1 and HTTP/2 on `listener` (through TLS when `tls` is set) until
+/// `shutdown`, then waits for the open connections to finish. Written out (not
+/// `axum::serve`) for the header read timeout and TLS.
 async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
+    let builder = std::sync::Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -229,15 +283,40 @@ async fn serve_http(
             },
             () = &mut shutdown => break,
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let (app, builder, watcher, tls) = (
+            app.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            match tls {
+                None => serve_conn(&builder, stream, app, watcher).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_conn(&builder, s, app, watcher).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "HTTP TLS handshake failed"),
+                        Err(_) => tracing::debug!("HTTP TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
     graceful.shutdown().await;
     Ok(())
+}
+
+async fn serve_conn<IO>(
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    io: IO,
+    app: axum::Router,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
 }

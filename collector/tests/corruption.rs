@@ -29,8 +29,8 @@ fn value(s: usize, k: i64) -> f64 {
     }
 }
 
-fn start(dir: &Path, data: &Path, log: &str) -> (Proc, String) {
-    let args = ["--maintenance-interval-seconds", "1"];
+fn start(dir: &Path, data: &Path, log: &str, maintenance_s: &str) -> (Proc, String) {
+    let args = ["--maintenance-interval-seconds", maintenance_s];
     let (proc, http, _) = common::collector_process(data, &dir.join(log), &args);
     (proc, http)
 }
@@ -78,47 +78,54 @@ fn copy_dir(from: &Path, to: &Path) {
 fn damaged_files_are_repaired_with_a_logged_loss_or_refused_never_served_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let pristine = dir.path().join("pristine");
-    let (proc, http) = start(dir.path(), &pristine, "collector-write.log");
-    wait_for("the collector to be ready", Duration::from_secs(60), || {
-        ureq::get(&format!("{http}/-/ready")).call().ok()
-    });
-    // Three hours ending now at a 10 s step, 30 samples of every series per request.
+    // Four hours ending now at a 10 s step, 30 samples of every series per request: the
+    // first two with maintenance every second (so their windows are compacted), the last
+    // two after a restart with no maintenance (so their cut chunks stay staged and the log
+    // keeps everything), whatever the time of day.
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let t0 = (now - 3 * 3_600_000) / STEP_MS * STEP_MS;
-    let steps = 3 * 3_600_000 / STEP_MS;
+    let t0 = (now - 4 * 3_600_000) / STEP_MS * STEP_MS;
+    let steps = 4 * 3_600_000 / STEP_MS;
     let mut written = Samples::new();
-    for part in 0..steps / 30 {
-        let mut batch = Vec::new();
-        for s in 0..SERIES {
-            let points: Vec<(i64, f64)> = (part * 30..part * 30 + 30)
-                .map(|k| (t0 + k * STEP_MS, value(s, k)))
-                .collect();
-            let e = written.entry(format!("s{s}")).or_default();
-            e.extend(points.iter().map(|&(t, v)| (t, v.to_bits())));
-            batch.push(series(
-                &[("__name__", "c"), ("s", &format!("s{s}"))],
-                &points,
-            ));
-        }
-        remote_write(&format!("{http}/api/v1/write"), batch).unwrap();
-    }
-    // Wait until maintenance compacted the old windows and staged chunks are left.
     let kinds = |d: &Path| {
         let mut fs = Vec::new();
         files(d, &mut fs);
         let has = |ext: &str| fs.iter().any(|f| f.to_string_lossy().ends_with(ext));
         (has(".kpw"), has(".kps"), has(".wal"))
     };
-    wait_for(
-        "compacted, staged and logged data",
-        Duration::from_secs(60),
-        || (kinds(&pristine) == (true, true, true)).then_some(()),
-    );
-    assert_eq!(read_all(&http).unwrap(), written);
-    proc.kill9();
+    for (phase, maintenance) in [(0, "1"), (1, "3600")] {
+        let log = format!("collector-write-{phase}.log");
+        let (proc, http) = start(dir.path(), &pristine, &log, maintenance);
+        wait_for("the collector to be ready", Duration::from_secs(60), || {
+            ureq::get(&format!("{http}/-/ready")).call().ok()
+        });
+        let parts = steps / 30 / 2;
+        for part in phase * parts..(phase + 1) * parts {
+            let mut batch = Vec::new();
+            for s in 0..SERIES {
+                let points: Vec<(i64, f64)> = (part * 30..part * 30 + 30)
+                    .map(|k| (t0 + k * STEP_MS, value(s, k)))
+                    .collect();
+                let e = written.entry(format!("s{s}")).or_default();
+                e.extend(points.iter().map(|&(t, v)| (t, v.to_bits())));
+                batch.push(series(
+                    &[("__name__", "c"), ("s", &format!("s{s}"))],
+                    &points,
+                ));
+            }
+            remote_write(&format!("{http}/api/v1/write"), batch).unwrap();
+        }
+        if phase == 0 {
+            wait_for("compacted windows", Duration::from_secs(60), || {
+                kinds(&pristine).0.then_some(())
+            });
+        }
+        assert_eq!(read_all(&http).unwrap(), written);
+        proc.kill9();
+    }
+    assert_eq!(kinds(&pristine), (true, true, true));
 
     let mut all = Vec::new();
     files(&pristine, &mut all);
@@ -166,7 +173,7 @@ fn damaged_files_are_repaired_with_a_logged_loss_or_refused_never_served_wrong()
             }
             std::fs::write(&target, &bytes).unwrap();
             let log = format!("collector-{kind}-{damage}.log").replace(' ', "-");
-            let (mut proc, http) = start(dir.path(), &data, &log);
+            let (mut proc, http) = start(dir.path(), &data, &log, "1");
             // Ready, or exited.
             let deadline = Instant::now() + Duration::from_secs(60);
             let exited = loop {

@@ -254,8 +254,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         cluster: config.cluster.clone(),
         session: rand::random::<u64>() | 1,
     };
-    let pusher = Pusher::new(&config.collector, identity, Duration::from_secs(30))
-        .with_context(|| format!("invalid collector address {:?}", config.collector))?;
+    let ca = match &config.collector_ca_file {
+        Some(p) => Some(
+            std::fs::read(p)
+                .with_context(|| format!("cannot read the collector CA file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let pusher = Pusher::new(
+        &config.collector,
+        identity,
+        Duration::from_secs(30),
+        ca.as_deref(),
+    )
+    .with_context(|| format!("invalid collector address {:?}", config.collector))?;
     let mut agent = Agent {
         delta: Delta::new(baselines, &config.node_name, &config.cluster),
         queue: Queue::new(config.queue_max_bytes, pending),

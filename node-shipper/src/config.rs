@@ -11,9 +11,13 @@ pub struct Cli {
     /// TOML file with any of the settings below (snake_case keys).
     #[arg(long, env = "KAPPIE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// gRPC address of the collector.
+    /// gRPC address of the collector (`https://` when it serves TLS).
     #[arg(long, env = "KAPPIE_COLLECTOR")]
     pub collector: Option<String>,
+    /// PEM file of the CA that signed the collector's certificate (for an `https://`
+    /// collector address).
+    #[arg(long, env = "KAPPIE_COLLECTOR_CA_FILE")]
+    pub collector_ca_file: Option<PathBuf>,
     /// Collection interval (`10s`, `1m`).
     #[arg(long, env = "KAPPIE_INTERVAL", value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
@@ -64,6 +68,7 @@ pub struct Cli {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub collector: String,
+    pub collector_ca_file: Option<PathBuf>,
     #[serde(with = "humantime_serde_compat")]
     pub interval: Duration,
     pub state_file: PathBuf,
@@ -86,6 +91,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             collector: "http://127.0.0.1:9095".into(),
+            collector_ca_file: None,
             interval: Duration::from_secs(10),
             state_file: PathBuf::from("/var/lib/kappie/shipper-state.json"),
             node_name: String::new(),
@@ -130,6 +136,9 @@ impl Config {
         };
         macro_rules! take {
             ($($f:ident),*) => { $( if let Some(v) = cli.$f { c.$f = v; } )* };
+        }
+        if let Some(p) = cli.collector_ca_file {
+            c.collector_ca_file = Some(p);
         }
         take!(
             collector,

@@ -52,16 +52,24 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// A lazily connecting client for `url` (`http://host:port`).
+    /// A lazily connecting client for `url` (`http://host:port`, or `https://` with the
+    /// PEM of the CA that signed the collector's certificate in `ca_pem`).
     pub fn new(
         url: &str,
         id: Identity,
         timeout: Duration,
+        ca_pem: Option<&[u8]>,
     ) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
+        let mut endpoint = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(timeout)
-            .connect_lazy();
+            .timeout(timeout);
+        if let Some(pem) = ca_pem {
+            endpoint = endpoint.tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )?;
+        }
+        let channel = endpoint.connect_lazy();
         Ok(Pusher {
             client: IngestClient::new(channel)
                 .max_decoding_message_size(16 << 20)
