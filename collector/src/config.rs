@@ -128,6 +128,11 @@ pub struct Cli {
     /// PEM private key of --tls-cert-file.
     #[arg(long, env = "KAPPIE_TLS_KEY_FILE")]
     pub tls_key_file: Option<PathBuf>,
+    /// PEM CA file: shippers must present a client certificate it signed on the gRPC port,
+    /// and may write only as the node its DNS name says (shipper id, Hello's node name and
+    /// every series' node_name label); others get PERMISSION_DENIED. Needs TLS.
+    #[arg(long, env = "KAPPIE_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
     /// A file holding the bearer token HTTP API clients must send (`Authorization: Bearer
     /// ...`); read again when it changes. Off when neither this nor the users file is set.
     #[arg(long, env = "KAPPIE_HTTP_AUTH_TOKEN_FILE")]
@@ -183,6 +188,7 @@ pub struct Config {
     pub http_auth_users_file: Option<PathBuf>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -225,6 +231,7 @@ impl Default for Config {
             http_auth_users_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            tls_client_ca_file: None,
         }
     }
 }
@@ -339,6 +346,9 @@ impl Config {
         }
         if let Some(p) = cli.tls_key_file {
             c.tls_key_file = Some(p);
+        }
+        if let Some(p) = cli.tls_client_ca_file {
+            c.tls_client_ca_file = Some(p);
         }
         if c.grpc_request_timeout_seconds == 0 || c.grpc_max_concurrent_calls_per_connection == 0 {
             anyhow::bail!(

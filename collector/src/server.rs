@@ -129,12 +129,15 @@ pub async fn serve(
         (None, None) => None,
         _ => anyhow::bail!("--tls-cert-file and --tls-key-file are set together or not at all"),
     };
+    if config.tls_client_ca_file.is_some() && cert.is_none() {
+        anyhow::bail!("--tls-client-ca-file needs --tls-cert-file and --tls-key-file");
+    }
     let http_tls = cert
         .clone()
-        .map(|c| crate::tls::acceptor(c, &[b"h2", b"http/1.1"]))
+        .map(|c| crate::tls::acceptor(c, &[b"h2", b"http/1.1"], None))
         .transpose()?;
     let grpc_tls = cert
-        .map(|c| crate::tls::acceptor(c, &[b"h2"]))
+        .map(|c| crate::tls::acceptor(c, &[b"h2"], config.tls_client_ca_file.as_deref()))
         .transpose()?;
     let http = tokio::spawn(serve_http(
         http_listener,
@@ -152,6 +155,7 @@ pub async fn serve(
             max_series_per_shipper: config.max_series_per_shipper,
             max_future_skew_ms: (config.max_future_skew_seconds as i64).saturating_mul(1000),
             labels: config.label_limits(),
+            authorize_nodes: config.tls_client_ca_file.is_some(),
         },
     );
     let svc = IngestServer::new(ingest).max_decoding_message_size(config.grpc_max_message_bytes);

@@ -94,17 +94,49 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// A TLS acceptor offering `alpn` (e.g. `h2`, `http/1.1`) with the certificate of `cert`.
+/// A TLS acceptor offering `alpn` (e.g. `h2`, `http/1.1`) with the certificate of `cert`;
+/// with `client_ca` (a PEM file), clients must present a certificate that CA signed.
 pub fn acceptor(
     cert: Arc<ReloadingCert>,
     alpn: &[&[u8]],
+    client_ca: Option<&Path>,
 ) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_cert_resolver(cert);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ca.display()))?
+            {
+                let c = c.map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(cert);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Whether `cert` (a client certificate the handshake already verified) names `node`: a
+/// DNS subject alternative name equal to it (Kubernetes node names are DNS names).
+pub fn names_node(cert: &CertificateDer<'_>, node: &str) -> bool {
+    let Ok(name) = rustls_pki_types::ServerName::try_from(node) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(cert)
+        .and_then(|c| c.verify_is_valid_for_subject_name(&name))
+        .is_ok()
 }

@@ -1,7 +1,9 @@
 //! TLS on both ports (issue 16), with real certificates made by openssl: a shipper that
-//! trusts the CA (`--collector-ca-file`) pushes over gRPC with TLS, the HTTP API answers
-//! over HTTPS (curl with the CA), plain text gets no answer, and a rotated certificate
-//! (new files in place, as cert-manager writes them) is served without a restart.
+//! trusts the CA (`--collector-ca-file`) and presents a client certificate naming its node
+//! pushes over gRPC with TLS; a shipper whose certificate names another node than it claims
+//! is refused and counted; the HTTP API answers over HTTPS (curl with the CA), plain text
+//! gets no answer, and a rotated certificate (new files in place, as cert-manager writes
+//! them) is served without a restart.
 
 mod common;
 
@@ -25,8 +27,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A server key and a certificate for 127.0.0.1 signed by the CA in `dir`, serial `serial`.
-fn server_cert(dir: &Path, name: &str, serial: &str) {
+/// A key and a certificate for `san` signed by the CA in `dir`, serial `serial`.
+fn cert(dir: &Path, name: &str, serial: &str, san: &str) {
     let key = format!("{name}.key");
     let csr = format!("{name}.csr");
     let crt = format!("{name}.crt");
@@ -55,11 +57,7 @@ fn server_cert(dir: &Path, name: &str, serial: &str) {
             &csr,
         ],
     );
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName={san}\n")).unwrap();
     openssl(
         dir,
         &[
@@ -149,8 +147,11 @@ fn shippers_and_clients_speak_tls_and_a_rotated_certificate_is_served() {
             "ca.crt",
         ],
     );
-    server_cert(d, "one", "0x1001");
-    server_cert(d, "two", "0x2002");
+    cert(d, "one", "0x1001", "IP:127.0.0.1,DNS:localhost");
+    cert(d, "two", "0x2002", "IP:127.0.0.1,DNS:localhost");
+    // Client certificates naming the node they may write as.
+    cert(d, "tls-node", "0x3003", "DNS:tls-node");
+    cert(d, "other-node", "0x4004", "DNS:other-node");
     std::fs::copy(d.join("one.crt"), d.join("tls.crt")).unwrap();
     std::fs::copy(d.join("one.key"), d.join("tls.key")).unwrap();
 
@@ -162,6 +163,8 @@ fn shippers_and_clients_speak_tls_and_a_rotated_certificate_is_served() {
             d.join("tls.crt").to_str().unwrap(),
             "--tls-key-file",
             d.join("tls.key").to_str().unwrap(),
+            "--tls-client-ca-file",
+            d.join("ca.crt").to_str().unwrap(),
         ],
     );
     let https = http.replace("http://", "https://");
@@ -172,22 +175,51 @@ fn shippers_and_clients_speak_tls_and_a_rotated_certificate_is_served() {
     // Plain text gets no answer.
     assert!(ureq::get(&format!("{http}/-/ready")).call().is_err());
 
-    let mut cmd = Command::new(workspace_bin("kappie-shipper"));
-    cmd.args(["--disable-sources", "ebpf", "--interval", "300ms"])
-        .args(["--node-name", "tls-node", "--cluster", "tls"])
-        .args(["--collector", &grpc.replace("http://", "https://")])
-        .arg("--collector-ca-file")
-        .arg(d.join("ca.crt"))
-        .arg("--state-file")
-        .arg(d.join("shipper-state.json"));
-    let _shipper = Proc::spawn("shipper", cmd, &d.join("shipper.log"));
-    let query = format!(
-        "{https}/api/v1/query?query=count(kappie_tcp_state%7Bnode_name%3D%22tls-node%22%7D)"
-    );
+    // A shipper with the certificate of its node, and one whose certificate names another
+    // node than it claims (its series would carry cluster="evil").
+    let shipper = |cert: &str, cluster: &str, run: &str| {
+        let mut cmd = Command::new(workspace_bin("kappie-shipper"));
+        cmd.args(["--disable-sources", "ebpf", "--interval", "300ms"])
+            .args(["--node-name", "tls-node", "--cluster", cluster])
+            .args(["--collector", &grpc.replace("http://", "https://")])
+            .arg("--collector-ca-file")
+            .arg(d.join("ca.crt"))
+            .arg("--client-cert-file")
+            .arg(d.join(format!("{cert}.crt")))
+            .arg("--client-key-file")
+            .arg(d.join(format!("{cert}.key")))
+            .arg("--state-file")
+            .arg(d.join(format!("state-{run}.json")));
+        Proc::spawn("shipper", cmd, &d.join(format!("shipper-{run}.log")))
+    };
+    let _shipper = shipper("tls-node", "tls", "good");
+    let _intruder = shipper("other-node", "evil", "evil");
+    let count = |cluster: &str| {
+        let q = format!("count(kappie_tcp_state%7Bcluster%3D%22{cluster}%22%7D)");
+        curl(d, &format!("{https}/api/v1/query?query={q}"))
+    };
     wait_for(
         "the shipper's series over TLS",
         Duration::from_secs(60),
-        || curl(d, &query).filter(|b| b.contains("\"result\":[{")),
+        || count("tls").filter(|b| b.contains("\"result\":[{")),
+    );
+    // The intruder is refused and counted, and none of its series are stored.
+    wait_for("the intruder refused", Duration::from_secs(60), || {
+        let m = curl(d, &format!("{https}/metrics"))?;
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("kappie_ingest_refused_unauthorized_total "))?;
+        (!line.ends_with(" 0")).then_some(())
+    });
+    let evil = count("evil").unwrap();
+    assert!(
+        evil.contains("\"result\":[]"),
+        "the intruder's series were stored: {evil}"
+    );
+    let log = std::fs::read_to_string(d.join("shipper-evil.log")).unwrap();
+    assert!(
+        log.contains("not the node your client certificate names"),
+        "{log}"
     );
 
     // Rotation: the new certificate and key are written in place.

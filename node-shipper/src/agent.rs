@@ -261,11 +261,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ),
         None => None,
     };
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+    };
+    let client = match (&config.client_cert_file, &config.client_key_file) {
+        (Some(c), Some(k)) => Some((read(c, "client certificate")?, read(k, "client key")?)),
+        (None, None) => None,
+        _ => anyhow::bail!("--client-cert-file and --client-key-file are set together"),
+    };
     let pusher = Pusher::new(
         &config.collector,
         identity,
         Duration::from_secs(30),
         ca.as_deref(),
+        client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
     )
     .with_context(|| format!("invalid collector address {:?}", config.collector))?;
     let mut agent = Agent {

@@ -18,6 +18,13 @@ pub struct Cli {
     /// collector address).
     #[arg(long, env = "KAPPIE_COLLECTOR_CA_FILE")]
     pub collector_ca_file: Option<PathBuf>,
+    /// PEM client certificate naming this node (a DNS name equal to the node name), for a
+    /// collector that requires one (its --tls-client-ca-file).
+    #[arg(long, env = "KAPPIE_CLIENT_CERT_FILE")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of --client-cert-file.
+    #[arg(long, env = "KAPPIE_CLIENT_KEY_FILE")]
+    pub client_key_file: Option<PathBuf>,
     /// Collection interval (`10s`, `1m`).
     #[arg(long, env = "KAPPIE_INTERVAL", value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
@@ -69,6 +76,8 @@ pub struct Cli {
 pub struct Config {
     pub collector: String,
     pub collector_ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     #[serde(with = "humantime_serde_compat")]
     pub interval: Duration,
     pub state_file: PathBuf,
@@ -92,6 +101,8 @@ impl Default for Config {
         Config {
             collector: "http://127.0.0.1:9095".into(),
             collector_ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             interval: Duration::from_secs(10),
             state_file: PathBuf::from("/var/lib/kappie/shipper-state.json"),
             node_name: String::new(),
@@ -139,6 +150,12 @@ impl Config {
         }
         if let Some(p) = cli.collector_ca_file {
             c.collector_ca_file = Some(p);
+        }
+        if let Some(p) = cli.client_cert_file {
+            c.client_cert_file = Some(p);
+        }
+        if let Some(p) = cli.client_key_file {
+            c.client_key_file = Some(p);
         }
         take!(
             collector,

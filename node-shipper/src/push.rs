@@ -53,21 +53,27 @@ pub struct Pusher {
 
 impl Pusher {
     /// A lazily connecting client for `url` (`http://host:port`, or `https://` with the
-    /// PEM of the CA that signed the collector's certificate in `ca_pem`).
+    /// PEM of the CA that signed the collector's certificate in `ca_pem`, and the PEM
+    /// certificate and key naming this node in `client` when the collector asks for one).
     pub fn new(
         url: &str,
         id: Identity,
         timeout: Duration,
         ca_pem: Option<&[u8]>,
+        client: Option<(&[u8], &[u8])>,
     ) -> Result<Self, tonic::transport::Error> {
         let mut endpoint = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(Duration::from_secs(5))
             .timeout(timeout);
-        if let Some(pem) = ca_pem {
-            endpoint = endpoint.tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
-            )?;
+        if ca_pem.is_some() || client.is_some() {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            if let Some(pem) = ca_pem {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            if let Some((cert, key)) = client {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint.tls_config(tls)?;
         }
         let channel = endpoint.connect_lazy();
         Ok(Pusher {

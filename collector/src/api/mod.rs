@@ -302,6 +302,15 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         }
     };
     put(
+        "kappie_ingest_refused_unauthorized_total",
+        "counter",
+        "gRPC calls refused because the shipper wrote as a node its client certificate does not name.",
+        &[(
+            "",
+            crate::ingest::REFUSED_UNAUTHORIZED.load(Relaxed),
+        )],
+    );
+    put(
         "kappie_storage_samples_appended_total",
         "counter",
         "Samples written to the store.",
