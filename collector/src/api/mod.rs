@@ -6,7 +6,7 @@
 mod labels;
 mod query;
 mod time;
-mod write;
+pub mod write;
 
 use crate::promql::{EvalError, QueryLimits};
 use axum::extract::State;
