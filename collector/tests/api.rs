@@ -688,3 +688,38 @@ async fn deeply_nested_queries_answer_and_never_take_the_collector_down() {
     .unwrap();
     c.stop().await;
 }
+
+/// Found by the fuzz target promql (fuzz/regressions/promql/): promql-parser panics on a
+/// duration too large for `std::time::Duration` (`x[1e400]`), which answered 500 from a
+/// failed worker. It is an invalid query: 400 `bad_data`, on every endpoint that parses.
+#[tokio::test]
+async fn a_query_the_parser_panics_on_gets_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = InProcess::start(dir.path()).await;
+    let base = c.http_url();
+    tokio::task::spawn_blocking(move || {
+        for (path, param) in [
+            ("query", "query"),
+            ("query_range", "query"),
+            ("series", "match[]"),
+        ] {
+            let (code, v) = post(
+                &format!("{base}/api/v1/{path}"),
+                &[
+                    (param, "x[1e400]"),
+                    ("start", "1000"),
+                    ("end", "1100"),
+                    ("step", "50"),
+                ],
+            );
+            assert_eq!(
+                (code, v["errorType"].as_str()),
+                (400, Some("bad_data")),
+                "{path}: {v}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+    c.stop().await;
+}

@@ -7,7 +7,7 @@ pub mod auth;
 mod labels;
 mod query;
 mod time;
-mod write;
+pub mod write;
 
 use crate::promql::{EvalError, QueryLimits};
 use axum::extract::State;

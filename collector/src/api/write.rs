@@ -19,43 +19,7 @@ pub(super) async fn remote_write(
     State(st): State<ApiState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let max = st.limits.max_remote_write_bytes;
-    let len = snap::raw::decompress_len(&body).map_err(|e| {
-        ApiError::bad_data(format!(
-            "snappy decode error: {e}; remote write bodies are snappy block-compressed"
-        ))
-    })?;
-    if len > max {
-        return Err(ApiError::bad_data(format!(
-            "decompressed body of {len} bytes is over the limit of {max} (--max-remote-write-bytes)"
-        )));
-    }
-    let raw = snap::raw::Decoder::new()
-        .decompress_vec(&body)
-        .map_err(|e| ApiError::bad_data(format!("snappy decode error: {e}")))?;
-    let req = WriteRequest::decode(raw.as_slice()).map_err(|e| {
-        ApiError::bad_data(format!(
-            "protobuf decode error: {e}; expected prometheus.WriteRequest"
-        ))
-    })?;
-
-    let mut series = Vec::with_capacity(req.timeseries.len());
-    for (i, ts) in req.timeseries.iter().enumerate() {
-        let labels = Labels::new(ts.labels.iter().map(|l| (l.name.clone(), l.value.clone())))
-            .map_err(|e| ApiError::bad_data(format!("series {i}: {e}")))?;
-        if labels.get("__name__").is_none() {
-            return Err(ApiError::bad_data(format!(
-                "series {i} has no __name__ label"
-            )));
-        }
-        series.push((
-            labels,
-            ts.samples
-                .iter()
-                .map(|s| (s.timestamp, s.value))
-                .collect::<Vec<_>>(),
-        ));
-    }
+    let series = decode_write_request(&body, st.limits.max_remote_write_bytes)?;
     let store = st.store.clone();
     let report = tokio::task::spawn_blocking(move || {
         let mut app = store.appender();
@@ -88,4 +52,51 @@ pub(super) async fn remote_write(
         )));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The series of a remote write request: label set and samples `(t ms, value)`.
+pub type WriteSeries = Vec<(Labels, Vec<(i64, f64)>)>;
+
+/// Decodes and checks a remote write body (snappy block, then `prometheus.WriteRequest`,
+/// then every label set) without writing anything; `max` bounds the decompressed size.
+/// Public so that the `remote_write` fuzz target and its regression tests drive exactly
+/// the code the handler runs on untrusted bodies.
+pub fn decode_write_request(body: &[u8], max: usize) -> Result<WriteSeries, ApiError> {
+    let len = snap::raw::decompress_len(body).map_err(|e| {
+        ApiError::bad_data(format!(
+            "snappy decode error: {e}; remote write bodies are snappy block-compressed"
+        ))
+    })?;
+    if len > max {
+        return Err(ApiError::bad_data(format!(
+            "decompressed body of {len} bytes is over the limit of {max} (--max-remote-write-bytes)"
+        )));
+    }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| ApiError::bad_data(format!("snappy decode error: {e}")))?;
+    let req = WriteRequest::decode(raw.as_slice()).map_err(|e| {
+        ApiError::bad_data(format!(
+            "protobuf decode error: {e}; expected prometheus.WriteRequest"
+        ))
+    })?;
+
+    let mut series = Vec::with_capacity(req.timeseries.len());
+    for (i, ts) in req.timeseries.iter().enumerate() {
+        let labels = Labels::new(ts.labels.iter().map(|l| (l.name.clone(), l.value.clone())))
+            .map_err(|e| ApiError::bad_data(format!("series {i}: {e}")))?;
+        if labels.get("__name__").is_none() {
+            return Err(ApiError::bad_data(format!(
+                "series {i} has no __name__ label"
+            )));
+        }
+        series.push((
+            labels,
+            ts.samples
+                .iter()
+                .map(|s| (s.timestamp, s.value))
+                .collect::<Vec<_>>(),
+        ));
+    }
+    Ok(series)
 }

@@ -110,7 +110,19 @@ pub fn parse(query: &str, max_tokens: usize) -> Result<Expr, EvalError> {
              (--query-max-tokens); split it into smaller queries or raise the limit"
         )));
     }
-    parser::parse(query).map_err(EvalError::Parse)
+    // promql-parser 0.11 panics on some text it should refuse: a duration too large for
+    // `Duration::from_secs_f64` (`x[1e400]`, found by the fuzz target promql). Such a query
+    // is invalid (400), not a failed worker (500).
+    std::panic::catch_unwind(|| parser::parse(query))
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(format!("the query cannot be parsed: {why}"))
+        })
+        .map_err(EvalError::Parse)
 }
 
 /// Parses and evaluates `query` at `t` (milliseconds), on a thread of its own

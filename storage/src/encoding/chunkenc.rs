@@ -367,7 +367,9 @@ pub fn decode_into(bytes: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkE
                         if sig == 0 {
                             sig = 64;
                         }
-                        trailing = 64 - leading - sig;
+                        // The encoder never writes more than 64 bits in all; damaged
+                        // bits can claim more (the fuzz target chunk_xor found this).
+                        trailing = 64u32.checked_sub(leading + sig).ok_or_else(err)?;
                     }
                     let sig = 64 - leading - trailing;
                     let bits = r.read_bits(sig).ok_or_else(err)?;
