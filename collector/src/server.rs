@@ -107,6 +107,7 @@ pub async fn serve(
     let app = api::router(ApiState {
         store: store.clone(),
         limits: ApiLimits {
+            labels: config.label_limits(),
             max_concurrent_requests: config.http_max_concurrent_requests,
             request_timeout: std::time::Duration::from_secs(config.http_request_timeout_seconds),
             max_remote_write_bytes: config.max_remote_write_bytes,

@@ -259,6 +259,13 @@ async fn remote_write_stores_samples_and_refuses_bad_requests() {
                 "duplicate label",
                 write_body(&[(&[("__name__", "x"), ("a", "1"), ("a", "2")], &[(now, 1.0)])]),
             ),
+            (
+                "a label value over --max-label-value-bytes (4096)",
+                write_body(&[(
+                    &[("__name__", "x"), ("a", &"v".repeat(4097))],
+                    &[(now, 1.0)],
+                )]),
+            ),
         ] {
             let (code, text) = send(&url, &body);
             let v: Value = serde_json::from_str(&text).unwrap();

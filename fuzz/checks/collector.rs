@@ -20,7 +20,11 @@ pub fn remote_write(data: &[u8]) {
         .compress_vec(data)
         .expect("snappy compresses any input");
     for body in [data, &compressed] {
-        if let Ok(series) = decode_write_request(body, MAX_REMOTE_WRITE_BYTES) {
+        if let Ok(series) = decode_write_request(
+            body,
+            MAX_REMOTE_WRITE_BYTES,
+            &kappie_collector::limits::LabelLimits::default(),
+        ) {
             for (labels, _) in &series {
                 assert!(labels.get("__name__").is_some(), "series without a name");
             }

@@ -72,6 +72,8 @@ pub struct QueryStats {
 /// Limits of the HTTP API.
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
+    /// Label counts and lengths of remote-written series.
+    pub labels: crate::limits::LabelLimits,
     /// Requests to `/api/` and `/metrics` served at once; past it, 503 at once.
     pub max_concurrent_requests: usize,
     /// Longest a request to `/api/` and `/metrics` may take until its response starts

@@ -19,7 +19,7 @@ pub(super) async fn remote_write(
     State(st): State<ApiState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let series = decode_write_request(&body, st.limits.max_remote_write_bytes)?;
+    let series = decode_write_request(&body, st.limits.max_remote_write_bytes, &st.limits.labels)?;
     let store = st.store.clone();
     let report = tokio::task::spawn_blocking(move || {
         let mut app = store.appender();
@@ -61,7 +61,11 @@ pub type WriteSeries = Vec<(Labels, Vec<(i64, f64)>)>;
 /// then every label set) without writing anything; `max` bounds the decompressed size.
 /// Public so that the `remote_write` fuzz target and its regression tests drive exactly
 /// the code the handler runs on untrusted bodies.
-pub fn decode_write_request(body: &[u8], max: usize) -> Result<WriteSeries, ApiError> {
+pub fn decode_write_request(
+    body: &[u8],
+    max: usize,
+    label_limits: &crate::limits::LabelLimits,
+) -> Result<WriteSeries, ApiError> {
     let len = snap::raw::decompress_len(body).map_err(|e| {
         ApiError::bad_data(format!(
             "snappy decode error: {e}; remote write bodies are snappy block-compressed"
@@ -90,6 +94,9 @@ pub fn decode_write_request(body: &[u8], max: usize) -> Result<WriteSeries, ApiE
                 "series {i} has no __name__ label"
             )));
         }
+        label_limits
+            .check(&labels)
+            .map_err(|e| ApiError::bad_data(format!("series {i}: {e}")))?;
         series.push((
             labels,
             ts.samples
