@@ -183,14 +183,10 @@ pub async fn serve(
             let (tx_conn, rx_conn) = tokio::sync::mpsc::channel(64);
             tokio::spawn(async move {
                 loop {
-                    let (tcp, _) = tokio::select! {
-                        a = grpc_listener.accept() => match a {
-                            Ok(a) => a,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "gRPC accept failed");
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                                continue;
-                            }
+                    let tcp = tokio::select! {
+                        a = accept(&grpc_listener, "gRPC") => match a {
+                            Some(tcp) => tcp,
+                            None => continue,
                         },
                         () = tx_conn.closed() => break,
                     };
@@ -276,15 +272,10 @@ async fn serve_http(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: go on accepting.
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
+        let stream = tokio::select! {
+            accepted = accept(&listener, "HTTP") => match accepted {
+                Some(tcp) => tcp,
+                None => continue,
             },
             () = &mut shutdown => break,
         };
@@ -323,5 +314,18 @@ async fn serve_conn<IO>(
     let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// The next connection on `listener`; `None` after a failed accept (out of file descriptors
+/// and the like), logged and after a short pause, so the caller goes on accepting.
+async fn accept(listener: &TcpListener, what: &str) -> Option<tokio::net::TcpStream> {
+    match listener.accept().await {
+        Ok((tcp, _)) => Some(tcp),
+        Err(e) => {
+            tracing::warn!(error = %e, "{what} accept failed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            None
+        }
     }
 }

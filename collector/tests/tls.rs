@@ -27,23 +27,25 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A P-256 private key in `dir/file`.
+fn genkey(dir: &Path, file: &str) {
+    let args = [
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+    ];
+    openssl(dir, &[&args[..], &[file]].concat());
+}
+
 /// A key and a certificate for `san` signed by the CA in `dir`, serial `serial`.
 fn cert(dir: &Path, name: &str, serial: &str, san: &str) {
     let key = format!("{name}.key");
     let csr = format!("{name}.csr");
     let crt = format!("{name}.crt");
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &key,
-        ],
-    );
+    genkey(dir, &key);
     openssl(
         dir,
         &[
@@ -119,18 +121,7 @@ fn shippers_and_clients_speak_tls_and_a_rotated_certificate_is_served() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    openssl(
-        d,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            "ca.key",
-        ],
-    );
+    genkey(d, "ca.key");
     openssl(
         d,
         &[
