@@ -166,6 +166,57 @@ fn sigkilled_shipper_loses_and_doubles_no_counts() {
     drop(shipper);
 }
 
+/// Issue 16: a damaged state file must not make a restarted shipper send its counters'
+/// values since boot again (the collector already holds totals up to its last push): the
+/// first collection becomes the baseline, and only what happened between the last push and
+/// the restart is lost (logged).
+#[test]
+fn a_damaged_shipper_state_file_counts_nothing_twice() {
+    if !require(&NETNS) {
+        return;
+    }
+    let ns = Netns::new("state");
+    let dir = tempfile::tempdir().unwrap();
+    let _collector = start_collector(&ns, dir.path());
+    let q = "kappie_udp_connection_stats{statistic_name=\"NoPorts\",node_name=\"e2e-node\"}";
+    let shipper = start_shipper(&ns, dir.path(), 0);
+    send_to_closed_port(&ns, 200);
+    let k = kernel_noports(&ns);
+    wait_for(
+        "the collector to reach the kernel's count",
+        Duration::from_secs(20),
+        || (value(&ns, q) == Some(k)).then_some(()),
+    );
+    shipper.kill9();
+    std::fs::write(
+        dir.path().join("shipper-state.json"),
+        b"{\"version\": 1, damaged",
+    )
+    .unwrap();
+    send_to_closed_port(&ns, 50); // between the last push and the restart: lost
+    let _shipper = start_shipper(&ns, dir.path(), 1);
+    let log = dir.path().join("shipper-1.log");
+    wait_for(
+        "the shipper to take its baseline",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|l| l.contains("counted twice"))
+        },
+    );
+    send_to_closed_port(&ns, 30);
+    wait_for(
+        "the collector to count the new datagrams",
+        Duration::from_secs(20),
+        || (value(&ns, q) == Some(k + 30.0)).then_some(()),
+    );
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(300)); // a shipper cycle
+        assert_eq!(value(&ns, q), Some(k + 30.0), "counted twice");
+    }
+}
+
 /// A bpffs of the test's own (outside /sys, which `ip netns exec` remounts, so the pins
 /// outlive each shipper process); unmounting it on drop detaches what is pinned there.
 struct PinDir(std::path::PathBuf);

@@ -239,13 +239,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create state directory {}", dir.display()))?;
     }
-    let (baselines, next_seq, pending) = match state::load(&config.state_file)? {
-        Some(p) => (
+    let loaded = state::load(&config.state_file)?;
+    let unusable = matches!(loaded, state::Loaded::Unusable);
+    let (baselines, next_seq, pending) = match loaded {
+        state::Loaded::State(p) => (
             p.baselines_for_boot(&boot_id),
             p.next_sequence.max(1),
             p.pending,
         ),
-        None => (Baselines::default(), 1, Vec::new()),
+        _ => (Baselines::default(), 1, Vec::new()),
     };
     tracing::info!(state_file = %config.state_file.display(), pending = pending.len(), next_seq, "state loaded");
     let identity = Identity {
@@ -286,6 +288,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         state_file: config.state_file.clone(),
         boot_id,
     };
+    let mut sources = sources;
+    if unusable {
+        // The collector may already hold totals up to our last push: sending counts since
+        // boot again would count them twice. This collection becomes the baseline; what
+        // happened between the last acknowledged push and now is lost instead.
+        let (back, obs) = collect(sources).await?;
+        sources = back;
+        let _ = agent.delta.batch(&obs, now_ms());
+        tracing::error!(
+            "without a usable state file the counts between the last acknowledged push and now are lost (not counted twice)"
+        );
+    }
     let mut backoff = Backoff::new(config.max_backoff);
     let mut sources = Some(sources);
     let mut tick = tokio::time::interval(config.interval);

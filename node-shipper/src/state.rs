@@ -90,10 +90,21 @@ pub fn read_boot_id(proc_root: &Path) -> std::io::Result<String> {
 }
 
 /// Loads the state file; a missing file is a first start.
-pub fn load(path: &Path) -> Result<Option<PersistedState>, StateError> {
+/// What [`load`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No state file: a first start.
+    Missing,
+    /// A state file that cannot be used (damaged, or of an unknown version): the collector
+    /// may hold totals up to some push of ours, so counts since boot must not be sent again.
+    Unusable,
+    State(PersistedState),
+}
+
+pub fn load(path: &Path) -> Result<Loaded, StateError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
         Err(err) => {
             return Err(StateError::Read {
                 path: path.to_owned(),
@@ -102,16 +113,16 @@ pub fn load(path: &Path) -> Result<Option<PersistedState>, StateError> {
         }
     };
     match serde_json::from_str::<PersistedState>(&text) {
-        Ok(s) if s.version == FORMAT_VERSION => Ok(Some(s)),
+        Ok(s) if s.version == FORMAT_VERSION => Ok(Loaded::State(s)),
         Ok(s) => {
-            tracing::warn!(path = %path.display(), version = s.version, "state file has an unknown version; starting fresh");
-            Ok(None)
+            tracing::warn!(path = %path.display(), version = s.version, "state file has an unknown version; starting from the current counter values");
+            Ok(Loaded::Unusable)
         }
         Err(e) => {
             // Only possible if the file was edited or the disk corrupted it: writes are
-            // atomic replaces. Starting fresh re-sends counts since boot once.
-            tracing::error!(path = %path.display(), error = %e, "state file is corrupt; starting fresh");
-            Ok(None)
+            // atomic replaces.
+            tracing::error!(path = %path.display(), error = %e, "state file is corrupt; starting from the current counter values");
+            Ok(Loaded::Unusable)
         }
     }
 }
@@ -186,7 +197,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         save(&path, "boot-a", 9, &b, std::iter::empty()).unwrap();
-        let st = load(&path).unwrap().unwrap();
+        let Loaded::State(st) = load(&path).unwrap() else {
+            panic!("state not loaded")
+        };
         assert_eq!(st.next_sequence, 9);
         let mut same = st.baselines_for_boot("boot-a");
         assert_eq!(same.delta(&k, 4.0, 4), 1.0);
@@ -200,8 +213,8 @@ mod tests {
     fn corrupt_or_missing_file_starts_fresh() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        assert!(load(&path).unwrap().is_none());
+        assert!(matches!(load(&path).unwrap(), Loaded::Missing));
         std::fs::write(&path, b"{not json").unwrap();
-        assert!(load(&path).unwrap().is_none());
+        assert!(matches!(load(&path).unwrap(), Loaded::Unusable));
     }
 }
