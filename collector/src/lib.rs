@@ -16,6 +16,7 @@ pub mod promql;
 pub mod remote;
 pub mod server;
 pub mod tls;
+pub mod watched;
 
 pub use config::Config;
 pub use server::{serve, Running};

@@ -3,42 +3,26 @@
 //! them in place), checked at each handshake. A rotation that cannot be read keeps the old
 //! certificate and says so.
 
+use crate::watched::Watched;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
-/// The certificate in use and the files' modification times it was read at.
-struct Loaded {
-    seen: (Option<SystemTime>, Option<SystemTime>),
-    key: Arc<CertifiedKey>,
-}
+/// A server certificate read from its certificate and key files, reread when they change.
+pub struct ReloadingCert(Mutex<Watched<Arc<CertifiedKey>>>);
 
-/// A server certificate read from files, reread when they change.
-#[derive(Debug)]
-pub struct ReloadingCert {
-    cert_file: PathBuf,
-    key_file: PathBuf,
-    loaded: Mutex<LoadedDebug>,
-}
-
-/// `Loaded` with a `Debug` rustls asks of resolvers.
-struct LoadedDebug(Loaded);
-
-impl std::fmt::Debug for LoadedDebug {
+impl std::fmt::Debug for ReloadingCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("certificate")
+        f.write_str("ReloadingCert")
     }
 }
 
-fn modified(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
-fn read(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
+/// The certified key of `[certificate file, key file]`.
+fn read(paths: &[PathBuf]) -> anyhow::Result<Arc<CertifiedKey>> {
+    let (cert_file, key_file) = (&paths[0], &paths[1]);
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .and_then(|i| i.collect::<Result<_, _>>())
         .map_err(|e| {
@@ -58,33 +42,16 @@ fn read(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<CertifiedKey>> 
 impl ReloadingCert {
     /// Reads the files now (a bad file stops the start with its reason).
     pub fn new(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<ReloadingCert>> {
-        let seen = (modified(cert_file), modified(key_file));
-        let key = read(cert_file, key_file)?;
-        Ok(Arc::new(ReloadingCert {
-            cert_file: cert_file.to_owned(),
-            key_file: key_file.to_owned(),
-            loaded: Mutex::new(LoadedDebug(Loaded { seen, key })),
-        }))
+        let paths = vec![cert_file.to_owned(), key_file.to_owned()];
+        Ok(Arc::new(ReloadingCert(Mutex::new(Watched::load(
+            paths, read,
+        )?))))
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
-        let mut l = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let now = (modified(&self.cert_file), modified(&self.key_file));
-        if now != l.0.seen {
-            l.0.seen = now;
-            match read(&self.cert_file, &self.key_file) {
-                Ok(key) => {
-                    l.0.key = key;
-                    tracing::info!(cert = %self.cert_file.display(), "TLS certificate read again");
-                }
-                // A half-written rotation: the next handshake after the files change again
-                // tries anew.
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the changed TLS certificate; keeping the old one")
-                }
-            }
-        }
-        l.0.key.clone()
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        w.refresh("TLS certificate");
+        w.get().clone()
     }
 }
 

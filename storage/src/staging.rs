@@ -170,11 +170,7 @@ impl StagingFile {
             (id, mint, &data[at as usize..at as usize + len as usize])
         }))?;
         staged.sync()?;
-        std::fs::rename(&tmp, path).map_err(io(path))?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
+        crate::blocks::commit_pending(&tmp, path)?;
         staged.path = path.to_owned();
         Ok((staged, left_out))
     }
@@ -604,11 +600,7 @@ fn migrate_sled_staging(db_dir: &Path, file_path: &Path) -> Result<(), StorageEr
     file.append(batch.iter().map(|(i, m, v)| (*i, *m, v.as_slice())))?;
     file.sync()?;
     drop(db);
-    std::fs::rename(&tmp, file_path).map_err(io(file_path))?;
-    let parent = file_path.parent().unwrap_or(Path::new("."));
-    File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(io(parent))?;
+    crate::blocks::commit_pending(&tmp, file_path)?;
     std::fs::remove_dir_all(db_dir).map_err(io(db_dir))?;
     tracing::info!(from = %db_dir.display(), to = %file_path.display(), chunks = n,
         "moved a staging database of an earlier version into a staging file");

@@ -4,6 +4,7 @@
 //! files are read again when they change (a rotated Kubernetes Secret). Off when neither is
 //! set; the health endpoints are never behind it.
 
+use crate::watched::Watched;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -11,53 +12,26 @@ use axum::response::{IntoResponse, Response};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 use subtle::ConstantTimeEq;
 
 /// Most verified `user:password` pairs remembered (bcrypt takes tens of milliseconds a
 /// check; Grafana sends the same credentials with every request).
 const VERIFIED_CACHE: usize = 1024;
 
-/// A file read again when its modification time changes.
-struct Watched<T> {
-    path: PathBuf,
-    seen: Option<SystemTime>,
-    value: T,
+/// The one file of a credential, parsed by `parse` (errors name the file).
+fn read_one<T>(paths: &[PathBuf], parse: fn(&str) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let path = &paths[0];
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-impl<T> Watched<T> {
-    fn load(path: &Path, parse: fn(&str) -> anyhow::Result<T>) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        Ok(Watched {
-            path: path.to_owned(),
-            seen: std::fs::metadata(path).and_then(|m| m.modified()).ok(),
-            value: parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-        })
-    }
+fn read_token(paths: &[PathBuf]) -> anyhow::Result<String> {
+    read_one(paths, parse_token)
+}
 
-    /// Reads the file again if it changed; keeps the old value (and says so) if the new
-    /// one cannot be read. True when it changed.
-    fn refresh(&mut self, parse: fn(&str) -> anyhow::Result<T>) -> bool {
-        let now = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        if now == self.seen {
-            return false;
-        }
-        match Watched::load(&self.path, parse) {
-            Ok(w) => {
-                *self = w;
-                tracing::info!(file = %self.path.display(), "HTTP API credentials read again");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read changed HTTP API credentials; keeping the old ones");
-                self.seen = now;
-                false
-            }
-        }
-    }
+fn read_users(paths: &[PathBuf]) -> anyhow::Result<HashMap<String, String>> {
+    read_one(paths, parse_users)
 }
 
 fn parse_token(text: &str) -> anyhow::Result<String> {
@@ -114,10 +88,10 @@ impl HttpAuth {
         }
         Ok(Some(Arc::new(HttpAuth(Mutex::new(Credentials {
             token: token_file
-                .map(|p| Watched::load(p, parse_token))
+                .map(|p| Watched::load(vec![p.to_owned()], read_token))
                 .transpose()?,
             users: users_file
-                .map(|p| Watched::load(p, parse_users))
+                .map(|p| Watched::load(vec![p.to_owned()], read_users))
                 .transpose()?,
             verified: HashSet::new(),
         })))))
@@ -131,8 +105,8 @@ impl HttpAuth {
         if let Some(given) = value.strip_prefix("Bearer ") {
             return match &mut c.token {
                 Some(t) => {
-                    t.refresh(parse_token);
-                    bool::from(given.trim().as_bytes().ct_eq(t.value.as_bytes()))
+                    t.refresh("HTTP API token");
+                    bool::from(given.trim().as_bytes().ct_eq(t.get().as_bytes()))
                 }
                 None => false,
             };
@@ -154,13 +128,13 @@ impl HttpAuth {
         let Some(users) = &mut c.users else {
             return false;
         };
-        if users.refresh(parse_users) {
+        if users.refresh("HTTP API users") {
             c.verified.clear();
         }
         if c.verified.contains(&pair) {
             return true;
         }
-        let Some(hash) = c.users.as_ref().and_then(|u| u.value.get(user)).cloned() else {
+        let Some(hash) = c.users.as_ref().and_then(|u| u.get().get(user)).cloned() else {
             return false;
         };
         // bcrypt is slow on purpose; the lock is held meanwhile, which also slows guessing.
