@@ -82,6 +82,10 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub remote_write_urls: Option<Vec<String>>,
+    /// A TOML file of `[[remote_write]]` tables only, added to the config file's (for
+    /// Kubernetes: a ConfigMap of destinations apart from the settings).
+    #[arg(long, env = "KAPPIE_REMOTE_WRITE_CONFIG")]
+    pub remote_write_config: Option<PathBuf>,
     /// Most bytes of write-ahead log kept for remote write destinations that are behind;
     /// past it their oldest samples are dropped (and counted).
     #[arg(long, env = "KAPPIE_REMOTE_WRITE_MAX_BACKLOG_BYTES")]
@@ -183,6 +187,7 @@ pub struct Config {
     pub remote_write_max_backlog_bytes: u64,
     /// Remote write destinations (config file only).
     pub remote_write: Vec<crate::remote::write::DestinationConfig>,
+    pub remote_write_config: Option<PathBuf>,
     pub log_format: String,
     pub http_auth_token_file: Option<PathBuf>,
     pub http_auth_users_file: Option<PathBuf>,
@@ -226,6 +231,7 @@ impl Default for Config {
             remote_write_urls: Vec::new(),
             remote_write_max_backlog_bytes: 1 << 30,
             remote_write: Vec::new(),
+            remote_write_config: None,
             log_format: "text".into(),
             http_auth_token_file: None,
             http_auth_users_file: None,
@@ -332,6 +338,27 @@ impl Config {
             remote_write_max_backlog_bytes,
             log_format
         );
+        if let Some(p) = cli.remote_write_config {
+            c.remote_write_config = Some(p);
+        }
+        if let Some(path) = &c.remote_write_config {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Destinations {
+                #[serde(default)]
+                remote_write: Vec<crate::remote::write::DestinationConfig>,
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read remote write config {}: {e}", path.display())
+            })?;
+            let d: Destinations = toml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "remote write config {} is invalid (it holds [[remote_write]] tables only): {e}",
+                    path.display()
+                )
+            })?;
+            c.remote_write.extend(d.remote_write);
+        }
         if c.wal_segment_bytes < 1 << 20 {
             anyhow::bail!("wal_segment_bytes must be at least 1 MiB (1048576)");
         }
@@ -387,5 +414,41 @@ mod tests {
         let d = &c.remote_write[0];
         assert_eq!(d.headers.get("X-Scope-OrgID").unwrap(), "team-network");
         assert!(crate::remote::write::extra_headers(d).is_ok());
+    }
+
+    /// The Azure Monitor component's destinations file loads through
+    /// `--remote-write-config` and adds to the config file's destinations.
+    #[test]
+    fn the_kubernetes_remote_write_file_loads() {
+        use clap::Parser;
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/kubernetes/components/azure-monitor/remote-write.toml"
+        );
+        let cli = super::Cli::parse_from([
+            "kappie-collector",
+            "--remote-write-config",
+            file,
+            "--remote-write-url",
+            "http://mimir.example/api/v1/push",
+        ]);
+        let c = super::Config::resolve(cli).expect("resolves");
+        let d = c.destinations();
+        assert_eq!(d.len(), 2, "the file's one and the flag's one");
+        assert_eq!(d[0].name, "azure-monitor");
+        assert!(matches!(
+            d[0].auth,
+            crate::remote::auth::AuthConfig::WorkloadIdentity { .. }
+        ));
+        let bad = std::env::temp_dir().join(format!("kappie-rw-{}.toml", std::process::id()));
+        std::fs::write(&bad, "retention_seconds = 5\n").unwrap();
+        let cli = super::Cli::parse_from([
+            "kappie-collector",
+            "--remote-write-config",
+            bad.to_str().unwrap(),
+        ]);
+        let e = super::Config::resolve(cli).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&bad);
+        assert!(e.contains("[[remote_write]] tables only"), "{e}");
     }
 }

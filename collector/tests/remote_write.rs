@@ -1,5 +1,6 @@
 //! Remote write out: retry rules and backoff against a loopback server that answers 500,
-//! 429 and 400; both Entra token flows, token reuse and refresh, bearer-file reload and
+//! 429 and 400; the three Entra token flows (client secret, workload identity, managed
+//! identity), token reuse and refresh, bearer-file reload and
 //! basic auth against a loopback token server; and every sample arriving in a real
 //! Prometheus 2.42 through a destination outage and a collector restart.
 
@@ -36,6 +37,8 @@ struct Fake {
     /// Statuses to answer with, first to last; 200 once empty.
     script: Mutex<Vec<u16>>,
     tokens: Mutex<Vec<String>>,
+    /// Client assertions (federated tokens) seen by the token endpoint, in order.
+    assertions: Mutex<Vec<String>>,
 }
 
 async fn write(
@@ -84,12 +87,37 @@ async fn entra_token(
     axum::Form(form): axum::Form<Vec<(String, String)>>,
 ) -> impl IntoResponse {
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let ok = tenant == "tenant-1"
+    let secret = tenant == "tenant-1"
         && get("grant_type") == Some("client_credentials")
         && get("client_id") == Some("app-1")
         && get("client_secret") == Some("s3cret")
         && get("scope") == Some("https://monitor.azure.com/.default");
-    if !ok {
+    // Workload identity: client credentials with the projected token as client assertion.
+    let federated = tenant == "wi-tenant"
+        && get("grant_type") == Some("client_credentials")
+        && get("client_id") == Some("wi-app")
+        && get("client_secret").is_none()
+        && get("client_assertion_type")
+            == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        && get("client_assertion").is_some_and(|a| a.starts_with("sa-token-"))
+        && get("scope") == Some("https://monitor.azure.com/.default");
+    if federated {
+        let a = get("client_assertion").unwrap_or_default().to_owned();
+        f.assertions.lock().unwrap().push(a);
+        let mut t = f.tokens.lock().unwrap();
+        let token = format!(
+            "wi-{}",
+            t.iter().filter(|x| x.starts_with("wi")).count() + 1
+        );
+        t.push(token.clone());
+        return (
+            StatusCode::OK,
+            axum::Json(
+                serde_json::json!({"token_type": "Bearer", "expires_in": 2, "access_token": token}),
+            ),
+        );
+    }
+    if !secret {
         return (
             StatusCode::BAD_REQUEST,
             axum::Json(serde_json::json!({"error": "invalid_client", "form": format!("{form:?}")})),
@@ -319,6 +347,8 @@ async fn entra_managed_identity_bearer_file_and_basic_auth() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "file-token-1\n").unwrap();
+    let federated_file = dir.path().join("azure-identity-token");
+    std::fs::write(&federated_file, "sa-token-1\n").unwrap();
     let dest = |name: &str, auth: AuthConfig| DestinationConfig {
         auth,
         // One destination also names a Mimir tenant.
@@ -338,6 +368,17 @@ async fn entra_managed_identity_bearer_file_and_basic_auth() {
                 client_secret_file: None,
                 scope: "https://monitor.azure.com/.default".into(),
                 token_url: Some(format!("{base}/tenant-1/oauth2/v2.0/token")),
+            },
+        ),
+        dest(
+            "wi",
+            AuthConfig::WorkloadIdentity {
+                tenant_id: Some("wi-tenant".into()),
+                client_id: Some("wi-app".into()),
+                token_file: Some(federated_file.clone()),
+                authority_host: Some(format!("{base}/")),
+                scope: "https://monitor.azure.com/.default".into(),
+                token_url: None,
             },
         ),
         dest(
@@ -369,6 +410,15 @@ async fn entra_managed_identity_bearer_file_and_basic_auth() {
     // A sample every 100 ms for 3 s: tokens live 2 s and are refreshed at 80 %.
     for i in 0..30 {
         put(&kbase, "x", t0 + i * 1000, &[i as f64]).await;
+        if i == 3 {
+            // The kubelet rotates the projected service account token: after the first
+            // token request, long before the first refresh (1.6 s on).
+            wait_until("first federated token", Duration::from_secs(10), || {
+                !fake.assertions.lock().unwrap().is_empty()
+            })
+            .await;
+            std::fs::write(&federated_file, "sa-token-2\n").unwrap();
+        }
         if i == 15 {
             std::fs::write(&token_file, "file-token-2\n").unwrap();
         }
@@ -383,7 +433,7 @@ async fn entra_managed_identity_bearer_file_and_basic_auth() {
             .flat_map(|s| s.values.clone())
             .count()
     };
-    for name in ["entra", "mi", "file", "basic"] {
+    for name in ["entra", "wi", "mi", "file", "basic"] {
         wait_until(name, Duration::from_secs(10), || delivered(name) == 30).await;
     }
     let seen = fake.seen.lock().unwrap().clone();
@@ -393,7 +443,11 @@ async fn entra_managed_identity_bearer_file_and_basic_auth() {
             .map(|s| s.auth.clone().unwrap_or_default())
             .collect()
     };
-    for (name, prefix) in [("entra", "Bearer entra-"), ("mi", "Bearer mi-")] {
+    for (name, prefix) in [
+        ("entra", "Bearer entra-"),
+        ("wi", "Bearer wi-"),
+        ("mi", "Bearer mi-"),
+    ] {
         let h = headers(name);
         assert!(h.iter().all(|x| x.starts_with(prefix)), "{name}: {h:?}");
         let distinct: std::collections::BTreeSet<_> = h.iter().collect();
@@ -408,8 +462,15 @@ async fn entra_managed_identity_bearer_file_and_basic_auth() {
     }
     let tokens = fake.tokens.lock().unwrap().clone();
     assert!(
-        tokens.len() <= 8,
+        tokens.len() <= 12,
         "tokens are reused, not fetched per request: {tokens:?}"
+    );
+    let assertions = fake.assertions.lock().unwrap().clone();
+    assert_eq!(assertions.first().map(String::as_str), Some("sa-token-1"));
+    assert_eq!(
+        assertions.last().map(String::as_str),
+        Some("sa-token-2"),
+        "the projected token is read again for each token request: {assertions:?}"
     );
     let f = headers("file");
     assert_eq!(f.first().unwrap(), "Bearer file-token-1");

@@ -42,6 +42,23 @@ pub enum AuthConfig {
         /// Default `http://169.254.169.254/metadata/identity/oauth2/token`.
         endpoint: Option<String>,
     },
+    /// Microsoft Entra Workload Identity (AKS): a client-credentials request whose client
+    /// assertion is the Kubernetes service account token the workload identity webhook
+    /// projects into the pod. Every field defaults to the variable the webhook sets
+    /// (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_FEDERATED_TOKEN_FILE`,
+    /// `AZURE_AUTHORITY_HOST`). The token file is read again for every token request (the
+    /// kubelet rotates it).
+    WorkloadIdentity {
+        tenant_id: Option<String>,
+        client_id: Option<String>,
+        token_file: Option<PathBuf>,
+        /// Default `AZURE_AUTHORITY_HOST`, else `https://login.microsoftonline.com/`.
+        authority_host: Option<String>,
+        #[serde(default = "default_scope")]
+        scope: String,
+        /// Default `<authority_host><tenant_id>/oauth2/v2.0/token`.
+        token_url: Option<String>,
+    },
 }
 
 fn default_scope() -> String {
@@ -82,6 +99,22 @@ enum TokenRequest {
     Imds {
         url: String,
     },
+    /// Client credentials with a client assertion read from `assertion_file` each time.
+    Federated {
+        url: String,
+        form: Vec<(String, String)>,
+        assertion_file: PathBuf,
+    },
+}
+
+/// A setting, else the environment variable the workload identity webhook sets.
+fn setting_or_env(v: &Option<String>, var: &str, what: &str) -> Result<String, String> {
+    match v {
+        Some(s) => Ok(s.clone()),
+        None => std::env::var(var).map_err(|_| {
+            format!("workload_identity needs {what}: set it, or {var} (the workload identity webhook sets it when the pod has the label azure.workload.identity/use=true)")
+        }),
+    }
 }
 
 /// Produces the `Authorization` header value for each request.
@@ -171,6 +204,51 @@ impl Auth {
                     cached: tokio::sync::Mutex::new(None),
                 }
             }
+            AuthConfig::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                token_file,
+                authority_host,
+                scope,
+                token_url,
+            } => {
+                let tenant = setting_or_env(tenant_id, "AZURE_TENANT_ID", "tenant_id")?;
+                let client = setting_or_env(client_id, "AZURE_CLIENT_ID", "client_id")?;
+                let file = match token_file {
+                    Some(f) => f.clone(),
+                    None => PathBuf::from(setting_or_env(
+                        &None,
+                        "AZURE_FEDERATED_TOKEN_FILE",
+                        "token_file",
+                    )?),
+                };
+                let url = match token_url {
+                    Some(u) => u.clone(),
+                    None => {
+                        let host = authority_host
+                            .clone()
+                            .or_else(|| std::env::var("AZURE_AUTHORITY_HOST").ok())
+                            .unwrap_or_else(|| "https://login.microsoftonline.com/".into());
+                        format!("{}/{tenant}/oauth2/v2.0/token", host.trim_end_matches('/'))
+                    }
+                };
+                Kind::OAuth {
+                    request: TokenRequest::Federated {
+                        url,
+                        form: vec![
+                            ("grant_type".into(), "client_credentials".into()),
+                            ("client_id".into(), client),
+                            ("scope".into(), scope.clone()),
+                            (
+                                "client_assertion_type".into(),
+                                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                            ),
+                        ],
+                        assertion_file: file,
+                    },
+                    cached: tokio::sync::Mutex::new(None),
+                }
+            }
         };
         Ok(Auth {
             kind,
@@ -231,6 +309,16 @@ impl Auth {
             TokenRequest::Entra { url, form } => self.client.post(url).form(form).send().await,
             TokenRequest::Imds { url } => {
                 self.client.get(url).header("Metadata", "true").send().await
+            }
+            TokenRequest::Federated {
+                url,
+                form,
+                assertion_file,
+            } => {
+                let assertion = read_secret(assertion_file, "federated token")?;
+                let mut form = form.clone();
+                form.push(("client_assertion".into(), assertion));
+                self.client.post(url).form(&form).send().await
             }
         }
         .map_err(|e| format!("token endpoint unreachable: {e}"))?;
