@@ -1,0 +1,355 @@
+//! The Kubernetes manifests, rendered by `kubectl kustomize` as `kubectl apply -k` would:
+//! every object matches the Kubernetes 1.33 API schema with no unknown field, every
+//! argument is a flag the binaries accept, and the DaemonSet, StatefulSet, Services and
+//! NetworkPolicy say what docs/kubernetes.md says they do.
+
+use clap::{CommandFactory, Parser};
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Container, PodSpec, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kappie_deploy::{check_schema, deploy_dir, find, render, strict};
+use serde_json::Value;
+
+fn base() -> Vec<Value> {
+    render(&deploy_dir().join("kubernetes")).expect("the base renders")
+}
+
+fn example() -> Vec<Value> {
+    render(&deploy_dir().join("examples/azure-monitor")).expect("the example overlay renders")
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = objects.iter().map(kappie_deploy::describe).collect();
+    k.sort();
+    k
+}
+
+#[test]
+fn base_and_example_overlay_match_the_api_schema() {
+    let base = base();
+    assert_eq!(
+        kinds(&base),
+        [
+            "ConfigMap/kappie-cluster",
+            "DaemonSet/kappie-shipper",
+            "Namespace/kappie",
+            "NetworkPolicy/kappie-collector",
+            "Service/kappie-collector",
+            "Service/kappie-collector-headless",
+            "ServiceAccount/kappie-collector",
+            "ServiceAccount/kappie-shipper",
+            "StatefulSet/kappie-collector",
+        ]
+    );
+    let example = example();
+    assert_eq!(example.len(), base.len() + 2, "{:?}", kinds(&example));
+    let mut errors = Vec::new();
+    for obj in base.iter().chain(&example) {
+        if let Err(e) = check_schema(obj) {
+            errors.push(format!("{e:#}"));
+        }
+        if obj["kind"] != "Namespace" {
+            assert_eq!(
+                obj["metadata"]["namespace"],
+                "kappie",
+                "{}",
+                kappie_deploy::describe(obj)
+            );
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[test]
+fn a_misspelt_or_mistyped_field_fails_the_check() {
+    let base = base();
+    let mut ds = find(&base, "DaemonSet", "kappie-shipper").unwrap().clone();
+    ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        ["readOnlyRootFileSystem"] = Value::Bool(true);
+    let e = format!("{:#}", check_schema(&ds).unwrap_err());
+    assert!(
+        e.contains("spec.template.spec.containers.0.securityContext.readOnlyRootFileSystem"),
+        "{e}"
+    );
+    let mut ds = find(&base, "DaemonSet", "kappie-shipper").unwrap().clone();
+    ds["spec"]["template"]["spec"]["hostNetwork"] = Value::String("yes".into());
+    assert!(check_schema(&ds).is_err());
+    let mut svc = find(&base, "Service", "kappie-collector").unwrap().clone();
+    svc["kind"] = Value::String("Servce".into());
+    assert!(check_schema(&svc).is_err());
+}
+
+fn pod(template_owner: &Value) -> (PodSpec, Container) {
+    let spec = template_owner["spec"]["template"]["spec"].clone();
+    let spec: PodSpec = serde_json::from_value(spec).unwrap();
+    assert_eq!(spec.containers.len(), 1);
+    let c = spec.containers[0].clone();
+    (spec, c)
+}
+
+/// The value of `--flag=value` in a container's args.
+fn arg<'a>(c: &'a Container, flag: &str) -> Option<&'a str> {
+    c.args
+        .iter()
+        .flatten()
+        .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+}
+
+/// The host path mounted at (or above) `path` in the container, and whether read-only.
+fn host_path_of(spec: &PodSpec, c: &Container, path: &str) -> Option<(String, bool)> {
+    let m = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| path == m.mount_path || path.starts_with(&format!("{}/", m.mount_path)))
+        .max_by_key(|m| m.mount_path.len())?;
+    let v = spec.volumes.iter().flatten().find(|v| v.name == m.name)?;
+    let host = v.host_path.as_ref()?.path.clone();
+    Some((
+        format!("{host}{}", &path[m.mount_path.len()..]),
+        m.read_only == Some(true),
+    ))
+}
+
+#[test]
+fn the_shipper_daemonset_keeps_its_promises() {
+    let base = base();
+    let obj = find(&base, "DaemonSet", "kappie-shipper").unwrap();
+    let ds: DaemonSet = strict(obj).unwrap();
+    let (spec, c) = pod(obj);
+    assert_eq!(spec.host_network, Some(true));
+    assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    assert_eq!(
+        spec.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    let tolerations = spec.tolerations.clone().unwrap();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "tolerates every taint"
+    );
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let update = ds.spec.unwrap().update_strategy.unwrap();
+    assert_eq!(update.type_.as_deref(), Some("RollingUpdate"));
+    assert!(update.rolling_update.unwrap().max_unavailable.is_some());
+
+    // Every argument is a flag the shipper accepts.
+    let mut argv = vec!["kappie-shipper".to_string()];
+    argv.extend(c.args.clone().unwrap());
+    <kappie_node_shipper::config::Cli as clap::Parser>::try_parse_from(&argv).expect("shipper args parse");
+
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let caps = sc.capabilities.unwrap();
+    assert_eq!(caps.drop.unwrap(), ["ALL"]);
+    assert_eq!(caps.add.unwrap(), ["BPF", "NET_ADMIN", "PERFMON"]);
+    let seccomp = spec.security_context.clone().unwrap().seccomp_profile.unwrap();
+    assert_eq!(seccomp.type_, "RuntimeDefault");
+
+    // The node name from the downward API, the cluster from the ConfigMap.
+    let env = c.env.clone().unwrap();
+    let node = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
+    let field = node.value_from.clone().unwrap().field_ref.unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+    let cluster = env.iter().find(|e| e.name == "KAPPIE_CLUSTER").unwrap();
+    let cm = cluster.value_from.clone().unwrap().config_map_key_ref.unwrap();
+    let cm_obj = find(&base, "ConfigMap", &cm.name).unwrap();
+    assert!(cm_obj["data"][&cm.key].is_string());
+
+    // The host's /proc and /sys, read-only, where --proc-root and --sys-root point; the pin
+    // directory on the host's bpffs; the state file on the host's disk.
+    let at = |flag: &str| host_path_of(&spec, &c, arg(&c, flag).unwrap()).unwrap();
+    assert_eq!(at("--proc-root"), ("/proc".into(), true));
+    assert_eq!(at("--sys-root"), ("/sys".into(), true));
+    assert_eq!(at("--ebpf-pin-dir"), ("/sys/fs/bpf/kappie".into(), false));
+    let (state, ro) = at("--state-file");
+    assert!(state.starts_with("/var/lib/kappie/") && !ro, "{state}");
+    assert_eq!(
+        host_path_of(&spec, &c, "/sys/kernel/tracing"),
+        Some(("/sys/kernel/tracing".into(), true)),
+        "tracefs for the tracepoint fallback"
+    );
+
+    // Probes on the port the shipper serves.
+    let listen = arg(&c, "--http-listen").unwrap();
+    let port: i32 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    let ports = c.ports.clone().unwrap();
+    assert_eq!(ports[0].container_port, port);
+    for (probe, path) in [
+        (c.readiness_probe.clone(), "/-/ready"),
+        (c.liveness_probe.clone(), "/-/healthy"),
+    ] {
+        let get = probe.unwrap().http_get.unwrap();
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(
+            serde_json::to_value(&get.port).unwrap(),
+            serde_json::to_value(ports[0].name.clone().unwrap()).unwrap()
+        );
+    }
+    let res = c.resources.clone().unwrap();
+    assert!(res.requests.unwrap().contains_key("memory"));
+    assert!(res.limits.unwrap().contains_key("memory"));
+}
+
+#[test]
+fn the_collector_statefulset_service_and_network_policy_fit_together() {
+    let base = base();
+    let obj = find(&base, "StatefulSet", "kappie-collector").unwrap();
+    let sts: StatefulSet = strict(obj).unwrap();
+    let (spec, c) = pod(obj);
+    let mut argv = vec!["kappie-collector".to_string()];
+    argv.extend(c.args.clone().unwrap());
+    kappie_collector::config::Cli::try_parse_from(&argv).expect("collector args parse");
+
+    let psc = spec.security_context.clone().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert!(psc.run_as_user.unwrap() > 0);
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+    // 10 s for open connections (collector/src/main.rs), then closing the store.
+    assert!(spec.termination_grace_period_seconds.unwrap() >= 20);
+
+    // The data directory is on the volume claim.
+    let claims = sts.spec.clone().unwrap().volume_claim_templates.unwrap();
+    let claim = claims[0].metadata.name.clone().unwrap();
+    let data = arg(&c, "--data-dir").unwrap();
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| data.starts_with(&m.mount_path))
+        .unwrap();
+    assert_eq!(mount.name, claim);
+    for (probe, path) in [
+        (c.readiness_probe.clone(), "/-/ready"),
+        (c.liveness_probe.clone(), "/-/healthy"),
+    ] {
+        assert_eq!(
+            probe.unwrap().http_get.unwrap().path.as_deref(),
+            Some(path)
+        );
+    }
+
+    // The Service forwards the ports the collector listens on.
+    let svc: Service = strict(find(&base, "Service", "kappie-collector").unwrap()).unwrap();
+    let svc = svc.spec.unwrap();
+    let pod_labels = obj["spec"]["template"]["metadata"]["labels"].clone();
+    for (k, v) in svc.selector.unwrap() {
+        assert_eq!(pod_labels[&k], v.as_str(), "service selects the collector");
+    }
+    let container_port = |name: &str| {
+        c.ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap()
+            .container_port
+    };
+    for (flag, name) in [("--http-listen", "http"), ("--grpc-listen", "grpc")] {
+        let port: i32 = arg(&c, flag).unwrap().rsplit(':').next().unwrap().parse().unwrap();
+        assert_eq!(container_port(name), port);
+        assert!(svc
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.name.as_deref() == Some(name)));
+    }
+
+    // gRPC only from the shipper pods; HTTP from anywhere.
+    let np: NetworkPolicy =
+        strict(find(&base, "NetworkPolicy", "kappie-collector").unwrap()).unwrap();
+    let np = np.spec.unwrap();
+    for (k, v) in np.pod_selector.unwrap().match_labels.unwrap() {
+        assert_eq!(pod_labels[&k], v.as_str());
+    }
+    let rules = np.ingress.unwrap();
+    let grpc = rules
+        .iter()
+        .find(|r| {
+            r.ports.iter().flatten().any(|p| {
+                serde_json::to_value(&p.port).unwrap() == Value::String("grpc".into())
+            })
+        })
+        .unwrap();
+    let from = grpc.from.clone().unwrap();
+    assert_eq!(from.len(), 1);
+    let shipper_labels = find(&base, "DaemonSet", "kappie-shipper").unwrap()["spec"]
+        ["template"]["metadata"]["labels"]
+        .clone();
+    let sel = from[0].pod_selector.clone().unwrap().match_labels.unwrap();
+    for (k, v) in sel {
+        assert_eq!(shipper_labels[&k], v.as_str(), "selects the shipper pods");
+    }
+    assert!(
+        !rules.iter().any(|r| r.from.is_none()
+            && r.ports.iter().flatten().any(|p| {
+                serde_json::to_value(&p.port).unwrap() == Value::String("grpc".into())
+            })),
+        "no rule admits gRPC from everywhere"
+    );
+
+    // No RBAC: neither component calls the Kubernetes API.
+    for o in &base {
+        let kind = o["kind"].as_str().unwrap();
+        assert!(!kind.contains("Role"), "{kind}");
+        if kind == "ServiceAccount" {
+            assert_eq!(o["automountServiceAccountToken"], false);
+        }
+    }
+}
+
+#[test]
+fn the_settings_component_names_every_collector_setting_and_loads() {
+    let text = std::fs::read_to_string(
+        deploy_dir().join("kubernetes/components/settings/collector.toml"),
+    )
+    .unwrap();
+    let cmd = kappie_collector::config::Cli::command();
+    let mut missing = Vec::new();
+    for a in cmd.get_arguments() {
+        let id = a.get_id().as_str();
+        if ["config", "help", "version", "block_cache_capacity_bytes"].contains(&id) {
+            continue;
+        }
+        let set = text.lines().any(|l| {
+            let l = l.trim_start_matches('#').trim_start();
+            l.starts_with(&format!("{id} =")) || l.starts_with(&format!("{id}="))
+        });
+        if !set {
+            missing.push(id.to_owned());
+        }
+    }
+    assert!(missing.is_empty(), "collector.toml lacks {missing:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("collector.toml");
+    std::fs::write(&file, &text).unwrap();
+    let cli = kappie_collector::config::Cli::try_parse_from([
+        "kappie-collector",
+        "--config",
+        file.to_str().unwrap(),
+    ])
+    .unwrap();
+    let c = kappie_collector::config::Config::resolve(cli).expect("collector.toml loads");
+    let d = kappie_collector::config::Config::default();
+    assert_eq!(c.retention_seconds, d.retention_seconds);
+    assert_eq!(c.query_max_samples, d.query_max_samples);
+    assert_eq!(c.wal_segment_bytes, d.wal_segment_bytes);
+
+    // The example overlay mounts it, and the Azure Monitor destinations beside it.
+    let example = example();
+    let sts = find(&example, "StatefulSet", "kappie-collector").unwrap();
+    let (_, c) = pod(sts);
+    let env: Vec<String> = c.env.unwrap().into_iter().map(|e| e.name).collect();
+    assert!(env.contains(&"KAPPIE_CONFIG".into()), "{env:?}");
+    assert!(env.contains(&"KAPPIE_REMOTE_WRITE_CONFIG".into()), "{env:?}");
+    assert_eq!(
+        sts["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
+}
