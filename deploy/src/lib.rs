@@ -62,7 +62,7 @@ pub fn strict<T: DeserializeOwned>(obj: &Value) -> anyhow::Result<T> {
     let t: T = serde_ignored::deserialize(obj.clone(), |path| {
         unknown.push(path.to_string().replace(".?", ""))
     })
-        .with_context(|| format!("{} does not match its API schema", describe(obj)))?;
+    .with_context(|| format!("{} does not match its API schema", describe(obj)))?;
     if !unknown.is_empty() {
         bail!(
             "{} has fields its API schema does not know: {}",

@@ -89,7 +89,12 @@ fn manifest() -> Manifest {
                 .flatten()
                 .find(|v| v.name == m.name)
                 .unwrap();
-            let host = v.host_path.as_ref().expect("hostPath volumes only").path.clone();
+            let host = v
+                .host_path
+                .as_ref()
+                .expect("hostPath volumes only")
+                .path
+                .clone();
             (m.mount_path.clone(), host, m.read_only == Some(true))
         })
         .collect();
@@ -143,8 +148,14 @@ fn rootfs(dir: &Path, m: &Manifest) -> PathBuf {
     assert!(st.success(), "{} failed", script.display());
     let tools = root.join("test-tools");
     std::fs::create_dir_all(&tools).unwrap();
-    let setpriv = String::from_utf8(Command::new("which").arg("setpriv").output().unwrap().stdout)
-        .unwrap();
+    let setpriv = String::from_utf8(
+        Command::new("which")
+            .arg("setpriv")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     let setpriv = setpriv.trim();
     std::fs::copy(setpriv, tools.join("setpriv")).unwrap();
     let ldd = String::from_utf8(Command::new("ldd").arg(setpriv).output().unwrap().stdout).unwrap();
@@ -212,8 +223,8 @@ fn start_as_manifest(
         })
         .collect();
     args.push("--interval=1s".into());
-    let chroot = String::from_utf8(Command::new("which").arg("chroot").output().unwrap().stdout)
-        .unwrap();
+    let chroot =
+        String::from_utf8(Command::new("which").arg("chroot").output().unwrap().stdout).unwrap();
     script += &format!(
         "exec env -i {} {} {} /lib64/ld-linux-x86-64.so.2 --library-path /test-tools \
          /test-tools/setpriv --reuid={} --regid={} --clear-groups --inh-caps={} \
@@ -235,8 +246,16 @@ fn start_as_manifest(
     );
     std::fs::write(log.with_extension("sh"), &script).unwrap();
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &node.name, "unshare", "--mount", "--propagation", "private"])
-        .args(["bash", "-c", &script]);
+    cmd.args([
+        "netns",
+        "exec",
+        &node.name,
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+    ])
+    .args(["bash", "-c", &script]);
     Proc::spawn("shipper", cmd, log)
 }
 
@@ -299,14 +318,31 @@ fn the_shipper_works_under_the_daemonsets_settings_and_needs_each_capability() {
     veth.quiet(&peer, &node);
     run(
         "ip",
-        &["-n", &node.name, "route", "add", "default", "via", &veth.a_addr4.to_string()],
+        &[
+            "-n",
+            &node.name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &veth.a_addr4.to_string(),
+        ],
     );
     let mut collector_cmd = node.command(&bin_dir().join("kappie-collector"));
     collector_cmd
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args(["--http-listen", "127.0.0.1:19190", "--grpc-listen", "127.0.0.1:19195"]);
-    let _collector = Proc::spawn("collector", collector_cmd, &dir.path().join("collector.log"));
+        .args([
+            "--http-listen",
+            "127.0.0.1:19190",
+            "--grpc-listen",
+            "127.0.0.1:19195",
+        ]);
+    let _collector = Proc::spawn(
+        "collector",
+        collector_cmd,
+        &dir.path().join("collector.log"),
+    );
     wait_for("collector ready", Duration::from_secs(30), || {
         get(&node, &format!("{HTTP}/-/ready")).filter(|(c, _)| *c == 200)
     });
@@ -325,7 +361,9 @@ fn the_shipper_works_under_the_daemonsets_settings_and_needs_each_capability() {
     let sel = format!("node_name=\"{NODE}\"");
     let fwd = format!("kappie_forward_count{{direction=\"ingress\",{sel}}}");
     let drops = format!("kappie_drop_count{{reason=\"NO_SOCKET\",direction=\"ingress\",{sel}}}");
-    let first = wait_for("forward counts", Duration::from_secs(30), || value(&node, &fwd));
+    let first = wait_for("forward counts", Duration::from_secs(30), || {
+        value(&node, &fwd)
+    });
     assert_eq!(first, 0.0, "the quiet link carried nothing yet");
     let drops0 = value(&node, &drops).unwrap_or(0.0);
     const N: usize = 200;
@@ -378,7 +416,10 @@ fn the_shipper_works_under_the_daemonsets_settings_and_needs_each_capability() {
     );
     let st = shipper.child.wait().unwrap();
     assert!(st.success(), "shipper exit {st:?}\n{}", dump(&log));
-    assert!(state.join("shipper-state.json").exists(), "state file on the host path");
+    assert!(
+        state.join("shipper-state.json").exists(),
+        "state file on the host path"
+    );
     let pinned: Vec<String> = std::fs::read_dir(bpffs.0.join("kappie"))
         .unwrap()
         .flatten()

@@ -64,8 +64,8 @@ fn base_and_example_overlay_match_the_api_schema() {
 fn a_misspelt_or_mistyped_field_fails_the_check() {
     let base = base();
     let mut ds = find(&base, "DaemonSet", "kappie-shipper").unwrap().clone();
-    ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-        ["readOnlyRootFileSystem"] = Value::Bool(true);
+    ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] =
+        Value::Bool(true);
     let e = format!("{:#}", check_schema(&ds).unwrap_err());
     assert!(
         e.contains("spec.template.spec.containers.0.securityContext.readOnlyRootFileSystem"),
@@ -138,7 +138,8 @@ fn the_shipper_daemonset_keeps_its_promises() {
     // Every argument is a flag the shipper accepts.
     let mut argv = vec!["kappie-shipper".to_string()];
     argv.extend(c.args.clone().unwrap());
-    <kappie_node_shipper::config::Cli as clap::Parser>::try_parse_from(&argv).expect("shipper args parse");
+    <kappie_node_shipper::config::Cli as clap::Parser>::try_parse_from(&argv)
+        .expect("shipper args parse");
 
     let sc = c.security_context.clone().unwrap();
     assert_eq!(sc.privileged, Some(false));
@@ -147,7 +148,12 @@ fn the_shipper_daemonset_keeps_its_promises() {
     let caps = sc.capabilities.unwrap();
     assert_eq!(caps.drop.unwrap(), ["ALL"]);
     assert_eq!(caps.add.unwrap(), ["BPF", "NET_ADMIN", "PERFMON"]);
-    let seccomp = spec.security_context.clone().unwrap().seccomp_profile.unwrap();
+    let seccomp = spec
+        .security_context
+        .clone()
+        .unwrap()
+        .seccomp_profile
+        .unwrap();
     assert_eq!(seccomp.type_, "RuntimeDefault");
 
     // The node name from the downward API, the cluster from the ConfigMap.
@@ -156,7 +162,12 @@ fn the_shipper_daemonset_keeps_its_promises() {
     let field = node.value_from.clone().unwrap().field_ref.unwrap();
     assert_eq!(field.field_path, "spec.nodeName");
     let cluster = env.iter().find(|e| e.name == "KAPPIE_CLUSTER").unwrap();
-    let cm = cluster.value_from.clone().unwrap().config_map_key_ref.unwrap();
+    let cm = cluster
+        .value_from
+        .clone()
+        .unwrap()
+        .config_map_key_ref
+        .unwrap();
     let cm_obj = find(&base, "ConfigMap", &cm.name).unwrap();
     assert!(cm_obj["data"][&cm.key].is_string());
 
@@ -229,10 +240,7 @@ fn the_collector_statefulset_service_and_network_policy_fit_together() {
         (c.readiness_probe.clone(), "/-/ready"),
         (c.liveness_probe.clone(), "/-/healthy"),
     ] {
-        assert_eq!(
-            probe.unwrap().http_get.unwrap().path.as_deref(),
-            Some(path)
-        );
+        assert_eq!(probe.unwrap().http_get.unwrap().path.as_deref(), Some(path));
     }
 
     // The Service forwards the ports the collector listens on.
@@ -251,7 +259,13 @@ fn the_collector_statefulset_service_and_network_policy_fit_together() {
             .container_port
     };
     for (flag, name) in [("--http-listen", "http"), ("--grpc-listen", "grpc")] {
-        let port: i32 = arg(&c, flag).unwrap().rsplit(':').next().unwrap().parse().unwrap();
+        let port: i32 = arg(&c, flag)
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(container_port(name), port);
         assert!(svc
             .ports
@@ -271,15 +285,16 @@ fn the_collector_statefulset_service_and_network_policy_fit_together() {
     let grpc = rules
         .iter()
         .find(|r| {
-            r.ports.iter().flatten().any(|p| {
-                serde_json::to_value(&p.port).unwrap() == Value::String("grpc".into())
-            })
+            r.ports
+                .iter()
+                .flatten()
+                .any(|p| serde_json::to_value(&p.port).unwrap() == Value::String("grpc".into()))
         })
         .unwrap();
     let from = grpc.from.clone().unwrap();
     assert_eq!(from.len(), 1);
-    let shipper_labels = find(&base, "DaemonSet", "kappie-shipper").unwrap()["spec"]
-        ["template"]["metadata"]["labels"]
+    let shipper_labels = find(&base, "DaemonSet", "kappie-shipper").unwrap()["spec"]["template"]
+        ["metadata"]["labels"]
         .clone();
     let sel = from[0].pod_selector.clone().unwrap().match_labels.unwrap();
     for (k, v) in sel {
@@ -305,10 +320,9 @@ fn the_collector_statefulset_service_and_network_policy_fit_together() {
 
 #[test]
 fn the_settings_component_names_every_collector_setting_and_loads() {
-    let text = std::fs::read_to_string(
-        deploy_dir().join("kubernetes/components/settings/collector.toml"),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(deploy_dir().join("kubernetes/components/settings/collector.toml"))
+            .unwrap();
     let cmd = kappie_collector::config::Cli::command();
     let mut missing = Vec::new();
     for a in cmd.get_arguments() {
@@ -347,7 +361,10 @@ fn the_settings_component_names_every_collector_setting_and_loads() {
     let (_, c) = pod(sts);
     let env: Vec<String> = c.env.unwrap().into_iter().map(|e| e.name).collect();
     assert!(env.contains(&"KAPPIE_CONFIG".into()), "{env:?}");
-    assert!(env.contains(&"KAPPIE_REMOTE_WRITE_CONFIG".into()), "{env:?}");
+    assert!(
+        env.contains(&"KAPPIE_REMOTE_WRITE_CONFIG".into()),
+        "{env:?}"
+    );
     assert_eq!(
         sts["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"],
         "true"
