@@ -397,6 +397,9 @@ impl Config {
         if c.maintenance_interval_seconds == 0 {
             anyhow::bail!("maintenance_interval_seconds must be at least 1");
         }
+        if !matches!(c.log_format.as_str(), "text" | "json") {
+            anyhow::bail!("log_format must be text or json, not {:?}", c.log_format);
+        }
         Ok(c)
     }
 }

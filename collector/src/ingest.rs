@@ -5,8 +5,10 @@
 //! running total (`tot/…`). All three are written through the storage [`Appender`] in the
 //! same atomic, fsynced write as the batch's samples, so a batch is either wholly applied
 //! and remembered or not at all, and the acknowledgement is only sent after that write.
-//! Key layouts are in `storage/docs/format.md`.
+//! Key layouts are in `storage/docs/format.md`. The same commit also carries the
+//! shipper's inventory record ([`crate::shippers`]).
 
+use crate::shippers::{record_key, sequence_key as seq_key, Inventory};
 use kappie_proto::ingest_server::Ingest;
 use kappie_proto::{
     HelloRequest, HelloResponse, MetricType, PushRequest, PushResponse, PushStatus,
@@ -79,10 +81,13 @@ struct Core {
     sessions: HashMap<String, (u64, HashMap<u32, Def>)>,
     /// Counter totals by series, a cache of the `tot/` keys.
     totals: HashMap<Labels, f64>,
+    /// What the API lists; its lock is taken inside this one.
+    shippers: Arc<Inventory>,
 }
 
 impl IngestService {
-    pub fn new(store: Storage, limits: IngestLimits) -> Self {
+    /// The service over `store`, keeping `shippers` (loaded from the same store) current.
+    pub fn new(store: Storage, limits: IngestLimits, shippers: Arc<Inventory>) -> Self {
         IngestService {
             authorize_nodes: limits.authorize_nodes,
             core: Arc::new(Mutex::new(Core {
@@ -90,6 +95,7 @@ impl IngestService {
                 limits,
                 sessions: HashMap::new(),
                 totals: HashMap::new(),
+                shippers,
             })),
         }
     }
@@ -154,10 +160,6 @@ fn storage_status(e: StorageError) -> Status {
     Status::unavailable(format!("store unavailable: {e}; retry later"))
 }
 
-fn seq_key(shipper: &str) -> Vec<u8> {
-    [b"seq/".as_slice(), shipper.as_bytes()].concat()
-}
-
 fn def_prefix(shipper: &str) -> Vec<u8> {
     let mut k = b"def/".to_vec();
     k.extend_from_slice(&(shipper.len() as u16).to_be_bytes());
@@ -219,9 +221,38 @@ impl Core {
     }
 
     fn hello(&mut self, req: &HelloRequest) -> Result<u64, Status> {
+        let max = self.limits.labels.max_value_bytes;
+        for (what, v) in [
+            ("node_name", &req.node_name),
+            ("cluster", &req.cluster),
+            ("version", &req.version),
+        ] {
+            if v.len() > max {
+                return Err(Status::invalid_argument(format!(
+                    "{what} of {} bytes, more than the limit of {max} (--max-label-value-bytes)",
+                    v.len()
+                )));
+            }
+        }
         let last = self.last_applied(&req.shipper_id)?;
         tracing::info!(shipper = %req.shipper_id, session = req.session, node = %req.node_name,
             version = %req.version, last_applied = last, "shipper session started");
+        let record = self.shippers.hello(
+            &req.shipper_id,
+            req.session,
+            &req.node_name,
+            &req.cluster,
+            &req.version,
+            now_ms(),
+        );
+        // The inventory must not stop ingest: the next applied batch writes the record
+        // again, and a store that cannot take this write refuses that batch anyway.
+        let mut app = self.store.appender();
+        app.set_meta(&record_key(&req.shipper_id), &record.encode());
+        if let Err(e) = app.commit() {
+            tracing::warn!(shipper = %req.shipper_id, error = %e,
+                "cannot store the shipper's inventory record; it is written with its next batch");
+        }
         Ok(last)
     }
 
@@ -307,12 +338,27 @@ impl Core {
                 .map_err(storage_status)?;
         }
         app.set_meta(&seq_key(&shipper), &req.sequence.to_be_bytes());
-        app.commit().map_err(storage_status)?;
+        let applied_ms = now_ms();
+        let record = self
+            .shippers
+            .record_after_push(&shipper, req.session, applied_ms);
+        app.set_meta(&record_key(&shipper), &record.encode());
+        let report = app.commit().map_err(storage_status)?;
 
         self.totals.extend(totals);
+        let mut series = 0;
         if let Some((_, defs)) = self.sessions.get_mut(&shipper) {
             defs.extend(plan.new_defs);
+            series = defs.len();
         }
+        self.shippers.applied(
+            &shipper,
+            record,
+            req.sequence,
+            series,
+            report.appended as u64,
+            applied_ms,
+        );
         Ok(PushResponse {
             status: PushStatus::Applied as i32,
             last_applied_sequence: req.sequence,

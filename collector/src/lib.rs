@@ -15,6 +15,7 @@ pub mod limits;
 pub mod promql;
 pub mod remote;
 pub mod server;
+pub mod shippers;
 pub mod tls;
 pub mod watched;
 

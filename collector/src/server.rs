@@ -79,6 +79,10 @@ pub async fn serve(
         )
     })?;
 
+    let shippers = std::sync::Arc::new(
+        crate::shippers::Inventory::load(&store).context("cannot read the shipper inventory")?,
+    );
+
     let http_listener = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
@@ -119,6 +123,7 @@ pub async fn serve(
         remote_read_gate: std::sync::Arc::new(tokio::sync::Semaphore::new(
             config.remote_read_concurrency.max(1),
         )),
+        shippers: shippers.clone(),
         auth: api::auth::HttpAuth::new(
             config.http_auth_token_file.as_deref(),
             config.http_auth_users_file.as_deref(),
@@ -158,6 +163,7 @@ pub async fn serve(
             labels: config.label_limits(),
             authorize_nodes: config.tls_client_ca_file.is_some(),
         },
+        shippers,
     );
     let svc = IngestServer::new(ingest).max_decoding_message_size(config.grpc_max_message_bytes);
     let grpc_timeout = std::time::Duration::from_secs(config.grpc_request_timeout_seconds);

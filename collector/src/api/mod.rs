@@ -6,6 +6,7 @@
 pub mod auth;
 mod labels;
 mod query;
+mod shippers;
 mod time;
 pub mod write;
 
@@ -28,6 +29,8 @@ pub struct ApiState {
     pub remote_write: std::sync::Arc<Vec<crate::remote::write::Destination>>,
     /// Remote reads running at once (`--remote-read-concurrency`).
     pub remote_read_gate: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The node shippers ingest has seen.
+    pub shippers: std::sync::Arc<crate::shippers::Inventory>,
     /// Credentials the API and `/metrics` require, if any.
     pub auth: Option<std::sync::Arc<auth::HttpAuth>>,
 }
@@ -164,6 +167,7 @@ fn api_routes(state: ApiState) -> Router {
             ),
         )
         .route("/api/v1/status/buildinfo", get(labels::buildinfo))
+        .route("/api/v1/kappie/shippers", get(shippers::list))
         .route("/api/v1/rules", get(labels::rules))
         .route("/api/v1/alerts", get(labels::alerts))
         .route(
@@ -446,6 +450,7 @@ async fn metrics(State(st): State<ApiState>) -> Response {
             }
         }
     }
+    shippers::metrics(&mut out, &st);
     let name = "kappie_query_duration_seconds";
     let _ = writeln!(
         out,

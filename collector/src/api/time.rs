@@ -82,6 +82,34 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146097 + doe - 719468
 }
 
+/// `t` (ms since the epoch) in RFC 3339, UTC, with milliseconds: `2015-07-01T20:10:51.781Z`.
+pub fn format_rfc3339(t: i64) -> String {
+    let (days, ms) = (t.div_euclid(86_400_000), t.rem_euclid(86_400_000));
+    let (y, m, d) = civil_from_days(days);
+    let s = ms / 1000;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        ms % 1000
+    )
+}
+
+/// The proleptic Gregorian date of `z` days since 1970-01-01 (the inverse of
+/// [`days_from_civil`]).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719468;
+    let era = (if z >= 0 { z } else { z - 146096 }) / 146097;
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 /// A timestamp in the API's JSON: seconds as a number with millisecond precision, and no
 /// fraction when there is none (`1435781451`, `1435781451.781`), as Prometheus writes it.
 pub fn ts_json(t: i64) -> serde_json::Value {
@@ -110,5 +138,18 @@ mod tests {
         assert_eq!(parse_time("1970-01-01T00:00:00Z").unwrap(), 0);
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("2015-13-01T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn formats_rfc3339_as_parse_reads_it() {
+        assert_eq!(
+            format_rfc3339(1_435_781_451_781),
+            "2015-07-01T20:10:51.781Z"
+        );
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        for t in [-86_400_001, 1, 4_102_444_800_999, 1_709_251_199_999] {
+            assert_eq!(parse_time(&format_rfc3339(t)).unwrap(), t, "{t}");
+        }
     }
 }
