@@ -145,6 +145,14 @@ pub struct Cli {
     /// again when it changes. The health endpoints never ask for credentials.
     #[arg(long, env = "KAPPIE_HTTP_AUTH_USERS_FILE")]
     pub http_auth_users_file: Option<PathBuf>,
+    /// Seconds between writes of the collector's own metrics (`/metrics`) into its store,
+    /// labelled `job="kappie-collector"` and `instance`; 0 turns it off.
+    #[arg(long, env = "KAPPIE_SELF_SCRAPE_INTERVAL_SECONDS")]
+    pub self_scrape_interval_seconds: Option<u64>,
+    /// The `instance` label of the collector's own metrics; default the hostname (the pod
+    /// name on Kubernetes).
+    #[arg(long, env = "KAPPIE_SELF_SCRAPE_INSTANCE")]
+    pub self_scrape_instance: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "KAPPIE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -188,6 +196,8 @@ pub struct Config {
     /// Remote write destinations (config file only).
     pub remote_write: Vec<crate::remote::write::DestinationConfig>,
     pub remote_write_config: Option<PathBuf>,
+    pub self_scrape_interval_seconds: u64,
+    pub self_scrape_instance: String,
     pub log_format: String,
     pub http_auth_token_file: Option<PathBuf>,
     pub http_auth_users_file: Option<PathBuf>,
@@ -232,6 +242,8 @@ impl Default for Config {
             remote_write_max_backlog_bytes: 1 << 30,
             remote_write: Vec::new(),
             remote_write_config: None,
+            self_scrape_interval_seconds: 15,
+            self_scrape_instance: String::new(),
             log_format: "text".into(),
             http_auth_token_file: None,
             http_auth_users_file: None,
@@ -253,6 +265,18 @@ impl Config {
             ));
         }
         out
+    }
+
+    /// The `instance` label of the self-scrape: the setting, else the hostname.
+    pub fn self_scrape_instance(&self) -> String {
+        if !self.self_scrape_instance.is_empty() {
+            return self.self_scrape_instance.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "kappie-collector".into())
     }
 
     /// The label limits these settings give.
@@ -336,6 +360,8 @@ impl Config {
             remote_read_response_types,
             remote_write_urls,
             remote_write_max_backlog_bytes,
+            self_scrape_interval_seconds,
+            self_scrape_instance,
             log_format
         );
         if let Some(p) = cli.remote_write_config {

@@ -16,6 +16,7 @@ pub mod promql;
 pub mod remote;
 pub mod server;
 pub mod shippers;
+pub mod telemetry;
 pub mod tls;
 pub mod watched;
 

@@ -102,13 +102,14 @@ pub async fn serve(
     let mut rx_http = tx.subscribe();
     let mut rx_grpc = tx.subscribe();
     let tx_maint = tx.subscribe();
+    let rx_scrape = tx.subscribe();
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(());
         let _ = stop_writers.send(true);
     });
 
-    let app = api::router(ApiState {
+    let state = ApiState {
         store: store.clone(),
         limits: ApiLimits {
             labels: config.label_limits(),
@@ -128,7 +129,18 @@ pub async fn serve(
             config.http_auth_token_file.as_deref(),
             config.http_auth_users_file.as_deref(),
         )?,
-    });
+    };
+    if config.self_scrape_interval_seconds > 0 {
+        crate::telemetry::spawn(
+            state.clone(),
+            crate::telemetry::SelfScrape {
+                interval: std::time::Duration::from_secs(config.self_scrape_interval_seconds),
+                instance: config.self_scrape_instance(),
+            },
+            rx_scrape,
+        );
+    }
+    let app = api::router(state);
     let header_timeout = std::time::Duration::from_secs(config.http_header_timeout_seconds);
     let cert = match (&config.tls_cert_file, &config.tls_key_file) {
         (Some(c), Some(k)) => Some(crate::tls::ReloadingCert::new(c, k)?),

@@ -510,6 +510,9 @@ fn start_collector(dir: &Path, round: usize, maintenance_s: u64) -> (Proc, Strin
         &format!("127.0.0.1:{grpc_port}"),
         "--maintenance-interval-seconds",
         &maintenance_s.to_string(),
+        // Every stored series is checked against what was acknowledged.
+        "--self-scrape-interval-seconds",
+        "0",
     ])
     .env("RUST_LOG", "info");
     let proc = Proc::spawn(

@@ -302,6 +302,69 @@ async fn metrics_have_a_last_push_gauge_per_shipper() {
     c.stop().await;
 }
 
+/// The collector writes its own metrics into its store, so "which node stopped reporting"
+/// is one PromQL query against the collector itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_nodes_are_one_promql_query_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = InProcess::start_with(kappie_collector::Config {
+        data_dir: dir.path().to_owned(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        self_scrape_interval_seconds: 1,
+        self_scrape_instance: "collector-test".into(),
+        ..kappie_collector::Config::default()
+    })
+    .await;
+    let a = report(&c.grpc_url(), &A, 1).await;
+    let query = |q: &'static str| {
+        let url = format!("{}/api/v1/query", c.http_url());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let body = ureq::get(&url)
+                    .query("query", q)
+                    .call()
+                    .unwrap()
+                    .into_string()
+                    .unwrap();
+                let v: Value = serde_json::from_str(&body).unwrap();
+                v["data"]["result"].as_array().unwrap().clone()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let q = r#"time() - kappie_shipper_last_push_timestamp_seconds{job="kappie-collector"} >= 0"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        let r = query(q).await;
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {q}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(found.len(), 1, "{found:?}");
+    let m = &found[0]["metric"];
+    assert_eq!(m["node_name"], A.node);
+    assert_eq!(m["shipper_id"], A.id);
+    assert_eq!(m["instance"], "collector-test");
+    // The stored value is the push time the inventory reports.
+    let stored =
+        query(r#"kappie_shipper_last_push_timestamp_seconds{job="kappie-collector"}"#).await;
+    let secs: f64 = stored[0]["value"][1].as_str().unwrap().parse().unwrap();
+    within(
+        "stored last push",
+        (secs * 1000.0).round() as i64,
+        a.last_push,
+    );
+    // And the collector's other figures are there the same way.
+    let series =
+        query(r#"kappie_storage_series{job="kappie-collector",instance="collector-test"}"#).await;
+    assert_eq!(series.len(), 1, "{series:?}");
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn the_inventory_asks_for_the_api_credentials() {
     let dir = tempfile::tempdir().unwrap();

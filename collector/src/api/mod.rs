@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod labels;
+pub mod metrics;
 mod query;
 mod shippers;
 mod time;
@@ -174,7 +175,7 @@ fn api_routes(state: ApiState) -> Router {
             "/api/v1/query_exemplars",
             get(labels::query_exemplars).post(labels::query_exemplars),
         )
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::handler))
         .with_state(state)
 }
 
@@ -287,203 +288,6 @@ pub(super) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
-}
-
-/// Self-metrics in the Prometheus text exposition format.
-async fn metrics(State(st): State<ApiState>) -> Response {
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = st.store.stats();
-    let disk = {
-        let store = st.store.clone();
-        tokio::task::spawn_blocking(move || store.size_on_disk().unwrap_or(0))
-            .await
-            .unwrap_or(0)
-    };
-    let mut out = String::new();
-    let mut put = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
-    put(
-        "kappie_ingest_refused_unauthorized_total",
-        "counter",
-        "gRPC calls refused because the shipper wrote as a node its client certificate does not name.",
-        &[(
-            "",
-            crate::ingest::REFUSED_UNAUTHORIZED.load(Relaxed),
-        )],
-    );
-    put(
-        "kappie_storage_samples_appended_total",
-        "counter",
-        "Samples written to the store.",
-        &[("", s.samples_appended.load(Relaxed))],
-    );
-    put(
-        "kappie_storage_samples_refused_total",
-        "counter",
-        "Samples the store refused, by reason.",
-        &[
-            (
-                "{reason=\"out_of_order\"}",
-                s.samples_refused_out_of_order.load(Relaxed),
-            ),
-            (
-                "{reason=\"duplicate_timestamp\"}",
-                s.samples_refused_duplicate_timestamp.load(Relaxed),
-            ),
-            (
-                "{reason=\"too_old\"}",
-                s.samples_refused_too_old.load(Relaxed),
-            ),
-        ],
-    );
-    put(
-        "kappie_storage_chunks_cut_total",
-        "counter",
-        "Compressed chunks cut from the head and staged.",
-        &[("", s.chunks_cut.load(Relaxed))],
-    );
-    put(
-        "kappie_storage_windows_compacted_total",
-        "counter",
-        "Chunk windows packed into their blocks by compaction.",
-        &[("", s.windows_compacted.load(Relaxed))],
-    );
-    put(
-        "kappie_storage_series",
-        "gauge",
-        "Series in the store.",
-        &[("", st.store.series_count() as u64)],
-    );
-    put(
-        "kappie_storage_blocks",
-        "gauge",
-        "Days with data on disk (compacted or staged).",
-        &[("", st.store.block_count() as u64)],
-    );
-    put(
-        "kappie_storage_disk_bytes",
-        "gauge",
-        "Bytes the data directory takes on disk.",
-        &[("", disk)],
-    );
-    put(
-        "kappie_remote_read_requests_total",
-        "counter",
-        "Remote read requests answered, by response type.",
-        &[
-            (
-                "{response_type=\"SAMPLES\"}",
-                st.query_stats.remote_read_samples.load(Relaxed),
-            ),
-            (
-                "{response_type=\"STREAMED_XOR_CHUNKS\"}",
-                st.query_stats.remote_read_streamed.load(Relaxed),
-            ),
-        ],
-    );
-    {
-        let store = st.store.clone();
-        let dests = st.remote_write.clone();
-        let rows = tokio::task::spawn_blocking(move || {
-            dests
-                .iter()
-                .map(|d| {
-                    (
-                        format!("{{destination=\"{}\"}}", d.name),
-                        [
-                            d.stats.samples_sent.load(Relaxed) as f64,
-                            d.stats.samples_failed.load(Relaxed) as f64,
-                            d.dropped(&store) as f64,
-                            d.stats.retries.load(Relaxed) as f64,
-                            d.backlog_bytes(&store) as f64,
-                            d.lag_seconds(&store),
-                        ],
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (i, (name, kind, help)) in [
-            (
-                "kappie_remote_write_samples_sent_total",
-                "counter",
-                "Samples delivered to the destination.",
-            ),
-            (
-                "kappie_remote_write_samples_failed_total",
-                "counter",
-                "Samples in attempts that failed (5xx, network) and were retried.",
-            ),
-            (
-                "kappie_remote_write_samples_dropped_total",
-                "counter",
-                "Samples given up on: refused with 4xx, or over the backlog limit.",
-            ),
-            (
-                "kappie_remote_write_retries_total",
-                "counter",
-                "Requests retried (after 5xx, 429, network errors).",
-            ),
-            (
-                "kappie_remote_write_backlog_bytes",
-                "gauge",
-                "Write-ahead log bytes not yet delivered to the destination.",
-            ),
-            (
-                "kappie_remote_write_lag_seconds",
-                "gauge",
-                "Newest stored sample time minus newest delivered sample time.",
-            ),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in &rows {
-                let _ = writeln!(out, "{name}{labels} {}", v[i]);
-            }
-        }
-    }
-    shippers::metrics(&mut out, &st);
-    let name = "kappie_query_duration_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time to evaluate and answer a PromQL query, by kind.\n# TYPE {name} histogram"
-    );
-    for (kind, h) in [
-        ("instant", &st.query_stats.instant),
-        ("range", &st.query_stats.range),
-    ] {
-        for (b, le) in h.buckets.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{kind=\"{kind}\",le=\"{le}\"}} {}",
-                b.load(Relaxed)
-            );
-        }
-        let count = h.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{kind=\"{kind}\"}} {}",
-            h.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{{kind=\"{kind}\"}} {count}");
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
-        .into_response()
 }
 
 pub(crate) fn labels_json(l: &Labels) -> serde_json::Value {

@@ -3,6 +3,7 @@
 use super::time::{format_rfc3339, now_ms};
 use super::ApiState;
 use crate::shippers::Shipper;
+use crate::telemetry::{Family, Kind};
 use axum::extract::State;
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -38,59 +39,31 @@ fn to_json(s: &Shipper, now_ms: i64) -> Value {
 
 /// `kappie_shippers` and, per shipper that has pushed, its last push time in seconds, so
 /// `time() - kappie_shipper_last_push_timestamp_seconds > 60` finds the silent ones.
-pub(super) fn metrics(out: &mut String, st: &ApiState) {
-    use std::fmt::Write;
+pub(super) fn metrics(st: &ApiState) -> Vec<Family> {
     let shippers = st.shippers.list(now_ms());
-    let name = "kappie_shippers";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Node shippers the collector knows (said Hello or pushed, also before a restart).\n# TYPE {name} gauge\n{name} {}",
-        shippers.len()
-    );
-    let name = "kappie_shipper_last_push_timestamp_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} When the collector last applied a batch from the shipper, in seconds since the epoch.\n# TYPE {name} gauge"
+    let count = Family::new(
+        "kappie_shippers",
+        Kind::Gauge,
+        "Node shippers the collector knows (said Hello or pushed, also before a restart).",
+    )
+    .with(&[], shippers.len() as f64);
+    let mut last = Family::new(
+        "kappie_shipper_last_push_timestamp_seconds",
+        Kind::Gauge,
+        "When the collector last applied a batch from the shipper, in seconds since the epoch.",
     );
     for s in &shippers {
         if let Some(t) = s.record.last_push_ms {
-            let _ = writeln!(
-                out,
-                "{name}{{shipper_id=\"{}\",node_name=\"{}\",cluster=\"{}\"}} {}",
-                escape_label_value(&s.shipper_id),
-                escape_label_value(&s.record.node_name),
-                escape_label_value(&s.record.cluster),
-                t as f64 / 1000.0
+            last.push(
+                "",
+                &[
+                    ("shipper_id", &s.shipper_id),
+                    ("node_name", &s.record.node_name),
+                    ("cluster", &s.record.cluster),
+                ],
+                t as f64 / 1000.0,
             );
         }
     }
-}
-
-/// A label value as the text exposition format quotes it: `\`, `"` and newline escaped.
-pub(crate) fn escape_label_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped_for_the_text_format() {
-        assert_eq!(escape_label_value("plain-1"), "plain-1");
-        assert_eq!(
-            escape_label_value("a\\b\"c\nd"),
-            "a\\\\b\\\"c\\nd",
-            "backslash, quote and newline"
-        );
-    }
+    vec![count, last]
 }

@@ -18,6 +18,8 @@ impl InProcess {
             http_listen: "127.0.0.1:0".parse().unwrap(),
             grpc_listen: "127.0.0.1:0".parse().unwrap(),
             cache_capacity_bytes: 8 << 20,
+            // Tests count what they wrote; the collector's own metrics would add to it.
+            self_scrape_interval_seconds: 0,
             ..Config::default()
         };
         Self::start_with(config).await
@@ -70,6 +72,8 @@ pub fn collector_process(
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
         .args(args)
+        // Tests count what they wrote (a test's own args can turn it on again).
+        .env("KAPPIE_SELF_SCRAPE_INTERVAL_SECONDS", "0")
         .env("RUST_LOG", "info");
     (
         kappie_testkit::Proc::spawn("kappie-collector", cmd, log),
