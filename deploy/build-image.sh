@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 tag=${1:-kappie:$version}
-echo "==> cargo build --release (collector, shipper)" >&2
-cargo build --release -p kappie-collector -p kappie-node-shipper
+echo "==> cargo build --release (collector, shipper, CLI)" >&2
+cargo build --release -p kappie-collector -p kappie-node-shipper -p kappie-cli
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 deploy/image-rootfs.sh "$ctx/rootfs" target/release

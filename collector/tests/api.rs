@@ -539,6 +539,7 @@ async fn query_limits_answer_like_prometheus() {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         query_max_samples: 30,
         query_max_series: 2,
+        self_scrape_interval_seconds: 0,
         ..kappie_collector::Config::default()
     };
     let c = InProcess::start_with(config).await;

@@ -43,6 +43,7 @@ async fn the_api_asks_for_credentials_and_the_probes_do_not() {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         http_auth_token_file: Some(token_file.clone()),
         http_auth_users_file: Some(users_file.clone()),
+        self_scrape_interval_seconds: 0,
         ..kappie_collector::Config::default()
     };
     let c = InProcess::start_with(config).await;

@@ -44,6 +44,7 @@ async fn slow_clients_and_floods_are_cut_off_and_probes_still_answer() {
         http_max_concurrent_requests: 2,
         http_request_timeout_seconds: 3,
         http_header_timeout_seconds: 1,
+        self_scrape_interval_seconds: 0,
         ..kappie_collector::Config::default()
     };
     let c = InProcess::start_with(config).await;

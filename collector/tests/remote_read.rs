@@ -248,6 +248,7 @@ async fn prometheus_reads_kappie_through_remote_read() {
             data_dir: dir.path().join("kappie"),
             http_listen: "127.0.0.1:0".parse().unwrap(),
             grpc_listen: "127.0.0.1:0".parse().unwrap(),
+            self_scrape_interval_seconds: 0,
             ..kappie_collector::Config::default()
         };
         let kappie = InProcess::start_with(config).await;
@@ -311,6 +312,7 @@ async fn both_response_types_agree_and_bad_requests_change_nothing() {
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         remote_read_max_frame_bytes: max_frame,
         remote_read_max_samples: 5_000,
+        self_scrape_interval_seconds: 0,
         ..kappie_collector::Config::default()
     };
     let kappie = InProcess::start_with(config).await;

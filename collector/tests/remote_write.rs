@@ -193,6 +193,7 @@ fn config(dir: &std::path::Path, dests: Vec<DestinationConfig>) -> kappie_collec
         http_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         remote_write: dests,
+        self_scrape_interval_seconds: 0,
         ..kappie_collector::Config::default()
     }
 }

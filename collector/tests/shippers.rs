@@ -375,6 +375,7 @@ async fn the_inventory_asks_for_the_api_credentials() {
         http_listen: "127.0.0.1:0".parse().unwrap(),
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         http_auth_token_file: Some(token_file),
+        self_scrape_interval_seconds: 0,
         ..kappie_collector::Config::default()
     })
     .await;
