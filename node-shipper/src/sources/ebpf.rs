@@ -7,14 +7,19 @@
 //! Loading reads as one sequence per object: load, find program, attach; each step says
 //! what to do when it fails.
 
+use crate::caps::{self, Cap};
 use crate::source::{Observation, Source, SourceError};
 use aya::maps::{Map, PerCpuHashMap};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType, TracePoint};
+use aya::programs::{
+    tc, BtfTracePoint, ProgramError, ProgramInfo, SchedClassifier, TcAttachType, TracePoint,
+};
 use aya::{Btf, Ebpf, EbpfLoader};
 use kappie_ebpf::{Counter, DropKey, ForwardKey, ForwardValue, DIR_EGRESS, DIR_INGRESS, TCP_FLAGS};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// What to attach where.
 #[derive(Debug, Clone)]
@@ -40,6 +45,48 @@ pub enum EbpfError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The kernel refused a step with EPERM or EACCES: `reason` names the capabilities the
+    /// step needs and those this process lacks, then the kernel's (or the verifier's) own
+    /// word in brackets and what else to do.
+    #[error("{step} was refused ({errno}): {reason}")]
+    Refused {
+        step: String,
+        errno: &'static str,
+        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A step and its fallback both failed.
+    #[error("{first}; and the fallback: {fallback}")]
+    Both {
+        first: Box<EbpfError>,
+        #[source]
+        fallback: Box<EbpfError>,
+    },
+}
+
+/// What each step the kernel may refuse for want of privilege needs, as found on Linux
+/// 6.18 by running each step under `setpriv` with one capability removed at a time
+/// (`tests/capabilities.rs` keeps the load steps true). Steps not listed need none there:
+/// BPF_OBJ_GET of a pin (bpffs file permissions decide), a tcx link and a `tp_btf` link (a
+/// process holding the loaded program may attach it), reading `bpf_prog_info`.
+pub mod needs {
+    use super::Cap;
+    /// Creating (or opening the pinned) maps and loading the object's BTF.
+    pub const MAPS: &[Cap] = &[Cap::Bpf];
+    /// Loading a SCHED_CLS program: CAP_NET_ADMIN besides CAP_BPF (EPERM before
+    /// verification); and the verifier refuses the forward program's packet-pointer
+    /// arithmetic (a variable IP header length) without CAP_PERFMON (EACCES: its Spectre v1
+    /// hardening for loaders without it).
+    pub const TC_LOAD: &[Cap] = &[Cap::Bpf, Cap::NetAdmin, Cap::Perfmon];
+    /// Adding a clsact qdisc or a tc filter through netlink (the fallback without tcx).
+    pub const CLSACT: &[Cap] = &[Cap::NetAdmin];
+    /// Loading a tracing (`tp_btf`) or tracepoint program.
+    pub const TRACING_LOAD: &[Cap] = &[Cap::Bpf, Cap::Perfmon];
+    /// perf_event_open of a tracepoint, to attach the tracepoint program (EACCES).
+    pub const PERF_EVENT: &[Cap] = &[Cap::Perfmon];
+    /// Mounting bpffs or tracefs where none is.
+    pub const MOUNT: &[Cap] = &[Cap::SysAdmin];
 }
 
 pub(super) fn step<E: std::error::Error + Send + Sync + 'static>(
@@ -51,6 +98,156 @@ pub(super) fn step<E: std::error::Error + Send + Sync + 'static>(
         step,
         hint,
         source: Box::new(e),
+    }
+}
+
+/// Like [`step`], for a step the kernel may refuse for want of privilege: an EPERM or
+/// EACCES becomes [`EbpfError::Refused`], naming the capabilities in `needs` and those of
+/// them this process lacks, then `refused_hint` when there is another way out. The
+/// exception is a verifier rejection (EACCES with a verifier log) while this process has
+/// every capability in `needs`: that is the program's fault, and the verifier's log says
+/// why.
+pub(super) fn kernel_step<E: std::error::Error + Send + Sync + 'static>(
+    step: impl Into<String>,
+    needs: &'static [Cap],
+    hint: &'static str,
+    refused_hint: Option<&'static str>,
+) -> impl FnOnce(E) -> EbpfError {
+    let step = step.into();
+    move |e| {
+        let verifier = load_failure(&e);
+        let has_all = caps::effective().is_ok_and(|eff| caps::lacking_in(eff, needs).is_empty());
+        match caps::refusal(&e) {
+            Some("EACCES")
+                if verifier
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with("verifier:"))
+                    && has_all =>
+            {
+                EbpfError::Step {
+                    step,
+                    hint,
+                    source: Box::new(e),
+                }
+            }
+            Some(errno) => EbpfError::Refused {
+                step,
+                errno,
+                reason: format!(
+                    "{} [{}]{}",
+                    caps::explain(needs),
+                    verifier.unwrap_or_else(|| e.to_string()),
+                    refused_hint.map(|h| format!("; {h}")).unwrap_or_default()
+                ),
+                source: Box::new(e),
+            },
+            None => EbpfError::Step {
+                step,
+                hint,
+                source: Box::new(e),
+            },
+        }
+    }
+}
+
+/// When `e` is a failed program load: the verifier's verdict (the last line of its log
+/// before the statistics), or the syscall's error when the kernel refused before verifying.
+fn load_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let ProgramError::LoadError {
+        verifier_log,
+        io_error,
+    } = e.downcast_ref::<ProgramError>()?
+    else {
+        return None;
+    };
+    let log = verifier_log.to_string();
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let end = lines
+        .iter()
+        .position(|l| l.starts_with("verification time"))
+        .unwrap_or(lines.len());
+    Some(match lines[..end].last() {
+        Some(l) => format!("verifier: {l}"),
+        None => format!("BPF_PROG_LOAD: {io_error}"),
+    })
+}
+
+/// One program attached to one hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The program's name in its object (`kappie_tc_ingress`, `kappie_kfree_skb`, …).
+    pub program: &'static str,
+    /// The interface, for the tc programs.
+    pub interface: Option<String>,
+    /// `tcx`, `clsact`, `tp_btf` or `tracepoint`.
+    pub hook: &'static str,
+    /// Made by an earlier shipper (its pinned link was kept, still counting).
+    pub reused: bool,
+}
+
+/// An attachment and what keeps it: the pinned link (none for a clsact attachment, which
+/// lives in the qdisc) and the pin of the attached program, by which its run statistics are
+/// read (the program of a reused link is not one this process loaded).
+struct Attached {
+    what: Attachment,
+    link: Option<(PathBuf, PinnedLink)>,
+    prog_pin: PathBuf,
+}
+
+/// The kernel's statistics of one program (`bpf_prog_info`), summed over the loaded
+/// instances of it that are attached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramRuns {
+    pub program: &'static str,
+    /// `run_cnt`.
+    pub run_count: u64,
+    /// `run_time_ns`.
+    pub run_time: Duration,
+}
+
+/// What the source attached, shareable with the HTTP server: read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct EbpfPrograms(Arc<Vec<(Attachment, PathBuf)>>);
+
+impl EbpfPrograms {
+    pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
+        self.0.iter().map(|(a, _)| a)
+    }
+
+    /// Run count and run time of every attached program, from the kernel now. The kernel
+    /// counts only while `kernel.bpf_stats_enabled` is 1 (or a BPF_ENABLE_STATS file
+    /// descriptor is open). Needs no capability beyond access to the pins.
+    pub fn runs(&self) -> Vec<ProgramRuns> {
+        let mut seen = HashSet::new();
+        let mut out: Vec<ProgramRuns> = Vec::new();
+        for (a, pin) in self.0.iter() {
+            let info = match ProgramInfo::from_pin(pin) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::debug!(pin = %pin.display(), error = %e, "cannot read the statistics of a pinned program");
+                    continue;
+                }
+            };
+            if !seen.insert(info.id()) {
+                continue;
+            }
+            match out.iter_mut().find(|r| r.program == a.program) {
+                Some(r) => {
+                    r.run_count += info.run_count();
+                    r.run_time += info.run_time();
+                }
+                None => out.push(ProgramRuns {
+                    program: a.program,
+                    run_count: info.run_count(),
+                    run_time: info.run_time(),
+                }),
+            }
+        }
+        out
     }
 }
 
@@ -77,9 +274,18 @@ pub struct EbpfSource {
     drops: Option<Ebpf>,
     reasons: HashMap<u32, String>,
     ifindexes: Vec<u32>,
-    /// Attachments pinned in bpffs: they outlive this process (a SIGKILLed shipper's
-    /// programs go on counting into the pinned maps) until [`EbpfSource::detach`].
-    links: Vec<(PathBuf, PinnedLink)>,
+    /// Attachments pinned in bpffs outlive this process (a SIGKILLed shipper's programs go
+    /// on counting into the pinned maps) until [`EbpfSource::detach`].
+    attached: Vec<Attached>,
+    programs: EbpfPrograms,
+}
+
+/// What [`EbpfSource::start`] loads before the source is whole.
+struct Loaded {
+    forward: Ebpf,
+    drops: Option<Ebpf>,
+    reasons: HashMap<u32, String>,
+    ifindexes: Vec<u32>,
 }
 
 fn ifindex(name: &str) -> Result<u32, EbpfError> {
@@ -95,107 +301,35 @@ fn ifindex(name: &str) -> Result<u32, EbpfError> {
 }
 
 impl EbpfSource {
-    /// Loads the programs, attaches them and opens (or reuses) the pinned maps.
+    /// Loads the programs, attaches them and opens (or reuses) the pinned maps. On an
+    /// error, what this call attached is detached again (a shipper that goes on without
+    /// eBPF leaves nothing counting that nobody reads); links an earlier shipper pinned
+    /// stay.
     pub fn start(config: &EbpfConfig) -> Result<Self, EbpfError> {
         super::kernelfs::ensure_bpffs(&config.pin_dir)?;
-        let mut forward = EbpfLoader::new()
-            .map_pin_path(&config.pin_dir)
-            .load(kappie_ebpf::forward_object())
-            .map_err(step("load forward.bpf.o", "the kernel needs BPF and CAP_BPF/CAP_NET_ADMIN; if pinned maps of an older Kappie exist, remove the pin directory"))?;
-        let mut ifindexes = Vec::new();
-        let mut links = Vec::new();
-        for (name, attach) in [
-            ("kappie_tc_ingress", TcAttachType::Ingress),
-            ("kappie_tc_egress", TcAttachType::Egress),
-        ] {
-            let prog: &mut SchedClassifier = program(&mut forward, name)?;
-            prog.load().map_err(step(
-                format!("load program {name}"),
-                "the verifier refused it; see the error",
-            ))?;
-            for iface in &config.interfaces {
-                if attach == TcAttachType::Ingress {
-                    ifindexes.push(ifindex(iface)?);
-                }
-                let pin = config.pin_dir.join(format!("link-{name}-{iface}"));
-                if reuse_pinned(&pin, &mut links) {
-                    continue;
-                }
-                let id = match prog.attach(iface, attach) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        tracing::info!(interface = %iface, error = %e, "tcx attach failed (kernel lacks tcx?); falling back to clsact, which cannot outlive a killed shipper");
-                        if let Err(e) = tc::qdisc_add_clsact(iface) {
-                            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                                return Err(step(
-                                    format!("add clsact qdisc to {iface}"),
-                                    "the shipper needs CAP_NET_ADMIN",
-                                )(e));
-                            }
-                        }
-                        prog.attach_with_options(
-                            iface,
-                            attach,
-                            tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
-                        )
-                        .map_err(step(
-                            format!("attach {name} to {iface}"),
-                            "the shipper needs CAP_NET_ADMIN and CAP_BPF",
-                        ))?
-                    }
-                };
-                let link = prog
-                    .take_link(id)
-                    .map_err(step(format!("take link of {name}"), "report this"))?;
-                match FdLink::try_from(link) {
-                    Ok(fd) => pin_link(fd, pin, &mut links)?,
-                    // A netlink (clsact) attachment has no link to pin; keep it alive here.
-                    Err(e) => tracing::debug!(error = %e, "clsact attachment not pinned"),
-                }
+        let mut attached = Vec::new();
+        let loaded = match load_and_attach(config, &mut attached) {
+            Ok(l) => l,
+            Err(e) => {
+                release(attached.into_iter().filter(|a| !a.what.reused));
+                return Err(e);
             }
-        }
-        let (drops, reasons) = if config.drops {
-            let reasons =
-                super::btf::drop_reasons(Path::new("/sys/kernel/btf/vmlinux")).map_err(|e| {
-                    step(
-                        "read drop reasons from BTF",
-                        "the kernel needs CONFIG_DEBUG_INFO_BTF",
-                    )(std::io::Error::other(e))
-                })?;
-            let btf = Btf::from_sys_fs().map_err(step(
-                "load kernel BTF",
-                "the kernel needs CONFIG_DEBUG_INFO_BTF",
-            ))?;
-            let mut drops = EbpfLoader::new()
-                .map_pin_path(&config.pin_dir)
-                .btf(Some(&btf))
-                .load(kappie_ebpf::drops_object())
-                .map_err(step(
-                    "load drops.bpf.o",
-                    "the kernel needs BTF programs (tp_btf)",
-                ))?;
-            let attached = if config.drops_tracepoint {
-                Err(step("tp_btf/kfree_skb", "")(std::io::Error::other(
-                    "tracepoint forced by configuration",
-                )))
-            } else {
-                attach_kfree_skb_btf(&mut drops, &btf, &config.pin_dir, &mut links)
-            };
-            if let Err(e) = attached {
-                tracing::info!(error = %e, "tp_btf/kfree_skb unavailable; falling back to the skb:kfree_skb tracepoint");
-                attach_kfree_skb_tracepoint(&mut drops, &config.pin_dir, &mut links)?;
-            }
-            (Some(drops), reasons)
-        } else {
-            (None, HashMap::new())
         };
-        tracing::info!(interfaces = ?config.interfaces, drops = config.drops, pin_dir = %config.pin_dir.display(), "eBPF programs attached");
+        let programs = EbpfPrograms(Arc::new(
+            attached
+                .iter()
+                .map(|a| (a.what.clone(), a.prog_pin.clone()))
+                .collect(),
+        ));
+        tracing::info!(interfaces = ?config.interfaces, drops = config.drops, pin_dir = %config.pin_dir.display(),
+            hooks = ?attached.iter().map(|a| a.what.hook).collect::<Vec<_>>(), "eBPF programs attached");
         Ok(EbpfSource {
-            forward,
-            drops,
-            reasons,
-            ifindexes,
-            links,
+            forward: loaded.forward,
+            drops: loaded.drops,
+            reasons: loaded.reasons,
+            ifindexes: loaded.ifindexes,
+            attached,
+            programs,
         })
     }
 
@@ -203,15 +337,13 @@ impl EbpfSource {
     /// continues from the same counters. Dropping the source without this (or a SIGKILL)
     /// leaves the pinned programs counting.
     pub fn detach(self) {
-        for (pin, link) in self.links {
-            match link.unpin() {
-                Ok(fd) => drop(fd),
-                Err(e) => {
-                    tracing::warn!(pin = %pin.display(), error = %e, "cannot unpin eBPF link; remove it by hand to detach")
-                }
-            }
-        }
+        release(self.attached);
         tracing::info!("eBPF programs detached");
+    }
+
+    /// What this source attached, for the shipper's own metrics.
+    pub fn programs(&self) -> EbpfPrograms {
+        self.programs.clone()
     }
 
     /// Sums of every counter, by key (all interfaces and namespaces).
@@ -253,18 +385,14 @@ impl EbpfSource {
         Ok(s)
     }
 
-    /// Run time and run count of each program this source loaded, from the kernel's BPF
-    /// statistics (counted only while `kernel.bpf_stats_enabled` is 1).
-    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
-        let mut out = Vec::new();
-        for ebpf in std::iter::once(&self.forward).chain(self.drops.as_ref()) {
-            for (name, prog) in ebpf.programs() {
-                if let Ok(info) = prog.info() {
-                    out.push((name.to_owned(), info.run_time(), info.run_count()));
-                }
-            }
-        }
-        out
+    /// Run time and run count of each attached program, from the kernel's BPF statistics
+    /// (counted only while `kernel.bpf_stats_enabled` is 1).
+    pub fn program_stats(&self) -> Vec<(String, Duration, u64)> {
+        self.programs
+            .runs()
+            .into_iter()
+            .map(|r| (r.program.to_owned(), r.run_time, r.run_count))
+            .collect()
     }
 
     pub fn reason_name(&self, reason: u32) -> String {
@@ -272,6 +400,194 @@ impl EbpfSource {
             .get(&reason)
             .cloned()
             .unwrap_or_else(|| format!("UNKNOWN_{reason}"))
+    }
+}
+
+/// The load, find program, attach sequence of both objects; each attachment is added to
+/// `attached` as soon as it exists, so that the caller can undo it on an error.
+fn load_and_attach(config: &EbpfConfig, attached: &mut Vec<Attached>) -> Result<Loaded, EbpfError> {
+    let mut forward = EbpfLoader::new()
+        .map_pin_path(&config.pin_dir)
+        .load(kappie_ebpf::forward_object())
+        .map_err(kernel_step(
+            "loading forward.bpf.o (its maps and BTF)",
+            needs::MAPS,
+            "if pinned maps of an older Kappie exist, remove the pin directory",
+            None,
+        ))?;
+    let ifindexes = config
+        .interfaces
+        .iter()
+        .map(|i| ifindex(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The tc programs are loaded only to be attached: with no interface, not at all.
+    let tc = [
+        ("kappie_tc_ingress", TcAttachType::Ingress),
+        ("kappie_tc_egress", TcAttachType::Egress),
+    ];
+    for (name, attach) in tc.into_iter().filter(|_| !config.interfaces.is_empty()) {
+        let prog: &mut SchedClassifier = program(&mut forward, name)?;
+        prog.load().map_err(kernel_step(
+            format!("loading the tc program {name}"),
+            needs::TC_LOAD,
+            "the verifier refused it; see its log",
+            None,
+        ))?;
+        for iface in &config.interfaces {
+            let suffix = format!("{name}-{iface}");
+            if let Some(a) = reuse_pinned(&config.pin_dir, &suffix, name, Some(iface), "tcx") {
+                attached.push(a);
+                continue;
+            }
+            attached.push(attach_tc(
+                prog,
+                name,
+                iface,
+                attach,
+                &config.pin_dir,
+                &suffix,
+            )?);
+        }
+    }
+    let (drops, reasons) = if config.drops {
+        let reasons =
+            super::btf::drop_reasons(Path::new("/sys/kernel/btf/vmlinux")).map_err(|e| {
+                step(
+                    "read drop reasons from BTF",
+                    "the kernel needs CONFIG_DEBUG_INFO_BTF",
+                )(std::io::Error::other(e))
+            })?;
+        let btf = Btf::from_sys_fs().map_err(step(
+            "load kernel BTF",
+            "the kernel needs CONFIG_DEBUG_INFO_BTF",
+        ))?;
+        let mut drops = EbpfLoader::new()
+            .map_pin_path(&config.pin_dir)
+            .btf(Some(&btf))
+            .load(kappie_ebpf::drops_object())
+            .map_err(kernel_step(
+                "loading drops.bpf.o (its maps and BTF)",
+                needs::MAPS,
+                "the kernel needs BTF programs (tp_btf)",
+                None,
+            ))?;
+        let a = if config.drops_tracepoint {
+            attach_kfree_skb_tracepoint(&mut drops, &config.pin_dir)?
+        } else {
+            match attach_kfree_skb_btf(&mut drops, &btf, &config.pin_dir) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::info!(error = %e, "tp_btf/kfree_skb unavailable; falling back to the skb:kfree_skb tracepoint");
+                    attach_kfree_skb_tracepoint(&mut drops, &config.pin_dir).map_err(
+                        |fallback| EbpfError::Both {
+                            first: Box::new(e),
+                            fallback: Box::new(fallback),
+                        },
+                    )?
+                }
+            }
+        };
+        attached.push(a);
+        (Some(drops), reasons)
+    } else {
+        (None, HashMap::new())
+    };
+    Ok(Loaded {
+        forward,
+        drops,
+        reasons,
+        ifindexes,
+    })
+}
+
+/// Attaches tc program `name` to `iface`: tcx where the kernel has it (a link, pinned so
+/// that it outlives the shipper), else a clsact qdisc through netlink.
+fn attach_tc(
+    prog: &mut SchedClassifier,
+    name: &'static str,
+    iface: &str,
+    attach: TcAttachType,
+    pin_dir: &Path,
+    suffix: &str,
+) -> Result<Attached, EbpfError> {
+    let (hook, link) = match prog.attach(iface, attach) {
+        Ok(id) => {
+            let link = prog
+                .take_link(id)
+                .map_err(step(format!("take link of {name}"), "report this"))?;
+            let fd = FdLink::try_from(link)
+                .map_err(step(format!("tcx link of {name}"), "report this"))?;
+            (
+                "tcx",
+                Some(pin_link(fd, pin_dir.join(format!("link-{suffix}")))?),
+            )
+        }
+        Err(tcx) => {
+            tracing::info!(interface = %iface, error = %tcx, "tcx attach failed (kernel lacks tcx?); falling back to clsact, which cannot outlive a killed shipper");
+            if let Err(e) = tc::qdisc_add_clsact(iface) {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    return Err(kernel_step(
+                        format!(
+                            "adding a clsact qdisc to {iface} (after the tcx attach failed: {tcx})"
+                        ),
+                        needs::CLSACT,
+                        "the kernel refused the qdisc",
+                        None,
+                    )(e));
+                }
+            }
+            let id = prog
+                .attach_with_options(
+                    iface,
+                    attach,
+                    tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
+                )
+                .map_err(kernel_step(
+                    format!("attaching {name} to {iface} through clsact"),
+                    needs::CLSACT,
+                    "the kernel refused the tc filter",
+                    None,
+                ))?;
+            let link = prog
+                .take_link(id)
+                .map_err(step(format!("take link of {name}"), "report this"))?;
+            // A netlink (clsact) attachment has no link to pin: it lives in the qdisc.
+            if let Err(e) = FdLink::try_from(link) {
+                tracing::debug!(error = %e, "clsact attachment not pinned");
+            }
+            ("clsact", None)
+        }
+    };
+    let prog_pin = pin_dir.join(format!("prog-{suffix}"));
+    pin_program(&prog_pin, |p| prog.pin(p));
+    Ok(Attached {
+        what: Attachment {
+            program: name,
+            interface: Some(iface.to_owned()),
+            hook,
+            reused: false,
+        },
+        link,
+        prog_pin,
+    })
+}
+
+/// Unpins the links and program pins of `attached`, which detaches them.
+fn release(attached: impl IntoIterator<Item = Attached>) {
+    for a in attached {
+        if let Some((pin, link)) = a.link {
+            match link.unpin() {
+                Ok(fd) => drop(fd),
+                Err(e) => {
+                    tracing::warn!(pin = %pin.display(), error = %e, "cannot unpin eBPF link; remove it by hand to detach")
+                }
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&a.prog_pin) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(pin = %a.prog_pin.display(), error = %e, "cannot unpin eBPF program; remove it by hand");
+            }
+        }
     }
 }
 
@@ -295,84 +611,126 @@ where
 }
 
 /// Pins `link` at `pin` so the attachment outlives the shipper.
-fn pin_link(
-    link: FdLink,
-    pin: PathBuf,
-    links: &mut Vec<(PathBuf, PinnedLink)>,
-) -> Result<(), EbpfError> {
+fn pin_link(link: FdLink, pin: PathBuf) -> Result<(PathBuf, PinnedLink), EbpfError> {
     let pinned = link.pin(&pin).map_err(step(
         format!("pin {}", pin.display()),
         "check that bpffs is writable",
     ))?;
-    links.push((pin, pinned));
-    Ok(())
+    Ok((pin, pinned))
 }
 
-/// Keeps the link a previous shipper pinned at `pin` (still counting), if there is one.
-fn reuse_pinned(pin: &Path, links: &mut Vec<(PathBuf, PinnedLink)>) -> bool {
-    match PinnedLink::from_pin(pin) {
-        Ok(link) => {
-            links.push((pin.to_owned(), link));
-            true
-        }
-        Err(_) => false,
+/// Pins the program just attached at `pin` (replacing what an earlier shipper left there),
+/// so that its run statistics can be read while it is attached, by a later shipper too.
+/// Only the statistics depend on it: a failure is a warning.
+fn pin_program(pin: &Path, pin_it: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>) {
+    let _ = std::fs::remove_file(pin);
+    if let Err(e) = pin_it(pin) {
+        tracing::warn!(pin = %pin.display(), error = %e, "cannot pin the eBPF program; its run statistics are not reported");
     }
+}
+
+/// The attachment a previous shipper pinned at `link-<suffix>` (still counting), if there
+/// is one.
+fn reuse_pinned(
+    pin_dir: &Path,
+    suffix: &str,
+    program: &'static str,
+    interface: Option<&str>,
+    hook: &'static str,
+) -> Option<Attached> {
+    let pin = pin_dir.join(format!("link-{suffix}"));
+    let link = PinnedLink::from_pin(&pin).ok()?;
+    Some(Attached {
+        what: Attachment {
+            program,
+            interface: interface.map(str::to_owned),
+            hook,
+            reused: true,
+        },
+        link: Some((pin, link)),
+        prog_pin: pin_dir.join(format!("prog-{suffix}")),
+    })
 }
 
 fn attach_kfree_skb_btf(
     drops: &mut Ebpf,
     btf: &Btf,
     pin_dir: &Path,
-    links: &mut Vec<(PathBuf, PinnedLink)>,
-) -> Result<(), EbpfError> {
-    let pin = pin_dir.join("link-kappie_kfree_skb");
-    if reuse_pinned(&pin, links) {
-        return Ok(());
+) -> Result<Attached, EbpfError> {
+    const NAME: &str = "kappie_kfree_skb";
+    if let Some(a) = reuse_pinned(pin_dir, NAME, NAME, None, "tp_btf") {
+        return Ok(a);
     }
-    let prog: &mut BtfTracePoint = program(drops, "kappie_kfree_skb")?;
-    prog.load("kfree_skb", btf).map_err(step(
-        "load tp_btf/kfree_skb",
+    let prog: &mut BtfTracePoint = program(drops, NAME)?;
+    prog.load("kfree_skb", btf).map_err(kernel_step(
+        "loading the tp_btf/kfree_skb program",
+        needs::TRACING_LOAD,
         "the kernel refused a BTF program",
+        None,
     ))?;
     let id = prog.attach().map_err(step(
-        "attach tp_btf/kfree_skb",
-        "the shipper needs CAP_BPF and CAP_PERFMON",
+        "attaching tp_btf/kfree_skb",
+        "the kernel refused the attachment",
     ))?;
     let link = prog
         .take_link(id)
         .map_err(step("take link of kappie_kfree_skb", "report this"))?;
-    pin_link(FdLink::from(link), pin, links)
+    let link = pin_link(FdLink::from(link), pin_dir.join(format!("link-{NAME}")))?;
+    let prog_pin = pin_dir.join(format!("prog-{NAME}"));
+    pin_program(&prog_pin, |p| prog.pin(p));
+    Ok(Attached {
+        what: Attachment {
+            program: NAME,
+            interface: None,
+            hook: "tp_btf",
+            reused: false,
+        },
+        link: Some(link),
+        prog_pin,
+    })
 }
 
-fn attach_kfree_skb_tracepoint(
-    drops: &mut Ebpf,
-    pin_dir: &Path,
-    links: &mut Vec<(PathBuf, PinnedLink)>,
-) -> Result<(), EbpfError> {
-    let pin = pin_dir.join("link-kappie_kfree_skb_tp");
-    if reuse_pinned(&pin, links) {
-        return Ok(());
+fn attach_kfree_skb_tracepoint(drops: &mut Ebpf, pin_dir: &Path) -> Result<Attached, EbpfError> {
+    const NAME: &str = "kappie_kfree_skb_tp";
+    if let Some(a) = reuse_pinned(pin_dir, NAME, NAME, None, "tracepoint") {
+        return Ok(a);
     }
-    let prog: &mut TracePoint = program(drops, "kappie_kfree_skb_tp")?;
-    prog.load().map_err(step(
-        "load tracepoint skb:kfree_skb",
-        "the verifier refused it; see the error",
+    let prog: &mut TracePoint = program(drops, NAME)?;
+    prog.load().map_err(kernel_step(
+        "loading the skb:kfree_skb tracepoint program",
+        needs::TRACING_LOAD,
+        "the verifier refused it; see its log",
+        None,
     ))?;
     super::kernelfs::ensure_tracefs()?;
-    let id = prog.attach("skb", "kfree_skb").map_err(step(
-        "attach tracepoint skb:kfree_skb",
-        "the shipper needs CAP_BPF and CAP_PERFMON",
+    let id = prog.attach("skb", "kfree_skb").map_err(kernel_step(
+        "attaching the skb:kfree_skb tracepoint (perf_event_open)",
+        needs::PERF_EVENT,
+        "the kernel refused the attachment",
+        None,
     ))?;
     let link = prog
         .take_link(id)
         .map_err(step("take link of kappie_kfree_skb_tp", "report this"))?;
-    match FdLink::try_from(link) {
-        Ok(fd) => pin_link(fd, pin, links)?,
+    let link = match FdLink::try_from(link) {
+        Ok(fd) => Some(pin_link(fd, pin_dir.join(format!("link-{NAME}")))?),
         Err(e) => {
-            tracing::info!(error = %e, "tracepoint attachment cannot be pinned on this kernel; it ends with the shipper")
+            tracing::info!(error = %e, "tracepoint attachment cannot be pinned on this kernel; it ends with the shipper");
+            None
         }
-    }
-    Ok(())
+    };
+    let prog_pin = pin_dir.join(format!("prog-{NAME}"));
+    pin_program(&prog_pin, |p| prog.pin(p));
+    Ok(Attached {
+        what: Attachment {
+            program: NAME,
+            interface: None,
+            hook: "tracepoint",
+            reused: false,
+        },
+        link,
+        prog_pin,
+    })
 }
 
 fn map_ref<K: aya::Pod, V: aya::Pod>(
@@ -513,6 +871,31 @@ pub fn expand_interfaces(patterns: &[String], sys_root: &Path) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::{kernel_step, needs, EbpfError};
+
+    #[test]
+    fn only_eperm_and_eacces_are_refusals_and_they_name_the_capabilities() {
+        let refused = kernel_step("loading x", needs::TC_LOAD, "hint", Some("or else"))(
+            std::io::Error::from_raw_os_error(libc::EPERM),
+        );
+        let EbpfError::Refused { errno, .. } = &refused else {
+            panic!("{refused}");
+        };
+        assert_eq!(*errno, "EPERM");
+        let text = refused.to_string();
+        assert!(
+            text.starts_with(
+                "loading x was refused (EPERM): it needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; this process "
+            ) && text.ends_with("; or else"),
+            "{text}"
+        );
+        let other = kernel_step("loading x", needs::MAPS, "hint", None)(
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+        );
+        assert!(matches!(other, EbpfError::Step { .. }), "{other}");
+        assert!(other.to_string().ends_with("; hint"), "{other}");
+    }
+
     #[test]
     fn default_routes_and_patterns() {
         let dir = tempfile::tempdir().unwrap();
