@@ -36,6 +36,9 @@ fn start_shipper_with(ns: &Netns, dir: &Path, run: usize, extra: &[&str]) -> Pro
     let mut cmd = ns.command(&workspace_bin("kappie-shipper"));
     cmd.args(extra);
     cmd.args([
+        // A free port (logged as http_listen=): tests run side by side.
+        "--http-listen",
+        "127.0.0.1:0",
         "--collector",
         "http://127.0.0.1:19095",
         "--interval",
@@ -221,9 +224,11 @@ fn a_damaged_shipper_state_file_counts_nothing_twice() {
 /// outlive each shipper process); unmounting it on drop detaches what is pinned there.
 struct PinDir(std::path::PathBuf);
 impl PinDir {
-    fn new() -> PinDir {
-        let root =
-            std::path::PathBuf::from(format!("/run/kappie-e2e-bpffs-{}", std::process::id()));
+    fn new(tag: &str) -> PinDir {
+        let root = std::path::PathBuf::from(format!(
+            "/run/kappie-e2e-bpffs-{tag}-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&root).unwrap();
         let st = std::process::Command::new("mount")
             .args(["-t", "bpf", "bpf"])
@@ -251,7 +256,7 @@ fn ebpf_forward_totals_survive_a_sigkilled_shipper() {
     let veth = Veth::new(&client, &server, 21);
     veth.quiet(&client, &server);
     let dir = tempfile::tempdir().unwrap();
-    let pins = PinDir::new();
+    let pins = PinDir::new("forward");
     let pin_arg = pins.0.join("kappie").to_string_lossy().into_owned();
     let args = [
         "--ebpf-interfaces",
@@ -327,4 +332,213 @@ fn ebpf_forward_totals_survive_a_sigkilled_shipper() {
         left.is_empty(),
         "links still pinned after SIGTERM: {left:?}"
     );
+}
+
+/// The port a shipper bound for `--http-listen 127.0.0.1:0`, from its log.
+fn shipper_http(log: &Path) -> String {
+    wait_for(
+        "the shipper to log its HTTP address",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(log).ok()?;
+            let at = text.find("http_listen=")? + "http_listen=".len();
+            let addr: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            Some(format!("http://{addr}"))
+        },
+    )
+}
+
+/// Status and body of `GET url` from inside `ns`.
+fn get_in(ns: &Netns, url: &str) -> Option<(u16, String)> {
+    ns.enter(|| match ureq::get(url).call() {
+        Ok(r) => Some((r.status(), r.into_string().ok()?)),
+        Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().ok()?)),
+        Err(_) => None,
+    })
+}
+
+/// The value of the one sample of `series` (name and labels exactly as served).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Turns on the kernel's BPF run statistics (run_cnt, run_time_ns) while the returned
+/// descriptor is open (BPF_ENABLE_STATS; closing it turns them off again, unlike the
+/// `kernel.bpf_stats_enabled` sysctl, which a test would have to restore).
+fn enable_bpf_stats() -> std::os::fd::OwnedFd {
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    let attr = [0u64; 16]; // type: BPF_STATS_RUN_TIME (0)
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_ENABLE_STATS,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_ENABLE_STATS: {}",
+        std::io::Error::last_os_error()
+    );
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) }
+}
+
+#[test]
+fn shipper_serves_its_metrics_health_and_readiness() {
+    if !require(&[NETNS.as_slice(), &[Need::KernelBtf]].concat()) {
+        return;
+    }
+    let client = Netns::new("hc");
+    let server = Netns::new("hs");
+    let veth = Veth::new(&client, &server, 22);
+    veth.quiet(&client, &server);
+    let dir = tempfile::tempdir().unwrap();
+    let pins = PinDir::new("http");
+    let pin_arg = pins.0.join("kappie").to_string_lossy().into_owned();
+    let _stats = enable_bpf_stats();
+    // The shipper first: no collector, so nothing can be acknowledged yet.
+    let args = [
+        "--ebpf-interfaces",
+        veth.b_if.as_str(),
+        "--ebpf-pin-dir",
+        pin_arg.as_str(),
+        "--ebpf-required",
+    ];
+    let mut shipper = start_shipper_with(&server, dir.path(), 0, &args);
+    let log = dir.path().join("shipper-0.log");
+    let http = shipper_http(&log);
+    wait_for("the shipper to be healthy", Duration::from_secs(30), || {
+        get_in(&server, &format!("{http}/-/healthy")).filter(|(s, _)| *s == 200)
+    });
+    let failed = "kappie_shipper_pushes_total{result=\"failed\"}";
+    wait_for("a failed push", Duration::from_secs(30), || {
+        let (_, m) = get_in(&server, &format!("{http}/metrics"))?;
+        (sample(&m, failed)? >= 1.0).then_some(())
+    });
+    let (status, body) = get_in(&server, &format!("{http}/-/ready")).unwrap();
+    assert_eq!(
+        status, 503,
+        "not ready before the first acknowledgement: {body}"
+    );
+
+    let _collector = start_collector(&server, dir.path());
+    wait_for("the shipper to be ready", Duration::from_secs(30), || {
+        get_in(&server, &format!("{http}/-/ready")).filter(|(s, _)| *s == 200)
+    });
+
+    const N: u64 = 40;
+    let target = format!("{}:9", veth.b_addr4);
+    client.enter(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..N {
+            s.send_to(b"kappie", target.as_str()).unwrap();
+        }
+    });
+    let runs = |p: &str| format!("kappie_shipper_ebpf_program_runs_total{{program=\"{p}\"}}");
+    let m = wait_for(
+        "the programs' runs to reach the datagrams sent",
+        Duration::from_secs(30),
+        || {
+            let (_, m) = get_in(&server, &format!("{http}/metrics"))?;
+            let ingress = sample(&m, &runs("kappie_tc_ingress"))?;
+            // Every datagram is dropped (NO_SOCKET), among whatever else the host drops.
+            let drops = sample(&m, &runs("kappie_kfree_skb"))?;
+            (ingress >= N as f64 && drops >= N as f64).then_some(m)
+        },
+    );
+    for family in [
+        "kappie_shipper_info",
+        "kappie_shipper_collections_total",
+        "kappie_shipper_last_collection_timestamp_seconds",
+        "kappie_shipper_last_collection_duration_seconds",
+        "kappie_shipper_collection_duration_seconds_total",
+        "kappie_shipper_series",
+        "kappie_shipper_collection_errors_total",
+        "kappie_shipper_queue_batches",
+        "kappie_shipper_queue_bytes",
+        "kappie_shipper_pushes_total",
+        "kappie_shipper_last_acknowledged_sequence",
+        "kappie_shipper_last_successful_push_timestamp_seconds",
+        "kappie_shipper_ebpf_program_attached",
+        "kappie_shipper_ebpf_program_runs_total",
+        "kappie_shipper_ebpf_program_run_seconds_total",
+    ] {
+        assert!(
+            m.contains(&format!("# HELP {family} ")),
+            "{family} HELP\n{m}"
+        );
+        assert!(
+            m.contains(&format!("# TYPE {family} ")),
+            "{family} TYPE\n{m}"
+        );
+    }
+    let v = |series: &str| sample(&m, series).unwrap_or_else(|| panic!("{series}\n{m}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(
+        v("kappie_shipper_info{version=\"0.1.0\",node_name=\"e2e-node\",cluster=\"e2e\"}"),
+        1.0
+    );
+    assert!(v("kappie_shipper_collections_total") >= 1.0);
+    assert!((v("kappie_shipper_last_collection_timestamp_seconds") - now).abs() < 60.0);
+    for source in ["netstat", "sockets", "interfaces", "ebpf"] {
+        let l = format!("{{source=\"{source}\"}}");
+        assert!(
+            v(&format!("kappie_shipper_series{l}")) > 0.0,
+            "{source} series"
+        );
+        let last = v(&format!(
+            "kappie_shipper_last_collection_duration_seconds{l}"
+        ));
+        let total = v(&format!(
+            "kappie_shipper_collection_duration_seconds_total{l}"
+        ));
+        assert!(
+            last > 0.0 && last < 10.0 && total >= last,
+            "{source} durations"
+        );
+        assert_eq!(
+            v(&format!("kappie_shipper_collection_errors_total{l}")),
+            0.0
+        );
+    }
+    assert!(v("kappie_shipper_queue_batches") >= 0.0);
+    assert!(v("kappie_shipper_queue_bytes") >= 0.0);
+    assert!(v("kappie_shipper_pushes_total{result=\"ok\"}") >= 1.0);
+    assert_eq!(v("kappie_shipper_pushes_total{result=\"rejected\"}"), 0.0);
+    assert!(
+        v(failed) >= 1.0,
+        "the pushes before the collector started failed"
+    );
+    assert!(v("kappie_shipper_last_acknowledged_sequence") >= 1.0);
+    assert!((v("kappie_shipper_last_successful_push_timestamp_seconds") - now).abs() < 60.0);
+    for (program, interface, hook) in [
+        ("kappie_tc_ingress", veth.b_if.as_str(), "tcx"),
+        ("kappie_tc_egress", veth.b_if.as_str(), "tcx"),
+        ("kappie_kfree_skb", "", "tp_btf"),
+    ] {
+        let s = format!(
+            "kappie_shipper_ebpf_program_attached{{program=\"{program}\",interface=\"{interface}\",hook=\"{hook}\"}}"
+        );
+        assert_eq!(v(&s), 1.0, "{s}");
+    }
+    assert!(
+        v("kappie_shipper_ebpf_program_run_seconds_total{program=\"kappie_tc_ingress\"}") > 0.0
+    );
+
+    // SIGTERM: the shipper stops, and its endpoints with it.
+    let pid = shipper.child.id() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(shipper.child.wait().unwrap().success());
+    assert!(get_in(&server, &format!("{http}/-/healthy")).is_none());
+    let text = std::fs::read(&log).unwrap();
+    assert!(!text.contains(&0x1b), "colour codes in the log file");
 }

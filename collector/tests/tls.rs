@@ -171,6 +171,7 @@ fn shippers_and_clients_speak_tls_and_a_rotated_certificate_is_served() {
     let shipper = |cert: &str, cluster: &str, run: &str| {
         let mut cmd = Command::new(workspace_bin("kappie-shipper"));
         cmd.args(["--disable-sources", "ebpf", "--interval", "300ms"])
+            .args(["--http-listen", "127.0.0.1:0"])
             .args(["--node-name", "tls-node", "--cluster", cluster])
             .args(["--collector", &grpc.replace("http://", "https://")])
             .arg("--collector-ca-file")

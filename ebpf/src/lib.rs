@@ -6,7 +6,7 @@
 //! committed beside them so that building Kappie needs only the Rust toolchain
 //! (`ebpf/build.sh` rebuilds them with clang-19; `ebpf/build.sh --check`, run by CI, fails if
 //! they are stale). It embeds the objects and mirrors the map keys and values as
-//! `#[repr(C)]` types. Loading and attaching is the node shipper's (`sources/ebpf.rs`).
+//! `#[repr(C)]` types. Loading and attaching is the node shipper's (`sources/ebpf/`).
 
 #[repr(C, align(8))]
 struct Aligned<T: ?Sized>(T);

@@ -9,9 +9,11 @@ use crate::source::{Observation, Source};
 use crate::sources::ebpf::{default_route_interfaces, expand_interfaces, EbpfConfig, EbpfSource};
 use crate::sources::{utility_sources, Roots};
 use crate::state::{self, Baselines};
+use crate::telemetry::Telemetry;
 use anyhow::Context;
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
@@ -103,9 +105,15 @@ struct Agent {
     hello_done: bool,
     state_file: std::path::PathBuf,
     boot_id: String,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Agent {
+    fn report_queue(&self) {
+        self.telemetry
+            .queue(self.queue.len(), self.queue.approx_bytes());
+    }
+
     fn save(&self) -> Result<(), state::StateError> {
         state::save(
             &self.state_file,
@@ -120,8 +128,15 @@ impl Agent {
     /// numbered, and the number saved, before its first send.
     async fn send_all(&mut self) -> anyhow::Result<()> {
         if !self.hello_done {
-            let last = self.pusher.hello().await?;
+            let last = match self.pusher.hello().await {
+                Ok(last) => last,
+                Err(e) => {
+                    self.telemetry.push_failed();
+                    return Err(e.into());
+                }
+            };
             let dropped = self.queue.drop_applied(last);
+            self.report_queue();
             self.next_seq = self.next_seq.max(last + 1);
             self.save()?;
             tracing::info!(
@@ -144,16 +159,21 @@ impl Agent {
                     if d == Delivered::Duplicate {
                         tracing::info!(sequence = ?front.sequence, "collector had already applied this batch");
                     }
+                    self.telemetry.push_acknowledged(front.sequence);
                     self.queue.pop_front();
+                    self.report_queue();
                     self.save()?;
                 }
                 Err(PushError::Rejected(st)) => {
                     tracing::error!(sequence = ?front.sequence, code = ?st.code(), message = st.message(),
                         "collector rejected a batch; dropping it (its counts are lost)");
+                    self.telemetry.push_rejected();
                     self.queue.pop_front();
+                    self.report_queue();
                     self.save()?;
                 }
                 Err(e @ PushError::Retry(_)) => {
+                    self.telemetry.push_failed();
                     if matches!(&e, PushError::Retry(st) if st.code() == tonic::Code::Unavailable) {
                         // A new connection may reach a restarted collector; say hello again
                         // in case its store was replaced.
@@ -167,35 +187,66 @@ impl Agent {
     }
 }
 
-/// Runs one collection on a blocking thread.
+/// Runs one collection on a blocking thread, timing each source.
 async fn collect(
     mut sources: Vec<Box<dyn Source>>,
+    telemetry: &Arc<Telemetry>,
 ) -> anyhow::Result<(Vec<Box<dyn Source>>, Vec<Observation>)> {
+    let telemetry = telemetry.clone();
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let mut obs = Vec::new();
         for s in sources.iter_mut() {
+            let (t0, n0) = (std::time::Instant::now(), obs.len());
             if let Err(e) = s.collect(&mut obs) {
-                tracing::error!(source = s.name(), error = %e, "source failed; other sources go on");
+                telemetry.source_failed(s.name(), &e);
             }
+            telemetry.source_collected(s.name(), t0.elapsed(), obs.len() - n0);
         }
-        tracing::debug!(observations = obs.len(), took_us = started.elapsed().as_micros() as u64, "collected");
+        telemetry.collected();
+        tracing::debug!(
+            observations = obs.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "collected"
+        );
         (sources, obs)
     })
     .await
     .context("collection thread panicked")
 }
 
-/// Starts the eBPF source, or says in one line why not (the utility sources go on).
-fn start_ebpf(config: &Config) -> Option<EbpfSource> {
+/// Starts the eBPF source. When it cannot start, or an interface asked for by name is
+/// missing, or there is no interface to count forwards on: with `--ebpf-required` that is
+/// the error; without, a warning, and the utility sources go on.
+fn start_ebpf(config: &Config) -> anyhow::Result<Option<EbpfSource>> {
     let patterns = if config.ebpf_interfaces.is_empty() {
         default_route_interfaces(&config.proc_root)
     } else {
         config.ebpf_interfaces.clone()
     };
     let interfaces = expand_interfaces(&patterns, &config.sys_root);
-    if interfaces.is_empty() {
-        tracing::warn!(?patterns, "no interface for the eBPF forward counters (none carries a default route, or --ebpf-interfaces matched none); counting drops only");
+    let missing: Vec<&String> = patterns
+        .iter()
+        .filter(|p| !p.ends_with('*') && !interfaces.contains(p))
+        .collect();
+    let problem = if !missing.is_empty() {
+        Some(format!(
+            "interfaces {missing:?} of --ebpf-interfaces do not exist"
+        ))
+    } else if interfaces.is_empty() {
+        Some(format!("no interface for the eBPF forward counters (none carries a default route, or --ebpf-interfaces {patterns:?} matched none)"))
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        if config.ebpf_required {
+            anyhow::bail!("eBPF is required (--ebpf-required) but {problem}");
+        }
+        if interfaces.is_empty() {
+            tracing::warn!("{problem}; counting drops only");
+        } else {
+            tracing::warn!("{problem}; counting forwards on {interfaces:?} only");
+        }
     }
     let ebpf_config = EbpfConfig {
         drops_tracepoint: false,
@@ -204,16 +255,66 @@ fn start_ebpf(config: &Config) -> Option<EbpfSource> {
         drops: true,
     };
     match EbpfSource::start(&ebpf_config) {
-        Ok(s) => Some(s),
+        Ok(s) => Ok(Some(s)),
+        Err(e) if config.ebpf_required => Err(anyhow::anyhow!(
+            "eBPF is required (--ebpf-required) but cannot start: {e}"
+        )),
         Err(e) => {
             tracing::warn!(error = %e, "eBPF unavailable; kappie_forward_*, kappie_drop_* and kappie_tcp_flag_counters are off, the /proc and sysfs sources go on");
-            None
+            Ok(None)
         }
     }
 }
 
+/// Binds `--http-listen` (unless it is empty) and serves the shipper's own endpoints until
+/// `stop` fires.
+async fn start_http(
+    config: &Config,
+    telemetry: &Arc<Telemetry>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if config.http_listen.is_empty() {
+        tracing::info!("--http-listen is empty: no /metrics, /-/healthy or /-/ready");
+        return Ok(None);
+    }
+    let listener = crate::http::bind(&config.http_listen).await?;
+    let addr = listener
+        .local_addr()
+        .context("address of the HTTP listener")?;
+    tracing::info!(http_listen = %addr, "serving /metrics, /-/healthy and /-/ready");
+    let mut stop = stop;
+    Ok(Some(tokio::spawn(crate::http::serve(
+        listener,
+        crate::http::router(telemetry.clone()),
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ))))
+}
+
 /// Runs the shipper until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let telemetry = Arc::new(Telemetry::new(
+        config.interval,
+        &config.node_name,
+        &config.cluster,
+    ));
+    let (stop_http, stop_rx) = tokio::sync::watch::channel(false);
+    let http = start_http(&config, &telemetry, stop_rx).await?;
+    let result = run_loop(config, shutdown, &telemetry).await;
+    telemetry.loop_stopped();
+    let _ = stop_http.send(true);
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    result
+}
+
+async fn run_loop(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    telemetry: &Arc<Telemetry>,
+) -> anyhow::Result<()> {
     let roots = Roots {
         proc: config.proc_root.clone(),
         sys: config.sys_root.clone(),
@@ -222,12 +323,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .into_iter()
         .filter(|s| !config.disable_sources.iter().any(|d| d == s.name()))
         .collect();
+    let mut ebpf_programs = None;
     if !config.disable_sources.iter().any(|d| d == "ebpf") {
-        if let Some(s) = start_ebpf(&config) {
+        if let Some(s) = start_ebpf(&config)? {
+            ebpf_programs = Some(s.programs());
             sources.push(Box::new(s));
         }
     }
-    tracing::info!(sources = ?sources.iter().map(|s| s.name()).collect::<Vec<_>>(), "sources enabled");
+    let names: Vec<&'static str> = sources.iter().map(|s| s.name()).collect();
+    tracing::info!(sources = ?names, "sources enabled");
+    telemetry.sources(&names, ebpf_programs);
 
     let boot_id =
         state::read_boot_id(&config.proc_root).context("cannot read the kernel boot id")?;
@@ -287,13 +392,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         hello_done: false,
         state_file: config.state_file.clone(),
         boot_id,
+        telemetry: telemetry.clone(),
     };
+    agent.report_queue();
     let mut sources = sources;
     if unusable {
         // The collector may already hold totals up to our last push: sending counts since
         // boot again would count them twice. This collection becomes the baseline; what
         // happened between the last acknowledged push and now is lost instead.
-        let (back, obs) = collect(sources).await?;
+        let (back, obs) = collect(sources, telemetry).await?;
         sources = back;
         let _ = agent.delta.batch(&obs, now_ms());
         tracing::error!(
@@ -306,14 +413,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry_at: Option<Instant> = None;
     tokio::pin!(shutdown);
+    telemetry.loop_started();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => {
-                let (back, obs) = collect(sources.take().expect("returned after every collection")).await?;
+                let (back, obs) = collect(sources.take().expect("returned after every collection"), telemetry).await?;
                 sources = Some(back);
                 let b = agent.delta.batch(&obs, now_ms());
                 agent.queue.push(b);
+                agent.report_queue();
                 agent.save()?;
                 retry_at.get_or_insert_with(Instant::now);
             }

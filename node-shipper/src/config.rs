@@ -56,6 +56,11 @@ pub struct Cli {
     /// `*` matches a prefix. Default: the interfaces that carry a default route.
     #[arg(long, env = "KAPPIE_EBPF_INTERFACES", value_delimiter = ',')]
     pub ebpf_interfaces: Option<Vec<String>>,
+    /// Exit with the reason when eBPF cannot start (a program refused, no interface to
+    /// attach to, the drop program not loaded) instead of warning and going on with the
+    /// /proc and sysfs sources. `--ebpf-required` alone means true.
+    #[arg(long, env = "KAPPIE_EBPF_REQUIRED", num_args = 0..=1, default_missing_value = "true")]
+    pub ebpf_required: Option<bool>,
     /// bpffs directory where the eBPF maps and attachments are pinned.
     #[arg(long, env = "KAPPIE_EBPF_PIN_DIR")]
     pub ebpf_pin_dir: Option<PathBuf>,
@@ -68,6 +73,10 @@ pub struct Cli {
     /// Log format: `text` or `json`.
     #[arg(long, env = "KAPPIE_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Address for the shipper's own /metrics, /-/healthy and /-/ready (`ADDR:PORT`;
+    /// port 0 picks a free one, logged as `http_listen`); empty turns them off.
+    #[arg(long, env = "KAPPIE_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
 }
 
 /// The resolved settings.
@@ -90,10 +99,13 @@ pub struct Config {
     pub max_backoff: Duration,
     pub disable_sources: Vec<String>,
     pub ebpf_interfaces: Vec<String>,
+    pub ebpf_required: bool,
     pub ebpf_pin_dir: PathBuf,
     pub proc_root: PathBuf,
     pub sys_root: PathBuf,
     pub log_format: String,
+    /// Empty: off.
+    pub http_listen: String,
 }
 
 impl Default for Config {
@@ -113,10 +125,12 @@ impl Default for Config {
             max_backoff: Duration::from_secs(30),
             disable_sources: Vec::new(),
             ebpf_interfaces: Vec::new(),
+            ebpf_required: false,
             ebpf_pin_dir: PathBuf::from("/sys/fs/bpf/kappie"),
             proc_root: PathBuf::from("/proc"),
             sys_root: PathBuf::from("/sys"),
             log_format: "text".into(),
+            http_listen: "127.0.0.1:9965".into(),
         }
     }
 }
@@ -169,10 +183,12 @@ impl Config {
             max_backoff,
             disable_sources,
             ebpf_interfaces,
+            ebpf_required,
             ebpf_pin_dir,
             proc_root,
             sys_root,
-            log_format
+            log_format,
+            http_listen
         );
         if c.node_name.is_empty() {
             c.node_name = std::fs::read_to_string(c.proc_root.join("sys/kernel/hostname"))
@@ -184,6 +200,12 @@ impl Config {
         }
         if c.interval.is_zero() {
             anyhow::bail!("--interval must be more than zero");
+        }
+        if !c.http_listen.is_empty() && c.http_listen.parse::<std::net::SocketAddr>().is_err() {
+            anyhow::bail!(
+                "--http-listen {:?} is not an ADDR:PORT (such as 127.0.0.1:9965); empty turns it off",
+                c.http_listen
+            );
         }
         const KNOWN: [&str; 4] = ["netstat", "sockets", "interfaces", "ebpf"];
         if let Some(bad) = c
@@ -197,5 +219,50 @@ impl Config {
             );
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn resolve(args: &[&str]) -> anyhow::Result<Config> {
+        let argv = ["kappie-shipper", "--node-name", "n"].iter().chain(args);
+        Config::resolve(Cli::try_parse_from(argv)?)
+    }
+
+    #[test]
+    fn ebpf_required_is_a_switch_a_value_or_a_file_key() {
+        assert!(!resolve(&[]).unwrap().ebpf_required);
+        assert!(resolve(&["--ebpf-required"]).unwrap().ebpf_required);
+        assert!(
+            resolve(&["--ebpf-required", "--interval", "1s"])
+                .unwrap()
+                .ebpf_required
+        );
+        assert!(!resolve(&["--ebpf-required=false"]).unwrap().ebpf_required);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shipper.toml");
+        std::fs::write(&file, "ebpf_required = true\nhttp_listen = \"\"\n").unwrap();
+        let c = resolve(&["--config", file.to_str().unwrap()]).unwrap();
+        assert!(c.ebpf_required);
+        assert_eq!(
+            c.http_listen, "",
+            "empty in the file turns the endpoints off"
+        );
+    }
+
+    #[test]
+    fn http_listen_defaults_to_loopback_and_must_be_an_address() {
+        assert_eq!(resolve(&[]).unwrap().http_listen, "127.0.0.1:9965");
+        assert_eq!(
+            resolve(&["--http-listen", "0.0.0.0:0"])
+                .unwrap()
+                .http_listen,
+            "0.0.0.0:0"
+        );
+        let e = resolve(&["--http-listen", "localhost"]).unwrap_err();
+        assert!(e.to_string().contains("is not an ADDR:PORT"), "{e}");
     }
 }

@@ -6,13 +6,17 @@
 //! deltas against a baseline that survives restarts and knows reboots
 //! ([`state`]), the bounded queue that coalesces deltas per series during a collector
 //! outage ([`queue`]), and the gRPC push client that delivers each batch exactly once
-//! ([`push`]). [`agent`] ties them into the collection loop.
+//! ([`push`]). [`agent`] ties them into the collection loop; [`telemetry`] keeps the
+//! shipper's own metrics, which [`http`] serves with its health and readiness.
 
 pub mod agent;
+pub mod caps;
 pub mod config;
+pub mod http;
 pub mod push;
 pub mod queue;
 pub mod series;
 pub mod source;
 pub mod sources;
 pub mod state;
+pub mod telemetry;

@@ -1,20 +1,37 @@
 use clap::Parser;
 use kappie_node_shipper::config::{Cli, Config};
+use std::io::IsTerminal;
+use std::process::ExitCode;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::resolve(Cli::parse())?;
+async fn main() -> ExitCode {
+    let config = match Config::resolve(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kappie-shipper: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     init_tracing(&config.log_format);
     tracing::info!(node = %config.node_name, cluster = %config.cluster, collector = %config.collector,
         interval_s = config.interval.as_secs_f64(), "kappie-shipper starting");
-    kappie_node_shipper::agent::run(config, shutdown_signal()).await
+    match kappie_node_shipper::agent::run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // In the log format the operator chose, and with every cause.
+            tracing::error!(error = format!("{e:#}"), "kappie-shipper stopped");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal; files and log collectors get plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();

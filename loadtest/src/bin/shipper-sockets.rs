@@ -193,6 +193,8 @@ fn main() -> anyhow::Result<()> {
         "1s",
         "--node-name",
         "bench",
+        "--http-listen",
+        "127.0.0.1:0",
     ])
     .arg("--state-file")
     .arg(dir.join("state.json"));

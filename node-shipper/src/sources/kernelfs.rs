@@ -8,7 +8,7 @@
 //! the shipper anyway. A Kubernetes pod has a mount namespace of its own, so there the
 //! mount ends with the pod.
 
-use super::ebpf::{step, EbpfError};
+use super::ebpf::{kernel_step, needs, step, EbpfError};
 use std::ffi::CStr;
 use std::path::Path;
 
@@ -59,9 +59,14 @@ pub(super) fn ensure_bpffs(dir: &Path) -> Result<(), EbpfError> {
             )
         };
         if rc != 0 {
-            return Err(step(
-                "mount bpffs at /sys/fs/bpf",
+            return Err(kernel_step(
+                "mounting bpffs at /sys/fs/bpf",
+                needs::MOUNT,
                 "mount it (mount -t bpf bpf /sys/fs/bpf) or give the shipper CAP_SYS_ADMIN",
+                Some(
+                    "or mount it beforehand (mount -t bpf bpf /sys/fs/bpf; in Kubernetes, a \
+                     hostPath volume of the host's /sys/fs/bpf)",
+                ),
             )(std::io::Error::last_os_error()));
         }
         tracing::info!(
@@ -114,12 +119,14 @@ pub(super) fn ensure_tracefs() -> Result<(), EbpfError> {
         )
     };
     if rc != 0 {
-        return Err(step(
-            "mount tracefs at /sys/kernel/tracing for the skb:kfree_skb tracepoint",
-            "tracefs is not mounted and the shipper may not mount it (it needs CAP_SYS_ADMIN): \
-             mount it on the host (mount -t tracefs tracefs /sys/kernel/tracing) and, in \
-             Kubernetes, give the shipper a hostPath volume of /sys/kernel/tracing mounted at \
-             /sys/kernel/tracing",
+        const WHAT_TO_MOUNT: &str = "mount it on the host (mount -t tracefs tracefs \
+             /sys/kernel/tracing) and, in Kubernetes, give the shipper a hostPath volume of \
+             /sys/kernel/tracing mounted at /sys/kernel/tracing";
+        return Err(kernel_step(
+            "mounting tracefs at /sys/kernel/tracing for the skb:kfree_skb tracepoint",
+            needs::MOUNT,
+            WHAT_TO_MOUNT,
+            Some(WHAT_TO_MOUNT),
         )(std::io::Error::last_os_error()));
     }
     tracing::info!(

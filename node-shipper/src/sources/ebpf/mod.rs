@@ -7,14 +7,26 @@
 //! Loading reads as one sequence per object: load, find program, attach; each step says
 //! what to do when it fails.
 
+mod attach;
+mod errors;
+
+pub use attach::{Attachment, EbpfPrograms, ProgramRuns};
+pub(crate) use errors::{kernel_step, step};
+pub use errors::{needs, EbpfError};
+
 use crate::source::{Observation, Source, SourceError};
+use attach::{
+    attach_kfree_skb_btf, attach_kfree_skb_tracepoint, attach_tc, program, release, reuse_pinned,
+    Attached,
+};
 use aya::maps::{Map, PerCpuHashMap};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType, TracePoint};
+use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf, EbpfLoader};
 use kappie_ebpf::{Counter, DropKey, ForwardKey, ForwardValue, DIR_EGRESS, DIR_INGRESS, TCP_FLAGS};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// What to attach where.
 #[derive(Debug, Clone)]
@@ -28,30 +40,6 @@ pub struct EbpfConfig {
     /// Use the `skb:kfree_skb` tracepoint even where `tp_btf` works (it is the fallback
     /// where BTF programs are not allowed).
     pub drops_tracepoint: bool,
-}
-
-/// Why eBPF could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum EbpfError {
-    #[error("{step}: {source}; {hint}")]
-    Step {
-        step: String,
-        hint: &'static str,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
-
-pub(super) fn step<E: std::error::Error + Send + Sync + 'static>(
-    step: impl Into<String>,
-    hint: &'static str,
-) -> impl FnOnce(E) -> EbpfError {
-    let step = step.into();
-    move |e| EbpfError::Step {
-        step,
-        hint,
-        source: Box::new(e),
-    }
 }
 
 /// A TCP flag counter's key in a [`Snapshot`].
@@ -77,9 +65,18 @@ pub struct EbpfSource {
     drops: Option<Ebpf>,
     reasons: HashMap<u32, String>,
     ifindexes: Vec<u32>,
-    /// Attachments pinned in bpffs: they outlive this process (a SIGKILLed shipper's
-    /// programs go on counting into the pinned maps) until [`EbpfSource::detach`].
-    links: Vec<(PathBuf, PinnedLink)>,
+    /// Attachments pinned in bpffs outlive this process (a SIGKILLed shipper's programs go
+    /// on counting into the pinned maps) until [`EbpfSource::detach`].
+    attached: Vec<Attached>,
+    programs: EbpfPrograms,
+}
+
+/// What [`EbpfSource::start`] loads before the source is whole.
+struct Loaded {
+    forward: Ebpf,
+    drops: Option<Ebpf>,
+    reasons: HashMap<u32, String>,
+    ifindexes: Vec<u32>,
 }
 
 fn ifindex(name: &str) -> Result<u32, EbpfError> {
@@ -95,107 +92,35 @@ fn ifindex(name: &str) -> Result<u32, EbpfError> {
 }
 
 impl EbpfSource {
-    /// Loads the programs, attaches them and opens (or reuses) the pinned maps.
+    /// Loads the programs, attaches them and opens (or reuses) the pinned maps. On an
+    /// error, what this call attached is detached again (a shipper that goes on without
+    /// eBPF leaves nothing counting that nobody reads); links an earlier shipper pinned
+    /// stay.
     pub fn start(config: &EbpfConfig) -> Result<Self, EbpfError> {
         super::kernelfs::ensure_bpffs(&config.pin_dir)?;
-        let mut forward = EbpfLoader::new()
-            .map_pin_path(&config.pin_dir)
-            .load(kappie_ebpf::forward_object())
-            .map_err(step("load forward.bpf.o", "the kernel needs BPF and CAP_BPF/CAP_NET_ADMIN; if pinned maps of an older Kappie exist, remove the pin directory"))?;
-        let mut ifindexes = Vec::new();
-        let mut links = Vec::new();
-        for (name, attach) in [
-            ("kappie_tc_ingress", TcAttachType::Ingress),
-            ("kappie_tc_egress", TcAttachType::Egress),
-        ] {
-            let prog: &mut SchedClassifier = program(&mut forward, name)?;
-            prog.load().map_err(step(
-                format!("load program {name}"),
-                "the verifier refused it; see the error",
-            ))?;
-            for iface in &config.interfaces {
-                if attach == TcAttachType::Ingress {
-                    ifindexes.push(ifindex(iface)?);
-                }
-                let pin = config.pin_dir.join(format!("link-{name}-{iface}"));
-                if reuse_pinned(&pin, &mut links) {
-                    continue;
-                }
-                let id = match prog.attach(iface, attach) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        tracing::info!(interface = %iface, error = %e, "tcx attach failed (kernel lacks tcx?); falling back to clsact, which cannot outlive a killed shipper");
-                        if let Err(e) = tc::qdisc_add_clsact(iface) {
-                            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                                return Err(step(
-                                    format!("add clsact qdisc to {iface}"),
-                                    "the shipper needs CAP_NET_ADMIN",
-                                )(e));
-                            }
-                        }
-                        prog.attach_with_options(
-                            iface,
-                            attach,
-                            tc::TcAttachOptions::Netlink(tc::NlOptions::default()),
-                        )
-                        .map_err(step(
-                            format!("attach {name} to {iface}"),
-                            "the shipper needs CAP_NET_ADMIN and CAP_BPF",
-                        ))?
-                    }
-                };
-                let link = prog
-                    .take_link(id)
-                    .map_err(step(format!("take link of {name}"), "report this"))?;
-                match FdLink::try_from(link) {
-                    Ok(fd) => pin_link(fd, pin, &mut links)?,
-                    // A netlink (clsact) attachment has no link to pin; keep it alive here.
-                    Err(e) => tracing::debug!(error = %e, "clsact attachment not pinned"),
-                }
+        let mut attached = Vec::new();
+        let loaded = match load_and_attach(config, &mut attached) {
+            Ok(l) => l,
+            Err(e) => {
+                release(attached.into_iter().filter(|a| !a.what.reused));
+                return Err(e);
             }
-        }
-        let (drops, reasons) = if config.drops {
-            let reasons =
-                super::btf::drop_reasons(Path::new("/sys/kernel/btf/vmlinux")).map_err(|e| {
-                    step(
-                        "read drop reasons from BTF",
-                        "the kernel needs CONFIG_DEBUG_INFO_BTF",
-                    )(std::io::Error::other(e))
-                })?;
-            let btf = Btf::from_sys_fs().map_err(step(
-                "load kernel BTF",
-                "the kernel needs CONFIG_DEBUG_INFO_BTF",
-            ))?;
-            let mut drops = EbpfLoader::new()
-                .map_pin_path(&config.pin_dir)
-                .btf(Some(&btf))
-                .load(kappie_ebpf::drops_object())
-                .map_err(step(
-                    "load drops.bpf.o",
-                    "the kernel needs BTF programs (tp_btf)",
-                ))?;
-            let attached = if config.drops_tracepoint {
-                Err(step("tp_btf/kfree_skb", "")(std::io::Error::other(
-                    "tracepoint forced by configuration",
-                )))
-            } else {
-                attach_kfree_skb_btf(&mut drops, &btf, &config.pin_dir, &mut links)
-            };
-            if let Err(e) = attached {
-                tracing::info!(error = %e, "tp_btf/kfree_skb unavailable; falling back to the skb:kfree_skb tracepoint");
-                attach_kfree_skb_tracepoint(&mut drops, &config.pin_dir, &mut links)?;
-            }
-            (Some(drops), reasons)
-        } else {
-            (None, HashMap::new())
         };
-        tracing::info!(interfaces = ?config.interfaces, drops = config.drops, pin_dir = %config.pin_dir.display(), "eBPF programs attached");
+        let programs = EbpfPrograms(Arc::new(
+            attached
+                .iter()
+                .map(|a| (a.what.clone(), a.prog_pin.clone()))
+                .collect(),
+        ));
+        tracing::info!(interfaces = ?config.interfaces, drops = config.drops, pin_dir = %config.pin_dir.display(),
+            hooks = ?attached.iter().map(|a| a.what.hook).collect::<Vec<_>>(), "eBPF programs attached");
         Ok(EbpfSource {
-            forward,
-            drops,
-            reasons,
-            ifindexes,
-            links,
+            forward: loaded.forward,
+            drops: loaded.drops,
+            reasons: loaded.reasons,
+            ifindexes: loaded.ifindexes,
+            attached,
+            programs,
         })
     }
 
@@ -203,15 +128,13 @@ impl EbpfSource {
     /// continues from the same counters. Dropping the source without this (or a SIGKILL)
     /// leaves the pinned programs counting.
     pub fn detach(self) {
-        for (pin, link) in self.links {
-            match link.unpin() {
-                Ok(fd) => drop(fd),
-                Err(e) => {
-                    tracing::warn!(pin = %pin.display(), error = %e, "cannot unpin eBPF link; remove it by hand to detach")
-                }
-            }
-        }
+        release(self.attached);
         tracing::info!("eBPF programs detached");
+    }
+
+    /// What this source attached, for the shipper's own metrics.
+    pub fn programs(&self) -> EbpfPrograms {
+        self.programs.clone()
     }
 
     /// Sums of every counter, by key (all interfaces and namespaces).
@@ -253,18 +176,14 @@ impl EbpfSource {
         Ok(s)
     }
 
-    /// Run time and run count of each program this source loaded, from the kernel's BPF
-    /// statistics (counted only while `kernel.bpf_stats_enabled` is 1).
-    pub fn program_stats(&self) -> Vec<(String, std::time::Duration, u64)> {
-        let mut out = Vec::new();
-        for ebpf in std::iter::once(&self.forward).chain(self.drops.as_ref()) {
-            for (name, prog) in ebpf.programs() {
-                if let Ok(info) = prog.info() {
-                    out.push((name.to_owned(), info.run_time(), info.run_count()));
-                }
-            }
-        }
-        out
+    /// Run time and run count of each attached program, from the kernel's BPF statistics
+    /// (counted only while `kernel.bpf_stats_enabled` is 1).
+    pub fn program_stats(&self) -> Vec<(String, Duration, u64)> {
+        self.programs
+            .runs()
+            .into_iter()
+            .map(|r| (r.program.to_owned(), r.run_time, r.run_count))
+            .collect()
     }
 
     pub fn reason_name(&self, reason: u32) -> String {
@@ -275,104 +194,101 @@ impl EbpfSource {
     }
 }
 
-/// Program `name` of `obj` as its type `T`.
-fn program<'a, T>(obj: &'a mut Ebpf, name: &str) -> Result<&'a mut T, EbpfError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    obj.program_mut(name)
-        .ok_or_else(|| {
-            step(
-                format!("find program {name}"),
-                "the embedded object is broken; rebuild with ebpf/build.sh",
-            )(std::io::Error::other("missing"))
-        })?
-        .try_into()
-        .map_err(step(
-            format!("program {name}"),
-            "the embedded object is broken; rebuild with ebpf/build.sh",
-        ))
-}
-
-/// Pins `link` at `pin` so the attachment outlives the shipper.
-fn pin_link(
-    link: FdLink,
-    pin: PathBuf,
-    links: &mut Vec<(PathBuf, PinnedLink)>,
-) -> Result<(), EbpfError> {
-    let pinned = link.pin(&pin).map_err(step(
-        format!("pin {}", pin.display()),
-        "check that bpffs is writable",
-    ))?;
-    links.push((pin, pinned));
-    Ok(())
-}
-
-/// Keeps the link a previous shipper pinned at `pin` (still counting), if there is one.
-fn reuse_pinned(pin: &Path, links: &mut Vec<(PathBuf, PinnedLink)>) -> bool {
-    match PinnedLink::from_pin(pin) {
-        Ok(link) => {
-            links.push((pin.to_owned(), link));
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-fn attach_kfree_skb_btf(
-    drops: &mut Ebpf,
-    btf: &Btf,
-    pin_dir: &Path,
-    links: &mut Vec<(PathBuf, PinnedLink)>,
-) -> Result<(), EbpfError> {
-    let pin = pin_dir.join("link-kappie_kfree_skb");
-    if reuse_pinned(&pin, links) {
-        return Ok(());
-    }
-    let prog: &mut BtfTracePoint = program(drops, "kappie_kfree_skb")?;
-    prog.load("kfree_skb", btf).map_err(step(
-        "load tp_btf/kfree_skb",
-        "the kernel refused a BTF program",
-    ))?;
-    let id = prog.attach().map_err(step(
-        "attach tp_btf/kfree_skb",
-        "the shipper needs CAP_BPF and CAP_PERFMON",
-    ))?;
-    let link = prog
-        .take_link(id)
-        .map_err(step("take link of kappie_kfree_skb", "report this"))?;
-    pin_link(FdLink::from(link), pin, links)
-}
-
-fn attach_kfree_skb_tracepoint(
-    drops: &mut Ebpf,
-    pin_dir: &Path,
-    links: &mut Vec<(PathBuf, PinnedLink)>,
-) -> Result<(), EbpfError> {
-    let pin = pin_dir.join("link-kappie_kfree_skb_tp");
-    if reuse_pinned(&pin, links) {
-        return Ok(());
-    }
-    let prog: &mut TracePoint = program(drops, "kappie_kfree_skb_tp")?;
-    prog.load().map_err(step(
-        "load tracepoint skb:kfree_skb",
-        "the verifier refused it; see the error",
-    ))?;
-    super::kernelfs::ensure_tracefs()?;
-    let id = prog.attach("skb", "kfree_skb").map_err(step(
-        "attach tracepoint skb:kfree_skb",
-        "the shipper needs CAP_BPF and CAP_PERFMON",
-    ))?;
-    let link = prog
-        .take_link(id)
-        .map_err(step("take link of kappie_kfree_skb_tp", "report this"))?;
-    match FdLink::try_from(link) {
-        Ok(fd) => pin_link(fd, pin, links)?,
-        Err(e) => {
-            tracing::info!(error = %e, "tracepoint attachment cannot be pinned on this kernel; it ends with the shipper")
+/// The load, find program, attach sequence of both objects; each attachment is added to
+/// `attached` as soon as it exists, so that the caller can undo it on an error.
+fn load_and_attach(config: &EbpfConfig, attached: &mut Vec<Attached>) -> Result<Loaded, EbpfError> {
+    let mut forward = EbpfLoader::new()
+        .map_pin_path(&config.pin_dir)
+        .load(kappie_ebpf::forward_object())
+        .map_err(kernel_step(
+            "loading forward.bpf.o (its maps and BTF)",
+            needs::MAPS,
+            "if pinned maps of an older Kappie exist, remove the pin directory",
+            None,
+        ))?;
+    let ifindexes = config
+        .interfaces
+        .iter()
+        .map(|i| ifindex(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The tc programs are loaded only to be attached: with no interface, not at all.
+    let tc = [
+        ("kappie_tc_ingress", TcAttachType::Ingress),
+        ("kappie_tc_egress", TcAttachType::Egress),
+    ];
+    for (name, attach) in tc.into_iter().filter(|_| !config.interfaces.is_empty()) {
+        let prog: &mut SchedClassifier = program(&mut forward, name)?;
+        prog.load().map_err(kernel_step(
+            format!("loading the tc program {name}"),
+            needs::TC_LOAD,
+            "the verifier refused it; see its log",
+            None,
+        ))?;
+        for iface in &config.interfaces {
+            let suffix = format!("{name}-{iface}");
+            if let Some(a) = reuse_pinned(&config.pin_dir, &suffix, name, Some(iface), "tcx") {
+                attached.push(a);
+                continue;
+            }
+            attached.push(attach_tc(
+                prog,
+                name,
+                iface,
+                attach,
+                &config.pin_dir,
+                &suffix,
+            )?);
         }
     }
-    Ok(())
+    let (drops, reasons) = if config.drops {
+        let reasons =
+            super::btf::drop_reasons(Path::new("/sys/kernel/btf/vmlinux")).map_err(|e| {
+                step(
+                    "read drop reasons from BTF",
+                    "the kernel needs CONFIG_DEBUG_INFO_BTF",
+                )(std::io::Error::other(e))
+            })?;
+        let btf = Btf::from_sys_fs().map_err(step(
+            "load kernel BTF",
+            "the kernel needs CONFIG_DEBUG_INFO_BTF",
+        ))?;
+        let mut drops = EbpfLoader::new()
+            .map_pin_path(&config.pin_dir)
+            .btf(Some(&btf))
+            .load(kappie_ebpf::drops_object())
+            .map_err(kernel_step(
+                "loading drops.bpf.o (its maps and BTF)",
+                needs::MAPS,
+                "the kernel needs BTF programs (tp_btf)",
+                None,
+            ))?;
+        let a = if config.drops_tracepoint {
+            attach_kfree_skb_tracepoint(&mut drops, &config.pin_dir)?
+        } else {
+            match attach_kfree_skb_btf(&mut drops, &btf, &config.pin_dir) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::info!(error = %e, "tp_btf/kfree_skb unavailable; falling back to the skb:kfree_skb tracepoint");
+                    attach_kfree_skb_tracepoint(&mut drops, &config.pin_dir).map_err(
+                        |fallback| EbpfError::Both {
+                            first: Box::new(e),
+                            fallback: Box::new(fallback),
+                        },
+                    )?
+                }
+            }
+        };
+        attached.push(a);
+        (Some(drops), reasons)
+    } else {
+        (None, HashMap::new())
+    };
+    Ok(Loaded {
+        forward,
+        drops,
+        reasons,
+        ifindexes,
+    })
 }
 
 fn map_ref<K: aya::Pod, V: aya::Pod>(
@@ -513,6 +429,7 @@ pub fn expand_interfaces(patterns: &[String], sys_root: &Path) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
     #[test]
     fn default_routes_and_patterns() {
         let dir = tempfile::tempdir().unwrap();

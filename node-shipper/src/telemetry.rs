@@ -1,0 +1,490 @@
+//! The shipper's own metrics, health and readiness: what the collection loop reports, kept
+//! here under one lock and rendered in the Prometheus text format by [`Telemetry::render`].
+//! Every self-metric is named `kappie_shipper_*`; units are seconds and bytes.
+//!
+//! The eBPF programs' run statistics are read from the kernel at scrape time (through the
+//! programs' pins), the rest is what the loop last reported.
+
+use crate::sources::ebpf::EbpfPrograms;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Healthy while the last collection is at most this many intervals old.
+const HEALTHY_INTERVALS: u32 = 3;
+
+/// One source's share of a collection.
+#[derive(Debug, Clone, Copy, Default)]
+struct SourceStats {
+    last_duration: Duration,
+    duration_total: Duration,
+    series: usize,
+    errors: u64,
+}
+
+/// Where the collection loop is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loop {
+    Starting,
+    /// Running since; the reference for health until the first collection.
+    Running(Instant),
+    Stopped,
+}
+
+#[derive(Debug)]
+struct State {
+    phase: Loop,
+    sources: BTreeMap<&'static str, SourceStats>,
+    collections: u64,
+    last_collection: Option<(Instant, SystemTime)>,
+    queue_batches: usize,
+    queue_bytes: usize,
+    pushes_ok: u64,
+    pushes_rejected: u64,
+    pushes_failed: u64,
+    last_acknowledged: Option<u64>,
+    last_push_ok: Option<SystemTime>,
+    ebpf: EbpfPrograms,
+}
+
+/// The shipper's self-telemetry, shared by the collection loop (which reports) and the HTTP
+/// server (which reads).
+#[derive(Debug)]
+pub struct Telemetry {
+    interval: Duration,
+    /// `version`, `node_name`, `cluster` of `kappie_shipper_info`.
+    info: [(&'static str, String); 3],
+    state: Mutex<State>,
+}
+
+impl Telemetry {
+    pub fn new(interval: Duration, node_name: &str, cluster: &str) -> Self {
+        Telemetry {
+            interval,
+            info: [
+                ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                ("node_name", node_name.to_owned()),
+                ("cluster", cluster.to_owned()),
+            ],
+            state: Mutex::new(State {
+                phase: Loop::Starting,
+                sources: BTreeMap::new(),
+                collections: 0,
+                last_collection: None,
+                queue_batches: 0,
+                queue_bytes: 0,
+                pushes_ok: 0,
+                pushes_rejected: 0,
+                pushes_failed: 0,
+                last_acknowledged: None,
+                last_push_ok: None,
+                ebpf: EbpfPrograms::default(),
+            }),
+        }
+    }
+
+    /// A panic elsewhere while holding the lock leaves numbers, not broken invariants.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The enabled sources (so each has its series before its first collection) and what
+    /// the eBPF source attached.
+    pub fn sources(&self, names: &[&'static str], ebpf: Option<EbpfPrograms>) {
+        let mut st = self.state();
+        for n in names {
+            st.sources.entry(n).or_default();
+        }
+        st.ebpf = ebpf.unwrap_or_default();
+    }
+
+    pub fn loop_started(&self) {
+        self.state().phase = Loop::Running(Instant::now());
+    }
+
+    pub fn loop_stopped(&self) {
+        self.state().phase = Loop::Stopped;
+    }
+
+    /// One source's part of a collection: how long it took and how many series it gave.
+    pub fn source_collected(&self, source: &'static str, took: Duration, series: usize) {
+        let mut st = self.state();
+        let s = st.sources.entry(source).or_default();
+        s.last_duration = took;
+        s.duration_total += took;
+        s.series = series;
+    }
+
+    /// Logs a source's failure and counts it: the one place that does both.
+    pub fn source_failed(&self, source: &'static str, error: &dyn std::error::Error) {
+        tracing::error!(source, error = %error, "source failed; other sources go on");
+        self.state().sources.entry(source).or_default().errors += 1;
+    }
+
+    /// A whole collection is done.
+    pub fn collected(&self) {
+        let mut st = self.state();
+        st.collections += 1;
+        st.last_collection = Some((Instant::now(), SystemTime::now()));
+    }
+
+    pub fn queue(&self, batches: usize, bytes: usize) {
+        let mut st = self.state();
+        st.queue_batches = batches;
+        st.queue_bytes = bytes;
+    }
+
+    /// The collector acknowledged batch `sequence` (applied now or before).
+    pub fn push_acknowledged(&self, sequence: Option<u64>) {
+        let mut st = self.state();
+        st.pushes_ok += 1;
+        if sequence.is_some() {
+            st.last_acknowledged = sequence;
+        }
+        st.last_push_ok = Some(SystemTime::now());
+    }
+
+    pub fn push_rejected(&self) {
+        self.state().pushes_rejected += 1;
+    }
+
+    pub fn push_failed(&self) {
+        self.state().pushes_failed += 1;
+    }
+
+    /// `Ok` while the collection loop runs and has collected within the last three
+    /// intervals; otherwise why not.
+    pub fn health(&self) -> Result<(), String> {
+        self.health_at(Instant::now())
+    }
+
+    fn health_at(&self, now: Instant) -> Result<(), String> {
+        let st = self.state();
+        let since = match (st.phase, st.last_collection) {
+            (Loop::Starting, _) => return Err("starting: the collection loop has not begun".into()),
+            (Loop::Stopped, _) => return Err("the collection loop has stopped".into()),
+            (Loop::Running(_), Some((at, _))) => at,
+            (Loop::Running(started), None) => started,
+        };
+        let limit = self.interval * HEALTHY_INTERVALS;
+        let age = now.saturating_duration_since(since);
+        if age > limit {
+            return Err(format!(
+                "no collection for {:.1} s, more than {HEALTHY_INTERVALS} intervals ({:.1} s); \
+                 the loop is stuck (a push that does not return?)",
+                age.as_secs_f64(),
+                limit.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the collector has acknowledged a push of this process.
+    pub fn ready(&self) -> bool {
+        self.state().pushes_ok > 0
+    }
+
+    /// Every self-metric in the Prometheus text exposition format (0.0.4).
+    pub fn render(&self) -> String {
+        let (ebpf, mut out) = {
+            let st = self.state();
+            (st.ebpf.clone(), self.render_loop(&st))
+        };
+        // Syscalls, outside the lock.
+        let runs = ebpf.runs();
+        let mut m = Family::new(&mut out);
+        m.head(
+            "kappie_shipper_ebpf_program_attached",
+            "gauge",
+            "1 for each eBPF program attachment: program, interface (tc programs) and hook \
+             (tcx, clsact, tp_btf or tracepoint).",
+        );
+        for a in ebpf.attachments() {
+            m.sample(
+                &[
+                    ("program", a.program),
+                    ("interface", a.interface.as_deref().unwrap_or("")),
+                    ("hook", a.hook),
+                ],
+                1.0,
+            );
+        }
+        const STATS: &str = "The kernel fills it only while kernel.bpf_stats_enabled=1 \
+                             (or a BPF_ENABLE_STATS descriptor is open); otherwise it stays 0.";
+        m.head(
+            "kappie_shipper_ebpf_program_runs_total",
+            "counter",
+            &format!("Runs of the attached eBPF program (bpf_prog_info run_cnt). {STATS}"),
+        );
+        for r in &runs {
+            m.sample(&[("program", r.program)], r.run_count as f64);
+        }
+        m.head(
+            "kappie_shipper_ebpf_program_run_seconds_total",
+            "counter",
+            &format!("Time the attached eBPF program ran (bpf_prog_info run_time_ns). {STATS}"),
+        );
+        for r in &runs {
+            m.sample(&[("program", r.program)], r.run_time.as_secs_f64());
+        }
+        out
+    }
+
+    fn render_loop(&self, st: &State) -> String {
+        let mut out = String::new();
+        let mut m = Family::new(&mut out);
+        m.head(
+            "kappie_shipper_info",
+            "gauge",
+            "Always 1; the shipper's version, node and cluster as labels.",
+        );
+        let info: Vec<(&str, &str)> = self.info.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        m.sample(&info, 1.0);
+        m.head(
+            "kappie_shipper_collections_total",
+            "counter",
+            "Collections run (one per interval while the loop is not held up by a push).",
+        );
+        m.sample(&[], st.collections as f64);
+        m.head(
+            "kappie_shipper_last_collection_timestamp_seconds",
+            "gauge",
+            "When the last collection ended, in seconds since the epoch.",
+        );
+        if let Some((_, at)) = st.last_collection {
+            m.sample(&[], epoch_seconds(at));
+        }
+        m.head(
+            "kappie_shipper_last_collection_duration_seconds",
+            "gauge",
+            "How long the source took in the last collection.",
+        );
+        for (s, v) in &st.sources {
+            m.sample(&[("source", s)], v.last_duration.as_secs_f64());
+        }
+        m.head(
+            "kappie_shipper_collection_duration_seconds_total",
+            "counter",
+            "Time spent collecting from the source, summed over all collections.",
+        );
+        for (s, v) in &st.sources {
+            m.sample(&[("source", s)], v.duration_total.as_secs_f64());
+        }
+        m.head(
+            "kappie_shipper_series",
+            "gauge",
+            "Series the source gave in the last collection.",
+        );
+        for (s, v) in &st.sources {
+            m.sample(&[("source", s)], v.series as f64);
+        }
+        m.head(
+            "kappie_shipper_collection_errors_total",
+            "counter",
+            "Collections in which the source failed (the others went on).",
+        );
+        for (s, v) in &st.sources {
+            m.sample(&[("source", s)], v.errors as f64);
+        }
+        m.head(
+            "kappie_shipper_queue_batches",
+            "gauge",
+            "Batches waiting for the collector's acknowledgement.",
+        );
+        m.sample(&[], st.queue_batches as f64);
+        m.head(
+            "kappie_shipper_queue_bytes",
+            "gauge",
+            "Approximate memory of the batches waiting (budget: --queue-max-bytes).",
+        );
+        m.sample(&[], st.queue_bytes as f64);
+        m.head(
+            "kappie_shipper_pushes_total",
+            "counter",
+            "Pushes to the collector by result: ok (acknowledged), rejected (refused for \
+             good; the batch is dropped) or failed (not delivered, retried; a failed \
+             session start counts here too).",
+        );
+        for (result, n) in [
+            ("ok", st.pushes_ok),
+            ("rejected", st.pushes_rejected),
+            ("failed", st.pushes_failed),
+        ] {
+            m.sample(&[("result", result)], n as f64);
+        }
+        m.head(
+            "kappie_shipper_last_acknowledged_sequence",
+            "gauge",
+            "Sequence number of the last batch the collector acknowledged.",
+        );
+        if let Some(seq) = st.last_acknowledged {
+            m.sample(&[], seq as f64);
+        }
+        m.head(
+            "kappie_shipper_last_successful_push_timestamp_seconds",
+            "gauge",
+            "When the collector last acknowledged a push, in seconds since the epoch.",
+        );
+        if let Some(at) = st.last_push_ok {
+            m.sample(&[], epoch_seconds(at));
+        }
+        out
+    }
+}
+
+fn epoch_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Writes metric families: a HELP and TYPE head, then samples of the last head.
+struct Family<'a> {
+    out: &'a mut String,
+    name: String,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String) -> Self {
+        Family {
+            out,
+            name: String::new(),
+        }
+    }
+
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        self.name = name.to_owned();
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        let _ = write!(self.out, "{}", self.name);
+        if !labels.is_empty() {
+            let _ = write!(self.out, "{{");
+            for (i, (k, v)) in labels.iter().enumerate() {
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(self.out, "{sep}{k}=\"{v}\"");
+            }
+            let _ = write!(self.out, "}}");
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family, in the order served.
+    const FAMILIES: [&str; 15] = [
+        "kappie_shipper_info",
+        "kappie_shipper_collections_total",
+        "kappie_shipper_last_collection_timestamp_seconds",
+        "kappie_shipper_last_collection_duration_seconds",
+        "kappie_shipper_collection_duration_seconds_total",
+        "kappie_shipper_series",
+        "kappie_shipper_collection_errors_total",
+        "kappie_shipper_queue_batches",
+        "kappie_shipper_queue_bytes",
+        "kappie_shipper_pushes_total",
+        "kappie_shipper_last_acknowledged_sequence",
+        "kappie_shipper_last_successful_push_timestamp_seconds",
+        "kappie_shipper_ebpf_program_attached",
+        "kappie_shipper_ebpf_program_runs_total",
+        "kappie_shipper_ebpf_program_run_seconds_total",
+    ];
+
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_and_label_values_are_escaped() {
+        let t = Telemetry::new(Duration::from_secs(10), "node \"a\"", "c\\1");
+        t.sources(&["netstat"], None);
+        t.source_collected("netstat", Duration::from_millis(250), 42);
+        t.collected();
+        let text = t.render();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        for name in &families {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} has HELP");
+        }
+        assert_eq!(families, FAMILIES);
+        assert!(text.contains(
+            "kappie_shipper_info{version=\"0.1.0\",node_name=\"node \\\"a\\\"\",cluster=\"c\\\\1\"} 1"
+        ));
+        assert_eq!(
+            sample(&text, "kappie_shipper_series{source=\"netstat\"}"),
+            Some("42")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "kappie_shipper_last_collection_duration_seconds{source=\"netstat\"}"
+            ),
+            Some("0.25")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "kappie_shipper_collection_errors_total{source=\"netstat\"}"
+            ),
+            Some("0")
+        );
+    }
+
+    #[test]
+    fn ready_after_the_first_acknowledged_push_only() {
+        let t = Telemetry::new(Duration::from_secs(10), "n", "c");
+        t.push_failed();
+        t.push_rejected();
+        assert!(!t.ready());
+        t.push_acknowledged(Some(7));
+        assert!(t.ready());
+        let text = t.render();
+        assert_eq!(
+            sample(&text, "kappie_shipper_last_acknowledged_sequence"),
+            Some("7")
+        );
+        assert_eq!(
+            sample(&text, "kappie_shipper_pushes_total{result=\"failed\"}"),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn healthy_only_while_the_loop_runs_and_collects() {
+        let t = Telemetry::new(Duration::from_secs(10), "n", "c");
+        assert!(t.health().unwrap_err().contains("starting"));
+        t.loop_started();
+        let later = |s| Instant::now() + Duration::from_secs(s);
+        assert_eq!(
+            t.health_at(later(29)),
+            Ok(()),
+            "no collection yet, loop just begun"
+        );
+        assert!(t
+            .health_at(later(31))
+            .unwrap_err()
+            .contains("no collection for"));
+        t.collected();
+        assert_eq!(t.health(), Ok(()));
+        assert!(t
+            .health_at(later(31))
+            .unwrap_err()
+            .contains("no collection for"));
+        t.loop_stopped();
+        assert!(t.health().unwrap_err().contains("stopped"));
+    }
+}
