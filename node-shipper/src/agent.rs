@@ -330,6 +330,12 @@ async fn run_loop(
             sources.push(Box::new(s));
         }
     }
+    if !config.disable_sources.iter().any(|d| d == "self") {
+        // Last, so its figures cover this collection's other sources.
+        sources.push(Box::new(crate::sources::selfmetrics::SelfMetrics::new(
+            telemetry.clone(),
+        )));
+    }
     let names: Vec<&'static str> = sources.iter().map(|s| s.name()).collect();
     tracing::info!(sources = ?names, "sources enabled");
     telemetry.sources(&names, ebpf_programs);

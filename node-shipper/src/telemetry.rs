@@ -187,9 +187,38 @@ impl Telemetry {
 
     /// Every self-metric in the Prometheus text exposition format (0.0.4).
     pub fn render(&self) -> String {
+        render(&self.families())
+    }
+
+    /// Every self-metric as observations the shipper pushes with its data (the `self`
+    /// source), so the collector's dashboards see them: `kappie_shipper_info` without its
+    /// node and cluster labels, which every pushed series gets anyway.
+    pub fn observations(&self) -> Vec<crate::source::Observation> {
+        use crate::source::Observation;
+        let mut out = Vec::new();
+        for f in self.families() {
+            for (labels, value) in f.samples {
+                let labels: Vec<(&'static str, String)> = labels
+                    .into_iter()
+                    .filter(|(k, v)| {
+                        !(f.name == "kappie_shipper_info" && (*k == "node_name" || *k == "cluster"))
+                            && !v.is_empty()
+                    })
+                    .collect();
+                out.push(match f.kind {
+                    "counter" => Observation::counter(f.name, labels, value),
+                    _ => Observation::gauge(f.name, labels, value),
+                });
+            }
+        }
+        out
+    }
+
+    /// Every self-metric, typed.
+    fn families(&self) -> Vec<Fam> {
         let (ebpf, mut out) = {
             let st = self.state();
-            (st.ebpf.clone(), self.render_loop(&st))
+            (st.ebpf.clone(), self.loop_families(&st))
         };
         // Syscalls, outside the lock.
         let runs = ebpf.runs();
@@ -231,8 +260,8 @@ impl Telemetry {
         out
     }
 
-    fn render_loop(&self, st: &State) -> String {
-        let mut out = String::new();
+    fn loop_families(&self, st: &State) -> Vec<Fam> {
+        let mut out = Vec::new();
         let mut m = Family::new(&mut out);
         m.head(
             "kappie_shipper_info",
@@ -339,41 +368,70 @@ fn epoch_seconds(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Writes metric families: a HELP and TYPE head, then samples of the last head.
+/// One metric family: name, type, help and samples (labels, value).
+struct Fam {
+    name: &'static str,
+    kind: &'static str,
+    help: String,
+    samples: Vec<(Vec<(&'static str, String)>, f64)>,
+}
+
+/// The families in the Prometheus text exposition format.
+fn render(families: &[Fam]) -> String {
+    let mut out = String::new();
+    for f in families {
+        let help = f.help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(
+            out,
+            "# HELP {} {help}\n# TYPE {} {}",
+            f.name, f.name, f.kind
+        );
+        for (labels, value) in &f.samples {
+            let _ = write!(out, "{}", f.name);
+            if !labels.is_empty() {
+                let _ = write!(out, "{{");
+                for (i, (k, v)) in labels.iter().enumerate() {
+                    let v = v
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n");
+                    let sep = if i == 0 { "" } else { "," };
+                    let _ = write!(out, "{sep}{k}=\"{v}\"");
+                }
+                let _ = write!(out, "}}");
+            }
+            let _ = writeln!(out, " {value}");
+        }
+    }
+    out
+}
+
+/// Builds metric families: a head, then samples of the last head.
 struct Family<'a> {
-    out: &'a mut String,
-    name: String,
+    out: &'a mut Vec<Fam>,
 }
 
 impl<'a> Family<'a> {
-    fn new(out: &'a mut String) -> Self {
-        Family {
-            out,
-            name: String::new(),
-        }
+    fn new(out: &'a mut Vec<Fam>) -> Self {
+        Family { out }
     }
 
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
-        self.name = name.to_owned();
-        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    fn head(&mut self, name: &'static str, kind: &'static str, help: &str) {
+        self.out.push(Fam {
+            name,
+            kind,
+            help: help.to_owned(),
+            samples: Vec::new(),
+        });
     }
 
-    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
-        let _ = write!(self.out, "{}", self.name);
-        if !labels.is_empty() {
-            let _ = write!(self.out, "{{");
-            for (i, (k, v)) in labels.iter().enumerate() {
-                let v = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let sep = if i == 0 { "" } else { "," };
-                let _ = write!(self.out, "{sep}{k}=\"{v}\"");
-            }
-            let _ = write!(self.out, "}}");
+    fn sample(&mut self, labels: &[(&'static str, &str)], value: f64) {
+        if let Some(f) = self.out.last_mut() {
+            f.samples.push((
+                labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+                value,
+            ));
         }
-        let _ = writeln!(self.out, " {value}");
     }
 }
 

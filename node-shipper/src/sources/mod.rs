@@ -5,6 +5,7 @@ pub mod ebpf;
 pub mod interfaces;
 pub mod kernelfs;
 pub mod netstat;
+pub mod selfmetrics;
 pub mod sockets;
 
 use crate::source::Source;
