@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 need=()
 for tool in ip:iproute2 ss:iproute2 nstat:iproute2 sysctl:procps mount:mount curl:curl \
   clang-19:clang-19 nft:nftables prometheus:prometheus openssl:openssl buildah:buildah \
-  setpriv:util-linux unshare:util-linux tmux:tmux; do
+  setpriv:util-linux unshare:util-linux tmux:tmux chromium:chromium node:nodejs npm:npm; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
@@ -29,6 +29,8 @@ fi
 
 echo "== eBPF objects match their C sources" >&2
 bash ebpf/build.sh --check
+echo "== web console assets match their sources" >&2
+bash collector/console/build.sh --check
 echo "== cargo fmt" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2

@@ -102,3 +102,32 @@ async fn the_api_asks_for_credentials_and_the_probes_do_not() {
     .unwrap();
     c.stop().await;
 }
+
+/// Basic auth's challenge makes a browser prompt for a user name and password; with only a
+/// token configured that prompt could never succeed, so the challenge is `Bearer` (the web
+/// console asks for the token itself).
+#[tokio::test]
+async fn with_only_a_token_the_challenge_is_bearer() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let config = kappie_collector::Config {
+        data_dir: dir.path().join("data"),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_auth_token_file: Some(token_file),
+        ..kappie_collector::Config::default()
+    };
+    let c = InProcess::start_with(config).await;
+    let base = c.http_url();
+    tokio::task::spawn_blocking(move || {
+        let (code, body) = status(ureq::get(&format!("{base}/api/v1/query?query=1")));
+        assert_eq!(code, 401, "{body}");
+        assert!(body.starts_with("Bearer realm=\"kappie\" "), "{body}");
+        // The console's page itself is public: it holds no data and asks for the token.
+        assert_eq!(status(ureq::get(&format!("{base}/"))).0, 200);
+    })
+    .await
+    .unwrap();
+    c.stop().await;
+}

@@ -97,6 +97,19 @@ impl HttpAuth {
         })))))
     }
 
+    /// The `WWW-Authenticate` challenge of a 401: `Basic` when users are configured, so a
+    /// browser (the web console) asks for a user name and password; `Bearer` with only a
+    /// token, which a browser cannot ask for (the console shows a form instead of a useless
+    /// password prompt).
+    fn challenge(&self) -> HeaderValue {
+        let c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        HeaderValue::from_static(if c.users.is_some() {
+            "Basic realm=\"kappie\""
+        } else {
+            "Bearer realm=\"kappie\""
+        })
+    }
+
     fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
         let Some(value) = authorization.and_then(|v| v.to_str().ok()) else {
             return false;
@@ -174,9 +187,7 @@ pub(super) async fn require(
             .into(),
     }
     .into_response();
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"kappie\""),
-    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, auth.challenge());
     resp
 }

@@ -4,6 +4,7 @@
 //! Grafana's Prometheus datasource and Prometheus tooling work unchanged.
 
 pub mod auth;
+mod console;
 mod labels;
 pub mod metrics;
 mod query;
@@ -104,7 +105,9 @@ pub struct RemoteReadLimits {
 }
 
 /// The collector's HTTP routes. The API and `/metrics` are behind the concurrency and time
-/// limits of [`ApiLimits`]; the health endpoints are not, so probes answer under load.
+/// limits of [`ApiLimits`] (and the authentication, when configured); the health endpoints
+/// are not, so probes answer under load, and neither is the web console's static page
+/// (`console.rs`), whose API calls are.
 pub fn router(state: ApiState) -> Router {
     let limits = state.limits.clone();
     let health = Router::new()
@@ -142,6 +145,7 @@ pub fn router(state: ApiState) -> Router {
                 .timeout(timeout),
         )
         .merge(health)
+        .merge(console::routes())
 }
 
 fn api_routes(state: ApiState) -> Router {
