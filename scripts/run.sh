@@ -15,7 +15,7 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 echo "building (release)..." >&2
-cargo build --release --bin kappie-collector --bin kappie-shipper
+cargo build --release --bin kappie-collector --bin kappie-shipper --bin kappie
 
 pids=()
 cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
@@ -29,16 +29,21 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 target/release/kappie-shipper --collector "http://$KAPPIE_GRPC_LISTEN" \
+  --http-listen "${KAPPIE_SHIPPER_HTTP_LISTEN:-127.0.0.1:9965}" \
   --state-file "$home/shipper-state.json" 2>"$home/shipper.log" &
 pids+=($!)
 
 cat <<MSG
 Kappie is running on this host.
   Prometheus API (Grafana datasource URL): http://$KAPPIE_HTTP_LISTEN
+  web console:                             http://$KAPPIE_HTTP_LISTEN/
+  shipper's own metrics:                   http://${KAPPIE_SHIPPER_HTTP_LISTEN:-127.0.0.1:9965}/metrics
   gRPC ingest:                             $KAPPIE_GRPC_LISTEN
   data and logs:                           $home
 Try (the first batch arrives within one interval, ${KAPPIE_INTERVAL:-10s}):
   curl -sG http://$KAPPIE_HTTP_LISTEN/api/v1/query --data-urlencode 'query=kappie_tcp_state'
+  target/release/kappie --server http://$KAPPIE_HTTP_LISTEN shippers
+  target/release/kappie --server http://$KAPPIE_HTTP_LISTEN top interfaces
 Ctrl-C stops both.
 MSG
 wait -n "${pids[@]}"

@@ -447,7 +447,10 @@ fn the_shipper_works_under_the_daemonsets_settings_and_needs_each_capability() {
             text.contains(&format!("lacks CAP_{missing}")),
             "without CAP_{missing}, the error does not name it:\n{text}"
         );
-        let line = text.lines().find(|l| l.contains("lacks CAP_")).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.contains("lacks CAP_"))
+            .unwrap_or_default();
         eprintln!("without CAP_{missing}: {line}");
     }
 }

@@ -76,7 +76,7 @@ pub struct Cli {
     pub log_format: Option<String>,
     /// Address for the shipper's own /metrics, /-/healthy and /-/ready (`ADDR:PORT`;
     /// port 0 picks a free one, logged as `http_listen`); empty turns them off.
-    #[arg(long, env = "KAPPIE_HTTP_LISTEN")]
+    #[arg(long, env = "KAPPIE_SHIPPER_HTTP_LISTEN")]
     pub http_listen: Option<String>,
 }
 

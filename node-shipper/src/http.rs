@@ -68,7 +68,7 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
             _ => e.to_string(),
         };
         anyhow::anyhow!(
-            "cannot listen on {addr}: {why}; set --http-listen (KAPPIE_HTTP_LISTEN) to a free \
+            "cannot listen on {addr}: {why}; set --http-listen (KAPPIE_SHIPPER_HTTP_LISTEN) to a free \
              address, or to \"\" to turn the shipper's HTTP endpoints off"
         )
     })
