@@ -199,13 +199,21 @@ fn variance(vals: &[f64]) -> f64 {
     m2 / vals.len() as f64
 }
 
-/// `topk`/`bottomk`: per group the k largest (smallest) elements with their own labels;
-/// NaN ranks below every number either way.
+/// `topk`/`bottomk`: per group the k largest (smallest) elements with their own labels,
+/// chosen exactly as Prometheus 2.42 chooses them, ties included: each group is a binary
+/// heap of at most k samples fed in input order (the group's first sample placed directly,
+/// later ones pushed while the heap is short, or replacing the heap's root when strictly
+/// better or when the root is NaN: pop, then push), moved as Go's `container/heap` moves
+/// them with Prometheus's `vectorByValueHeap` (`vectorByReverseValueHeap`) order, in which
+/// NaN is less than everything. Which of several equal samples survives depends on those
+/// moves, so they are reproduced step by step. The output is sorted best first, NaN last.
 /// `keys[i]` identifies the group of `input[i]`.
 fn top_bottom(input: Vec<Sample>, keys: &[usize], k: i64, top: bool) -> Vec<Sample> {
     if k < 1 {
         return Vec::new();
     }
+    // The heap's order: `less(a, b)` puts `a` nearer the root.
+    let less = |a: f64, b: f64| a.is_nan() || if top { a < b } else { a > b };
     let mut index: FxHashMap<usize, usize> = FxHashMap::default();
     let mut groups: Vec<Vec<Sample>> = Vec::new();
     for (s, key) in input.into_iter().zip(keys) {
@@ -213,10 +221,27 @@ fn top_bottom(input: Vec<Sample>, keys: &[usize], k: i64, top: bool) -> Vec<Samp
             groups.push(Vec::new());
             groups.len() - 1
         });
-        groups[i].push(s);
+        let h = &mut groups[i];
+        if h.is_empty() {
+            h.push(s);
+            continue;
+        }
+        let root = h[0].v;
+        let better = if top { root < s.v } else { root > s.v };
+        if (h.len() as i64) < k || better || root.is_nan() {
+            if h.len() as i64 == k {
+                if k == 1 {
+                    h[0] = s;
+                    continue;
+                }
+                go_heap::pop(h, &less);
+            }
+            go_heap::push(h, s, &less);
+        }
     }
     let mut out = Vec::new();
     for mut g in groups {
+        // sort.Reverse of the heap order: best first, NaN last.
         g.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
             (true, true) => std::cmp::Ordering::Equal,
             (true, false) => std::cmp::Ordering::Greater,
@@ -224,8 +249,58 @@ fn top_bottom(input: Vec<Sample>, keys: &[usize], k: i64, top: bool) -> Vec<Samp
             _ if top => b.v.partial_cmp(&a.v).unwrap_or(std::cmp::Ordering::Equal),
             _ => a.v.partial_cmp(&b.v).unwrap_or(std::cmp::Ordering::Equal),
         });
-        g.truncate(usize::try_from(k).unwrap_or(usize::MAX));
         out.extend(g);
     }
     out
+}
+
+/// The moves of Go's `container/heap` (push: append and sift up; pop: swap the root with
+/// the last element, sift down, remove the last), which decide which of equal samples a
+/// Prometheus heap keeps.
+mod go_heap {
+    use super::Sample;
+
+    pub(super) fn push(h: &mut Vec<Sample>, s: Sample, less: &impl Fn(f64, f64) -> bool) {
+        h.push(s);
+        let last = h.len() - 1;
+        up(h, last, less);
+    }
+
+    pub(super) fn pop(h: &mut Vec<Sample>, less: &impl Fn(f64, f64) -> bool) {
+        let n = h.len() - 1;
+        h.swap(0, n);
+        down(h, 0, n, less);
+        h.pop();
+    }
+
+    fn up(h: &mut [Sample], mut j: usize, less: &impl Fn(f64, f64) -> bool) {
+        while j > 0 {
+            let i = (j - 1) / 2;
+            if !less(h[j].v, h[i].v) {
+                break;
+            }
+            h.swap(i, j);
+            j = i;
+        }
+    }
+
+    fn down(h: &mut [Sample], i0: usize, n: usize, less: &impl Fn(f64, f64) -> bool) {
+        let mut i = i0;
+        loop {
+            let j1 = 2 * i + 1;
+            if j1 >= n {
+                break;
+            }
+            let mut j = j1;
+            let j2 = j1 + 1;
+            if j2 < n && less(h[j2].v, h[j1].v) {
+                j = j2;
+            }
+            if !less(h[j].v, h[i].v) {
+                break;
+            }
+            h.swap(i, j);
+            i = j;
+        }
+    }
 }
