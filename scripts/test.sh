@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 need=()
 for tool in ip:iproute2 ss:iproute2 nstat:iproute2 sysctl:procps mount:mount curl:curl \
   clang-19:clang-19 nft:nftables prometheus:prometheus openssl:openssl buildah:buildah \
-  setpriv:util-linux unshare:util-linux tmux:tmux chromium:chromium node:nodejs npm:npm; do
+  setpriv:util-linux unshare:util-linux tmux:tmux chromium:chromium node:nodejs npm:npm \
+  ethtool:ethtool; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)

@@ -39,6 +39,9 @@ pub enum SourceError {
     Read { path: PathBuf, err: std::io::Error },
     #[error("cannot parse {path}: {msg}")]
     Parse { path: PathBuf, msg: String },
+    /// A system call other than a file read failed (`what` names it and its object).
+    #[error("{what}: {err}")]
+    Ioctl { what: String, err: std::io::Error },
 }
 
 /// A data source of the node shipper.

@@ -1,5 +1,5 @@
 //! Each utility source against the live kernel, compared with what iproute2's `nstat`, `ss`
-//! and `ip -s link` report at the same moment.
+//! and `ip -s link`, and `ethtool -S`, report at the same moment.
 //!
 //! Counters are bracketed exactly: our reading before the tool's and our reading after it
 //! must enclose the tool's value (counters only go up). Socket counts, which can go down
@@ -7,15 +7,17 @@
 //! opens sockets, and so must be equal.
 
 use kappie_node_shipper::source::{Observation, Source};
+use kappie_node_shipper::sources::ethtool::NOT_COUNTERS;
 use kappie_node_shipper::sources::interfaces::InterfacesSource;
 use kappie_node_shipper::sources::netstat::NetstatSource;
 use kappie_node_shipper::sources::sockets::SocketsSource;
-use kappie_testkit::need::{IPROUTE2, NETNS};
-use kappie_testkit::{require, Netns, Veth};
-use std::collections::HashMap;
+use kappie_testkit::need::{IPROUTE2, NETNS, PROCPS};
+use kappie_testkit::{require, with_unmounted, Need, Netns, Veth};
+use std::collections::{HashMap, HashSet};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 fn collect(s: &mut dyn Source) -> Vec<Observation> {
     let mut out = Vec::new();
@@ -35,7 +37,7 @@ fn tool(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} (install iproute2)"));
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {args:?}: {}",
@@ -287,4 +289,267 @@ fn sockets_match_ss_exactly_in_a_namespace() {
         3
     );
     drop((conns, udp, listeners));
+}
+
+const ETHTOOL: Need = Need::Tool {
+    program: "ethtool",
+    package: "ethtool",
+};
+
+/// `ethtool -S IFNAME` as (name, value) in its order; empty when the interface has no driver
+/// statistics (ethtool then fails with "no stats available").
+fn ethtool_s(ifname: &str) -> Vec<(String, f64)> {
+    let out = Command::new("ethtool")
+        .args(["-S", ifname])
+        .output()
+        .expect("ethtool");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no stats available"),
+            "ethtool -S {ifname}: {err}"
+        );
+        return Vec::new();
+    }
+    // "NIC statistics:" then one "     <name>: <value>" line per statistic, the name
+    // printed as the driver has it (`%.*s`), so split at the last ": ".
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip_while(|l| !l.starts_with("NIC statistics:"))
+        .skip(1)
+        .map(|l| {
+            let l = l
+                .strip_prefix("     ")
+                .unwrap_or_else(|| panic!("ethtool -S {ifname}: unexpected line {l:?}"));
+            let (name, v) = l.rsplit_once(": ").unwrap();
+            (name.to_owned(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The names of `ifname`'s sysfs counters (under /sys as the calling thread sees it).
+fn sysfs_names(ifname: &str) -> HashSet<String> {
+    std::fs::read_dir(format!("/sys/class/net/{ifname}/statistics"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+/// What `ethtool -S` shows that the source must report: its statistics less the documented
+/// non-counters and less those named like sysfs counters (the sysfs value is kept).
+fn exported(ethtool: &[(String, f64)], sysfs: &HashSet<String>) -> Vec<(String, f64)> {
+    ethtool
+        .iter()
+        .filter(|(n, _)| !NOT_COUNTERS.contains(&n.as_str()) && !sysfs.contains(n))
+        .cloned()
+        .collect()
+}
+
+/// The driver statistics the source reported for `ifname`: its statistics not in sysfs.
+fn driver_stats(obs: &[Observation], ifname: &str, sysfs: &HashSet<String>) -> Vec<(String, f64)> {
+    obs.iter()
+        .filter(|o| label(o, "interface_name") == ifname)
+        .filter(|o| !sysfs.contains(label(o, "statistic_name")))
+        .map(|o| (label(o, "statistic_name").to_owned(), o.value))
+        .collect()
+}
+
+/// Runs `f` on a thread in `ns` that sees `ns`'s own sysfs at /sys, as `ip netns exec`
+/// arranges (sysfs shows the interfaces of the namespace that mounts it), in a private mount
+/// namespace that goes away with the thread.
+fn in_netns_with_sysfs<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    ns.enter(|| {
+        with_unmounted(&[], || {
+            let rc = unsafe {
+                libc::mount(
+                    c"sysfs".as_ptr(),
+                    c"/sys".as_ptr(),
+                    c"sysfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            assert_eq!(rc, 0, "mount sysfs: {}", std::io::Error::last_os_error());
+            f()
+        })
+    })
+}
+
+#[test]
+fn driver_statistics_match_ethtool_in_a_namespace() {
+    if !require(&[Need::Root, IPROUTE2, PROCPS, ETHTOOL]) {
+        return;
+    }
+    let a = Netns::new("etha");
+    let b = Netns::new("ethb");
+    let veth = Veth::new(&a, &b, 41);
+    veth.quiet(&a, &b);
+    // Traffic from b to a, done when a has received every datagram.
+    let server = a.enter(|| UdpSocket::bind((veth.a_addr4, 9000)).unwrap());
+    server
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    b.enter(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..20 {
+            s.send_to(b"kappie", (veth.a_addr4, 9000)).unwrap();
+        }
+    });
+    let mut buf = [0u8; 16];
+    for _ in 0..20 {
+        server.recv(&mut buf).expect("every datagram arrives");
+    }
+
+    let ifname = veth.a_if.clone();
+    let (before, ethtool, after, sysfs, lo_sysfs, lo_ethtool) = in_netns_with_sysfs(&a, || {
+        let mut src = InterfacesSource::new(PathBuf::from("/sys"));
+        let before = collect(&mut src);
+        let ethtool = ethtool_s(&ifname);
+        let after = collect(&mut src);
+        (
+            before,
+            ethtool,
+            after,
+            sysfs_names(&ifname),
+            sysfs_names("lo"),
+            ethtool_s("lo"),
+        )
+    });
+
+    assert!(
+        ethtool.iter().any(|(n, _)| n == "peer_ifindex"),
+        "veth's set as ethtool shows it: {ethtool:?}"
+    );
+    let want = exported(&ethtool, &sysfs);
+    assert!(want.len() >= 9, "veth has per-queue statistics: {want:?}");
+    // The link is quiet: nothing moves between the three reads, so equal, not bracketed.
+    assert_eq!(driver_stats(&before, &ifname, &sysfs), want);
+    assert_eq!(driver_stats(&after, &ifname, &sysfs), want);
+    assert!(
+        !before
+            .iter()
+            .any(|o| label(o, "statistic_name") == "peer_ifindex"),
+        "an interface index is no counter"
+    );
+    let rx_packets = before
+        .iter()
+        .find(|o| {
+            label(o, "interface_name") == ifname && label(o, "statistic_name") == "rx_packets"
+        })
+        .unwrap()
+        .value;
+    assert!(
+        rx_packets >= 20.0,
+        "sysfs counters are still there: {rx_packets}"
+    );
+    assert!(lo_ethtool.is_empty(), "loopback has no driver statistics");
+    assert_eq!(driver_stats(&before, "lo", &lo_sysfs), vec![]);
+    drop(server);
+}
+
+#[test]
+fn driver_statistics_are_read_again_when_the_queue_count_changes() {
+    if !require(&[Need::Root, IPROUTE2, ETHTOOL]) {
+        return;
+    }
+    let ns = Netns::new("ethq");
+    // Both ends in one namespace, 4 queues each (independent of the number of CPUs, which
+    // is veth's default), so that `ethtool -L` can shrink and grow the set.
+    tool(
+        "ip",
+        &[
+            "-n",
+            &ns.name,
+            "link",
+            "add",
+            "kvq0",
+            "numtxqueues",
+            "4",
+            "numrxqueues",
+            "4",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "kvq1",
+            "numtxqueues",
+            "4",
+            "numrxqueues",
+            "4",
+        ],
+    );
+    for ifname in ["kvq0", "kvq1"] {
+        tool("ip", &["-n", &ns.name, "link", "set", ifname, "up"]);
+    }
+    let rounds = in_netns_with_sysfs(&ns, || {
+        let mut src = InterfacesSource::new(PathBuf::from("/sys"));
+        let sysfs = sysfs_names("kvq0");
+        let mut rounds = Vec::new();
+        for queues in [None, Some("2"), Some("3")] {
+            if let Some(q) = queues {
+                tool("ethtool", &["-L", "kvq0", "rx", q, "tx", q]);
+            }
+            let ours = driver_stats(&collect(&mut src), "kvq0", &sysfs);
+            rounds.push((ours, exported(&ethtool_s("kvq0"), &sysfs)));
+        }
+        rounds
+    });
+    let has_queue = |stats: &[(String, f64)], q: u32| {
+        stats
+            .iter()
+            .any(|(n, _)| n.starts_with(&format!("rx_queue_{q}_")))
+    };
+    for (i, (ours, ethtool)) in rounds.iter().enumerate() {
+        assert_eq!(ours, ethtool, "round {i}");
+    }
+    assert!(has_queue(&rounds[0].0, 3), "4 queues at first");
+    assert!(
+        !has_queue(&rounds[1].0, 2) && has_queue(&rounds[1].0, 1),
+        "then 2"
+    );
+    assert!(
+        has_queue(&rounds[2].0, 2) && !has_queue(&rounds[2].0, 3),
+        "then 3"
+    );
+}
+
+#[test]
+fn driver_statistics_on_the_host_bracket_ethtool() {
+    if !require(&[ETHTOOL]) {
+        return;
+    }
+    // The host's interfaces carry other traffic: our reading before ethtool's and after it
+    // must enclose ethtool's value.
+    let mut src = InterfacesSource::new(PathBuf::from("/sys"));
+    let before = collect(&mut src);
+    let ifnames: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let ethtool: Vec<(String, Vec<(String, f64)>)> =
+        ifnames.iter().map(|i| (i.clone(), ethtool_s(i))).collect();
+    let after = collect(&mut src);
+    for (ifname, stats) in &ethtool {
+        let Ok(sysfs) = std::fs::read_dir(format!("/sys/class/net/{ifname}/statistics")) else {
+            continue; // gone meanwhile
+        };
+        let sysfs: HashSet<String> = sysfs
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let want = exported(stats, &sysfs);
+        let (a, b) = (
+            driver_stats(&before, ifname, &sysfs),
+            driver_stats(&after, ifname, &sysfs),
+        );
+        let names = |s: &[(String, f64)]| s.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&a), names(&want), "{ifname}");
+        assert_eq!(names(&b), names(&want), "{ifname}");
+        for (((name, x), (_, y)), (_, z)) in a.iter().zip(&want).zip(&b) {
+            assert!(
+                x <= y && y <= z,
+                "{ifname} {name}: ours {x} .. {z} but ethtool {y}"
+            );
+        }
+    }
 }

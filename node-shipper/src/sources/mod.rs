@@ -1,7 +1,8 @@
-//! The Linux utility sources: /proc and sysfs.
+//! The Linux utility sources: /proc, sysfs and the ethtool ioctl.
 
 pub mod btf;
 pub mod ebpf;
+pub mod ethtool;
 pub mod interfaces;
 pub mod kernelfs;
 pub mod netstat;
