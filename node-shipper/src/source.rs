@@ -39,6 +39,9 @@ pub enum SourceError {
     Read { path: PathBuf, err: std::io::Error },
     #[error("cannot parse {path}: {msg}")]
     Parse { path: PathBuf, msg: String },
+    /// A platform call (a program run, an API called) failed or answered what cannot be read.
+    #[error("{call}: {msg}")]
+    Call { call: String, msg: String },
 }
 
 /// A data source of the node shipper.
