@@ -13,7 +13,7 @@ need=()
 for tool in ip:iproute2 ss:iproute2 nstat:iproute2 sysctl:procps mount:mount curl:curl \
   clang-19:clang-19 nft:nftables prometheus:prometheus openssl:openssl buildah:buildah \
   setpriv:util-linux unshare:util-linux tmux:tmux chromium:chromium node:nodejs npm:npm \
-  ethtool:ethtool; do
+  ethtool:ethtool x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64-win32; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
@@ -36,5 +36,15 @@ echo "== cargo fmt" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== the shipper for Windows: cargo clippy --target x86_64-pc-windows-gnu" >&2
+# ring's build script compiles C for the target even for a check, hence MinGW's gcc above.
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-pc-windows-gnu; then
+  if ! rustup target add x86_64-pc-windows-gnu; then
+    echo "cannot install the Rust target x86_64-pc-windows-gnu (rustup target add" \
+      "x86_64-pc-windows-gnu failed, or there is no rustup); the Windows build check needs it" >&2
+    exit 1
+  fi
+fi
+cargo clippy --target x86_64-pc-windows-gnu -p kappie-node-shipper -- -D warnings
 echo "== cargo test" >&2
 cargo test --workspace

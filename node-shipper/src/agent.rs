@@ -6,7 +6,9 @@ use crate::push::{Delivered, Identity, PushError, Pusher};
 use crate::queue::{Batch, Queue};
 use crate::series::{Kind, SeriesKey};
 use crate::source::{Observation, Source};
+#[cfg(target_os = "linux")]
 use crate::sources::ebpf::{default_route_interfaces, expand_interfaces, EbpfConfig, EbpfSource};
+#[cfg(target_os = "linux")]
 use crate::sources::{utility_sources, Roots};
 use crate::state::{self, Baselines};
 use crate::telemetry::Telemetry;
@@ -218,6 +220,7 @@ async fn collect(
 /// Starts the eBPF source. When it cannot start, or an interface asked for by name is
 /// missing, or there is no interface to count forwards on: with `--ebpf-required` that is
 /// the error; without, a warning, and the utility sources go on.
+#[cfg(target_os = "linux")]
 fn start_ebpf(config: &Config) -> anyhow::Result<Option<EbpfSource>> {
     let patterns = if config.ebpf_interfaces.is_empty() {
         default_route_interfaces(&config.proc_root)
@@ -315,15 +318,23 @@ async fn run_loop(
     shutdown: impl Future<Output = ()>,
     telemetry: &Arc<Telemetry>,
 ) -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
     let roots = Roots {
         proc: config.proc_root.clone(),
         sys: config.sys_root.clone(),
     };
+    #[cfg(target_os = "linux")]
     let mut sources: Vec<Box<dyn Source>> = utility_sources(&roots, config.top_remotes)
         .into_iter()
         .filter(|s| !config.disable_sources.iter().any(|d| d == s.name()))
         .collect();
+    #[cfg(not(target_os = "linux"))]
+    let mut sources = platform_sources(&config);
+    #[cfg(target_os = "linux")]
     let mut ebpf_programs = None;
+    #[cfg(not(target_os = "linux"))]
+    let ebpf_programs = None;
+    #[cfg(target_os = "linux")]
     if !config.disable_sources.iter().any(|d| d == "ebpf") {
         if let Some(s) = start_ebpf(&config)? {
             ebpf_programs = Some(s.programs());
@@ -451,6 +462,18 @@ async fn run_loop(
     }
     tracing::info!(queued = agent.queue.len(), "shipper stopped; state saved");
     Ok(())
+}
+
+/// The sources of a node that is not Linux: HNS and VFP on Windows, none elsewhere.
+#[cfg(not(target_os = "linux"))]
+fn platform_sources(config: &Config) -> Vec<Box<dyn Source>> {
+    #[cfg(windows)]
+    let all = crate::sources::windows::windows_sources();
+    #[cfg(not(windows))]
+    let all: Vec<Box<dyn Source>> = Vec::new();
+    all.into_iter()
+        .filter(|s| !config.disable_sources.iter().any(|d| d == s.name()))
+        .collect()
 }
 
 async fn sleep_until(at: Option<Instant>) {

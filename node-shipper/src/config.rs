@@ -49,8 +49,9 @@ pub struct Cli {
     /// Longest wait between retries when the collector is unreachable.
     #[arg(long, env = "KAPPIE_MAX_BACKOFF", value_parser = humantime::parse_duration)]
     pub max_backoff: Option<Duration>,
-    /// Sources to switch off, comma separated (`netstat,sockets,interfaces,ebpf,self`;
-    /// `self` is the shipper's own metrics, pushed with its data).
+    /// Sources to switch off, comma separated (`netstat,sockets,interfaces,ebpf,self`, and
+    /// `windows` (HNS and VFP) on Windows; `self` is the shipper's own metrics, pushed with
+    /// its data).
     #[arg(long, env = "KAPPIE_DISABLE_SOURCES", value_delimiter = ',')]
     pub disable_sources: Option<Vec<String>>,
     /// Interfaces for the eBPF forward and TCP-flag counters, comma separated; a trailing
@@ -208,7 +209,14 @@ impl Config {
                 c.http_listen
             );
         }
-        const KNOWN: [&str; 5] = ["netstat", "sockets", "interfaces", "ebpf", "self"];
+        const KNOWN: [&str; 6] = [
+            "netstat",
+            "sockets",
+            "interfaces",
+            "ebpf",
+            "self",
+            "windows",
+        ];
         if let Some(bad) = c
             .disable_sources
             .iter()

@@ -40,6 +40,7 @@ fn init_tracing(format: &str) {
     }
 }
 
+#[cfg(unix)]
 async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -51,6 +52,25 @@ async fn shutdown_signal() {
     };
     tokio::select! {
         _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// Windows has no SIGTERM: a console's Ctrl-C, and the shutdown event a service or a
+/// HostProcess container gets when it is stopped. Not yet run on a Windows node.
+#[cfg(windows)]
+async fn shutdown_signal() {
+    let mut shutdown = match tokio::signal::windows::ctrl_shutdown() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for the shutdown event; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = shutdown.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
     }
     tracing::info!("shutdown requested");

@@ -42,6 +42,9 @@ pub enum SourceError {
     /// A system call other than a file read failed (`what` names it and its object).
     #[error("{what}: {err}")]
     Ioctl { what: String, err: std::io::Error },
+    /// A platform call (a program run, an API called) failed or answered what cannot be read.
+    #[error("{call}: {msg}")]
+    Call { call: String, msg: String },
 }
 
 /// A data source of the node shipper.

@@ -81,12 +81,23 @@ impl Baselines {
 }
 
 /// Reads the kernel's boot id (changes on every boot).
+#[cfg(target_os = "linux")]
 pub fn read_boot_id(proc_root: &Path) -> std::io::Result<String> {
     Ok(
         std::fs::read_to_string(proc_root.join("sys/kernel/random/boot_id"))?
             .trim()
             .to_owned(),
     )
+}
+
+/// Elsewhere (Windows) there is no boot id to read, so baselines are kept across reboots:
+/// the Windows source's node totals start with the shipper, and a per-endpoint counter that
+/// restarts lower is taken as a reset ([`Baselines::delta`]). An id that could change
+/// without a reboot (one derived from the uptime) would be worse: each change clears the
+/// baselines and counts everything since boot again.
+#[cfg(not(target_os = "linux"))]
+pub fn read_boot_id(_proc_root: &Path) -> std::io::Result<String> {
+    Ok("none".to_owned())
 }
 
 /// Loads the state file; a missing file is a first start.
