@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod caps;
 pub mod config;
+pub mod dataplane;
 pub mod http;
 pub mod push;
 pub mod queue;

@@ -1,6 +1,8 @@
-//! The Linux utility sources: /proc and sysfs.
+//! The data sources: the Linux utility sources (/proc and sysfs) listed here, and the
+//! dataplane sources (`ebpf`, `cilium`) the agent starts for the chosen dataplane.
 
 pub mod btf;
+pub mod cilium;
 pub mod ebpf;
 pub mod interfaces;
 pub mod kernelfs;
