@@ -227,14 +227,23 @@ impl Source for CiliumSource {
     }
 
     fn collect(&mut self, out: &mut Vec<Observation>) -> Result<(), SourceError> {
+        // The pin before and after the scrape: a map replaced while the agent answered
+        // leaves it open which map the values are from, so this collection is skipped (the
+        // next one sees the new map and its values together).
+        let pin_before = pin_identity(&self.map_pin);
         let text = self.fetch()?;
+        let map_pin = pin_identity(&self.map_pin);
+        if map_pin != pin_before {
+            tracing::info!(pin = %self.map_pin.display(), "Cilium's metrics map was replaced during the scrape; skipping this collection");
+            return Ok(());
+        }
         let scrape = parse(&text).map_err(|msg| SourceError::Parse {
             path: PathBuf::from(&self.url),
             msg,
         })?;
         let now = Epoch {
             agent_start: scrape.agent_start,
-            map_pin: pin_identity(&self.map_pin),
+            map_pin,
         };
         if let Some(before) = &self.epoch {
             if before.restarted_since(&now) {
