@@ -339,14 +339,15 @@ async fn choose_dataplane(config: &Config, telemetry: &Telemetry) -> anyhow::Res
     Ok(choice)
 }
 
-/// The dataplane's sources: forward, drop and TCP flag counters.
-fn dataplane_sources(
-    config: &Config,
-    choice: &Choice,
-) -> anyhow::Result<(
+/// The dataplane's sources (forward, drop and TCP flag counters) and what the eBPF source
+/// attached, if it runs.
+type DataplaneSources = (
     Vec<Box<dyn Source>>,
     Option<crate::sources::ebpf::EbpfPrograms>,
-)> {
+);
+
+/// The dataplane's sources: forward, drop and TCP flag counters.
+fn dataplane_sources(config: &Config, choice: &Choice) -> anyhow::Result<DataplaneSources> {
     let enabled = |name: &str| !config.disable_sources.iter().any(|d| d == name);
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     let mut programs = None;

@@ -78,6 +78,9 @@ pub fn reason_name(cilium: &str) -> String {
     out
 }
 
+/// A Kappie metric and its labels (without node and cluster).
+type KappieSeries = (&'static str, Vec<(&'static str, String)>);
+
 /// What one scrape gave.
 #[derive(Debug, Default, PartialEq)]
 pub struct Scrape {
@@ -96,7 +99,7 @@ pub fn parse(text: &str) -> Result<Scrape, String> {
         std::panic::catch_unwind(|| openmetrics_parser::prometheus::parse_prometheus(text))
             .map_err(|_| "the exposition parser panicked".to_owned())?
             .map_err(|e| e.to_string())?;
-    let mut sums: BTreeMap<(&'static str, Vec<(&'static str, String)>), f64> = BTreeMap::new();
+    let mut sums: BTreeMap<KappieSeries, f64> = BTreeMap::new();
     for (cilium, kappie, with_reason) in MAPPING {
         let Some(family) = parsed.families.get(cilium) else {
             continue;
