@@ -1,11 +1,14 @@
 //! The collection loop: collect from every source each interval, turn counters into
 //! deltas, queue the batch, persist, and push to the collector exactly once.
 
-use crate::config::Config;
+use crate::config::{Config, Dataplane};
+use crate::dataplane::{self, Choice};
 use crate::push::{Delivered, Identity, PushError, Pusher};
 use crate::queue::{Batch, Queue};
 use crate::series::{Kind, SeriesKey};
 use crate::source::{Observation, Source};
+#[cfg(target_os = "linux")]
+use crate::sources::cilium::CiliumSource;
 #[cfg(target_os = "linux")]
 use crate::sources::ebpf::{default_route_interfaces, expand_interfaces, EbpfConfig, EbpfSource};
 #[cfg(target_os = "linux")]
@@ -13,7 +16,7 @@ use crate::sources::{utility_sources, Roots};
 use crate::state::{self, Baselines};
 use crate::telemetry::Telemetry;
 use anyhow::Context;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -107,10 +110,25 @@ struct Agent {
     hello_done: bool,
     state_file: std::path::PathBuf,
     boot_id: String,
+    /// The sources' checkpoints of the last collection, saved with the baselines.
+    checkpoints: BTreeMap<String, String>,
     telemetry: Arc<Telemetry>,
 }
 
 impl Agent {
+    /// Turns a collection into a batch and queues it: the baselines of counters a source
+    /// found restarted are forgotten first, and the sources' checkpoints are taken with the
+    /// baselines they belong to.
+    fn queue_collection(&mut self, c: Collected) -> Vec<Box<dyn Source>> {
+        for metric in &c.restarted {
+            self.delta.baselines.forget_metric(metric);
+        }
+        let b = self.delta.batch(&c.observations, now_ms());
+        self.queue.push(b);
+        self.checkpoints.extend(c.checkpoints);
+        c.sources
+    }
+
     fn report_queue(&self) {
         self.telemetry
             .queue(self.queue.len(), self.queue.approx_bytes());
@@ -122,6 +140,7 @@ impl Agent {
             &self.boot_id,
             self.next_seq,
             &self.delta.baselines,
+            &self.checkpoints,
             self.queue.batches().cloned(),
         )
     }
@@ -189,19 +208,36 @@ impl Agent {
     }
 }
 
+/// What one collection gave.
+struct Collected {
+    sources: Vec<Box<dyn Source>>,
+    observations: Vec<Observation>,
+    /// Metrics whose counters a source found restarted ([`Source::restarted_metrics`]).
+    restarted: Vec<&'static str>,
+    /// [`Source::checkpoint`] by source name.
+    checkpoints: BTreeMap<String, String>,
+}
+
 /// Runs one collection on a blocking thread, timing each source.
 async fn collect(
     mut sources: Vec<Box<dyn Source>>,
     telemetry: &Arc<Telemetry>,
-) -> anyhow::Result<(Vec<Box<dyn Source>>, Vec<Observation>)> {
+) -> anyhow::Result<Collected> {
     let telemetry = telemetry.clone();
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let mut obs = Vec::new();
+        let mut restarted = Vec::new();
+        let mut checkpoints = BTreeMap::new();
         for s in sources.iter_mut() {
             let (t0, n0) = (std::time::Instant::now(), obs.len());
-            if let Err(e) = s.collect(&mut obs) {
-                telemetry.source_failed(s.name(), &e);
+            match s.collect(&mut obs) {
+                Ok(()) => telemetry.source_ok(s.name()),
+                Err(e) => telemetry.source_failed(s.name(), &e),
+            }
+            restarted.extend(s.restarted_metrics());
+            if let Some(c) = s.checkpoint() {
+                checkpoints.insert(s.name().to_owned(), c);
             }
             telemetry.source_collected(s.name(), t0.elapsed(), obs.len() - n0);
         }
@@ -211,7 +247,12 @@ async fn collect(
             took_us = started.elapsed().as_micros() as u64,
             "collected"
         );
-        (sources, obs)
+        Collected {
+            sources,
+            observations: obs,
+            restarted,
+            checkpoints,
+        }
     })
     .await
     .context("collection thread panicked")
@@ -220,8 +261,13 @@ async fn collect(
 /// Starts the eBPF source. When it cannot start, or an interface asked for by name is
 /// missing, or there is no interface to count forwards on: with `--ebpf-required` that is
 /// the error; without, a warning, and the utility sources go on.
+///
+/// On a Cilium node (`cilium`) only the tc programs are loaded, for the TCP flag counters:
+/// attached with tcx, first on the hook, and without reporting `kappie_forward_*` (Cilium's
+/// numbers are the forward counts); the drop program is not loaded (Cilium's drop reasons
+/// are the drop counts). Without an interface there is nothing to load then.
 #[cfg(target_os = "linux")]
-fn start_ebpf(config: &Config) -> anyhow::Result<Option<EbpfSource>> {
+fn start_ebpf(config: &Config, cilium: bool) -> anyhow::Result<Option<EbpfSource>> {
     let patterns = if config.ebpf_interfaces.is_empty() {
         default_route_interfaces(&config.proc_root)
     } else {
@@ -245,17 +291,26 @@ fn start_ebpf(config: &Config) -> anyhow::Result<Option<EbpfSource>> {
         if config.ebpf_required {
             anyhow::bail!("eBPF is required (--ebpf-required) but {problem}");
         }
-        if interfaces.is_empty() {
+        if interfaces.is_empty() && cilium {
+            tracing::warn!("{problem}; no TCP flag counters");
+            return Ok(None);
+        } else if interfaces.is_empty() {
             tracing::warn!("{problem}; counting drops only");
         } else {
-            tracing::warn!("{problem}; counting forwards on {interfaces:?} only");
+            tracing::warn!("{problem}; counting on {interfaces:?} only");
         }
     }
     let ebpf_config = EbpfConfig {
         drops_tracepoint: false,
         interfaces,
         pin_dir: config.ebpf_pin_dir.clone(),
-        drops: true,
+        drops: !cilium,
+        forward: !cilium,
+        tcx_only: cilium,
+    };
+    let off = match cilium {
+        true => "kappie_tcp_flag_counters is off",
+        false => "kappie_forward_*, kappie_drop_* and kappie_tcp_flag_counters are off",
     };
     match EbpfSource::start(&ebpf_config) {
         Ok(s) => Ok(Some(s)),
@@ -263,10 +318,77 @@ fn start_ebpf(config: &Config) -> anyhow::Result<Option<EbpfSource>> {
             "eBPF is required (--ebpf-required) but cannot start: {e}"
         )),
         Err(e) => {
-            tracing::warn!(error = %e, "eBPF unavailable; kappie_forward_*, kappie_drop_* and kappie_tcp_flag_counters are off, the /proc and sysfs sources go on");
+            tracing::warn!(error = %e, "eBPF unavailable; {off}, the /proc and sysfs sources go on");
             Ok(None)
         }
     }
+}
+
+/// The sources of the Windows dataplane (HNS endpoint and VFP port statistics), less those
+/// switched off.
+#[cfg(windows)]
+fn windows_sources(config: &Config) -> anyhow::Result<Vec<Box<dyn Source>>> {
+    Ok(crate::sources::windows::windows_sources()
+        .into_iter()
+        .filter(|s| !config.disable_sources.iter().any(|d| d == s.name()))
+        .collect())
+}
+
+/// Resolves `--dataplane` (probing the node for `auto`) and says once which and why.
+async fn choose_dataplane(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Choice> {
+    let c = config.clone();
+    let choice = tokio::task::spawn_blocking(move || dataplane::choose(&c))
+        .await
+        .context("dataplane detection panicked")??;
+    tracing::info!(dataplane = choice.dataplane.name(), reason = choice.reason, detail = %choice.detail, "dataplane chosen");
+    telemetry.dataplane(choice.dataplane.name(), choice.reason);
+    Ok(choice)
+}
+
+/// The dataplane's sources (forward, drop and TCP flag counters) and what the eBPF source
+/// attached, if it runs.
+type DataplaneSources = (
+    Vec<Box<dyn Source>>,
+    Option<crate::sources::ebpf::EbpfPrograms>,
+);
+
+/// The dataplane's sources: forward, drop and TCP flag counters.
+#[cfg_attr(not(target_os = "linux"), allow(unused_mut, unused_variables))]
+fn dataplane_sources(config: &Config, choice: &Choice) -> anyhow::Result<DataplaneSources> {
+    let enabled = |name: &str| !config.disable_sources.iter().any(|d| d == name);
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut programs = None;
+    match choice.dataplane {
+        #[cfg(not(target_os = "linux"))]
+        Dataplane::Linux | Dataplane::Cilium => {
+            anyhow::bail!(
+                "the {} dataplane needs a Linux build",
+                choice.dataplane.name()
+            )
+        }
+        #[cfg(target_os = "linux")]
+        Dataplane::Linux | Dataplane::Cilium => {
+            let cilium = choice.dataplane == Dataplane::Cilium;
+            if cilium && enabled("cilium") {
+                sources.push(Box::new(CiliumSource::new(
+                    &config.cilium_metrics_url,
+                    &dataplane::bpffs_root(config),
+                )));
+            }
+            if enabled("ebpf") {
+                if let Some(s) = start_ebpf(config, cilium)? {
+                    programs = Some(s.programs());
+                    sources.push(Box::new(s));
+                }
+            }
+        }
+        #[cfg(windows)]
+        Dataplane::Windows => sources.extend(windows_sources(config)?),
+        #[cfg(not(windows))]
+        Dataplane::Windows => anyhow::bail!("the Windows dataplane needs a Windows build"),
+        Dataplane::Auto => unreachable!("dataplane::choose resolves auto"),
+    }
+    Ok((sources, programs))
 }
 
 /// Binds `--http-listen` (unless it is empty) and serves the shipper's own endpoints until
@@ -329,18 +451,10 @@ async fn run_loop(
         .filter(|s| !config.disable_sources.iter().any(|d| d == s.name()))
         .collect();
     #[cfg(not(target_os = "linux"))]
-    let mut sources = platform_sources(&config);
-    #[cfg(target_os = "linux")]
-    let mut ebpf_programs = None;
-    #[cfg(not(target_os = "linux"))]
-    let ebpf_programs = None;
-    #[cfg(target_os = "linux")]
-    if !config.disable_sources.iter().any(|d| d == "ebpf") {
-        if let Some(s) = start_ebpf(&config)? {
-            ebpf_programs = Some(s.programs());
-            sources.push(Box::new(s));
-        }
-    }
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let choice = choose_dataplane(&config, telemetry).await?;
+    let (dataplane, ebpf_programs) = dataplane_sources(&config, &choice)?;
+    sources.extend(dataplane);
     if !config.disable_sources.iter().any(|d| d == "self") {
         // Last, so its figures cover this collection's other sources.
         sources.push(Box::new(crate::sources::selfmetrics::SelfMetrics::new(
@@ -363,14 +477,28 @@ async fn run_loop(
     }
     let loaded = state::load(&config.state_file)?;
     let unusable = matches!(loaded, state::Loaded::Unusable);
-    let (baselines, next_seq, pending) = match loaded {
-        state::Loaded::State(p) => (
-            p.baselines_for_boot(&boot_id),
-            p.next_sequence.max(1),
-            p.pending,
-        ),
-        _ => (Baselines::default(), 1, Vec::new()),
+    let (baselines, next_seq, pending, checkpoints) = match loaded {
+        state::Loaded::State(p) => {
+            // A source's checkpoint judges the baselines it was saved with: after a reboot
+            // there are none to judge.
+            let checkpoints = match p.boot_id == boot_id {
+                true => p.sources.clone(),
+                false => BTreeMap::new(),
+            };
+            (
+                p.baselines_for_boot(&boot_id),
+                p.next_sequence.max(1),
+                p.pending,
+                checkpoints,
+            )
+        }
+        _ => (Baselines::default(), 1, Vec::new(), BTreeMap::new()),
     };
+    for s in sources.iter_mut() {
+        if let Some(c) = checkpoints.get(s.name()) {
+            s.restore(c);
+        }
+    }
     tracing::info!(state_file = %config.state_file.display(), pending = pending.len(), next_seq, "state loaded");
     let identity = Identity {
         shipper_id: config.shipper_id.clone(),
@@ -409,6 +537,7 @@ async fn run_loop(
         hello_done: false,
         state_file: config.state_file.clone(),
         boot_id,
+        checkpoints,
         telemetry: telemetry.clone(),
     };
     agent.report_queue();
@@ -417,9 +546,13 @@ async fn run_loop(
         // The collector may already hold totals up to our last push: sending counts since
         // boot again would count them twice. This collection becomes the baseline; what
         // happened between the last acknowledged push and now is lost instead.
-        let (back, obs) = collect(sources, telemetry).await?;
-        sources = back;
-        let _ = agent.delta.batch(&obs, now_ms());
+        let c = collect(sources, telemetry).await?;
+        for metric in &c.restarted {
+            agent.delta.baselines.forget_metric(metric);
+        }
+        let _ = agent.delta.batch(&c.observations, now_ms());
+        agent.checkpoints.extend(c.checkpoints);
+        sources = c.sources;
         tracing::error!(
             "without a usable state file the counts between the last acknowledged push and now are lost (not counted twice)"
         );
@@ -435,10 +568,8 @@ async fn run_loop(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => {
-                let (back, obs) = collect(sources.take().expect("returned after every collection"), telemetry).await?;
-                sources = Some(back);
-                let b = agent.delta.batch(&obs, now_ms());
-                agent.queue.push(b);
+                let c = collect(sources.take().expect("returned after every collection"), telemetry).await?;
+                sources = Some(agent.queue_collection(c));
                 agent.report_queue();
                 agent.save()?;
                 retry_at.get_or_insert_with(Instant::now);
@@ -462,18 +593,6 @@ async fn run_loop(
     }
     tracing::info!(queued = agent.queue.len(), "shipper stopped; state saved");
     Ok(())
-}
-
-/// The sources of a node that is not Linux: HNS and VFP on Windows, none elsewhere.
-#[cfg(not(target_os = "linux"))]
-fn platform_sources(config: &Config) -> Vec<Box<dyn Source>> {
-    #[cfg(windows)]
-    let all = crate::sources::windows::windows_sources();
-    #[cfg(not(windows))]
-    let all: Vec<Box<dyn Source>> = Vec::new();
-    all.into_iter()
-        .filter(|s| !config.disable_sources.iter().any(|d| d == s.name()))
-        .collect()
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -49,9 +49,9 @@ pub struct Cli {
     /// Longest wait between retries when the collector is unreachable.
     #[arg(long, env = "KAPPIE_MAX_BACKOFF", value_parser = humantime::parse_duration)]
     pub max_backoff: Option<Duration>,
-    /// Sources to switch off, comma separated (`netstat,sockets,interfaces,ebpf,self`, and
-    /// `windows` (HNS and VFP) on Windows; `self` is the shipper's own metrics, pushed with
-    /// its data).
+    /// Sources to switch off, comma separated (`netstat,sockets,interfaces,ebpf,cilium,self`,
+    /// and `windows` (HNS and VFP) on Windows; `self` is the shipper's own metrics, pushed
+    /// with its data).
     #[arg(long, env = "KAPPIE_DISABLE_SOURCES", value_delimiter = ',')]
     pub disable_sources: Option<Vec<String>>,
     /// Interfaces for the eBPF forward and TCP-flag counters, comma separated; a trailing
@@ -79,6 +79,36 @@ pub struct Cli {
     /// port 0 picks a free one, logged as `http_listen`); empty turns them off.
     #[arg(long, env = "KAPPIE_SHIPPER_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// Where forward and drop counts come from: `auto` (a Windows build: windows; a Cilium
+    /// agent on the node: cilium; else linux), `linux` (eBPF), `cilium` (the Cilium agent's
+    /// metrics) or `windows` (HNS/VFP).
+    #[arg(long, env = "KAPPIE_DATAPLANE")]
+    pub dataplane: Option<Dataplane>,
+    /// The Cilium agent's Prometheus metrics endpoint (dataplane cilium, and `auto`'s probe).
+    #[arg(long, env = "KAPPIE_CILIUM_METRICS_URL")]
+    pub cilium_metrics_url: Option<String>,
+}
+
+/// `--dataplane`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    #[default]
+    Auto,
+    Linux,
+    Cilium,
+    Windows,
+}
+
+impl Dataplane {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataplane::Auto => "auto",
+            Dataplane::Linux => "linux",
+            Dataplane::Cilium => "cilium",
+            Dataplane::Windows => "windows",
+        }
+    }
 }
 
 /// The resolved settings.
@@ -108,6 +138,8 @@ pub struct Config {
     pub log_format: String,
     /// Empty: off.
     pub http_listen: String,
+    pub dataplane: Dataplane,
+    pub cilium_metrics_url: String,
 }
 
 impl Default for Config {
@@ -133,6 +165,8 @@ impl Default for Config {
             sys_root: PathBuf::from("/sys"),
             log_format: "text".into(),
             http_listen: "127.0.0.1:9965".into(),
+            dataplane: Dataplane::Auto,
+            cilium_metrics_url: "http://localhost:9962/metrics".into(),
         }
     }
 }
@@ -190,7 +224,9 @@ impl Config {
             proc_root,
             sys_root,
             log_format,
-            http_listen
+            http_listen,
+            dataplane,
+            cilium_metrics_url
         );
         if c.node_name.is_empty() {
             c.node_name = std::fs::read_to_string(c.proc_root.join("sys/kernel/hostname"))
@@ -209,11 +245,20 @@ impl Config {
                 c.http_listen
             );
         }
-        const KNOWN: [&str; 6] = [
+        if !c.cilium_metrics_url.starts_with("http://")
+            && !c.cilium_metrics_url.starts_with("https://")
+        {
+            anyhow::bail!(
+                "--cilium-metrics-url {:?} is not an http:// or https:// URL",
+                c.cilium_metrics_url
+            );
+        }
+        const KNOWN: [&str; 7] = [
             "netstat",
             "sockets",
             "interfaces",
             "ebpf",
+            "cilium",
             "self",
             "windows",
         ];
@@ -260,6 +305,30 @@ mod tests {
             c.http_listen, "",
             "empty in the file turns the endpoints off"
         );
+    }
+
+    #[test]
+    fn dataplane_and_cilium_url_from_flag_file_or_default() {
+        let c = resolve(&[]).unwrap();
+        assert_eq!(c.dataplane, Dataplane::Auto);
+        assert_eq!(c.cilium_metrics_url, "http://localhost:9962/metrics");
+        let c = resolve(&[
+            "--dataplane",
+            "cilium",
+            "--cilium-metrics-url",
+            "http://127.0.0.1:1/metrics",
+        ])
+        .unwrap();
+        assert_eq!(c.dataplane, Dataplane::Cilium);
+        assert_eq!(c.cilium_metrics_url, "http://127.0.0.1:1/metrics");
+        assert!(resolve(&["--dataplane", "calico"]).is_err());
+        let e = resolve(&["--cilium-metrics-url", "localhost:9962"]).unwrap_err();
+        assert!(e.to_string().contains("not an http"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shipper.toml");
+        std::fs::write(&file, "dataplane = \"linux\"\n").unwrap();
+        let c = resolve(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.dataplane, Dataplane::Linux);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod agent;
 #[cfg(target_os = "linux")]
 pub mod caps;
 pub mod config;
+pub mod dataplane;
 pub mod http;
 pub mod push;
 pub mod queue;

@@ -45,6 +45,10 @@ pub enum SourceError {
     /// A platform call (a program run, an API called) failed or answered what cannot be read.
     #[error("{call}: {msg}")]
     Call { call: String, msg: String },
+    /// What the source reads from is not there right now (a local agent that is down). It
+    /// is logged once when it starts and once when it ends, and counted every time.
+    #[error("{what} is unavailable: {err}")]
+    Unavailable { what: String, err: String },
 }
 
 /// A data source of the node shipper.
@@ -57,6 +61,21 @@ pub trait Source: Send {
     /// Short name used in configuration (`--disable-sources`) and logs.
     fn name(&self) -> &'static str;
     fn collect(&mut self, out: &mut Vec<Observation>) -> Result<(), SourceError>;
+    /// Metrics whose counters the last `collect` found restarted from zero (their producer
+    /// restarted): the agent forgets all their baselines before it turns that collection
+    /// into deltas. Kernel counters never need it (a reboot is the boot id's); a source
+    /// reading another process's counters does.
+    fn restarted_metrics(&mut self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// What this source must remember across a shipper restart to judge the saved
+    /// baselines (saved with them, atomically, after every collection).
+    fn checkpoint(&self) -> Option<String> {
+        None
+    }
+    /// Hands back what [`Source::checkpoint`] returned before the restart, before the
+    /// first `collect` (only when the baselines it belongs to were kept).
+    fn restore(&mut self, _checkpoint: &str) {}
     /// Called once when the shipper stops cleanly (SIGTERM): release what was attached.
     fn shutdown(self: Box<Self>) {}
 }

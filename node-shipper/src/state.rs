@@ -7,11 +7,16 @@
 //! The kernel's boot id tells a reboot: after one, cumulative /proc counters start again
 //! from zero, so the baselines are cleared (the queued batches are kept; they hold counts
 //! that happened).
+//!
+//! A source whose counters live in another process (the Cilium agent) keeps a marker of
+//! that process's counter lifetime here too ([`PersistedState::sources`]), written with the
+//! baselines it belongs to, so that a restarted shipper can tell whether the counters were
+//! reset while it was away.
 
 use crate::queue::Batch;
 use crate::series::SeriesKey;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +32,10 @@ pub struct PersistedState {
     /// (series, last cumulative value, when it was last seen in ms).
     pub baselines: Vec<(SeriesKey, f64, i64)>,
     pub pending: Vec<Batch>,
+    /// Per source name, what the source needs to judge the baselines after a restart
+    /// ([`crate::source::Source::checkpoint`]). Absent in files of older shippers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, String>,
 }
 
 /// Errors reading or writing the state file.
@@ -60,6 +69,13 @@ impl Baselines {
         } else {
             value
         }
+    }
+
+    /// Forgets the baselines of every series of `metric`: its counters restarted from zero,
+    /// so the next value of each is all new (including series not reported right now, whose
+    /// old baselines would otherwise swallow the first counts after they come back).
+    pub fn forget_metric(&mut self, metric: &str) {
+        self.values.retain(|k, _| k.metric != metric);
     }
 
     /// Forgets series not seen for `ttl_ms` (interfaces and sockets come and go).
@@ -144,6 +160,7 @@ pub fn save(
     boot_id: &str,
     next_sequence: u64,
     baselines: &Baselines,
+    sources: &BTreeMap<String, String>,
     pending: impl Iterator<Item = Batch>,
 ) -> Result<(), StateError> {
     let st = PersistedState {
@@ -156,6 +173,7 @@ pub fn save(
             .map(|(k, (v, t))| (k.clone(), *v, *t))
             .collect(),
         pending: pending.collect(),
+        sources: sources.clone(),
     };
     let werr = |err| StateError::Write {
         path: path.to_owned(),
@@ -207,17 +225,50 @@ mod tests {
         assert_eq!(b.delta(&k, 3.0, 3), 3.0, "a decrease is a reset");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        save(&path, "boot-a", 9, &b, std::iter::empty()).unwrap();
+        let marks = BTreeMap::from([("cilium".to_owned(), "mark".to_owned())]);
+        save(&path, "boot-a", 9, &b, &marks, std::iter::empty()).unwrap();
         let Loaded::State(st) = load(&path).unwrap() else {
             panic!("state not loaded")
         };
         assert_eq!(st.next_sequence, 9);
+        assert_eq!(st.sources, marks);
         let mut same = st.baselines_for_boot("boot-a");
         assert_eq!(same.delta(&k, 4.0, 4), 1.0);
         let mut rebooted = st.baselines_for_boot("boot-b");
         assert_eq!(rebooted.delta(&k, 4.0, 4), 4.0);
         same.prune(100, 10);
         assert!(same.is_empty());
+    }
+
+    #[test]
+    fn forgetting_a_metric_makes_all_of_its_next_values_new() {
+        let fwd = SeriesKey::new("kappie_forward_count", vec![]);
+        let drop = SeriesKey::new("kappie_drop_count", vec![]);
+        let mut b = Baselines::default();
+        b.delta(&fwd, 100.0, 1);
+        b.delta(&drop, 50.0, 1);
+        b.forget_metric("kappie_forward_count");
+        assert_eq!(
+            b.delta(&fwd, 120.0, 2),
+            120.0,
+            "restarted: all of it is new"
+        );
+        assert_eq!(b.delta(&drop, 60.0, 2), 10.0, "other metrics keep theirs");
+    }
+
+    #[test]
+    fn a_state_file_without_source_marks_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(
+            &path,
+            br#"{"version":1,"boot_id":"b","next_sequence":3,"baselines":[],"pending":[]}"#,
+        )
+        .unwrap();
+        let Loaded::State(st) = load(&path).unwrap() else {
+            panic!("state not loaded")
+        };
+        assert!(st.sources.is_empty());
     }
 
     #[test]

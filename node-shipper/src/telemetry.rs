@@ -5,6 +5,7 @@
 //! The eBPF programs' run statistics are read from the kernel at scrape time (through the
 //! programs' pins), the rest is what the loop last reported.
 
+use crate::source::SourceError;
 use crate::sources::ebpf::EbpfPrograms;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -21,6 +22,8 @@ struct SourceStats {
     duration_total: Duration,
     series: usize,
     errors: u64,
+    /// In an outage (its last collection failed with [`SourceError::Unavailable`]).
+    unavailable: bool,
 }
 
 /// Where the collection loop is.
@@ -46,6 +49,8 @@ struct State {
     last_acknowledged: Option<u64>,
     last_push_ok: Option<SystemTime>,
     ebpf: EbpfPrograms,
+    /// The dataplane chosen and why (`kappie_shipper_dataplane`).
+    dataplane: Option<(&'static str, &'static str)>,
 }
 
 /// The shipper's self-telemetry, shared by the collection loop (which reports) and the HTTP
@@ -80,6 +85,7 @@ impl Telemetry {
                 last_acknowledged: None,
                 last_push_ok: None,
                 ebpf: EbpfPrograms::default(),
+                dataplane: None,
             }),
         }
     }
@@ -116,10 +122,42 @@ impl Telemetry {
         s.series = series;
     }
 
-    /// Logs a source's failure and counts it: the one place that does both.
-    pub fn source_failed(&self, source: &'static str, error: &dyn std::error::Error) {
-        tracing::error!(source, error = %error, "source failed; other sources go on");
-        self.state().sources.entry(source).or_default().errors += 1;
+    /// The dataplane the shipper runs on and why it was chosen (a short snake_case word).
+    pub fn dataplane(&self, dataplane: &'static str, reason: &'static str) {
+        self.state().dataplane = Some((dataplane, reason));
+    }
+
+    /// Logs a source's failure and counts it: the one place that does both. An outage
+    /// ([`SourceError::Unavailable`]) is logged as a warning once, when it begins; every
+    /// failed collection is counted.
+    pub fn source_failed(&self, source: &'static str, error: &SourceError) {
+        let mut st = self.state();
+        let s = st.sources.entry(source).or_default();
+        s.errors += 1;
+        match error {
+            SourceError::Unavailable { .. } => {
+                if !s.unavailable {
+                    s.unavailable = true;
+                    drop(st);
+                    tracing::warn!(source, error = %error, "source unavailable; no data from it until it is back (logged once; kappie_shipper_collection_errors_total counts each collection)");
+                }
+            }
+            _ => {
+                drop(st);
+                tracing::error!(source, error = %error, "source failed; other sources go on");
+            }
+        }
+    }
+
+    /// A source collected without error: ends its outage, if it was in one.
+    pub fn source_ok(&self, source: &'static str) {
+        let mut st = self.state();
+        let s = st.sources.entry(source).or_default();
+        if s.unavailable {
+            s.unavailable = false;
+            drop(st);
+            tracing::info!(source, "source available again");
+        }
     }
 
     /// A whole collection is done.
@@ -270,6 +308,16 @@ impl Telemetry {
         );
         let info: Vec<(&str, &str)> = self.info.iter().map(|(k, v)| (*k, v.as_str())).collect();
         m.sample(&info, 1.0);
+        m.head(
+            "kappie_shipper_dataplane",
+            "gauge",
+            "Always 1; where forward and drop counts come from (linux, cilium or windows) and \
+             why it was chosen (configured, windows_build, cilium_bpf_maps, \
+             cilium_metrics_endpoint or no_cilium_agent).",
+        );
+        if let Some((dataplane, reason)) = st.dataplane {
+            m.sample(&[("dataplane", dataplane), ("reason", reason)], 1.0);
+        }
         m.head(
             "kappie_shipper_collections_total",
             "counter",
@@ -440,8 +488,9 @@ mod tests {
     use super::*;
 
     /// Every family, in the order served.
-    const FAMILIES: [&str; 15] = [
+    const FAMILIES: [&str; 16] = [
         "kappie_shipper_info",
+        "kappie_shipper_dataplane",
         "kappie_shipper_collections_total",
         "kappie_shipper_last_collection_timestamp_seconds",
         "kappie_shipper_last_collection_duration_seconds",
@@ -499,6 +548,42 @@ mod tests {
                 "kappie_shipper_collection_errors_total{source=\"netstat\"}"
             ),
             Some("0")
+        );
+    }
+
+    #[test]
+    fn dataplane_is_one_series_with_its_reason() {
+        let t = Telemetry::new(Duration::from_secs(10), "n", "c");
+        assert!(!t.render().contains("kappie_shipper_dataplane{"));
+        t.dataplane("cilium", "cilium_bpf_maps");
+        assert_eq!(
+            sample(
+                &t.render(),
+                "kappie_shipper_dataplane{dataplane=\"cilium\",reason=\"cilium_bpf_maps\"}"
+            ),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn an_outage_is_counted_every_time_and_ended_by_a_good_collection() {
+        let t = Telemetry::new(Duration::from_secs(10), "n", "c");
+        let down = SourceError::Unavailable {
+            what: "agent".into(),
+            err: "connection refused".into(),
+        };
+        for _ in 0..3 {
+            t.source_failed("cilium", &down);
+        }
+        assert!(t.state().sources["cilium"].unavailable);
+        t.source_ok("cilium");
+        assert!(!t.state().sources["cilium"].unavailable);
+        assert_eq!(
+            sample(
+                &t.render(),
+                "kappie_shipper_collection_errors_total{source=\"cilium\"}"
+            ),
+            Some("3")
         );
     }
 

@@ -68,6 +68,8 @@ fn setup(tag: &str, net: u8) -> Option<Setup> {
         interfaces: vec![veth.b_if.clone()],
         pin_dir: pins.0.clone(),
         drops: true,
+        forward: true,
+        tcx_only: false,
     };
     let netns = std::fs::metadata(format!("/var/run/netns/{}", server.name))
         .unwrap()

@@ -51,6 +51,8 @@ fn config(dir: &Path) -> EbpfConfig {
         pin_dir: dir.join("kappie"),
         drops: true,
         drops_tracepoint: true,
+        forward: true,
+        tcx_only: false,
     }
 }
 

@@ -68,6 +68,8 @@ fn main() -> anyhow::Result<()> {
         interfaces: vec![veth.b_if.clone()],
         pin_dir: pin_dir.clone(),
         drops: true,
+        forward: true,
+        tcx_only: false,
     };
 
     let (mut with, mut without) = (Vec::new(), Vec::new());

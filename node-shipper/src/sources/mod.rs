@@ -1,17 +1,20 @@
 //! The data sources: on Linux the utility sources (/proc, sysfs and the ethtool ioctl) and
-//! eBPF, on Windows HNS and VFP ([`windows`], whose parsing and summing build and are tested
-//! everywhere), and the shipper's own metrics everywhere.
+//! the dataplane sources the agent starts for the chosen dataplane (`ebpf`, `cilium`); on
+//! Windows HNS and VFP ([`windows`], whose parsing and summing build and are tested
+//! everywhere); and the shipper's own metrics everywhere.
 
 #[cfg(target_os = "linux")]
 pub mod btf;
 #[cfg(target_os = "linux")]
-pub mod ebpf;
+pub mod cilium;
 #[cfg(target_os = "linux")]
-pub mod ethtool;
+pub mod ebpf;
 /// Where there is no eBPF (not Linux): no programs, so telemetry's eBPF families are empty.
 #[cfg(not(target_os = "linux"))]
 #[path = "ebpf/absent.rs"]
 pub mod ebpf;
+#[cfg(target_os = "linux")]
+pub mod ethtool;
 #[cfg(target_os = "linux")]
 pub mod interfaces;
 #[cfg(target_os = "linux")]

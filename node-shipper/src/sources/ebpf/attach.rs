@@ -5,7 +5,9 @@
 
 use super::errors::{kernel_step, needs, step, EbpfError};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{tc, BtfTracePoint, ProgramInfo, SchedClassifier, TcAttachType, TracePoint};
+use aya::programs::{
+    tc, BtfTracePoint, LinkOrder, ProgramInfo, SchedClassifier, TcAttachType, TracePoint,
+};
 use aya::{Btf, Ebpf};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -88,7 +90,14 @@ impl EbpfPrograms {
 }
 
 /// Attaches tc program `name` to `iface`: tcx where the kernel has it (a link, pinned so
-/// that it outlives the shipper), else a clsact qdisc through netlink.
+/// that it outlives the shipper), else (unless `tcx_only`) a clsact qdisc through netlink.
+///
+/// With tcx the program goes first on the hook: the programs of a hook run in order until
+/// one returns a verdict other than "next", and Kappie's always return "next"
+/// (`TC_ACT_UNSPEC`), so every program after it still runs and decides the packet's fate,
+/// while a program before it that passes, drops or redirects (as Cilium's do; Cilium
+/// attaches at the tail) would hide those packets from it.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn attach_tc(
     prog: &mut SchedClassifier,
     name: &'static str,
@@ -96,8 +105,10 @@ pub(super) fn attach_tc(
     attach: TcAttachType,
     pin_dir: &Path,
     suffix: &str,
+    tcx_only: bool,
 ) -> Result<Attached, EbpfError> {
-    let (hook, link) = match prog.attach(iface, attach) {
+    let first = tc::TcAttachOptions::TcxOrder(LinkOrder::first());
+    let (hook, link) = match prog.attach_with_options(iface, attach, first) {
         Ok(id) => {
             let link = prog
                 .take_link(id)
@@ -109,6 +120,11 @@ pub(super) fn attach_tc(
                 Some(pin_link(fd, pin_dir.join(format!("link-{suffix}")))?),
             )
         }
+        Err(tcx) if tcx_only => return Err(step(
+            format!("attaching {name} to {iface} with tcx"),
+            "on a Cilium node Kappie's tc programs attach with tcx only (kernel 6.6 or later); \
+                 without it the TCP flag counters are off (--disable-sources ebpf silences this)",
+        )(tcx)),
         Err(tcx) => {
             tracing::info!(interface = %iface, error = %tcx, "tcx attach failed (kernel lacks tcx?); falling back to clsact, which cannot outlive a killed shipper");
             if let Err(e) = tc::qdisc_add_clsact(iface) {

@@ -40,6 +40,13 @@ pub struct EbpfConfig {
     /// Use the `skb:kfree_skb` tracepoint even where `tp_btf` works (it is the fallback
     /// where BTF programs are not allowed).
     pub drops_tracepoint: bool,
+    /// Report `kappie_forward_count/bytes` (off on Cilium nodes, where Cilium's counts are
+    /// the forward counts and the tc programs are there for the TCP flags only).
+    pub forward: bool,
+    /// Attach the tc programs with tcx only, never through a clsact qdisc (on Cilium nodes:
+    /// tcx runs several programs on one hook in order, Kappie's first; a tc filter of
+    /// Kappie's in a qdisc Cilium manages is not known to be safe).
+    pub tcx_only: bool,
 }
 
 /// A TCP flag counter's key in a [`Snapshot`].
@@ -62,6 +69,8 @@ pub struct Snapshot {
 /// The source.
 pub struct EbpfSource {
     forward: Ebpf,
+    /// Report `kappie_forward_*` ([`EbpfConfig::forward`]).
+    report_forward: bool,
     drops: Option<Ebpf>,
     reasons: HashMap<u32, String>,
     ifindexes: Vec<u32>,
@@ -116,6 +125,7 @@ impl EbpfSource {
             hooks = ?attached.iter().map(|a| a.what.hook).collect::<Vec<_>>(), "eBPF programs attached");
         Ok(EbpfSource {
             forward: loaded.forward,
+            report_forward: config.forward,
             drops: loaded.drops,
             reasons: loaded.reasons,
             ifindexes: loaded.ifindexes,
@@ -237,6 +247,7 @@ fn load_and_attach(config: &EbpfConfig, attached: &mut Vec<Attached>) -> Result<
                 attach,
                 &config.pin_dir,
                 &suffix,
+                config.tcx_only,
             )?);
         }
     }
@@ -327,7 +338,10 @@ impl Source for EbpfSource {
                 e.bytes += c.bytes;
             }
         }
-        for d in [DIR_INGRESS, DIR_EGRESS] {
+        for d in [DIR_INGRESS, DIR_EGRESS]
+            .into_iter()
+            .filter(|_| self.report_forward)
+        {
             let c = fwd.get(&d).copied().unwrap_or_default();
             out.push(Observation::counter(
                 "kappie_forward_count",
