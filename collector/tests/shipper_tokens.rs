@@ -247,11 +247,17 @@ fn a_token_for_another_node_is_permission_denied_and_counted() {
     wait_for("the intruder refused", Duration::from_secs(60), || {
         (refused_unauthorized(&http) > 0.0).then_some(())
     });
-    let log = std::fs::read_to_string(d.join("shipper-evil.log")).unwrap();
-    assert!(
-        log.contains("is not the node your ServiceAccount token names (\\\"node-a\\\")")
-            || log.contains("is not the node your ServiceAccount token names (\"node-a\")"),
-        "{log}"
+    // The shipper logs the refusal once the answer is back.
+    wait_for(
+        "the refusal in the shipper's log",
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(d.join("shipper-evil.log")).unwrap_or_default();
+            let why = "is not the node your ServiceAccount token names (";
+            (log.contains(&format!("{why}\\\"node-a\\\")"))
+                || log.contains(&format!("{why}\"node-a\")")))
+            .then_some(())
+        },
     );
     assert_eq!(series_of(&http, "evil"), 0, "none of its series is stored");
     assert_eq!(

@@ -122,7 +122,7 @@ impl Verifier {
             }
             Checked::Invalid(st) => return Err(st),
         };
-        if !self.policy.subjects.iter().any(|s| *s == claims.sub) {
+        if !self.policy.subjects.contains(&claims.sub) {
             return Err(refused(format!(
                 "subject {:?} is not an allowed shipper ServiceAccount (--shipper-token-subject)",
                 claims.sub
