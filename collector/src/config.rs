@@ -137,6 +137,40 @@ pub struct Cli {
     /// every series' node_name label); others get PERMISSION_DENIED. Needs TLS.
     #[arg(long, env = "KAPPIE_TLS_CLIENT_CA_FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// JWK set file of the issuer of shipper ServiceAccount tokens, read again when it
+    /// changes: shippers must then send a token (their --collector-token-file) and may write
+    /// only as the node its `kubernetes.io.node.name` claim names; others get
+    /// UNAUTHENTICATED or PERMISSION_DENIED. Needs --shipper-token-issuer.
+    #[arg(long, env = "KAPPIE_SHIPPER_TOKEN_JWKS_FILE")]
+    pub shipper_token_jwks_file: Option<PathBuf>,
+    /// URL of that JWK set instead of a file (in Kubernetes
+    /// `https://kubernetes.default.svc/openid/v1/jwks`), fetched at start, every 5 minutes and
+    /// when a token names a key it lacks. Without --shipper-token-issuer the issuer is read
+    /// from the OpenID discovery document on the same host.
+    #[arg(long, env = "KAPPIE_SHIPPER_TOKEN_JWKS_URL")]
+    pub shipper_token_jwks_url: Option<String>,
+    /// PEM CA bundle trusted for --shipper-token-jwks-url instead of the system's roots (the
+    /// API server's CA); read at each fetch.
+    #[arg(long, env = "KAPPIE_SHIPPER_TOKEN_CA_FILE")]
+    pub shipper_token_ca_file: Option<PathBuf>,
+    /// File holding a bearer token sent when fetching --shipper-token-jwks-url (the
+    /// collector's own projected ServiceAccount token); read at each fetch.
+    #[arg(long, env = "KAPPIE_SHIPPER_TOKEN_BEARER_FILE")]
+    pub shipper_token_bearer_file: Option<PathBuf>,
+    /// The `iss` shipper tokens must have (e.g. https://kubernetes.default.svc.cluster.local).
+    #[arg(long, env = "KAPPIE_SHIPPER_TOKEN_ISSUER")]
+    pub shipper_token_issuer: Option<String>,
+    /// The audience shipper tokens must have (`aud`); default `kappie`.
+    #[arg(long, env = "KAPPIE_SHIPPER_TOKEN_AUDIENCE")]
+    pub shipper_token_audience: Option<String>,
+    /// Allowed `sub` of shipper tokens, comma separated; default
+    /// `system:serviceaccount:kappie:kappie-shipper`.
+    #[arg(
+        long = "shipper-token-subject",
+        env = "KAPPIE_SHIPPER_TOKEN_SUBJECT",
+        value_delimiter = ','
+    )]
+    pub shipper_token_subjects: Option<Vec<String>>,
     /// A file holding the bearer token HTTP API clients must send (`Authorization: Bearer
     /// ...`); read again when it changes. Off when neither this nor the users file is set.
     #[arg(long, env = "KAPPIE_HTTP_AUTH_TOKEN_FILE")]
@@ -204,6 +238,13 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub tls_client_ca_file: Option<PathBuf>,
+    pub shipper_token_jwks_file: Option<PathBuf>,
+    pub shipper_token_jwks_url: Option<String>,
+    pub shipper_token_ca_file: Option<PathBuf>,
+    pub shipper_token_bearer_file: Option<PathBuf>,
+    pub shipper_token_issuer: Option<String>,
+    pub shipper_token_audience: String,
+    pub shipper_token_subjects: Vec<String>,
 }
 
 impl Default for Config {
@@ -250,6 +291,13 @@ impl Default for Config {
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
+            shipper_token_jwks_file: None,
+            shipper_token_jwks_url: None,
+            shipper_token_ca_file: None,
+            shipper_token_bearer_file: None,
+            shipper_token_issuer: None,
+            shipper_token_audience: "kappie".into(),
+            shipper_token_subjects: vec!["system:serviceaccount:kappie:kappie-shipper".into()],
         }
     }
 }
@@ -299,6 +347,47 @@ impl Config {
             )
             .map_err(anyhow::Error::msg)?,
         })
+    }
+
+    /// The shipper authentication these settings ask for, and the key set to keep fetching
+    /// (with --shipper-token-jwks-url).
+    pub fn shipper_auth(
+        &self,
+    ) -> anyhow::Result<(
+        crate::shipper_auth::ShipperAuth,
+        Option<std::sync::Arc<crate::shipper_auth::jwks::Fetched>>,
+    )> {
+        use crate::shipper_auth::{jwks, token};
+        let (keys, fetched) = match (&self.shipper_token_jwks_file, &self.shipper_token_jwks_url) {
+            (Some(f), _) => (Some(jwks::Keys::file(f.clone())?), None),
+            (None, Some(url)) => {
+                let f = jwks::Fetched::new(jwks::UrlSource {
+                    url: url.clone(),
+                    ca_file: self.shipper_token_ca_file.clone(),
+                    bearer_file: self.shipper_token_bearer_file.clone(),
+                    discover_issuer: self.shipper_token_issuer.is_none(),
+                });
+                (Some(jwks::Keys::Url(f.clone())), Some(f))
+            }
+            (None, None) => (None, None),
+        };
+        let tokens = keys.map(|k| {
+            std::sync::Arc::new(token::Verifier::new(
+                k,
+                token::TokenPolicy {
+                    issuer: self.shipper_token_issuer.clone(),
+                    audience: self.shipper_token_audience.clone(),
+                    subjects: self.shipper_token_subjects.clone(),
+                },
+            ))
+        });
+        Ok((
+            crate::shipper_auth::ShipperAuth {
+                client_certificates: self.tls_client_ca_file.is_some(),
+                tokens,
+            },
+            fetched,
+        ))
     }
 
     /// The PromQL limits these settings give.
@@ -362,7 +451,9 @@ impl Config {
             remote_write_max_backlog_bytes,
             self_scrape_interval_seconds,
             self_scrape_instance,
-            log_format
+            log_format,
+            shipper_token_audience,
+            shipper_token_subjects
         );
         if let Some(p) = cli.remote_write_config {
             c.remote_write_config = Some(p);
@@ -402,6 +493,28 @@ impl Config {
         }
         if let Some(p) = cli.tls_client_ca_file {
             c.tls_client_ca_file = Some(p);
+        }
+        macro_rules! some {
+            ($($f:ident),*) => { $( if let Some(v) = cli.$f { c.$f = Some(v); } )* };
+        }
+        some!(
+            shipper_token_jwks_file,
+            shipper_token_jwks_url,
+            shipper_token_ca_file,
+            shipper_token_bearer_file,
+            shipper_token_issuer
+        );
+        if c.shipper_token_jwks_file.is_some() && c.shipper_token_jwks_url.is_some() {
+            anyhow::bail!("set one of --shipper-token-jwks-file and --shipper-token-jwks-url");
+        }
+        if c.shipper_token_jwks_file.is_some() && c.shipper_token_issuer.is_none() {
+            anyhow::bail!(
+                "--shipper-token-jwks-file needs --shipper-token-issuer (the `iss` of the \
+                 tokens: `kubectl get --raw /.well-known/openid-configuration`)"
+            );
+        }
+        if c.shipper_token_audience.is_empty() || c.shipper_token_subjects.is_empty() {
+            anyhow::bail!("--shipper-token-audience and --shipper-token-subject must not be empty");
         }
         if c.grpc_request_timeout_seconds == 0 || c.grpc_max_concurrent_calls_per_connection == 0 {
             anyhow::bail!(

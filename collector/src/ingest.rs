@@ -8,6 +8,7 @@
 //! Key layouts are in `storage/docs/format.md`. The same commit also carries the
 //! shipper's inventory record ([`crate::shippers`]).
 
+use crate::shipper_auth::ShipperAuth;
 use crate::shippers::{record_key, sequence_key as seq_key, Inventory};
 use kappie_proto::ingest_server::Ingest;
 use kappie_proto::{
@@ -29,44 +30,13 @@ pub struct IngestLimits {
     pub max_series_per_shipper: usize,
     pub max_future_skew_ms: i64,
     pub labels: crate::limits::LabelLimits,
-    /// Shippers write only as the node their client certificate names.
-    pub authorize_nodes: bool,
-}
-
-/// Calls refused because the shipper wrote as a node its certificate does not name.
-pub static REFUSED_UNAUTHORIZED: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(0);
-
-/// With `authorize_nodes`: `Ok` when the client certificate of `req` names `node`.
-fn authorize<T>(on: bool, req: &Request<T>, node: &str, what: &str) -> Result<(), Status> {
-    if !on {
-        return Ok(());
-    }
-    let certs = req.peer_certs().ok_or_else(|| {
-        Status::unauthenticated("a client certificate is required (--tls-client-ca-file)")
-    })?;
-    let ok = certs
-        .first()
-        .is_some_and(|c| crate::tls::names_node(c, node));
-    if !ok {
-        REFUSED_UNAUTHORIZED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(
-            node,
-            what,
-            "refused: the shipper's certificate does not name this node"
-        );
-        return Err(Status::permission_denied(format!(
-            "{what} {node:?} is not the node your client certificate names"
-        )));
-    }
-    Ok(())
 }
 
 /// The tonic service.
 #[derive(Clone)]
 pub struct IngestService {
     core: Arc<Mutex<Core>>,
-    authorize_nodes: bool,
+    auth: ShipperAuth,
 }
 
 struct Def {
@@ -86,10 +56,16 @@ struct Core {
 }
 
 impl IngestService {
-    /// The service over `store`, keeping `shippers` (loaded from the same store) current.
-    pub fn new(store: Storage, limits: IngestLimits, shippers: Arc<Inventory>) -> Self {
+    /// The service over `store`, keeping `shippers` (loaded from the same store) current;
+    /// with `auth` on, shippers write only as the node their credentials name.
+    pub fn new(
+        store: Storage,
+        limits: IngestLimits,
+        shippers: Arc<Inventory>,
+        auth: ShipperAuth,
+    ) -> Self {
         IngestService {
-            authorize_nodes: limits.authorize_nodes,
+            auth,
             core: Arc::new(Mutex::new(Core {
                 store,
                 limits,
@@ -117,9 +93,9 @@ impl IngestService {
 #[tonic::async_trait]
 impl Ingest for IngestService {
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
-        let on = self.authorize_nodes;
-        authorize(on, &req, &req.get_ref().shipper_id, "shipper id")?;
-        authorize(on, &req, &req.get_ref().node_name, "node name")?;
+        let caller = self.auth.caller(&req).await?;
+        caller.authorize(&req.get_ref().shipper_id, "shipper id")?;
+        caller.authorize(&req.get_ref().node_name, "node name")?;
         let req = req.into_inner();
         validate_shipper_id(&req.shipper_id)?;
         let last = self.run(move |core| core.hello(&req)).await?;
@@ -129,15 +105,15 @@ impl Ingest for IngestService {
     }
 
     async fn push(&self, req: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
-        let on = self.authorize_nodes;
-        authorize(on, &req, &req.get_ref().shipper_id, "shipper id")?;
+        let caller = self.auth.caller(&req).await?;
+        caller.authorize(&req.get_ref().shipper_id, "shipper id")?;
         for d in &req.get_ref().definitions {
             let node = d
                 .labels
                 .iter()
                 .find(|l| l.name == "node_name")
                 .map_or("", |l| l.value.as_str());
-            authorize(on, &req, node, "node_name label")?;
+            caller.authorize(node, "node_name label")?;
         }
         let req = req.into_inner();
         validate_shipper_id(&req.shipper_id)?;

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod promql;
 pub mod remote;
 pub mod server;
+pub mod shipper_auth;
 pub mod shippers;
 pub mod telemetry;
 pub mod tls;

@@ -103,6 +103,10 @@ pub async fn serve(
     let mut rx_grpc = tx.subscribe();
     let tx_maint = tx.subscribe();
     let rx_scrape = tx.subscribe();
+    let (shipper_auth, token_keys) = config.shipper_auth()?;
+    if let Some(keys) = token_keys {
+        tokio::spawn(keys.refresh_until(tx.subscribe()));
+    }
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(());
@@ -173,9 +177,9 @@ pub async fn serve(
             max_series_per_shipper: config.max_series_per_shipper,
             max_future_skew_ms: (config.max_future_skew_seconds as i64).saturating_mul(1000),
             labels: config.label_limits(),
-            authorize_nodes: config.tls_client_ca_file.is_some(),
         },
         shippers,
+        shipper_auth,
     );
     let svc = IngestServer::new(ingest).max_decoding_message_size(config.grpc_max_message_bytes);
     let grpc_timeout = std::time::Duration::from_secs(config.grpc_request_timeout_seconds);

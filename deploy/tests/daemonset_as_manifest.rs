@@ -8,6 +8,11 @@
 //! namespace of the test's own stands in for the node's network (hostNetwork), with a default
 //! route over a veth so the shipper picks its interface as on a node.
 //!
+//! The projected ServiceAccount token volume is a directory the test writes a token into, as
+//! the kubelet would: signed with a key of the test's own (openssl), for the projection's
+//! audience, naming the node and the DaemonSet's ServiceAccount; the collector checks it
+//! against that key's JWKS file, so the shipper runs with authentication on as deployed.
+//!
 //! What differs from a kubelet, and why: the collector address (the manifest's Service name
 //! cannot resolve here; the collector runs on the namespace's loopback), the interval (1 s,
 //! to keep the test short), the "host" bpffs is one the test mounts (a test must not depend
@@ -17,10 +22,12 @@
 //!
 //! Then each capability is removed in turn: the shipper must exit with an error naming it.
 
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kappie_deploy::{deploy_dir, find, render, strict};
-use kappie_testkit::need::NETNS;
+use kappie_testkit::need::{NETNS, OPENSSL};
 use kappie_testkit::{require, run, wait_for, Need, Netns, Proc, Veth};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -51,13 +58,29 @@ struct Manifest {
     caps: Vec<String>,
     no_new_privs: bool,
     read_only_root: bool,
-    /// (mountPath, hostPath, readOnly), parents first.
+    /// (mountPath, hostPath or `projected:<volume>`, readOnly), parents first.
     mounts: Vec<(String, String, bool)>,
+    /// The serviceAccountToken projections: (volume, path in it, audience).
+    tokens: Vec<(String, String, Option<String>)>,
+    /// `system:serviceaccount:<namespace>:<name>` of the pods.
+    service_account: String,
 }
 
 fn manifest() -> Manifest {
     let objects = render(&deploy_dir().join("kubernetes")).unwrap();
     let ds: DaemonSet = strict(find(&objects, "DaemonSet", "kappie-shipper").unwrap()).unwrap();
+    let service_account = format!(
+        "system:serviceaccount:{}:{}",
+        ds.metadata.namespace.clone().unwrap(),
+        ds.spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .service_account_name
+            .unwrap()
+    );
     let pod = ds.spec.unwrap().template.spec.unwrap();
     let c = &pod.containers[0];
     let sc = c.security_context.clone().unwrap();
@@ -78,6 +101,7 @@ fn manifest() -> Manifest {
         };
         env.push((e.name.clone(), v));
     }
+    let mut tokens = Vec::new();
     let mut mounts: Vec<(String, String, bool)> = c
         .volume_mounts
         .iter()
@@ -89,12 +113,20 @@ fn manifest() -> Manifest {
                 .flatten()
                 .find(|v| v.name == m.name)
                 .unwrap();
-            let host = v
-                .host_path
-                .as_ref()
-                .expect("hostPath volumes only")
-                .path
-                .clone();
+            let host = match (&v.host_path, &v.projected) {
+                (Some(h), _) => h.path.clone(),
+                (None, Some(p)) => {
+                    for src in p.sources.iter().flatten() {
+                        let t = src
+                            .service_account_token
+                            .clone()
+                            .expect("serviceAccountToken projections only");
+                        tokens.push((v.name.clone(), t.path, t.audience));
+                    }
+                    format!("projected:{}", v.name)
+                }
+                _ => panic!("hostPath and projected token volumes only: {}", v.name),
+            };
             (m.mount_path.clone(), host, m.read_only == Some(true))
         })
         .collect();
@@ -108,6 +140,61 @@ fn manifest() -> Manifest {
         no_new_privs: sc.allow_privilege_escalation == Some(false),
         read_only_root: sc.read_only_root_filesystem == Some(true),
         mounts,
+        tokens,
+        service_account,
+    }
+}
+
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// A key in `dir` and its JWKS in `dir/jwks.json`; then, for each projected token of the
+/// manifest, the token the kubelet would write, in `dir/projected-<volume>/<path>`.
+fn project_tokens(dir: &Path, m: &Manifest) {
+    kappie_collector::shipper_auth::ring_jwt::install();
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .args(["-out", "issuer.key"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(dir.join("issuer.key")).unwrap()).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("test-issuer".into());
+    let set = serde_json::json!({ "keys": [jwk] });
+    std::fs::write(dir.join("jwks.json"), set.to_string()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (volume, path, audience) in &m.tokens {
+        let claims = serde_json::json!({
+            "aud": [audience.clone().unwrap_or_else(|| "https://kubernetes.default.svc".into())],
+            "exp": now + 3600, "iat": now, "nbf": now, "iss": ISSUER,
+            "sub": m.service_account,
+            "kubernetes.io": {"namespace": "kappie", "node": {"name": NODE, "uid": "n-1"},
+                "pod": {"name": "kappie-shipper-test", "uid": "p-1"},
+                "serviceaccount": {"name": "kappie-shipper", "uid": "s-1"}},
+        });
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("test-issuer".into());
+        let vol = dir.join(format!("projected-{volume}"));
+        std::fs::create_dir_all(&vol).unwrap();
+        std::fs::write(
+            vol.join(path),
+            jsonwebtoken::encode(&header, &claims, &key).unwrap(),
+        )
+        .unwrap();
     }
 }
 
@@ -291,7 +378,7 @@ fn dump(log: &Path) -> String {
 fn the_shipper_works_under_the_daemonsets_settings_and_needs_each_capability() {
     let needs = [
         NETNS.as_slice(),
-        &[Need::KernelBtf, SETPRIV, UNSHARE, CHROOT],
+        &[Need::KernelBtf, SETPRIV, UNSHARE, CHROOT, OPENSSL],
     ]
     .concat();
     if !require(&needs) {
@@ -304,10 +391,18 @@ fn the_shipper_works_under_the_daemonsets_settings_and_needs_each_capability() {
     let bpffs = Bpffs::new();
     let state = dir.path().join("host-var-lib-kappie");
     std::fs::create_dir_all(&state).unwrap();
+    assert!(
+        !m.tokens.is_empty(),
+        "the DaemonSet projects a collector token"
+    );
+    project_tokens(dir.path(), &m);
     let host = |p: &str| -> PathBuf {
         match p {
             "/sys/fs/bpf" => bpffs.0.clone(),
             "/var/lib/kappie" => state.clone(),
+            p if p.starts_with("projected:") => dir
+                .path()
+                .join(format!("projected-{}", &p["projected:".len()..])),
             other => PathBuf::from(other),
         }
     };
@@ -337,7 +432,10 @@ fn the_shipper_works_under_the_daemonsets_settings_and_needs_each_capability() {
             "127.0.0.1:19190",
             "--grpc-listen",
             "127.0.0.1:19195",
-        ]);
+        ])
+        .arg("--shipper-token-jwks-file")
+        .arg(dir.path().join("jwks.json"))
+        .args(["--shipper-token-issuer", ISSUER]);
     let _collector = Proc::spawn(
         "collector",
         collector_cmd,

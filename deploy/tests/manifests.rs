@@ -5,8 +5,9 @@
 
 use clap::{CommandFactory, Parser};
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Container, PodSpec, Service};
+use k8s_openapi::api::core::v1::{Container, PodSpec, ProjectedVolumeSource, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kappie_deploy::{check_schema, deploy_dir, find, render, strict};
 use serde_json::Value;
 
@@ -30,6 +31,7 @@ fn base_and_example_overlay_match_the_api_schema() {
     assert_eq!(
         kinds(&base),
         [
+            "ClusterRoleBinding/kappie-collector-issuer-discovery",
             "ConfigMap/kappie-cluster",
             "DaemonSet/kappie-shipper",
             "Namespace/kappie",
@@ -48,7 +50,8 @@ fn base_and_example_overlay_match_the_api_schema() {
         if let Err(e) = check_schema(obj) {
             errors.push(format!("{e:#}"));
         }
-        if obj["kind"] != "Namespace" {
+        // Cluster-scoped kinds have no namespace.
+        if !["Namespace", "ClusterRoleBinding"].contains(&obj["kind"].as_str().unwrap()) {
             assert_eq!(
                 obj["metadata"]["namespace"],
                 "kappie",
@@ -107,6 +110,26 @@ fn host_path_of(spec: &PodSpec, c: &Container, path: &str) -> Option<(String, bo
     let host = v.host_path.as_ref()?.path.clone();
     Some((
         format!("{host}{}", &path[m.mount_path.len()..]),
+        m.read_only == Some(true),
+    ))
+}
+
+/// The projected volume mounted at (or above) `path` in the container, the path of `path`
+/// inside it, and whether the mount is read-only.
+fn projected_of(
+    spec: &PodSpec,
+    c: &Container,
+    path: &str,
+) -> Option<(ProjectedVolumeSource, String, bool)> {
+    let m = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| path.starts_with(&format!("{}/", m.mount_path)))?;
+    let v = spec.volumes.iter().flatten().find(|v| v.name == m.name)?;
+    Some((
+        v.projected.clone()?,
+        path[m.mount_path.len() + 1..].to_owned(),
         m.read_only == Some(true),
     ))
 }
@@ -204,6 +227,29 @@ fn the_shipper_daemonset_keeps_its_promises() {
     let res = c.resources.clone().unwrap();
     assert!(res.requests.unwrap().contains_key("memory"));
     assert!(res.limits.unwrap().contains_key("memory"));
+
+    // The collector token: projected for the audience the collector expects, read-only,
+    // where --collector-token-file points; the only source of that volume.
+    let (projected, file, ro) = projected_of(&spec, &c, arg(&c, "--collector-token-file").unwrap())
+        .expect("--collector-token-file is in a projected volume");
+    assert!(ro);
+    let sources = projected.sources.unwrap();
+    assert_eq!(sources.len(), 1);
+    let token = sources[0].service_account_token.clone().unwrap();
+    assert_eq!(token.path, file);
+    assert_eq!(token.expiration_seconds, Some(3600));
+    let collector = kappie_collector::config::Config::default();
+    assert_eq!(
+        token.audience.as_deref(),
+        Some(collector.shipper_token_audience.as_str())
+    );
+    // The collector allows this DaemonSet's ServiceAccount.
+    let sa = format!(
+        "system:serviceaccount:{}:{}",
+        obj["metadata"]["namespace"].as_str().unwrap(),
+        spec.service_account_name.clone().unwrap()
+    );
+    assert_eq!(collector.shipper_token_subjects, [sa]);
 }
 
 #[test]
@@ -308,12 +354,85 @@ fn the_collector_statefulset_service_and_network_policy_fit_together() {
         "no rule admits gRPC from everywhere"
     );
 
-    // No RBAC: neither component calls the Kubernetes API.
+    // Shipper tokens are verified with the API server's keys, fetched with its CA and a
+    // token of the collector's own, both projected read-only (the issuer is discovered).
+    let cli = kappie_collector::config::Cli::try_parse_from(&argv).unwrap();
+    let config = kappie_collector::config::Config::resolve(cli).unwrap();
+    assert_eq!(
+        config.shipper_token_jwks_url.as_deref(),
+        Some("https://kubernetes.default.svc/openid/v1/jwks")
+    );
+    assert_eq!(config.shipper_token_issuer, None);
+    let ca = config.shipper_token_ca_file.unwrap();
+    let (projected, ca_file, ro) = projected_of(&spec, &c, ca.to_str().unwrap()).unwrap();
+    assert!(ro);
+    let sources = projected.sources.unwrap();
+    let root_ca = sources
+        .iter()
+        .find_map(|s| s.config_map.clone())
+        .expect("the API server's CA");
+    assert_eq!(root_ca.name, "kube-root-ca.crt");
+    let item = root_ca.items.unwrap();
+    assert_eq!(
+        (item[0].key.as_str(), item[0].path.as_str()),
+        ("ca.crt", ca_file.as_str())
+    );
+    let bearer = config.shipper_token_bearer_file.unwrap();
+    let (projected, bearer_file, ro) = projected_of(&spec, &c, bearer.to_str().unwrap()).unwrap();
+    assert!(ro);
+    let token = projected
+        .sources
+        .unwrap()
+        .into_iter()
+        .find_map(|s| s.service_account_token)
+        .unwrap();
+    assert_eq!(token.path, bearer_file);
+    assert_eq!(token.audience, None, "for the API server");
+}
+
+#[test]
+fn the_only_rbac_is_the_collectors_issuer_discovery_binding() {
+    let base = base();
+    let rbac: Vec<&Value> = base
+        .iter()
+        .filter(|o| o["apiVersion"].as_str().unwrap().starts_with("rbac."))
+        .collect();
+    assert_eq!(
+        rbac.len(),
+        1,
+        "{:?}",
+        rbac.iter()
+            .map(|o| kappie_deploy::describe(o))
+            .collect::<Vec<_>>()
+    );
+    let b: ClusterRoleBinding = strict(rbac[0]).unwrap();
+    // The built-in role: GET on the two discovery URLs, nothing else.
+    assert_eq!(b.role_ref.kind, "ClusterRole");
+    assert_eq!(b.role_ref.api_group, "rbac.authorization.k8s.io");
+    assert_eq!(b.role_ref.name, "system:service-account-issuer-discovery");
+    let subjects = b.subjects.unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(subjects[0].name, "kappie-collector");
+    assert_eq!(subjects[0].namespace.as_deref(), Some("kappie"));
+    let sts = find(&base, "StatefulSet", "kappie-collector").unwrap();
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["serviceAccountName"],
+        "kappie-collector"
+    );
+
+    // No token is mounted automatically, in any pod: only the projected ones above.
     for o in &base {
-        let kind = o["kind"].as_str().unwrap();
-        assert!(!kind.contains("Role"), "{kind}");
-        if kind == "ServiceAccount" {
+        if o["kind"] == "ServiceAccount" {
             assert_eq!(o["automountServiceAccountToken"], false);
+        }
+        if let Some(pod) = o["spec"]["template"]["spec"].as_object() {
+            assert_eq!(
+                pod["automountServiceAccountToken"],
+                false,
+                "{}",
+                kappie_deploy::describe(o)
+            );
         }
     }
 }

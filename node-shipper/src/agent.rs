@@ -528,7 +528,8 @@ async fn run_loop(
         ca.as_deref(),
         client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
     )
-    .with_context(|| format!("invalid collector address {:?}", config.collector))?;
+    .with_context(|| format!("invalid collector address {:?}", config.collector))?
+    .with_token_file(config.collector_token_file.as_deref())?;
     let mut agent = Agent {
         delta: Delta::new(baselines, &config.node_name, &config.cluster),
         queue: Queue::new(config.queue_max_bytes, pending),

@@ -25,6 +25,12 @@ pub struct Cli {
     /// PEM private key of --client-cert-file.
     #[arg(long, env = "KAPPIE_CLIENT_KEY_FILE")]
     pub client_key_file: Option<PathBuf>,
+    /// File holding a token sent to the collector as `authorization: Bearer` (a projected
+    /// ServiceAccount token naming this node, for a collector with
+    /// --shipper-token-jwks-url or -file); read again at each Hello and at least every
+    /// minute, as the kubelet rotates it.
+    #[arg(long, env = "KAPPIE_COLLECTOR_TOKEN_FILE")]
+    pub collector_token_file: Option<PathBuf>,
     /// Collection interval (`10s`, `1m`).
     #[arg(long, env = "KAPPIE_INTERVAL", value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
@@ -119,6 +125,7 @@ pub struct Config {
     pub collector_ca_file: Option<PathBuf>,
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
+    pub collector_token_file: Option<PathBuf>,
     #[serde(with = "humantime_serde_compat")]
     pub interval: Duration,
     pub state_file: PathBuf,
@@ -149,6 +156,7 @@ impl Default for Config {
             collector_ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            collector_token_file: None,
             interval: Duration::from_secs(10),
             state_file: PathBuf::from("/var/lib/kappie/shipper-state.json"),
             node_name: String::new(),
@@ -206,6 +214,9 @@ impl Config {
         }
         if let Some(p) = cli.client_key_file {
             c.client_key_file = Some(p);
+        }
+        if let Some(p) = cli.collector_token_file {
+            c.collector_token_file = Some(p);
         }
         take!(
             collector,

@@ -8,7 +8,11 @@ use kappie_proto::{
     SeriesDefinition,
 };
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -42,9 +46,91 @@ pub struct Identity {
     pub session: u64,
 }
 
+/// The collector token is read again when the copy in memory is this old (the kubelet
+/// rotates a projected token when 80 % of its lifetime has passed).
+pub const TOKEN_REREAD: Duration = Duration::from_secs(60);
+
+/// The token of `--collector-token-file`, as the `authorization` value sent with every call:
+/// read at start, again before each Hello, after an UNAUTHENTICATED answer and when older
+/// than [`TOKEN_REREAD`]. A read that fails keeps the last token (and says so).
+pub struct TokenFile {
+    path: PathBuf,
+    /// The value and when it was read; `None` when it is to be read again.
+    cached: Mutex<(MetadataValue<Ascii>, Option<Instant>)>,
+}
+
+impl TokenFile {
+    /// Reads `path` now: an error when it cannot be read or holds no token.
+    pub fn open(path: &Path) -> std::io::Result<TokenFile> {
+        let value = Self::read(path)?;
+        Ok(TokenFile {
+            path: path.to_owned(),
+            cached: Mutex::new((value, Some(Instant::now()))),
+        })
+    }
+
+    fn read(path: &Path) -> std::io::Result<MetadataValue<Ascii>> {
+        let invalid = |why: &str| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("collector token file {}: {why}", path.display()),
+            )
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot read the collector token file {}: {e}",
+                    path.display()
+                ),
+            )
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(invalid("empty"));
+        }
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| invalid("not a token (printable ASCII)"))
+    }
+
+    /// The current value, read again first if due.
+    fn value(&self) -> MetadataValue<Ascii> {
+        let mut c = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if c.1.is_none_or(|t| t.elapsed() >= TOKEN_REREAD) {
+            match Self::read(&self.path) {
+                Ok(v) => c.0 = v,
+                Err(e) => tracing::warn!(error = %e, "keeping the last collector token"),
+            }
+            c.1 = Some(Instant::now());
+        }
+        c.0.clone()
+    }
+
+    /// Reads the file again before the next call.
+    fn expire(&self) {
+        self.cached.lock().unwrap_or_else(|e| e.into_inner()).1 = None;
+    }
+}
+
+/// Adds the collector token (when there is one) to every call.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<Arc<TokenFile>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("authorization", t.value());
+        }
+        Ok(req)
+    }
+}
+
 /// One session with the collector.
 pub struct Pusher {
-    client: IngestClient<Channel>,
+    client: IngestClient<InterceptedService<Channel, Bearer>>,
+    channel: Channel,
+    token: Bearer,
     id: Identity,
     refs: HashMap<SeriesKey, (u32, MetricType)>,
     /// References the collector has stored the definition of.
@@ -77,17 +163,39 @@ impl Pusher {
         }
         let channel = endpoint.connect_lazy();
         Ok(Pusher {
-            client: IngestClient::new(channel)
-                .max_decoding_message_size(16 << 20)
-                .max_encoding_message_size(64 << 20),
+            client: ingest_client(&channel, Bearer::default()),
+            channel,
+            token: Bearer::default(),
             id,
             refs: HashMap::new(),
             confirmed: HashSet::new(),
         })
     }
 
+    /// Sends the token in `file` with every call (`--collector-token-file`); reads it now.
+    pub fn with_token_file(mut self, file: Option<&Path>) -> std::io::Result<Self> {
+        if let Some(f) = file {
+            self.token = Bearer(Some(Arc::new(TokenFile::open(f)?)));
+            self.client = ingest_client(&self.channel, self.token.clone());
+        }
+        Ok(self)
+    }
+
+    /// After an UNAUTHENTICATED answer the token file is read again before the next call.
+    fn on_error(&self, st: Status) -> PushError {
+        if st.code() == Code::Unauthenticated {
+            if let Some(t) = &self.token.0 {
+                t.expire();
+            }
+        }
+        classify(st)
+    }
+
     /// Starts the session; returns the last sequence the collector applied for us.
     pub async fn hello(&mut self) -> Result<u64, PushError> {
+        if let Some(t) = &self.token.0 {
+            t.expire();
+        }
         let r = self
             .client
             .hello(HelloRequest {
@@ -98,7 +206,7 @@ impl Pusher {
                 version: env!("CARGO_PKG_VERSION").into(),
             })
             .await
-            .map_err(classify)?;
+            .map_err(|st| self.on_error(st))?;
         Ok(r.into_inner().last_applied_sequence)
     }
 
@@ -185,13 +293,22 @@ impl Pusher {
                     );
                     self.confirmed.clear();
                 }
-                Err(st) => return Err(classify(st)),
+                Err(st) => return Err(self.on_error(st)),
             }
         }
         Err(PushError::Retry(Status::failed_precondition(
             "collector still lacks series definitions",
         )))
     }
+}
+
+fn ingest_client(
+    channel: &Channel,
+    token: Bearer,
+) -> IngestClient<InterceptedService<Channel, Bearer>> {
+    IngestClient::with_interceptor(channel.clone(), token)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(64 << 20)
 }
 
 fn classify(st: Status) -> PushError {

@@ -21,9 +21,9 @@ pub async fn gather(st: &ApiState) -> Vec<Family> {
         Family::new(
             "kappie_ingest_refused_unauthorized_total",
             Kind::Counter,
-            "gRPC calls refused because the shipper wrote as a node its client certificate does not name.",
+            "gRPC calls refused because the shipper wrote as a node its client certificate or ServiceAccount token does not name.",
         )
-        .with(&[], n(crate::ingest::REFUSED_UNAUTHORIZED.load(Relaxed))),
+        .with(&[], n(crate::shipper_auth::REFUSED_UNAUTHORIZED.load(Relaxed))),
         Family::new(
             "kappie_storage_samples_appended_total",
             Kind::Counter,
