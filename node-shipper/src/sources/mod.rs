@@ -1,4 +1,4 @@
-//! The Linux utility sources: /proc, sysfs and the ethtool ioctl.
+//! The Linux utility sources: /proc, sysfs, netlink sock_diag and the ethtool ioctl.
 
 pub mod btf;
 pub mod ebpf;
@@ -7,6 +7,7 @@ pub mod interfaces;
 pub mod kernelfs;
 pub mod netstat;
 pub mod selfmetrics;
+pub mod sockdiag;
 pub mod sockets;
 
 use crate::source::Source;
