@@ -3,8 +3,8 @@
 //!
 //! Two readers give the same sockets (the live tests hold both to `ss`):
 //! - netlink sock_diag ([`super::sockdiag`]), the default: binary records, for about a third
-//!   of the CPU time of the text tables at 10,000 sockets and a fifteenth at 100, nearly all
-//!   of it now the kernel's (docs/BENCHMARKS.md). Its socket is opened by
+//!   of the CPU time of the text tables at 10,000 sockets and under a tenth at 100, nearly
+//!   all of it now the kernel's (docs/BENCHMARKS.md). Its socket is opened by
 //!   [`SocketsSource::new`] in the network namespace of the calling thread; `--proc-root`
 //!   does not move it.
 //! - /proc/net/{tcp,tcp6,udp,udp6} under the proc root, the fallback where the kernel
