@@ -10,11 +10,11 @@ use kappie_node_shipper::source::{Observation, Source};
 use kappie_node_shipper::sources::ethtool::NOT_COUNTERS;
 use kappie_node_shipper::sources::interfaces::InterfacesSource;
 use kappie_node_shipper::sources::netstat::NetstatSource;
-use kappie_node_shipper::sources::sockets::SocketsSource;
+use kappie_node_shipper::sources::sockets::{SocketsSource, TCP_STATES};
 use kappie_testkit::need::{IPROUTE2, NETNS, PROCPS};
-use kappie_testkit::{require, with_unmounted, Need, Netns, Veth};
+use kappie_testkit::{require, wait_for, with_unmounted, Need, Netns, Veth};
 use std::collections::{HashMap, HashSet};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -149,14 +149,10 @@ fn ss_state(s: &str) -> &'static str {
     }
 }
 
-#[test]
-fn sockets_match_ss_on_the_host() {
-    if !require(&[IPROUTE2]) {
-        return;
-    }
+/// Our gauges against `ss -tanH` and `ss -uanH` run right after, on the host.
+fn sockets_near_ss_on_the_host(mut src: SocketsSource) {
     // The host's sockets churn a little while the test runs (other tests, the package
-    // manager), so allow a small difference here; the namespace test below is exact.
-    let mut src = SocketsSource::new(PathBuf::from("/proc"), 100);
+    // manager), so allow a small difference here; the namespace tests below are exact.
     let ours = collect(&mut src);
     let ss_tcp = tool("ss", &["-tanH"]);
     let ss_udp = tool("ss", &["-uanH"]).lines().count() as f64;
@@ -187,108 +183,345 @@ fn sockets_match_ss_on_the_host() {
 }
 
 #[test]
-fn sockets_match_ss_exactly_in_a_namespace() {
+fn sockets_over_netlink_match_ss_on_the_host() {
+    if !require(&[IPROUTE2]) {
+        return;
+    }
+    sockets_near_ss_on_the_host(SocketsSource::netlink_only(100).unwrap());
+}
+
+#[test]
+fn sockets_from_proc_match_ss_on_the_host() {
+    if !require(&[IPROUTE2]) {
+        return;
+    }
+    sockets_near_ss_on_the_host(SocketsSource::proc_only(PathBuf::from("/proc"), 100));
+}
+
+/// Remotes the namespace tests keep by name; the rest is `address="other"`.
+const TOP: usize = 3;
+
+/// A client namespace holding sockets of every kind the source counts, joined by a veth
+/// pair to a server namespace:
+/// - ESTABLISHED over the veth: 3 connections to the server's :8080 and 1 to :8081, per
+///   family; over loopback, a v4 connection to a dual-stack listener (its accepted end is
+///   an IPv6 socket with v4-mapped addresses);
+/// - LISTEN: that dual-stack listener on [::]:7001 and one on 0.0.0.0:7000;
+/// - TIME_WAIT: one connection to the server's :8082 per family, closed by the client first;
+/// - UDP: bound on each family, and one connected to the server.
+struct SocketScene {
+    client: Netns,
+    _server: Netns,
+    sockets: (Vec<TcpListener>, Vec<TcpStream>, Vec<UdpSocket>),
+}
+
+/// `host:port` for either family.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+impl SocketScene {
+    fn new(tag: &str, net: u8) -> SocketScene {
+        let client = Netns::new(&format!("{tag}c"));
+        let server = Netns::new(&format!("{tag}s"));
+        let veth = Veth::new(&client, &server, net);
+        let hosts = [veth.b_addr4.to_string(), veth.b_addr6.to_string()];
+        let mut listeners: Vec<TcpListener> = server.enter(|| {
+            let mut v = Vec::new();
+            for port in [8080, 8081, 8082] {
+                for h in &hosts {
+                    v.push(TcpListener::bind(host_port(h, port)).unwrap());
+                }
+            }
+            v
+        });
+        let (streams, closing, udp) = client.enter(|| {
+            let mut streams = Vec::new();
+            for h in &hosts {
+                for port in [8080, 8080, 8080, 8081] {
+                    streams.push(TcpStream::connect(host_port(h, port)).unwrap());
+                }
+            }
+            let closing: Vec<TcpStream> = hosts
+                .iter()
+                .map(|h| TcpStream::connect(host_port(h, 8082)).unwrap())
+                .collect();
+            listeners.push(TcpListener::bind("0.0.0.0:7000").unwrap());
+            let dual = TcpListener::bind("[::]:7001").unwrap();
+            streams.push(TcpStream::connect("127.0.0.1:7001").unwrap());
+            streams.push(dual.accept().unwrap().0);
+            listeners.push(dual);
+            let connected = UdpSocket::bind("0.0.0.0:0").unwrap();
+            connected.connect(host_port(&hosts[0], 5353)).unwrap();
+            let udp = vec![
+                UdpSocket::bind("0.0.0.0:0").unwrap(),
+                UdpSocket::bind("[::]:0").unwrap(),
+                connected,
+            ];
+            (streams, closing, udp)
+        });
+        let scene = SocketScene {
+            client,
+            _server: server,
+            sockets: (listeners, streams, udp),
+        };
+        // TIME_WAIT on the client's side: the client closes first and waits in FIN_WAIT2
+        // (its FIN acknowledged), then the server closes its end. Closing both at once
+        // could make it a simultaneous close, whose TIME_WAIT may end up on either side.
+        drop(closing);
+        scene.wait_for_states("the client's FIN acknowledged", &[("FIN-WAIT-2", 2)]);
+        for l in &scene.sockets.0[4..6] {
+            drop(l.accept().unwrap());
+        }
+        scene.wait_for_states(
+            "both closed connections in TIME_WAIT",
+            &[("TIME-WAIT", 2), ("FIN-WAIT", 0)],
+        );
+        scene
+    }
+
+    /// Waits until `ss -tan` in the client namespace shows `n` sockets in each state.
+    fn wait_for_states(&self, what: &str, want: &[(&str, usize)]) {
+        wait_for(what, Duration::from_secs(10), || {
+            let ss = self.client.output("ss", &["-tanH"]);
+            let n = |s: &str| ss.lines().filter(|l| l.starts_with(s)).count();
+            want.iter().all(|&(s, k)| n(s) == k).then_some(())
+        });
+    }
+
+    /// The observations of a source made by `make` and collected in the client namespace
+    /// (the same thread), whether it read netlink, and what `ss` shows right after.
+    fn collect(
+        &self,
+        make: impl FnOnce() -> SocketsSource + Send,
+    ) -> (Vec<String>, bool, Vec<String>) {
+        let (ours, netlink) = self.client.enter(|| {
+            let mut src = make();
+            (render(&collect(&mut src)), src.uses_netlink())
+        });
+        let ss = expected_from_ss(
+            &self.client.output("ss", &["-tanH"]),
+            &self.client.output("ss", &["-uanH"]),
+            TOP,
+        );
+        (ours, netlink, ss)
+    }
+}
+
+/// Observations as sorted `metric{labels} value` lines, for whole-set comparison.
+fn render(obs: &[Observation]) -> Vec<String> {
+    let mut v: Vec<String> = obs
+        .iter()
+        .map(|o| {
+            let labels: Vec<String> = o.labels.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
+            format!("{}{{{}}} {}", o.metric, labels.join(","), o.value)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A peer column of `ss -n` (`198.18.0.2:8080`, `[2001:db8::2]:80`, `0.0.0.0:*`, `*:*`,
+/// `[::ffff:127.0.0.1]:7001`), with a v4-mapped address as IPv4, as the source reports it.
+fn ss_peer(s: &str) -> SocketAddr {
+    let (host, port) = s.rsplit_once(':').unwrap();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.split('%').next().unwrap();
+    let ip: IpAddr = if host == "*" {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        host.parse().unwrap_or_else(|_| panic!("ss peer {s:?}"))
+    };
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    SocketAddr::new(
+        ip,
+        if port == "*" {
+            0
+        } else {
+            port.parse().unwrap()
+        },
+    )
+}
+
+/// What the source must report, worked out from `ss -tanH` and `ss -uanH` by SPEC §1's
+/// rules: every TCP state (zeros included); the `top` remotes by count (ties by address,
+/// then port) without loopback and unspecified peers, and the rest as `other`; the number
+/// of UDP sockets.
+fn expected_from_ss(ss_tcp: &str, ss_udp: &str, top: usize) -> Vec<String> {
+    let mut states: HashMap<&str, usize> = TCP_STATES.iter().map(|s| (*s, 0)).collect();
+    let mut peers: HashMap<SocketAddr, usize> = HashMap::new();
+    for l in ss_tcp.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        *states.get_mut(ss_state(f[0])).unwrap() += 1;
+        let peer = ss_peer(f[4]);
+        if !peer.ip().is_loopback() && !peer.ip().is_unspecified() {
+            *peers.entry(peer).or_default() += 1;
+        }
+    }
+    let mut obs: Vec<Observation> = states
+        .into_iter()
+        .map(|(s, n)| {
+            Observation::gauge("kappie_tcp_state", vec![("state", s.to_owned())], n as f64)
+        })
+        .collect();
+    let mut peers: Vec<(SocketAddr, usize)> = peers.into_iter().collect();
+    peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let other: usize = peers.iter().skip(top).map(|p| p.1).sum();
+    for (a, n) in peers.into_iter().take(top) {
+        obs.push(Observation::gauge(
+            "kappie_tcp_connection_remote",
+            vec![
+                ("address", a.ip().to_string()),
+                ("port", a.port().to_string()),
+            ],
+            n as f64,
+        ));
+    }
+    obs.push(Observation::gauge(
+        "kappie_tcp_connection_remote",
+        vec![("address", "other".to_owned())],
+        other as f64,
+    ));
+    obs.push(Observation::gauge(
+        "kappie_udp_active_sockets",
+        vec![],
+        ss_udp.lines().count() as f64,
+    ));
+    render(&obs)
+}
+
+/// The scene is what `SocketScene` says (so that "equal to ss" compares something).
+fn assert_scene(ss: &[String], net: u8) {
+    for line in [
+        r#"kappie_tcp_state{state="ESTABLISHED"} 10"#.to_owned(),
+        r#"kappie_tcp_state{state="LISTEN"} 2"#.to_owned(),
+        r#"kappie_tcp_state{state="TIME_WAIT"} 2"#.to_owned(),
+        format!(r#"kappie_tcp_connection_remote{{address="198.18.{net}.2",port="8080"}} 3"#),
+        format!(r#"kappie_tcp_connection_remote{{address="2001:db8:{net}::2",port="8080"}} 3"#),
+        format!(r#"kappie_tcp_connection_remote{{address="198.18.{net}.2",port="8081"}} 1"#),
+        r#"kappie_tcp_connection_remote{address="other"} 3"#.to_owned(),
+        "kappie_udp_active_sockets{} 3".to_owned(),
+    ] {
+        assert!(ss.contains(&line), "{line} not in {ss:#?}");
+    }
+}
+
+#[test]
+fn sockets_over_netlink_match_ss_in_a_namespace() {
     if !require(&NETNS) {
         return;
     }
-    let client = Netns::new("sockc");
-    let server = Netns::new("socks");
-    let veth = Veth::new(&client, &server, 7);
-    // Servers on two ports per family in `server`; from `client` 3 connections to the
-    // first port and 1 to the second, per family; one UDP socket per family.
-    let (b4, b6) = (veth.b_addr4, veth.b_addr6);
-    let listeners: Vec<TcpListener> = server.enter(|| {
-        [
-            format!("{b4}:8080"),
-            format!("{b4}:8081"),
-            format!("[{b6}]:8080"),
-            format!("[{b6}]:8081"),
-        ]
-        .iter()
-        .map(|a| TcpListener::bind(a.as_str()).unwrap())
-        .collect()
-    });
-    let (conns, udp, ours) = client.enter(|| {
-        let mut conns = Vec::new();
-        for host in [b4.to_string(), format!("[{b6}]")] {
-            for port in [8080, 8080, 8080, 8081] {
-                conns.push(TcpStream::connect(format!("{host}:{port}")).unwrap());
-            }
-        }
-        let udp = [
-            UdpSocket::bind("0.0.0.0:0").unwrap(),
-            UdpSocket::bind("[::]:0").unwrap(),
-        ];
-        // /proc/thread-self/net is this thread's namespace.
-        let mut src = SocketsSource::new(PathBuf::from("/proc/thread-self"), 2);
-        (conns, udp, collect(&mut src))
-    });
-    let ss_tcp = client.output("ss", &["-tanH"]);
-    let ss_udp = client.output("ss", &["-uanH"]).lines().count() as f64;
+    let scene = SocketScene::new("sockn", 7);
+    let (ours, netlink, ss) = scene.collect(|| SocketsSource::netlink_only(TOP).unwrap());
+    assert_scene(&ss, 7);
+    assert!(netlink);
+    assert_eq!(ours, ss);
+}
 
-    let state = |s: &str| {
-        ours.iter()
-            .find(|o| o.metric == "kappie_tcp_state" && label(o, "state") == s)
-            .unwrap()
-            .value
-    };
-    assert_eq!(
-        state("ESTABLISHED"),
-        ss_tcp.lines().filter(|l| l.starts_with("ESTAB")).count() as f64
-    );
-    assert_eq!(state("ESTABLISHED"), 8.0);
-    assert_eq!(
-        ours.iter()
-            .filter(|o| o.metric == "kappie_tcp_state")
-            .count(),
-        11,
-        "every state, zeros included"
-    );
-    let udp_gauge = ours
-        .iter()
-        .find(|o| o.metric == "kappie_udp_active_sockets")
-        .unwrap()
-        .value;
-    assert_eq!(udp_gauge, ss_udp);
-    assert_eq!(udp_gauge, 2.0);
-
-    // Top 2 remotes by count from ss's peer column, then the rest as "other".
-    let mut peers: HashMap<String, f64> = HashMap::new();
-    for l in ss_tcp.lines() {
-        let peer = l.split_whitespace().nth(4).unwrap();
-        *peers.entry(peer.to_owned()).or_default() += 1.0;
+#[test]
+fn sockets_from_proc_match_ss_in_a_namespace() {
+    if !require(&NETNS) {
+        return;
     }
-    let remote = |addr: &str, port: &str| {
-        ours.iter()
-            .find(|o| {
-                o.metric == "kappie_tcp_connection_remote"
-                    && label(o, "address") == addr
-                    && label(o, "port") == port
-            })
-            .map(|o| o.value)
+    let scene = SocketScene::new("sockp", 42);
+    // /proc/thread-self/net is the collecting thread's namespace.
+    let (ours, netlink, ss) =
+        scene.collect(|| SocketsSource::proc_only(PathBuf::from("/proc/thread-self"), TOP));
+    assert_scene(&ss, 42);
+    assert!(!netlink);
+    assert_eq!(ours, ss);
+}
+
+#[test]
+fn sockets_source_reads_netlink_and_agrees_with_proc() {
+    if !require(&NETNS) {
+        return;
+    }
+    let scene = SocketScene::new("socka", 43);
+    let (ours, uses_netlink, from_proc) = scene.client.enter(|| {
+        let mut src = SocketsSource::new(PathBuf::from("/proc/thread-self"), TOP);
+        let ours = render(&collect(&mut src));
+        let mut proc = SocketsSource::proc_only(PathBuf::from("/proc/thread-self"), TOP);
+        (ours, src.uses_netlink(), render(&collect(&mut proc)))
+    });
+    assert!(uses_netlink, "netlink is there, so the source reads it");
+    assert_eq!(ours, from_proc);
+}
+
+/// Installs, on the calling thread only, a seccomp filter under which socket(AF_NETLINK, …)
+/// fails with EPERM, as in a sandbox that forbids netlink.
+fn refuse_netlink_on_this_thread() {
+    // struct seccomp_data: nr (i32) at 0, arch at 4, ip at 8, args[6] (u64) from 16.
+    const ARG0_LOW: u32 = if cfg!(target_endian = "little") {
+        16
+    } else {
+        20
     };
-    assert_eq!(remote(&b4.to_string(), "8080"), Some(3.0));
-    assert_eq!(
-        remote(&b4.to_string(), "8080"),
-        peers.get(&format!("{b4}:8080")).copied()
-    );
-    assert_eq!(remote(&b6.to_string(), "8080"), Some(3.0));
-    assert_eq!(
-        remote(&b6.to_string(), "8080"),
-        peers.get(&format!("[{b6}]:8080")).copied()
-    );
-    assert_eq!(
-        remote("other", ""),
-        Some(2.0),
-        "the two :8081 connections are past the top 2"
-    );
-    assert_eq!(
-        ours.iter()
-            .filter(|o| o.metric == "kappie_tcp_connection_remote")
-            .count(),
-        3
-    );
-    drop((conns, udp, listeners));
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt: 0,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let mut prog = [
+        stmt(load, 0),
+        jeq(libc::SYS_socket as u32, 3),
+        stmt(load, ARG0_LOW),
+        jeq(libc::AF_NETLINK as u32, 1),
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        // Flags 0: this thread only (no SECCOMP_FILTER_FLAG_TSYNC); it ends with the thread.
+        let rc = libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        );
+        assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[test]
+fn sockets_fall_back_to_proc_when_netlink_is_refused() {
+    if !require(&NETNS) {
+        return;
+    }
+    let scene = SocketScene::new("sockf", 44);
+    let (ours, netlink, ss) = scene.collect(|| {
+        refuse_netlink_on_this_thread();
+        let e = SocketsSource::netlink_only(TOP)
+            .err()
+            .expect("netlink refused");
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        SocketsSource::new(PathBuf::from("/proc/thread-self"), TOP)
+    });
+    assert_scene(&ss, 44);
+    assert!(!netlink, "the source fell back to /proc");
+    assert_eq!(ours, ss);
 }
 
 const ETHTOOL: Need = Need::Tool {

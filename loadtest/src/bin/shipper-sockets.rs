@@ -3,18 +3,25 @@
 //! Makes two network namespaces joined by a veth pair, opens `--sockets` TCP connections from
 //! the client namespace to listeners in the server namespace (spread over `--ports` ports,
 //! so `kappie_tcp_connection_remote` has real remotes), then
-//! 1. runs the utility sources' collection `--cycles` times on a thread inside the client
-//!    namespace and reports the CPU time of one cycle (getrusage RUSAGE_THREAD);
-//! 2. runs the release `kappie-shipper` and `kappie-collector` processes in the client
-//!    namespace for `--process-cycles` intervals of 1 s and reports the shipper's RSS and
-//!    CPU time per cycle from /proc.
+//! 1. runs the utility sources' collection (netstat, sockets, interfaces) `--cycles` times
+//!    on a thread inside the client namespace, `--rounds` times over, and reports the CPU
+//!    time of one cycle and of the sockets source alone (CLOCK_THREAD_CPUTIME_ID, user and
+//!    system time in nanoseconds), for each `--reader`: netlink sock_diag and the /proc
+//!    fallback, alternating cycle by cycle so that both see the same machine load;
+//! 2. unless `--process-cycles 0`, runs the release `kappie-shipper` and `kappie-collector`
+//!    processes in the client namespace for `--process-cycles` intervals of 1 s and reports
+//!    the shipper's RSS and CPU time per cycle from /proc.
 //!
-//! Needs root. Build first: `cargo build --release --workspace`.
+//! Needs root. Build first: `cargo build --release -p kappie-loadtest --bin shipper-sockets`
+//! for part 1, `cargo build --release --workspace` for part 2.
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use kappie_node_shipper::source::Observation;
-use kappie_node_shipper::sources::{utility_sources, Roots};
+use kappie_node_shipper::source::Source;
+use kappie_node_shipper::sources::interfaces::InterfacesSource;
+use kappie_node_shipper::sources::netstat::NetstatSource;
+use kappie_node_shipper::sources::sockets::SocketsSource;
 use kappie_testkit::{wait_for, Netns, Proc, Veth};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -28,6 +35,13 @@ struct Args {
     ports: u16,
     #[arg(long, default_value_t = 50)]
     cycles: usize,
+    /// Measure the cycles this many times over (each round printed with the load average).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Socket readers to measure: netlink, proc, or both.
+    #[arg(long, default_value = "both")]
+    reader: String,
+    /// 0 skips the real-process part.
     #[arg(long, default_value_t = 20)]
     process_cycles: u64,
     /// Internal: run as the accepting server on this address (inside the server namespace).
@@ -35,11 +49,79 @@ struct Args {
     serve_on: Option<std::net::Ipv4Addr>,
 }
 
+/// This thread's CPU time, user and system, in ns: the scheduler's own accounting, not
+/// getrusage's (which counts in ticks, 4 ms here).
 fn thread_cpu_ns() -> u64 {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    (us(ru.ru_utime) + us(ru.ru_stime)) * 1000
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Median, p90 and max of `v` (sorted here), in the unit of `v`.
+fn summary(v: &mut [f64]) -> String {
+    v.sort_by(f64::total_cmp);
+    format!(
+        "median {:.2}  p90 {:.2}  max {:.2}",
+        percentile(v, 0.5),
+        percentile(v, 0.9),
+        v[v.len() - 1]
+    )
+}
+
+/// One reader's measurements over a round: CPU ms of the whole cycle and of the sockets
+/// source, wall ms of the cycle.
+#[derive(Default)]
+struct Cycles {
+    cycle_cpu: Vec<f64>,
+    sockets_cpu: Vec<f64>,
+    wall: Vec<f64>,
+    observations: usize,
+}
+
+/// The utility sources in `utility_sources`' order, with the sockets source reading
+/// through `reader`. Called on the thread that collects, in the client namespace (the
+/// netlink socket is opened in the namespace of the thread that makes it).
+fn sources(reader: &str) -> anyhow::Result<Vec<Box<dyn Source>>> {
+    // /proc/thread-self/net is the collecting thread's namespace.
+    let proc = PathBuf::from("/proc/thread-self");
+    let sockets = match reader {
+        "netlink" => SocketsSource::netlink_only(100).context("netlink sock_diag")?,
+        "proc" => SocketsSource::proc_only(proc.clone(), 100),
+        r => bail!("unknown reader {r:?}: netlink or proc"),
+    };
+    Ok(vec![
+        Box::new(NetstatSource::new(proc)),
+        Box::new(sockets),
+        Box::new(InterfacesSource::new(PathBuf::from("/sys"))),
+    ])
+}
+
+/// One collection cycle: its CPU ms, the sockets source's CPU ms, wall ms.
+fn cycle(sources: &mut [Box<dyn Source>], out: &mut Vec<Observation>) -> (f64, f64, f64) {
+    out.clear();
+    let (c0, w0) = (thread_cpu_ns(), std::time::Instant::now());
+    let mut sockets = 0;
+    for s in sources.iter_mut() {
+        let t = thread_cpu_ns();
+        s.collect(out).expect("collect");
+        if s.name() == "sockets" {
+            sockets = thread_cpu_ns() - t;
+        }
+    }
+    (
+        (thread_cpu_ns() - c0) as f64 / 1e6,
+        sockets as f64 / 1e6,
+        w0.elapsed().as_secs_f64() * 1e3,
+    )
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// Raises the soft open-file limit to `n` (the hard limit cannot be raised here, so the
@@ -143,31 +225,51 @@ fn main() -> anyhow::Result<()> {
     let n_client = conns.len();
     eprintln!("opened {n_client} TCP connections from the client namespace");
 
-    // 1. In-process cycle cost.
-    let (cpu, wall, obs) = client.enter(|| {
-        let roots = Roots {
-            proc: PathBuf::from("/proc/thread-self"),
-            sys: PathBuf::from("/sys"),
-        };
-        let mut sources = utility_sources(&roots, 100);
-        let mut cpu = Vec::new();
-        let mut wall = Vec::new();
-        let mut n = 0;
-        for _ in 0..args.cycles {
-            let mut out: Vec<Observation> = Vec::new();
-            let (c0, w0) = (thread_cpu_ns(), std::time::Instant::now());
-            for s in sources.iter_mut() {
-                s.collect(&mut out).expect("collect");
-            }
-            cpu.push((thread_cpu_ns() - c0) as f64 / 1e6);
-            wall.push(w0.elapsed().as_secs_f64() * 1e3);
-            n = out.len();
-        }
-        cpu.sort_by(f64::total_cmp);
-        wall.sort_by(f64::total_cmp);
-        (cpu, wall, n)
-    });
+    // 1. In-process cycle cost, the readers alternating cycle by cycle.
+    let readers: Vec<&str> = match args.reader.as_str() {
+        "both" => vec!["netlink", "proc"],
+        r => vec![r],
+    };
     let tcp_lines = client.output("ss", &["-tanH"]).lines().count();
+    println!("sockets in the client namespace (ss -tanH): {tcp_lines}");
+    client.enter(|| -> anyhow::Result<()> {
+        let mut sets: Vec<Vec<Box<dyn Source>>> =
+            readers.iter().map(|r| sources(r)).collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for set in sets.iter_mut() {
+            cycle(set, &mut out); // warm-up: first reads, allocations, the netlink buffer
+        }
+        for round in 1..=args.rounds {
+            let load = loadavg();
+            let mut per: Vec<Cycles> = readers.iter().map(|_| Cycles::default()).collect();
+            for _ in 0..args.cycles {
+                for (set, m) in sets.iter_mut().zip(per.iter_mut()) {
+                    let (c, s, w) = cycle(set, &mut out);
+                    m.cycle_cpu.push(c);
+                    m.sockets_cpu.push(s);
+                    m.wall.push(w);
+                    m.observations = out.len();
+                }
+            }
+            println!(
+                "round {round} of {}, load average {load} at the start, {} at the end, {} cycles per reader:",
+                args.rounds,
+                loadavg(),
+                args.cycles
+            );
+            for (r, m) in readers.iter().zip(per.iter_mut()) {
+                println!("  {r}, {} observations per cycle:", m.observations);
+                println!("    sockets source CPU ms  {}", summary(&mut m.sockets_cpu));
+                println!("    whole cycle CPU ms     {}", summary(&mut m.cycle_cpu));
+                println!("    whole cycle wall ms    {}", summary(&mut m.wall));
+            }
+        }
+        Ok(())
+    })?;
+    if args.process_cycles == 0 {
+        drop(conns);
+        return Ok(());
+    }
 
     // 2. The real processes.
     let bin = std::env::current_exe()?.with_file_name("kappie-shipper");
@@ -212,16 +314,6 @@ fn main() -> anyhow::Result<()> {
     drop(shipper);
     let _ = std::fs::remove_dir_all(&dir);
 
-    println!("sockets in the client namespace (ss -tanH): {tcp_lines}");
-    println!("observations per cycle: {obs}");
-    println!(
-        "in-process collection cycle, CPU ms: median {:.2}  p90 {:.2}  max {:.2}  (wall median {:.2} ms, {} cycles)",
-        percentile(&cpu, 0.5),
-        percentile(&cpu, 0.9),
-        cpu[cpu.len() - 1],
-        percentile(&wall, 0.5),
-        cpu.len()
-    );
     println!(
         "kappie-shipper process (release, 1 s interval, {} s): CPU {:.2} ms per cycle incl. push, RSS {} KiB (peak {} KiB)",
         args.process_cycles,

@@ -1,6 +1,6 @@
-//! The data sources: on Linux the utility sources (/proc, sysfs and the ethtool ioctl) and
-//! the dataplane sources the agent starts for the chosen dataplane (`ebpf`, `cilium`); on
-//! Windows HNS and VFP ([`windows`], whose parsing and summing build and are tested
+//! The data sources: on Linux the utility sources (/proc, sysfs, netlink sock_diag and the
+//! ethtool ioctl) and the dataplane sources the agent starts for the chosen dataplane
+//! (`ebpf`, `cilium`); on Windows HNS and VFP ([`windows`], whose parsing and summing build and are tested
 //! everywhere); and the shipper's own metrics everywhere.
 
 #[cfg(target_os = "linux")]
@@ -22,6 +22,8 @@ pub mod kernelfs;
 #[cfg(target_os = "linux")]
 pub mod netstat;
 pub mod selfmetrics;
+#[cfg(target_os = "linux")]
+pub mod sockdiag;
 #[cfg(target_os = "linux")]
 pub mod sockets;
 pub mod windows;

@@ -1,9 +1,23 @@
 //! `kappie_tcp_state`, `kappie_tcp_connection_remote` and `kappie_udp_active_sockets` from
-//! /proc/net/{tcp,tcp6,udp,udp6} (the socket tables of the shipper's network namespace,
-//! which is the host's under `hostNetwork`).
+//! the socket tables of the shipper's network namespace (the node's, under `hostNetwork`).
+//!
+//! Two readers give the same sockets (the live tests hold both to `ss`):
+//! - netlink sock_diag ([`super::sockdiag`]), the default: binary records, for about a third
+//!   of the CPU time of the text tables at 10,000 sockets and under a tenth at 100, nearly
+//!   all of it now the kernel's (docs/BENCHMARKS.md). Its socket is opened by
+//!   [`SocketsSource::new`] in the network namespace of the calling thread; `--proc-root`
+//!   does not move it.
+//! - /proc/net/{tcp,tcp6,udp,udp6} under the proc root, the fallback where the kernel
+//!   refuses sock_diag (a sandbox's EPERM, a kernel without `inet_diag`). Under the host's
+//!   /proc mounted elsewhere (`--proc-root /host/proc`) these are still the tables of the
+//!   reading process's namespace: `net` is a link to `self/net`.
+//!
+//! The first collection settles which one is used and logs it once.
 
+use super::sockdiag::{SockDiag, ALL_STATES};
 use crate::source::{read, Observation, Source, SourceError};
 use std::collections::HashMap;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
@@ -32,7 +46,7 @@ pub fn tcp_state_name(st: u8) -> Option<&'static str> {
     }
 }
 
-/// One line of /proc/net/tcp{,6} or udp{,6}.
+/// One socket: a line of /proc/net/tcp{,6} or udp{,6}, or a sock_diag record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketEntry {
     pub local: SocketAddr,
@@ -129,11 +143,128 @@ pub fn top_remotes(entries: &[SocketEntry], top: usize) -> (Vec<(SocketAddr, usi
 pub struct SocketsSource {
     proc_root: PathBuf,
     top: usize,
+    reader: Reader,
+    /// Whether the reader in use has been logged.
+    announced: bool,
+    /// This collection's TCP sockets (kept to reuse the allocation).
+    tcp: Vec<SocketEntry>,
+}
+
+enum Reader {
+    Netlink {
+        diag: SockDiag,
+        /// Whether a failed dump moves the source to /proc: only until netlink has worked
+        /// once. After that a failure is the collection's error, logged and counted by the
+        /// agent, and the next collection tries netlink again.
+        may_fall_back: bool,
+    },
+    /// /proc/net; `why` netlink is not used, logged at the first collection (a warning
+    /// when the kernel `refused` it: the fallback costs more CPU).
+    Proc { why: String, refused: bool },
 }
 
 impl SocketsSource {
+    /// Netlink sock_diag, opened here in the calling thread's network namespace, or
+    /// /proc/net under `proc_root` where netlink is refused.
     pub fn new(proc_root: PathBuf, top: usize) -> Self {
-        SocketsSource { proc_root, top }
+        let reader = match SockDiag::open() {
+            Ok(diag) => Reader::Netlink {
+                diag,
+                may_fall_back: true,
+            },
+            Err(err) => Reader::Proc {
+                why: format!("cannot open a NETLINK_SOCK_DIAG socket: {err}"),
+                refused: true,
+            },
+        };
+        Self::with_reader(proc_root, top, reader)
+    }
+
+    /// /proc/net/{tcp,tcp6,udp,udp6} under `proc_root` only (the fallback, for tests and
+    /// benchmarks).
+    pub fn proc_only(proc_root: PathBuf, top: usize) -> Self {
+        let why = "the /proc reader was asked for".to_owned();
+        let reader = Reader::Proc {
+            why,
+            refused: false,
+        };
+        Self::with_reader(proc_root, top, reader)
+    }
+
+    /// Netlink sock_diag only, in the calling thread's network namespace: a refused dump
+    /// is the collection's error (for tests and benchmarks).
+    pub fn netlink_only(top: usize) -> io::Result<Self> {
+        let reader = Reader::Netlink {
+            diag: SockDiag::open()?,
+            may_fall_back: false,
+        };
+        Ok(Self::with_reader(PathBuf::new(), top, reader))
+    }
+
+    fn with_reader(proc_root: PathBuf, top: usize, reader: Reader) -> Self {
+        SocketsSource {
+            proc_root,
+            top,
+            reader,
+            announced: false,
+            tcp: Vec::new(),
+        }
+    }
+
+    /// Whether the source reads netlink sock_diag (else /proc/net). Settled by the first
+    /// collection.
+    pub fn uses_netlink(&self) -> bool {
+        matches!(self.reader, Reader::Netlink { .. })
+    }
+
+    /// Fills `self.tcp` with the TCP sockets of both families; returns the number of UDP
+    /// sockets.
+    fn read_tables(&mut self) -> Result<usize, SourceError> {
+        if let Reader::Netlink {
+            diag,
+            may_fall_back,
+        } = &mut self.reader
+        {
+            match read_netlink(diag, &mut self.tcp) {
+                Ok(udp) => {
+                    *may_fall_back = false;
+                    if !self.announced {
+                        self.announced = true;
+                        tracing::info!(
+                            source = "sockets",
+                            "reading sockets over netlink sock_diag"
+                        );
+                    }
+                    return Ok(udp);
+                }
+                Err(err) if *may_fall_back => {
+                    self.reader = Reader::Proc {
+                        why: format!("the kernel refused a sock_diag dump: {err}"),
+                        refused: true,
+                    };
+                }
+                Err(err) => {
+                    return Err(SourceError::Ioctl {
+                        what: "netlink sock_diag dump".to_owned(),
+                        err,
+                    })
+                }
+            }
+        }
+        if let (false, Reader::Proc { why, refused }) = (self.announced, &self.reader) {
+            self.announced = true;
+            let path = self.proc_root.join("net");
+            let path = path.display();
+            const MSG: &str = "reading sockets from /proc/net/{tcp,tcp6,udp,udp6}";
+            if *refused {
+                tracing::warn!(source = "sockets", reason = %why, path = %path, "{MSG}");
+            } else {
+                tracing::info!(source = "sockets", reason = %why, path = %path, "{MSG}");
+            }
+        }
+        self.tcp = self.table("tcp")?;
+        self.tcp.extend(self.table("tcp6")?);
+        Ok(self.table("udp")?.len() + self.table("udp6")?.len())
     }
 
     fn table(&self, name: &str) -> Result<Vec<SocketEntry>, SourceError> {
@@ -150,22 +281,43 @@ impl SocketsSource {
     }
 }
 
+/// The TCP sockets of both families into `tcp`; returns the number of UDP sockets. Four
+/// dumps, as `ss -ta` and `ss -ua` make them: a dump is for one family.
+fn read_netlink(diag: &mut SockDiag, tcp: &mut Vec<SocketEntry>) -> io::Result<usize> {
+    const FAMILIES: [u8; 2] = [libc::AF_INET as u8, libc::AF_INET6 as u8];
+    tcp.clear();
+    for family in FAMILIES {
+        diag.dump(family, libc::IPPROTO_TCP as u8, ALL_STATES, |s| {
+            tcp.push(SocketEntry {
+                local: s.local,
+                remote: s.remote,
+                state: s.state,
+            })
+        })?;
+    }
+    let mut udp = 0;
+    for family in FAMILIES {
+        diag.dump(family, libc::IPPROTO_UDP as u8, ALL_STATES, |_| udp += 1)?;
+    }
+    Ok(udp)
+}
+
 impl Source for SocketsSource {
     fn name(&self) -> &'static str {
         "sockets"
     }
 
     fn collect(&mut self, out: &mut Vec<Observation>) -> Result<(), SourceError> {
-        let mut tcp = self.table("tcp")?;
-        tcp.extend(self.table("tcp6")?);
-        for (state, n) in count_states(&tcp) {
+        let udp = self.read_tables()?;
+        let tcp = &self.tcp;
+        for (state, n) in count_states(tcp) {
             out.push(Observation::gauge(
                 "kappie_tcp_state",
                 vec![("state", state.to_owned())],
                 n as f64,
             ));
         }
-        let (top, other) = top_remotes(&tcp, self.top);
+        let (top, other) = top_remotes(tcp, self.top);
         for (addr, n) in top {
             out.push(Observation::gauge(
                 "kappie_tcp_connection_remote",
@@ -181,7 +333,6 @@ impl Source for SocketsSource {
             vec![("address", "other".to_owned())],
             other as f64,
         ));
-        let udp = self.table("udp")?.len() + self.table("udp6")?.len();
         out.push(Observation::gauge(
             "kappie_udp_active_sockets",
             vec![],
