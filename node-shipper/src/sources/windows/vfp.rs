@@ -188,7 +188,8 @@ pub fn counter_series(c: &PortCounter) -> Option<SeriesId> {
         ));
     }
     let bare: String = c.name.split(' ').collect();
-    if bare.len() > 3 && bare[..3].eq_ignore_ascii_case("tcp") {
+    // `get`: a name need not be ASCII, and byte 3 need not end a character (a fuzz find).
+    if bare.len() > 3 && bare.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("tcp")) {
         return Some(SeriesId::new(
             "kappie_tcp_connection_stats",
             vec![("statistic_name", format!("{}{bare}", c.direction.prefix()))],
