@@ -6,7 +6,7 @@ mod common;
 
 use common::{query, single_value, workspace_bin};
 use kappie_testkit::need::NETNS;
-use kappie_testkit::{require, wait_for, Need, Netns, Proc, Veth};
+use kappie_testkit::{require, wait_for, Bpffs, Need, Netns, Proc, Veth};
 use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
@@ -220,32 +220,6 @@ fn a_damaged_shipper_state_file_counts_nothing_twice() {
     }
 }
 
-/// A bpffs of the test's own (outside /sys, which `ip netns exec` remounts, so the pins
-/// outlive each shipper process); unmounting it on drop detaches what is pinned there.
-struct PinDir(std::path::PathBuf);
-impl PinDir {
-    fn new(tag: &str) -> PinDir {
-        let root = std::path::PathBuf::from(format!(
-            "/run/kappie-e2e-bpffs-{tag}-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&root).unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&root)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount bpffs at {}", root.display());
-        PinDir(root)
-    }
-}
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn ebpf_forward_totals_survive_a_sigkilled_shipper() {
     if !require(&[NETNS.as_slice(), &[Need::KernelBtf]].concat()) {
@@ -256,8 +230,8 @@ fn ebpf_forward_totals_survive_a_sigkilled_shipper() {
     let veth = Veth::new(&client, &server, 21);
     veth.quiet(&client, &server);
     let dir = tempfile::tempdir().unwrap();
-    let pins = PinDir::new("forward");
-    let pin_arg = pins.0.join("kappie").to_string_lossy().into_owned();
+    let pins = Bpffs::new("e2e-forward");
+    let pin_arg = pins.path.join("kappie").to_string_lossy().into_owned();
     let args = [
         "--ebpf-interfaces",
         veth.b_if.as_str(),
@@ -399,8 +373,8 @@ fn shipper_serves_its_metrics_health_and_readiness() {
     let veth = Veth::new(&client, &server, 22);
     veth.quiet(&client, &server);
     let dir = tempfile::tempdir().unwrap();
-    let pins = PinDir::new("http");
-    let pin_arg = pins.0.join("kappie").to_string_lossy().into_owned();
+    let pins = Bpffs::new("e2e-http");
+    let pin_arg = pins.path.join("kappie").to_string_lossy().into_owned();
     let _stats = enable_bpf_stats();
     // The shipper first: no collector, so nothing can be acknowledged yet.
     let args = [

@@ -10,7 +10,7 @@
 //! checked offline (uids, ids, datasource references, units, descriptions) are checked too.
 
 use kappie_testkit::need::NETNS;
-use kappie_testkit::{require, run, wait_for, Need, Netns, Proc, Veth};
+use kappie_testkit::{require, wait_for, Bpffs, Need, Netns, Proc, Veth};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -238,14 +238,6 @@ fn run_target(node: &Netns, t: &Value, expr: &str) -> usize {
         .count()
 }
 
-struct Bpffs(PathBuf);
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn every_panel_and_variable_returns_data() {
     let dashboards = kappie_dashboards::dashboards();
@@ -261,24 +253,8 @@ fn every_panel_and_variable_returns_data() {
     let peer = Netns::new("dpeer");
     let veth = Veth::new(&peer, &node, 24);
     veth.quiet(&peer, &node);
-    run(
-        "ip",
-        &[
-            "-n",
-            &node.name,
-            "route",
-            "add",
-            "default",
-            "via",
-            &veth.a_addr4.to_string(),
-        ],
-    );
-    let pins = Bpffs(PathBuf::from(format!(
-        "/run/kappie-dash-bpffs-{}",
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&pins.0).unwrap();
-    run("mount", &["-t", "bpf", "bpf", pins.0.to_str().unwrap()]);
+    node.default_route_via(veth.a_addr4);
+    let pins = Bpffs::new("dashboards");
 
     let mut c = node.command(&bin("kappie-collector"));
     c.arg("--data-dir").arg(dir.path().join("data")).args([
@@ -309,7 +285,7 @@ fn every_panel_and_variable_returns_data() {
     ])
     .args(["--http-listen", "127.0.0.1:19965"])
     .arg("--ebpf-pin-dir")
-    .arg(pins.0.join("kappie"))
+    .arg(pins.path.join("kappie"))
     .arg("--state-file")
     .arg(dir.path().join("shipper-state.json"));
     let _shipper = Proc::spawn("shipper", s, &dir.path().join("shipper.log"));

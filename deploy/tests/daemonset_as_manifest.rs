@@ -28,7 +28,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kappie_deploy::{deploy_dir, find, render, strict};
 use kappie_testkit::need::{NETNS, OPENSSL};
-use kappie_testkit::{require, run, wait_for, Need, Netns, Proc, Veth};
+use kappie_testkit::{require, wait_for, Bpffs, Need, Netns, Proc, Veth};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -204,23 +204,6 @@ fn bin_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-/// A bpffs of the test's own, standing in for the host's /sys/fs/bpf.
-struct Bpffs(PathBuf);
-impl Bpffs {
-    fn new() -> Bpffs {
-        let p = PathBuf::from(format!("/run/kappie-manifest-bpffs-{}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        run("mount", &["-t", "bpf", "bpf", p.to_str().unwrap()]);
-        Bpffs(p)
-    }
-}
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// The container: the image's root filesystem plus `setpriv` (in /test-tools, which is not
 /// part of the image) and the mount points of the manifest's volumes.
 fn rootfs(dir: &Path, m: &Manifest) -> PathBuf {
@@ -388,7 +371,8 @@ fn the_shipper_works_under_the_daemonsets_settings_and_needs_each_capability() {
     assert_eq!(m.caps, ["BPF", "NET_ADMIN", "PERFMON"]);
     let dir = tempfile::tempdir().unwrap();
     let root = rootfs(dir.path(), &m);
-    let bpffs = Bpffs::new();
+    // A bpffs of the test's own stands in for the host's /sys/fs/bpf.
+    let bpffs = Bpffs::new("manifest");
     let state = dir.path().join("host-var-lib-kappie");
     std::fs::create_dir_all(&state).unwrap();
     assert!(
@@ -398,7 +382,7 @@ fn the_shipper_works_under_the_daemonsets_settings_and_needs_each_capability() {
     project_tokens(dir.path(), &m);
     let host = |p: &str| -> PathBuf {
         match p {
-            "/sys/fs/bpf" => bpffs.0.clone(),
+            "/sys/fs/bpf" => bpffs.path.clone(),
             "/var/lib/kappie" => state.clone(),
             p if p.starts_with("projected:") => dir
                 .path()
@@ -411,18 +395,7 @@ fn the_shipper_works_under_the_daemonsets_settings_and_needs_each_capability() {
     let peer = Netns::new("mpeer");
     let veth = Veth::new(&peer, &node, 23);
     veth.quiet(&peer, &node);
-    run(
-        "ip",
-        &[
-            "-n",
-            &node.name,
-            "route",
-            "add",
-            "default",
-            "via",
-            &veth.a_addr4.to_string(),
-        ],
-    );
+    node.default_route_via(veth.a_addr4);
     let mut collector_cmd = node.command(&bin_dir().join("kappie-collector"));
     collector_cmd
         .arg("--data-dir")
@@ -518,7 +491,7 @@ fn the_shipper_works_under_the_daemonsets_settings_and_needs_each_capability() {
         state.join("shipper-state.json").exists(),
         "state file on the host path"
     );
-    let pinned: Vec<String> = std::fs::read_dir(bpffs.0.join("kappie"))
+    let pinned: Vec<String> = std::fs::read_dir(bpffs.path.join("kappie"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -2,6 +2,25 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A dataplane's reason text as a Kappie label value (SPEC §1, Cilium and Windows):
+/// upper-cased, every run of characters other than A–Z and 0–9 one `_`, none at either end
+/// ("CT: Map insertion failed" → `CT_MAP_INSERTION_FAILED`, `Mac Spoofing` →
+/// `MAC_SPOOFING`). Upper-casing is ASCII's: other characters are separators like any.
+pub fn upper_snake(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars().map(|c| c.to_ascii_uppercase()) {
+        if c.is_ascii_uppercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    while out.ends_with('_') {
+        out.pop();
+    }
+    out
+}
+
 /// A metric name and its labels (sorted by name, including `node_name` and `cluster`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SeriesKey {

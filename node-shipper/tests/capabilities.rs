@@ -5,8 +5,8 @@
 //! own, so nothing needs CAP_SYS_ADMIN.
 
 use kappie_testkit::need::NETNS;
-use kappie_testkit::{require, wait_for, Need, Netns, Proc, Veth};
-use std::path::{Path, PathBuf};
+use kappie_testkit::{require, wait_for, Bpffs, Need, Netns, Proc, Veth};
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -14,28 +14,6 @@ const SETPRIV: Need = Need::Tool {
     program: "setpriv",
     package: "util-linux",
 };
-
-/// A bpffs mounted for the test; unmounting it on drop releases whatever was pinned.
-struct Bpffs(PathBuf);
-impl Bpffs {
-    fn new(tag: &str) -> Bpffs {
-        let root = PathBuf::from(format!("/run/kappie-caps-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&root).unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&root)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount bpffs at {}", root.display());
-        Bpffs(root)
-    }
-}
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 /// `setpriv` arguments that leave the process uid 0 with exactly `caps` (names as setpriv
 /// spells them: `bpf`, `net_admin`, `perfmon`) in every set, as a container with
@@ -65,7 +43,7 @@ fn run_with(tag: &str, net: u8, caps: &[&str]) -> (ExitStatus, String) {
     let client = Netns::new(&format!("{tag}c"));
     let server = Netns::new(&format!("{tag}s"));
     let veth = Veth::new(&client, &server, net);
-    let pins = Bpffs::new(tag);
+    let pins = Bpffs::new(&format!("caps-{tag}"));
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = server.command(Path::new("setpriv"));
     cmd.args(setpriv_args(caps))
@@ -73,7 +51,7 @@ fn run_with(tag: &str, net: u8, caps: &[&str]) -> (ExitStatus, String) {
         .args(["--ebpf-required", "--http-listen", ""])
         .args(["--ebpf-interfaces", &veth.b_if])
         .arg("--ebpf-pin-dir")
-        .arg(pins.0.join("kappie"))
+        .arg(pins.path.join("kappie"))
         .args(["--disable-sources", "netstat,sockets,interfaces"])
         .args(["--collector", "http://127.0.0.1:1", "--node-name", "caps"])
         .arg("--state-file")

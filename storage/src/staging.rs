@@ -396,8 +396,6 @@ impl Storage {
     }
 
     /// Appends cut chunks to their windows' staging files (not fsynced: the write-ahead
-    /// records still hold their samples until `maintain` marks them durable and truncates).
-    /// Appends cut chunks to their windows' staging files (not fsynced: the write-ahead
     /// records still hold their samples until `maintain` marks them durable and truncates),
     /// after the chunks an earlier write could not stage, and raises each written chunk's
     /// series' staged maxt. Called with the head's write lock held, so readers see every

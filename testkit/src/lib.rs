@@ -46,6 +46,23 @@ impl Netns {
         })
     }
 
+    /// Routes the namespace's default traffic to `gateway` (a peer on one of its links), so
+    /// the shipper's default-route interface detection finds that link, as on a node.
+    pub fn default_route_via(&self, gateway: std::net::Ipv4Addr) {
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.name,
+                "route",
+                "add",
+                "default",
+                "via",
+                &gateway.to_string(),
+            ],
+        );
+    }
+
     /// A command run inside the namespace.
     pub fn command(&self, program: &Path) -> Command {
         let mut c = Command::new("ip");
@@ -252,5 +269,34 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         }
         assert!(Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A bpffs of the test's own, mounted at `/run/kappie-bpffs-<tag>-<pid>` (outside /sys, which
+/// `ip netns exec` remounts, so pins outlive each shipper process and no test depends on
+/// the machine's /sys/fs/bpf); unmounting it on drop releases whatever was pinned there.
+pub struct Bpffs {
+    pub path: std::path::PathBuf,
+}
+
+impl Bpffs {
+    pub fn new(tag: &str) -> Bpffs {
+        let path =
+            std::path::PathBuf::from(format!("/run/kappie-bpffs-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount bpffs at {}", path.display());
+        Bpffs { path }
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+        let _ = std::fs::remove_dir(&self.path);
     }
 }

@@ -60,20 +60,10 @@ pub fn metrics_map_pin(bpffs_root: &Path) -> PathBuf {
 /// other than A–Z and 0–9 one `_`, no `_` at either end ("CT: Map insertion failed" →
 /// `CT_MAP_INSERTION_FAILED`); `UNKNOWN` when nothing is left.
 pub fn reason_name(cilium: &str) -> String {
-    let mut out = String::with_capacity(cilium.len());
-    for c in cilium.chars().map(|c| c.to_ascii_uppercase()) {
-        if c.is_ascii_uppercase() || c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.is_empty() && !out.ends_with('_') {
-            out.push('_');
-        }
-    }
-    while out.ends_with('_') {
-        out.pop();
-    }
+    let out = crate::series::upper_snake(cilium);
     if out.is_empty() {
         // Nothing left to name it by; an empty label value would be no label at all.
-        out.push_str("UNKNOWN");
+        return "UNKNOWN".into();
     }
     out
 }

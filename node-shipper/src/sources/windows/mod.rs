@@ -58,22 +58,7 @@ pub trait WindowsPlatform: Send {
     fn endpoint_stats(&self) -> Result<Vec<EndpointStats>, SourceError>;
 }
 
-/// Label values from Windows names: upper-case, each run of characters other than A–Z and
-/// 0–9 one `_`, none at either end (`Mac Spoofing` → `MAC_SPOOFING`).
-pub fn upper_snake(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars().flat_map(char::to_uppercase) {
-        if c.is_ascii_uppercase() || c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.is_empty() && !out.ends_with('_') {
-            out.push('_');
-        }
-    }
-    while out.ends_with('_') {
-        out.pop();
-    }
-    out
-}
+pub use crate::series::upper_snake;
 
 /// A MAC address as HNS (`00-15-5D-5A-B0-A1`) and vfpctrl (dashes, colons or none) may
 /// print it, reduced to its lower-case hex digits, so the two can be compared.
