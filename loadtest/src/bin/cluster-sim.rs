@@ -24,6 +24,7 @@ use clap::Parser;
 use kappie_loadtest::cluster::node::Node;
 use kappie_loadtest::cluster::process::{self, Managed, Stop};
 use kappie_loadtest::cluster::record::Recorder;
+use kappie_loadtest::cluster::remote_write::RwSender;
 use kappie_loadtest::cluster::report::{self, Point, Report};
 use kappie_loadtest::cluster::shipper::{generate, Sender};
 use kappie_loadtest::cluster::verify;
@@ -89,6 +90,10 @@ struct Args {
     /// Its data directory, for bytes per sample.
     #[arg(long)]
     collector_data_dir: Option<PathBuf>,
+    /// Send the same nodes to a Prometheus (`prometheus` on the PATH, started here with
+    /// its remote-write receiver) by remote write instead, for its cost per sample.
+    #[arg(long, conflicts_with_all = ["collector", "restart_after"])]
+    prometheus: bool,
     /// Compare series one by one when the run has at most this many.
     #[arg(long, default_value_t = 300_000)]
     verify_series_max: usize,
@@ -114,6 +119,7 @@ enum Target {
         pid: u32,
         data_dir: Option<PathBuf>,
     },
+    Prometheus(kappie_testkit::prometheus::Prometheus, PathBuf),
 }
 
 impl Target {
@@ -121,18 +127,21 @@ impl Target {
         match self {
             Target::Managed(m) => m.pid(),
             Target::External { pid, .. } => Some(*pid),
+            Target::Prometheus(p, _) => Some(p.pid()),
         }
     }
     fn http(&self) -> String {
         match self {
             Target::Managed(m) => m.http(),
             Target::External { http, .. } => http.clone(),
+            Target::Prometheus(p, _) => p.base.clone(),
         }
     }
     fn data_dir(&self) -> Option<PathBuf> {
         match self {
             Target::Managed(m) => Some(m.data_dir.clone()),
             Target::External { data_dir, .. } => data_dir.clone(),
+            Target::Prometheus(_, d) => Some(d.join("data")),
         }
     }
 }
@@ -173,6 +182,10 @@ fn main() -> anyhow::Result<()> {
     raise_open_files();
     let work = kappie_loadtest::work_dir("cluster-sim")?;
     let mut target = match &args.collector {
+        None if args.prometheus => {
+            let dir = work.join("prometheus");
+            Target::Prometheus(kappie_testkit::prometheus::Prometheus::start(&dir, ""), dir)
+        }
         Some(grpc) => Target::External {
             grpc: grpc.clone(),
             http: args.collector_http.clone().unwrap_or_default(),
@@ -198,6 +211,7 @@ fn main() -> anyhow::Result<()> {
     let grpc = match &target {
         Target::Managed(m) => m.grpc(),
         Target::External { grpc, .. } => grpc.clone(),
+        Target::Prometheus(p, _) => format!("{}/api/v1/write", p.base),
     };
     let load_before = process::loadavg();
     std::thread::sleep(Duration::from_secs(1));
@@ -226,7 +240,7 @@ fn main() -> anyhow::Result<()> {
     let connections = args.shippers.div_ceil(per_conn);
     let channels = {
         let _g = rt.enter();
-        (0..connections)
+        (0..if args.prometheus { 0 } else { connections })
             .map(|_| {
                 Ok(tonic::transport::Endpoint::from_shared(grpc.clone())?
                     .connect_timeout(Duration::from_secs(5))
@@ -238,11 +252,37 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now() + Duration::from_millis(500);
     let rec = Arc::new(Recorder::new(start));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let agent = ureq::AgentBuilder::new()
+        .max_idle_connections(args.shippers)
+        .max_idle_connections_per_host(args.shippers)
+        .timeout(Duration::from_secs(30))
+        .build();
     let mut generators = Vec::new();
     let mut senders = Vec::new();
     for (i, node) in nodes.into_iter().enumerate() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let phase = args.interval.mul_f64(rand::random::<f64>());
+        if args.prometheus {
+            let sender = RwSender {
+                index: i as u32,
+                agent: agent.clone(),
+                url: grpc.clone(),
+                layout: node.layout(),
+                rx,
+                rec: rec.clone(),
+                max_backoff: args.max_backoff,
+            };
+            senders.push(rt.spawn(sender.run()));
+            generators.push(rt.spawn(generate(
+                node,
+                (start + phase).into(),
+                args.interval,
+                tx,
+                stop_rx.clone(),
+                rec.clone(),
+            )));
+            continue;
+        }
         let sender = Sender {
             index: i as u32,
             client: IngestClient::new(channels[i / per_conn].clone())
@@ -382,16 +422,21 @@ fn main() -> anyhow::Result<()> {
             &target.http(),
             &nodes,
             args.verify_series_max,
+            rec.newest_timestamp_ms.load(Relaxed),
         )?)
     };
     let samples_acked = rec.acked_samples.load(Relaxed);
     let store_bytes = target.data_dir().map_or(0, |d| process::du(&d));
+    let store_parts = target
+        .data_dir()
+        .map(|d| process::du_parts(&d))
+        .unwrap_or_default();
     let after_stop = match &mut target {
         Target::Managed(m) => {
             m.stop(Stop::Term)?;
-            Some(process::du(&m.data_dir))
+            Some((process::du(&m.data_dir), process::du_parts(&m.data_dir)))
         }
-        Target::External { .. } => None,
+        _ => None,
     };
 
     // The steady window ends at the restart, if any.
@@ -467,6 +512,9 @@ fn main() -> anyhow::Result<()> {
             collector: match &target {
                 Target::Managed(_) => "started by cluster-sim".into(),
                 Target::External { pid, .. } => format!("external, pid {pid}"),
+                Target::Prometheus(p, _) => {
+                    format!("Prometheus by remote write, pid {}", p.pid())
+                }
             },
         },
         load_before,
@@ -483,9 +531,12 @@ fn main() -> anyhow::Result<()> {
             samples_acked,
             store_bytes,
             store_bytes_per_sample: store_bytes as f64 / samples_acked.max(1) as f64,
-            store_bytes_after_clean_stop: after_stop,
+            store_bytes_after_clean_stop: after_stop.as_ref().map(|a| a.0),
             store_bytes_per_sample_after_clean_stop: after_stop
-                .map(|b| b as f64 / samples_acked.max(1) as f64),
+                .as_ref()
+                .map(|a| a.0 as f64 / samples_acked.max(1) as f64),
+            store_parts,
+            store_parts_after_clean_stop: after_stop.map(|a| a.1),
         },
         errors: report::errors(&events, rec.coalesced.load(Relaxed), unacked),
         restart,

@@ -57,6 +57,25 @@ pub fn du(p: &Path) -> u64 {
         .sum()
 }
 
+/// Bytes allocated on disk under each entry of `p`, by name.
+pub fn du_parts(p: &Path) -> std::collections::BTreeMap<String, u64> {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return Default::default();
+    };
+    rd.flatten()
+        .map(|e| {
+            let path = e.path();
+            let n = if path.is_dir() {
+                du(&path)
+            } else {
+                use std::os::unix::fs::MetadataExt;
+                e.metadata().map_or(0, |m| m.blocks() * 512)
+            };
+            (e.file_name().to_string_lossy().into_owned(), n)
+        })
+        .collect()
+}
+
 /// The three load averages of /proc/loadavg.
 pub fn loadavg() -> [f64; 3] {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

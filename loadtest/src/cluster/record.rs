@@ -67,6 +67,9 @@ pub struct Recorder {
     pub acked_samples: AtomicU64,
     /// Batches merged into an unsent batch because a shipper's queue was over its budget.
     pub coalesced: AtomicU64,
+    /// The newest batch timestamp generated (ms since the epoch): the verification
+    /// evaluates its queries there, so every series' last sample is within one interval.
+    pub newest_timestamp_ms: AtomicI64,
 }
 
 impl Recorder {
@@ -78,6 +81,7 @@ impl Recorder {
             generated_samples: AtomicU64::new(0),
             acked_samples: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
+            newest_timestamp_ms: AtomicI64::new(0),
         }
     }
 
@@ -93,8 +97,9 @@ impl Recorder {
         f(&mut self.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn generated(&self, samples: usize) {
+    pub fn generated(&self, samples: usize, timestamp_ms: i64) {
         self.queued.fetch_add(1, Relaxed);
+        self.newest_timestamp_ms.fetch_max(timestamp_ms, Relaxed);
         self.generated_samples.fetch_add(samples as u64, Relaxed);
     }
 

@@ -139,6 +139,11 @@ pub struct Footprint {
     pub store_bytes_per_sample: f64,
     pub store_bytes_after_clean_stop: Option<u64>,
     pub store_bytes_per_sample_after_clean_stop: Option<f64>,
+    /// The data directory's entries and their bytes (Kappie: `main` is the sled database
+    /// with the label index, series definitions and per-counter running totals,
+    /// `staging` and `blocks` the sample chunks, `wal` the log).
+    pub store_parts: BTreeMap<String, u64>,
+    pub store_parts_after_clean_stop: Option<BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -379,6 +384,16 @@ impl Report {
             ));
         }
         o.push('\n');
+        let parts = |p: &BTreeMap<String, u64>| {
+            p.iter()
+                .map(|(k, v)| format!("{k} {:.1} MiB", mib(*v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        o.push_str(&format!("  running: {}\n", parts(&f.store_parts)));
+        if let Some(p) = &f.store_parts_after_clean_stop {
+            o.push_str(&format!("  after a clean stop: {}\n", parts(p)));
+        }
         let e = &self.errors;
         o.push_str(&format!(
             "calls failed {:?}; batches refused {}, definitions asked again {}, DUPLICATE answers {}, found applied by Hello {}, merged {}, unacknowledged at the end {}\n",

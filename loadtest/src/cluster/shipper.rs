@@ -91,7 +91,7 @@ pub async fn generate(
             sequence: None,
             count: 1,
         };
-        rec.generated(b.samples());
+        rec.generated(b.samples(), b.timestamp_ms);
         if tx.send(b).is_err() {
             break;
         }

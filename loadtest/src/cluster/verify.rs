@@ -37,11 +37,13 @@ pub struct Verdict {
     pub examples: Vec<String>,
 }
 
-fn query(http: &str, q: &str) -> anyhow::Result<Vec<Value>> {
+/// An instant query at `at_ms`.
+fn query(http: &str, q: &str, at_ms: i64) -> anyhow::Result<Vec<Value>> {
     let url = format!("{http}/api/v1/query");
+    let time = format!("{}.{:03}", at_ms.div_euclid(1000), at_ms.rem_euclid(1000));
     let resp = ureq::post(&url)
         .timeout(Duration::from_secs(300))
-        .send_form(&[("query", q)]);
+        .send_form(&[("query", q), ("time", &time)]);
     let body: Value = match resp {
         Ok(r) => serde_json::from_reader(r.into_reader())?,
         Err(ureq::Error::Status(code, r)) => {
@@ -62,8 +64,15 @@ fn value(v: &Value) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Compares the collector at `http` with `nodes`.
-pub fn verify(http: &str, nodes: &[Node], per_series_max: usize) -> anyhow::Result<Verdict> {
+/// Compares the collector at `http` with `nodes`, evaluating at `at_ms`: the newest
+/// timestamp sent (a query at the wall-clock time would lose series whose last sample is
+/// older than the 5-minute lookback, after a long drain).
+pub fn verify(
+    http: &str,
+    nodes: &[Node],
+    per_series_max: usize,
+    at_ms: i64,
+) -> anyhow::Result<Verdict> {
     let total_series: usize = nodes.iter().map(Node::series).sum();
     let per_series = total_series <= per_series_max;
     let mut examples = Vec::new();
@@ -86,7 +95,7 @@ pub fn verify(http: &str, nodes: &[Node], per_series_max: usize) -> anyhow::Resu
             series_sent += count;
             by_node.insert(n.layout().node_name.clone(), sum);
         }
-        let stored = query(http, &format!("sum by (node_name) ({name})"))?;
+        let stored = query(http, &format!("sum by (node_name) ({name})"), at_ms)?;
         let mut nodes_off = 0;
         let mut seen = 0;
         let mut sum_stored = 0.0;
@@ -114,7 +123,7 @@ pub fn verify(http: &str, nodes: &[Node], per_series_max: usize) -> anyhow::Resu
                 by_node.len() - seen
             ));
         }
-        let series_stored = query(http, &format!("count({name})"))?
+        let series_stored = query(http, &format!("count({name})"), at_ms)?
             .first()
             .map_or(0.0, value) as usize;
         if series_stored != series_sent {
@@ -134,7 +143,7 @@ pub fn verify(http: &str, nodes: &[Node], per_series_max: usize) -> anyhow::Resu
                 }
             }
             series_compared = want.len();
-            for r in query(http, name)? {
+            for r in query(http, name, at_ms)? {
                 let mut labels: Vec<(String, String)> = r["metric"]
                     .as_object()
                     .map(|o| {
