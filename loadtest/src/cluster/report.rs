@@ -118,6 +118,8 @@ pub struct Steady {
     pub push_latency_ms: Pct,
     /// Acknowledgement time minus the batch's scheduled collection time.
     pub lag_ms: Pct,
+    /// The same over the window's last interval.
+    pub lag_last_interval_ms: Pct,
     pub queued_max: i64,
     pub queued_slope_per_min: f64,
     pub queue_grew: bool,
@@ -356,8 +358,9 @@ impl Report {
             if s.queue_grew { "GROWING" } else { "not growing" }
         ));
         o.push_str(&format!(
-            "  keeps up: {}\n",
-            if s.keeps_up { "yes" } else { "NO" }
+            "  keeps up: {} (backlog not growing and every batch of the window's last interval acknowledged within the interval: lag max {:.0} ms there)\n",
+            if s.keeps_up { "yes" } else { "NO" },
+            s.lag_last_interval_ms.max
         ));
         o.push_str(&format!(
             "  collector CPU {:.3} cores = {:.2} us/sample; simulator CPU {:.3} cores\n",
