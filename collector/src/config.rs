@@ -43,6 +43,14 @@ pub struct Cli {
     /// Most series one shipper session may define.
     #[arg(long, env = "KAPPIE_MAX_SERIES_PER_SHIPPER")]
     pub max_series_per_shipper: Option<usize>,
+    /// Samples per second one shipper may push on average (counter deltas and gauge values);
+    /// faster pushes get RESOURCE_EXHAUSTED with a time to retry after. 0: no limit.
+    #[arg(long, env = "KAPPIE_MAX_SAMPLES_PER_SHIPPER_PER_SECOND")]
+    pub max_samples_per_shipper_per_second: Option<u32>,
+    /// Samples one shipper may push at once above its rate (the token bucket's size): a
+    /// shipper catching up after an outage sends its queue at this burst, then at the rate.
+    #[arg(long, env = "KAPPIE_SHIPPER_BURST_SAMPLES")]
+    pub shipper_burst_samples: Option<u32>,
     /// How far a batch timestamp may be ahead of the collector's clock, in seconds.
     #[arg(long, env = "KAPPIE_MAX_FUTURE_SKEW_SECONDS")]
     pub max_future_skew_seconds: Option<u64>,
@@ -206,6 +214,8 @@ pub struct Config {
     pub max_label_value_bytes: usize,
     pub grpc_max_concurrent_calls_per_connection: usize,
     pub max_series_per_shipper: usize,
+    pub max_samples_per_shipper_per_second: u32,
+    pub shipper_burst_samples: u32,
     pub max_future_skew_seconds: u64,
     pub cache_capacity_bytes: u64,
     pub block_cache_capacity_bytes: u64,
@@ -260,6 +270,8 @@ impl Default for Config {
             max_label_value_bytes: crate::limits::LabelLimits::default().max_value_bytes,
             grpc_max_concurrent_calls_per_connection: 16,
             max_series_per_shipper: 100_000,
+            max_samples_per_shipper_per_second: 10_000,
+            shipper_burst_samples: 200_000,
             max_future_skew_seconds: 300,
             cache_capacity_bytes: 8 * 1024 * 1024,
             block_cache_capacity_bytes: 2 * 1024 * 1024,
@@ -428,6 +440,8 @@ impl Config {
             max_label_value_bytes,
             grpc_max_concurrent_calls_per_connection,
             max_series_per_shipper,
+            max_samples_per_shipper_per_second,
+            shipper_burst_samples,
             max_future_skew_seconds,
             cache_capacity_bytes,
             block_cache_capacity_bytes,

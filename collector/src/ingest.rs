@@ -37,6 +37,7 @@ pub struct IngestLimits {
 pub struct IngestService {
     core: Arc<Mutex<Core>>,
     auth: ShipperAuth,
+    rate: Option<Arc<crate::limits::ShipperRateLimit>>,
 }
 
 struct Def {
@@ -66,6 +67,7 @@ impl IngestService {
     ) -> Self {
         IngestService {
             auth,
+            rate: None,
             core: Arc::new(Mutex::new(Core {
                 store,
                 limits,
@@ -74,6 +76,12 @@ impl IngestService {
                 shippers,
             })),
         }
+    }
+
+    /// Limits the samples per second each shipper may push (`None`: no limit).
+    pub fn with_rate_limit(mut self, rate: Option<crate::limits::ShipperRateLimit>) -> Self {
+        self.rate = rate.map(Arc::new);
+        self
     }
 
     async fn run<T: Send + 'static>(
@@ -117,6 +125,21 @@ impl Ingest for IngestService {
         }
         let req = req.into_inner();
         validate_shipper_id(&req.shipper_id)?;
+        if let Some(rate) = &self.rate {
+            let samples = req.deltas.len() + req.gauges.len();
+            if let Err(wait) = rate.check(&req.shipper_id, samples) {
+                let ms = (wait.as_millis() as u64).max(1);
+                tracing::warn!(shipper = %req.shipper_id, sequence = req.sequence, samples,
+                    retry_after_ms = ms, "push refused: the shipper is over its rate limit");
+                let mut st = Status::resource_exhausted(format!(
+                    "shipper {} sends more than {} samples per second (--max-samples-per-shipper-per-second); retry this batch in {ms} ms",
+                    req.shipper_id, rate.per_second
+                ));
+                st.metadata_mut()
+                    .insert(crate::limits::RETRY_AFTER_MS_METADATA, ms.into());
+                return Err(st);
+            }
+        }
         let resp = self.run(move |core| core.push(req)).await?;
         Ok(Response::new(resp))
     }

@@ -51,3 +51,89 @@ impl LabelLimits {
         Ok(())
     }
 }
+
+/// Pushes refused because their shipper sent samples faster than
+/// `--max-samples-per-shipper-per-second`.
+pub static REFUSED_RATE_LIMITED: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// gRPC metadata key on the RESOURCE_EXHAUSTED status of a rate-limited push: how many
+/// milliseconds to wait before the batch would be taken. A shipper retries the batch after
+/// it (a push refused for any other RESOURCE_EXHAUSTED reason is dropped).
+pub const RETRY_AFTER_MS_METADATA: &str = "kappie-retry-after-ms";
+
+/// Samples per second each shipper may push (a GCRA token bucket per shipper id), so that
+/// one shipper, buggy or hostile, cannot take the collector's ingest from the others.
+pub struct ShipperRateLimit {
+    limiter: governor::DefaultKeyedRateLimiter<String>,
+    pub per_second: u32,
+    burst: std::num::NonZeroU32,
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl ShipperRateLimit {
+    /// `per_second` samples on average, up to `burst` at once (a batch larger than the
+    /// burst is charged as the burst, so every batch can pass); `None` if either is 0
+    /// (no limit).
+    pub fn new(per_second: u32, burst: u32) -> Option<ShipperRateLimit> {
+        let rate = std::num::NonZeroU32::new(per_second)?;
+        let burst = std::num::NonZeroU32::new(burst)?;
+        Some(ShipperRateLimit {
+            limiter: governor::RateLimiter::keyed(
+                governor::Quota::per_second(rate).allow_burst(burst),
+            ),
+            per_second: rate.get(),
+            burst,
+            calls: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Takes `samples` from `shipper`'s allowance, or says how long until they are there.
+    pub fn check(&self, shipper: &str, samples: usize) -> Result<(), std::time::Duration> {
+        use governor::clock::Clock;
+        // Forget shippers that have been idle for longer than a full bucket takes to refill,
+        // so that made-up shipper ids cannot grow the map without bound.
+        if self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % 1024
+            == 1023
+        {
+            self.limiter.retain_recent();
+        }
+        let n = u32::try_from(samples)
+            .ok()
+            .and_then(std::num::NonZeroU32::new)
+            .map_or(std::num::NonZeroU32::MIN, |n| n.min(self.burst));
+        match self.limiter.check_key_n(&shipper.to_owned(), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                REFUSED_RATE_LIMITED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(not_until.wait_time_from(governor::clock::DefaultClock::default().now()))
+            }
+            // n is at most the burst.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_refuses_past_the_burst_and_says_when() {
+        let l = ShipperRateLimit::new(100, 1000).expect("a limit");
+        assert!(l.check("a", 600).is_ok());
+        let wait = l.check("a", 600).expect_err("over the burst");
+        // 200 samples short at 100/s: about 2 s.
+        assert!(
+            wait > std::time::Duration::from_millis(1500)
+                && wait <= std::time::Duration::from_secs(2),
+            "{wait:?}"
+        );
+        // Another shipper has its own allowance; a batch larger than the burst passes.
+        assert!(l.check("b", 5000).is_ok());
+        assert!(ShipperRateLimit::new(0, 10).is_none());
+    }
+}

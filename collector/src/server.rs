@@ -180,7 +180,11 @@ pub async fn serve(
         },
         shippers,
         shipper_auth,
-    );
+    )
+    .with_rate_limit(crate::limits::ShipperRateLimit::new(
+        config.max_samples_per_shipper_per_second,
+        config.shipper_burst_samples,
+    ));
     let svc = IngestServer::new(ingest).max_decoding_message_size(config.grpc_max_message_bytes);
     let grpc_timeout = std::time::Duration::from_secs(config.grpc_request_timeout_seconds);
     let grpc_calls = config.grpc_max_concurrent_calls_per_connection;

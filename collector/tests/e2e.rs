@@ -14,14 +14,19 @@ use std::time::Duration;
 const HTTP: &str = "http://127.0.0.1:19090";
 
 fn start_collector(ns: &Netns, dir: &Path) -> Proc {
+    start_collector_with(ns, &dir.join("data"), &dir.join("collector.log"), &[])
+}
+
+fn start_collector_with(ns: &Netns, data: &Path, log: &Path, extra: &[&str]) -> Proc {
     let mut cmd = ns.command(Path::new(env!("CARGO_BIN_EXE_kappie-collector")));
-    cmd.arg("--data-dir").arg(dir.join("data")).args([
+    cmd.arg("--data-dir").arg(data).args([
         "--http-listen",
         "127.0.0.1:19090",
         "--grpc-listen",
         "127.0.0.1:19095",
     ]);
-    let p = Proc::spawn("collector", cmd, &dir.join("collector.log"));
+    cmd.args(extra);
+    let p = Proc::spawn("collector", cmd, log);
     wait_for("collector ready", Duration::from_secs(20), || {
         ns.enter(|| ureq::get(&format!("{HTTP}/-/ready")).call().ok())
     });
@@ -515,4 +520,232 @@ fn shipper_serves_its_metrics_health_and_readiness() {
     assert!(get_in(&server, &format!("{http}/-/healthy")).is_none());
     let text = std::fs::read(&log).unwrap();
     assert!(!text.contains(&0x1b), "colour codes in the log file");
+}
+
+/// The collector's own counter `name` (no labels) from its /metrics.
+fn collector_counter(ns: &Netns, name: &str) -> f64 {
+    let (_, text) = get_in(ns, &format!("{HTTP}/metrics")).expect("collector /metrics");
+    sample(&text, name).unwrap_or_else(|| panic!("no {name} in the collector's /metrics"))
+}
+
+/// Issue 16, per-shipper rate limits: a shipper that sends faster than
+/// `--max-samples-per-shipper-per-second` (here: a queue of batches built while the collector
+/// was down, sent back to back) is refused with RESOURCE_EXHAUSTED and a time to wait; it
+/// waits and sends the same batches again, so every count arrives, once, and none is dropped.
+#[test]
+fn a_rate_limited_shipper_waits_and_loses_no_counts() {
+    if !require(&NETNS) {
+        return;
+    }
+    let ns = Netns::new("rate");
+    let dir = tempfile::tempdir().unwrap();
+    let q = "kappie_udp_connection_stats{statistic_name=\"NoPorts\",node_name=\"e2e-node\"}";
+    // The collector is not there yet: batches queue up at the shipper.
+    let shipper = start_shipper(&ns, dir.path(), 0);
+    let shipper_url = shipper_http(&dir.path().join("shipper-0.log"));
+    let queued = |ns: &Netns| {
+        let (_, text) = get_in(ns, &format!("{shipper_url}/metrics"))?;
+        sample(&text, "kappie_shipper_queue_batches")
+    };
+    send_to_closed_port(&ns, 120);
+    wait_for(
+        "10 batches queued at the shipper",
+        Duration::from_secs(30),
+        || (queued(&ns)? >= 10.0).then_some(()),
+    );
+    // Each batch costs the whole bucket of 10 samples; 50 a second refill it in 0.2 s, so the
+    // queue drains at 5 batches a second (the shipper adds 3.3).
+    let _collector = start_collector_with(
+        &ns,
+        &dir.path().join("data"),
+        &dir.path().join("collector.log"),
+        &[
+            "--max-samples-per-shipper-per-second",
+            "50",
+            "--shipper-burst-samples",
+            "10",
+        ],
+    );
+    send_to_closed_port(&ns, 25);
+    let k = kernel_noports(&ns);
+    wait_for(
+        "the collector total to equal the kernel's",
+        Duration::from_secs(60),
+        || (value(&ns, q) == Some(k)).then_some(()),
+    );
+    let refused = collector_counter(&ns, "kappie_ingest_refused_rate_limited_total");
+    assert!(
+        refused > 0.0,
+        "no push was rate limited; the test tests nothing"
+    );
+    let (_, text) = get_in(&ns, &format!("{shipper_url}/metrics")).unwrap();
+    assert_eq!(
+        sample(&text, "kappie_shipper_pushes_total{result=\"rejected\"}"),
+        Some(0.0),
+        "a rate-limited batch was dropped"
+    );
+    let log = std::fs::read_to_string(dir.path().join("collector.log")).unwrap();
+    assert!(
+        log.contains("over its rate limit"),
+        "the collector logs the refusal"
+    );
+    eprintln!("{refused} pushes refused by the rate limit; total {k} exact");
+    drop(shipper);
+}
+
+/// Unmounts the test's tmpfs however the test ends.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Issue 16, a full disk under gRPC ingest: the collector's store on a small tmpfs is filled
+/// (by remote write, which is faster at it); the real shipper's pushes are then refused with
+/// UNAVAILABLE, the shipper keeps its deltas and retries, and once space returns (and the
+/// collector restarted, if its health check asks for it) the collector's total equals the
+/// kernel's exactly: nothing lost, nothing counted twice.
+#[test]
+fn a_full_disk_under_grpc_ingest_loses_no_shipper_counts() {
+    if !require(&[
+        NETNS[0],
+        NETNS[1],
+        NETNS[2],
+        Need::Tool {
+            program: "mount",
+            package: "mount",
+        },
+    ]) {
+        return;
+    }
+    use kappie_testkit::prometheus::{remote_write, series};
+    let ns = Netns::new("full");
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("fs");
+    std::fs::create_dir_all(&fs).unwrap();
+    assert!(std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
+        .arg(&fs)
+        .status()
+        .unwrap()
+        .success());
+    let _mount = Mount(fs.clone());
+    let data = fs.join("data");
+    let args = [
+        "--wal-segment-bytes",
+        "1048576",
+        "--maintenance-interval-seconds",
+        "1",
+    ];
+    let collector = start_collector_with(&ns, &data, &dir.path().join("collector-0.log"), &args);
+    let q = "kappie_udp_connection_stats{statistic_name=\"NoPorts\",node_name=\"e2e-node\"}";
+    let shipper = start_shipper(&ns, dir.path(), 0);
+    let shipper_url = shipper_http(&dir.path().join("shipper-0.log"));
+    send_to_closed_port(&ns, 100);
+    let k = kernel_noports(&ns);
+    wait_for(
+        "the collector to reach the kernel's count",
+        Duration::from_secs(30),
+        || (value(&ns, q) == Some(k)).then_some(()),
+    );
+
+    // Fill the disk: random floats (nothing to compress), then single samples, until even
+    // those are refused.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut refused = 0;
+    let mut attempts = 0;
+    let fill = |n: i64, points: usize| -> bool {
+        let batch: Vec<_> = (0..if points > 1 { 100 } else { 1 })
+            .map(|s| {
+                let pts: Vec<(i64, f64)> = (0..points as i64)
+                    .map(|i| {
+                        (
+                            now - 3_600_000 + n * 1000 + i,
+                            f64::from_bits(rand::random::<u64>() >> 2),
+                        )
+                    })
+                    .collect();
+                series(&[("__name__", "fill"), ("s", &format!("s{s}"))], &pts)
+            })
+            .collect();
+        ns.enter(|| remote_write(&format!("{HTTP}/api/v1/write"), batch).is_ok())
+    };
+    while refused < 5 {
+        attempts += 1;
+        assert!(attempts < 3_000, "the disk never filled up");
+        if !fill(attempts, 20) {
+            refused += 1;
+        }
+    }
+    refused = 0;
+    while refused < 5 {
+        attempts += 1;
+        assert!(attempts < 6_000, "the disk never filled up");
+        if !fill(attempts, 1) {
+            refused += 1;
+        }
+    }
+    let failed = |ns: &Netns| {
+        let (_, text) = get_in(ns, &format!("{shipper_url}/metrics"))?;
+        sample(&text, "kappie_shipper_pushes_total{result=\"failed\"}")
+    };
+    let failed_before = failed(&ns).unwrap();
+    send_to_closed_port(&ns, 100);
+    wait_for(
+        "the shipper's pushes to be refused for the full disk",
+        Duration::from_secs(30),
+        || (failed(&ns)? >= failed_before + 2.0).then_some(()),
+    );
+    let k = kernel_noports(&ns);
+    assert!(
+        value(&ns, q).unwrap() < k,
+        "the last 100 datagrams cannot be stored yet"
+    );
+    let log = std::fs::read_to_string(dir.path().join("shipper-0.log")).unwrap();
+    assert!(
+        log.contains("store unavailable") && log.contains("retry later"),
+        "the shipper logs the collector's reason"
+    );
+
+    // Space returns.
+    assert!(std::process::Command::new("mount")
+        .args(["-o", "remount,size=512m"])
+        .arg(&fs)
+        .status()
+        .unwrap()
+        .success());
+    let healthy = ns.enter(|| ureq::get(&format!("{HTTP}/-/healthy")).call().is_ok());
+    let _collector = if healthy {
+        collector
+    } else {
+        // A failed fsync stops the store; the liveness probe would restart it.
+        collector.kill9();
+        start_collector_with(&ns, &data, &dir.path().join("collector-1.log"), &args)
+    };
+    eprintln!("after space returned the collector was healthy: {healthy}");
+    send_to_closed_port(&ns, 25);
+    let k = kernel_noports(&ns);
+    wait_for(
+        "the collector total to equal the kernel's after space returned",
+        Duration::from_secs(60),
+        || (value(&ns, q) == Some(k)).then_some(()),
+    );
+    let (_, text) = get_in(&ns, &format!("{shipper_url}/metrics")).unwrap();
+    assert_eq!(
+        sample(&text, "kappie_shipper_pushes_total{result=\"rejected\"}"),
+        Some(0.0),
+        "a batch was dropped"
+    );
+    // Several more cycles: nothing is counted twice later on.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(value(&ns, q), Some(k));
+    drop(shipper);
 }

@@ -26,3 +26,21 @@ fn promql_inputs() {
     let store = checks::promql_store(dir.path());
     replay_inputs("promql", |data| checks::promql(&store, data));
 }
+
+#[test]
+fn grpc_ingest_inputs() {
+    replay_inputs("grpc_ingest", checks::grpc_ingest);
+}
+
+#[test]
+fn remote_read_inputs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = checks::promql_store(dir.path());
+    let state = checks::remote_read_state(&store);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    replay_inputs("remote_read", |data| checks::remote_read(&rt, &state, data));
+}

@@ -489,3 +489,124 @@ fn the_settings_component_names_every_collector_setting_and_loads() {
         "true"
     );
 }
+
+/// `components/tls-cert-manager` (rendered through `deploy/examples/tls`): the Kubernetes
+/// objects still match the API schema (cert-manager's own kinds are outside k8s-openapi; their
+/// fields are checked here one by one), both binaries accept their new flags, the name the
+/// shippers dial is in the collector's certificate, the shippers trust that certificate's CA
+/// and receive nothing else of its secret, the collector's key and certificate are files of
+/// that secret mounted as a directory (so rotations reach it), and the probes speak HTTPS.
+#[test]
+fn the_tls_component_puts_both_collector_ports_behind_cert_manager_certificates() {
+    let objects = render(&deploy_dir().join("examples/tls")).expect("the TLS example renders");
+    assert_eq!(objects.len(), base().len() + 4, "{:?}", kinds(&objects));
+    let mut cert_manager = 0;
+    for obj in &objects {
+        if obj["apiVersion"] == "cert-manager.io/v1" {
+            cert_manager += 1;
+            assert!(["Issuer", "Certificate"].contains(&obj["kind"].as_str().unwrap()));
+            assert_eq!(obj["metadata"]["namespace"], "kappie");
+            continue;
+        }
+        check_schema(obj).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    assert_eq!(cert_manager, 4);
+    let cert = find(&objects, "Certificate", "kappie-collector-tls").unwrap();
+    let secret = cert["spec"]["secretName"].as_str().unwrap();
+    let dns: Vec<&str> = cert["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "kappie-ca");
+    let ca_issuer = find(&objects, "Issuer", "kappie-ca").unwrap();
+    let ca_cert = find(&objects, "Certificate", "kappie-ca").unwrap();
+    assert_eq!(
+        ca_issuer["spec"]["ca"]["secretName"],
+        ca_cert["spec"]["secretName"]
+    );
+    assert_eq!(ca_cert["spec"]["isCA"], true);
+    assert_eq!(ca_cert["spec"]["issuerRef"]["name"], "kappie-selfsigned");
+    find(&objects, "Issuer", "kappie-selfsigned").unwrap();
+
+    // The shipper dials https:// at a name of the certificate and trusts only its CA.
+    let ds = find(&objects, "DaemonSet", "kappie-shipper").unwrap();
+    let (spec, c) = pod(ds);
+    let mut argv = vec!["kappie-shipper".to_string()];
+    argv.extend(c.args.clone().unwrap());
+    <kappie_node_shipper::config::Cli as clap::Parser>::try_parse_from(&argv)
+        .expect("shipper args parse");
+    let url = arg(&c, "--collector").unwrap();
+    let host = url
+        .strip_prefix("https://")
+        .and_then(|r| r.split(':').next())
+        .unwrap_or_else(|| panic!("the shipper dials {url}, not https://"));
+    assert!(
+        dns.contains(&host),
+        "{host} is not in the certificate's {dns:?}"
+    );
+    assert_eq!(
+        c.args
+            .iter()
+            .flatten()
+            .filter(|a| a.starts_with("--collector="))
+            .count(),
+        1
+    );
+    let ca_file = arg(&c, "--collector-ca-file").unwrap();
+    let m = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| ca_file.starts_with(&format!("{}/", m.mount_path)))
+        .expect("the CA file is on a mount");
+    let v = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == m.name)
+        .unwrap();
+    let s = v.secret.as_ref().expect("the CA comes from a secret");
+    assert_eq!(s.secret_name.as_deref(), Some(secret));
+    let items = s.items.clone().expect("only some keys of the secret");
+    assert_eq!(items.len(), 1, "the shipper gets the CA and nothing else");
+    assert_eq!(items[0].key, "ca.crt");
+    assert_eq!(ca_file, format!("{}/{}", m.mount_path, items[0].path));
+
+    // The collector serves the secret's certificate and key, rotations included.
+    let sts = find(&objects, "StatefulSet", "kappie-collector").unwrap();
+    let (spec, c) = pod(sts);
+    let mut argv = vec!["kappie-collector".to_string()];
+    argv.extend(c.args.clone().unwrap());
+    kappie_collector::config::Cli::try_parse_from(&argv).expect("collector args parse");
+    for (flag, key) in [
+        ("--tls-cert-file", "tls.crt"),
+        ("--tls-key-file", "tls.key"),
+    ] {
+        let file = arg(&c, flag).unwrap();
+        let m = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| file == format!("{}/{key}", m.mount_path))
+            .unwrap_or_else(|| panic!("{file} is not {key} of a mounted directory"));
+        assert!(
+            m.sub_path.is_none(),
+            "a subPath mount never sees a rotation"
+        );
+        let v = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .unwrap();
+        let s = v.secret.as_ref().expect("a secret volume");
+        assert_eq!(s.secret_name.as_deref(), Some(secret));
+        assert!(s.items.is_none());
+    }
+    for probe in [&c.startup_probe, &c.readiness_probe, &c.liveness_probe] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+    }
+}

@@ -101,3 +101,373 @@ pub fn promql(store: &Storage, data: &[u8]) {
     let _ = instant_query(store, query, PROMQL_T, &limits);
     let _ = range_query(store, query, PROMQL_T - 600_000, PROMQL_T, 60_000, &limits);
 }
+
+/// Reads a fuzz input as a stream of choices; past its end every choice is 0.
+pub struct Choices<'a>(&'a [u8]);
+
+impl<'a> Choices<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Choices(data)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn byte(&mut self) -> u8 {
+        let Some((b, rest)) = self.0.split_first() else {
+            return 0;
+        };
+        self.0 = rest;
+        *b
+    }
+    pub fn u64(&mut self) -> u64 {
+        (0..8).fold(0, |v, _| (v << 8) | u64::from(self.byte()))
+    }
+    /// One of `words`, or (past them) a string of up to 15 bytes taken from the input.
+    pub fn word(&mut self, words: &[&str]) -> String {
+        let b = self.byte();
+        if let Some(w) = words.get(usize::from(b) % (words.len() + 1)) {
+            return (*w).to_owned();
+        }
+        let n = usize::from(self.byte() % 16).min(self.0.len());
+        let (s, rest) = self.0.split_at(n);
+        self.0 = rest;
+        String::from_utf8_lossy(s).into_owned()
+    }
+    /// A counter delta or gauge value: mostly plain, sometimes hostile.
+    pub fn value(&mut self) -> f64 {
+        match self.byte() % 8 {
+            0 => f64::NAN,
+            1 => f64::INFINITY,
+            2 => -1.0,
+            3 => f64::from_bits(self.u64()),
+            4 => 0.0,
+            b => f64::from(b) * 1000.0,
+        }
+    }
+}
+
+/// What the collector may answer a shipper's call with. Anything else (`INTERNAL`,
+/// `UNKNOWN`, `DATA_LOSS`, `UNAVAILABLE` from a healthy store) is a bug.
+fn expected_code(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        InvalidArgument | OutOfRange | FailedPrecondition | ResourceExhausted
+    )
+}
+
+/// The gRPC ingest service over a store in `dir`, with small limits so that fuzzing
+/// reaches them.
+fn ingest_service(store: &Storage) -> kappie_collector::ingest::IngestService {
+    let shippers = kappie_collector::shippers::Inventory::load(store).expect("load inventory");
+    kappie_collector::ingest::IngestService::new(
+        store.clone(),
+        kappie_collector::ingest::IngestLimits {
+            max_series_per_shipper: 6,
+            max_future_skew_ms: 300_000,
+            labels: kappie_collector::limits::LabelLimits {
+                max_labels: 4,
+                max_name_bytes: 12,
+                max_value_bytes: 12,
+            },
+        },
+        std::sync::Arc::new(shippers),
+        Default::default(),
+    )
+}
+
+/// A sequence of Hello and Push calls built from `data`, against the real ingest service
+/// over a fresh store (shippers' authentication off, as on loopback). Every call answers
+/// or is refused with an expected code; sequence numbers behave exactly once (a push
+/// above the last applied sequence is applied, at or below it is a duplicate, Hello tells
+/// the last applied one); after the store is closed and opened again, Hello tells the
+/// same sequences (what was acknowledged is durable).
+pub fn grpc_ingest(data: &[u8]) {
+    use kappie_proto::ingest_server::Ingest;
+    use kappie_proto::{
+        CounterDelta, GaugeValue, HelloRequest, Label, PushRequest, PushStatus, SeriesDefinition,
+    };
+    use std::collections::BTreeMap;
+    use tonic::Request;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    const SHIPPERS: [&str; 2] = ["node-a", "node-b"];
+    const METRICS: [&str; 3] = [
+        "kappie_forward_count",
+        "kappie_drop_count",
+        "kappie_tcp_state",
+    ];
+    const LABELS: [&str; 4] = ["node_name", "direction", "reason", "__name__"];
+    let mut c = Choices::new(data);
+    // Last applied sequence per shipper id, as the collector must remember it.
+    let mut applied: BTreeMap<String, u64> = BTreeMap::new();
+    {
+        let store = Storage::open(dir.path(), &StorageConfig::default()).expect("open store");
+        let svc = ingest_service(&store);
+        for _ in 0..24 {
+            if c.is_empty() {
+                break;
+            }
+            let shipper = c.word(&SHIPPERS);
+            let last = applied.get(&shipper).copied().unwrap_or(0);
+            let session = u64::from(c.byte() % 3);
+            if c.byte().is_multiple_of(4) {
+                let req = HelloRequest {
+                    shipper_id: shipper.clone(),
+                    session,
+                    node_name: shipper.clone(),
+                    cluster: c.word(&["c1"]),
+                    version: "fuzz".into(),
+                };
+                match rt.block_on(svc.hello(Request::new(req))) {
+                    Ok(r) => assert_eq!(
+                        r.get_ref().last_applied_sequence,
+                        last,
+                        "Hello told shipper {shipper:?} a wrong last applied sequence"
+                    ),
+                    Err(st) => assert!(expected_code(st.code()), "Hello: {st:?}"),
+                }
+                continue;
+            }
+            let sequence = match c.byte() % 6 {
+                0 => 0,
+                1 => last,
+                2 => c.u64(),
+                _ => last + 1,
+            };
+            let timestamp_ms = match c.byte() % 6 {
+                0 => 0,
+                1 => now + 3_600_000,
+                2 => c.u64() as i64,
+                _ => now - 1000,
+            };
+            let mut req = PushRequest {
+                shipper_id: shipper.clone(),
+                session,
+                sequence,
+                timestamp_ms,
+                ..Default::default()
+            };
+            for _ in 0..c.byte() % 4 {
+                let r#ref = u32::from(c.byte() % 8);
+                let metric = c.word(&METRICS);
+                let r#type = i32::from(c.byte() % 4);
+                let mut labels = vec![Label {
+                    name: "node_name".into(),
+                    value: shipper.clone(),
+                }];
+                for _ in 0..c.byte() % 6 {
+                    labels.push(Label {
+                        name: c.word(&LABELS),
+                        value: c.word(&["egress", "ingress", "NO_SOCKET"]),
+                    });
+                }
+                req.definitions.push(SeriesDefinition {
+                    r#ref,
+                    metric,
+                    r#type,
+                    labels,
+                });
+            }
+            for _ in 0..c.byte() % 6 {
+                req.deltas.push(CounterDelta {
+                    r#ref: u32::from(c.byte() % 8),
+                    delta: c.value(),
+                });
+            }
+            for _ in 0..c.byte() % 3 {
+                req.gauges.push(GaugeValue {
+                    r#ref: u32::from(c.byte() % 8),
+                    value: c.value(),
+                    stale: c.byte().is_multiple_of(5),
+                });
+            }
+            match rt.block_on(svc.push(Request::new(req))) {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.status == PushStatus::Applied as i32 {
+                        assert!(
+                            sequence > last,
+                            "batch {sequence} of {shipper:?} applied at or below {last}"
+                        );
+                        assert_eq!(r.last_applied_sequence, sequence);
+                        applied.insert(shipper, sequence);
+                    } else {
+                        assert_eq!(r.status, PushStatus::Duplicate as i32, "status {r:?}");
+                        assert!(
+                            sequence <= last,
+                            "batch {sequence} of {shipper:?} above {last} called a duplicate"
+                        );
+                        assert_eq!(r.last_applied_sequence, last);
+                    }
+                }
+                Err(st) => assert!(expected_code(st.code()), "Push: {st:?}"),
+            }
+        }
+    }
+    // Everything acknowledged survives closing and opening the store.
+    let store = Storage::open(dir.path(), &StorageConfig::default()).expect("reopen store");
+    let svc = ingest_service(&store);
+    for (shipper, last) in applied {
+        let req = HelloRequest {
+            shipper_id: shipper.clone(),
+            session: 99,
+            node_name: shipper.clone(),
+            ..Default::default()
+        };
+        let r = rt
+            .block_on(svc.hello(Request::new(req)))
+            .expect("Hello after reopening");
+        assert_eq!(
+            r.get_ref().last_applied_sequence,
+            last,
+            "after reopening the store, shipper {shipper:?}'s acknowledged batches are lost"
+        );
+    }
+}
+
+/// The HTTP API's state over `store` for [`remote_read`], with small limits so that fuzzing
+/// reaches them: 2,000 samples per SAMPLES response, frames cut at 512 bytes.
+pub fn remote_read_state(store: &Storage) -> kappie_collector::api::ApiState {
+    use kappie_collector::api::{ApiLimits, ApiState, RemoteReadLimits};
+    ApiState {
+        store: store.clone(),
+        limits: ApiLimits {
+            labels: Default::default(),
+            max_concurrent_requests: 4,
+            request_timeout: Duration::from_secs(30),
+            max_remote_write_bytes: MAX_REMOTE_WRITE_BYTES,
+            query: QueryLimits::default(),
+            remote_read: RemoteReadLimits {
+                max_request_bytes: 1 << 20,
+                max_samples: 2_000,
+                max_frame_bytes: 512,
+                response_types: vec![0, 1],
+            },
+        },
+        query_stats: Default::default(),
+        remote_write: Default::default(),
+        remote_read_gate: std::sync::Arc::new(tokio::sync::Semaphore::new(4)),
+        shippers: std::sync::Arc::new(
+            kappie_collector::shippers::Inventory::load(store).expect("load inventory"),
+        ),
+        auth: None,
+    }
+}
+
+/// A remote read request (`data` snappy-compressed as a client sends it, and `data` as the
+/// body itself) against [`promql_store`]: 200 or 400, never a panic or a 500. A 200 is
+/// well formed: SAMPLES has one result per query, every sample inside its query's range,
+/// every series matching the query's equality matchers; STREAMED_XOR_CHUNKS frames carry
+/// their CRC and name a query of the request.
+pub fn remote_read(
+    rt: &tokio::runtime::Runtime,
+    state: &kappie_collector::api::ApiState,
+    data: &[u8],
+) {
+    use axum::extract::State;
+    use kappie_proto::prometheus as pb;
+    use prost::Message;
+
+    let compressed = snap::raw::Encoder::new()
+        .compress_vec(data)
+        .expect("snappy compresses any input");
+    for body in [&compressed[..], data] {
+        let resp = rt.block_on(kappie_collector::remote::read::remote_read(
+            State(state.clone()),
+            axum::body::Bytes::copy_from_slice(body),
+        ));
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = rt
+            .block_on(axum::body::to_bytes(resp.into_body(), usize::MAX))
+            .expect("the whole response, streamed or not");
+        assert!(
+            status == 200 || status == 400,
+            "remote read answered {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        if status != 200 {
+            continue;
+        }
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(body)
+            .expect("a request answered 200 decompresses");
+        let req = pb::ReadRequest::decode(raw.as_slice()).expect("a request answered 200 decodes");
+        if content_type == "application/x-protobuf" {
+            let out = snap::raw::Decoder::new()
+                .decompress_vec(&bytes)
+                .expect("SAMPLES response is snappy");
+            let out = pb::ReadResponse::decode(out.as_slice()).expect("SAMPLES response decodes");
+            assert_eq!(out.results.len(), req.queries.len(), "one result per query");
+            for (q, r) in req.queries.iter().zip(&out.results) {
+                for ts in &r.timeseries {
+                    for s in &ts.samples {
+                        assert!(
+                            (q.start_timestamp_ms..=q.end_timestamp_ms).contains(&s.timestamp),
+                            "sample at {} outside {}..={}",
+                            s.timestamp,
+                            q.start_timestamp_ms,
+                            q.end_timestamp_ms
+                        );
+                    }
+                    for m in &q.matchers {
+                        let v = ts
+                            .labels
+                            .iter()
+                            .find(|l| l.name == m.name)
+                            .map_or("", |l| l.value.as_str());
+                        match m.r#type {
+                            0 => assert_eq!(v, m.value, "series {:?} fails {m:?}", ts.labels),
+                            1 => assert_ne!(v, m.value, "series {:?} fails {m:?}", ts.labels),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        } else {
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let mut len = 0u64;
+                let mut shift = 0;
+                loop {
+                    let (b, r) = rest.split_first().expect("frame length");
+                    rest = r;
+                    len |= u64::from(b & 0x7f) << shift;
+                    shift += 7;
+                    if b & 0x80 == 0 {
+                        break;
+                    }
+                }
+                let (crc, r) = rest.split_at(4);
+                let (frame, r) = r.split_at(len as usize);
+                rest = r;
+                assert_eq!(
+                    u32::from_be_bytes(crc.try_into().expect("4 bytes")),
+                    crc32c::crc32c(frame),
+                    "frame CRC"
+                );
+                let f = pb::ChunkedReadResponse::decode(frame).expect("frame decodes");
+                assert!(
+                    (0..req.queries.len() as i64).contains(&f.query_index),
+                    "frame names query {} of {}",
+                    f.query_index,
+                    req.queries.len()
+                );
+            }
+        }
+    }
+}

@@ -580,7 +580,16 @@ async fn run_loop(
                 match agent.send_all().await {
                     Ok(()) => backoff.reset(),
                     Err(e) => {
-                        let wait = backoff.next();
+                        let asked = match e.downcast_ref::<PushError>() {
+                            Some(PushError::Retry(st)) => crate::push::retry_after(st),
+                            _ => None,
+                        };
+                        // A rate-limited push waits as long as the collector asked, and does
+                        // not grow the backoff: the collector is up, only busy with us.
+                        let wait = match asked {
+                            Some(d) => d.mul_f64(1.0 + rand::random::<f64>() * 0.1),
+                            None => backoff.next(),
+                        };
                         tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, queued = agent.queue.len(), "push failed; will retry");
                         retry_at = Some(Instant::now() + wait);
                     }

@@ -19,6 +19,23 @@ use tonic::{Code, Status};
 /// Metadata key of the collector's "define these series again" answer.
 pub const DEFINE_SERIES_METADATA: &str = "kappie-define-series";
 
+/// Metadata key of the collector's "over your rate limit, retry in this many milliseconds"
+/// answer (RESOURCE_EXHAUSTED). Without it RESOURCE_EXHAUSTED is final (e.g. too many series).
+pub const RETRY_AFTER_MS_METADATA: &str = "kappie-retry-after-ms";
+
+/// How long the collector asked us to wait before retrying `st`'s call, if it did.
+pub fn retry_after(st: &Status) -> Option<std::time::Duration> {
+    let ms: u64 = st
+        .metadata()
+        .get(RETRY_AFTER_MS_METADATA)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    // A confused or hostile collector must not park the shipper for long.
+    Some(std::time::Duration::from_millis(ms.min(300_000)))
+}
+
 /// What became of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
@@ -312,6 +329,9 @@ fn ingest_client(
 }
 
 fn classify(st: Status) -> PushError {
+    if retry_after(&st).is_some() {
+        return PushError::Retry(st);
+    }
     match st.code() {
         Code::InvalidArgument
         | Code::ResourceExhausted

@@ -25,6 +25,12 @@ pub async fn gather(st: &ApiState) -> Vec<Family> {
         )
         .with(&[], n(crate::shipper_auth::REFUSED_UNAUTHORIZED.load(Relaxed))),
         Family::new(
+            "kappie_ingest_refused_rate_limited_total",
+            Kind::Counter,
+            "gRPC pushes refused (to be retried) because their shipper sent more samples per second than --max-samples-per-shipper-per-second allows.",
+        )
+        .with(&[], n(crate::limits::REFUSED_RATE_LIMITED.load(Relaxed))),
+        Family::new(
             "kappie_storage_samples_appended_total",
             Kind::Counter,
             "Samples written to the store.",
