@@ -20,7 +20,7 @@ struct net {
 
 typedef struct {
 	struct net *net;
-} possible_net_t;
+} __attribute__((preserve_access_index)) possible_net_t;
 
 struct net_device {
 	int ifindex;
@@ -55,10 +55,51 @@ struct trace_event_raw_kfree_skb {
 	enum skb_drop_reason reason;
 } __attribute__((preserve_access_index));
 
-static __always_inline int count_drop(struct sk_buff *skb, int reason)
+/* Adds one drop of len bytes under key: one per-CPU hash lookup, an update on a key's first drop. */
+static __always_inline int add(struct kappie_drop_key *key, __u64 len)
 {
-	if (reason == KAPPIE_SKB_NOT_DROPPED_YET || reason == KAPPIE_SKB_CONSUMED)
+	struct kappie_counter *c = bpf_map_lookup_elem(&kappie_drops, key);
+	if (c) {
+		c->packets += 1;
+		c->bytes += len;
+	} else {
+		struct kappie_counter init = { .packets = 1, .bytes = len };
+		bpf_map_update_elem(&kappie_drops, key, &init, BPF_NOEXIST);
+	}
+	return 0;
+}
+
+static __always_inline int not_a_drop(int reason)
+{
+	return reason == KAPPIE_SKB_NOT_DROPPED_YET || reason == KAPPIE_SKB_CONSUMED;
+}
+
+/* tp_btf: the skb is a BTF pointer, read with plain loads (the verifier makes them
+ * fault-safe) instead of a bpf_probe_read_kernel call per field. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(kappie_kfree_skb, struct sk_buff *skb, void *location, int reason)
+{
+	if (not_a_drop(reason))
 		return 0;
+	struct kappie_drop_key key = {};
+	key.reason = reason;
+	key.direction = skb->skb_iif ? KAPPIE_DIR_INGRESS : KAPPIE_DIR_EGRESS;
+	struct net_device *dev = skb->dev;
+	if (dev) {
+		key.ifindex = dev->ifindex;
+		key.netns = dev->nd_net.net->ns.inum;
+	}
+	return add(&key, skb->len);
+}
+
+/* The tracepoint's skbaddr is an untyped pointer: fields are read with BPF_CORE_READ. */
+SEC("tracepoint/skb/kfree_skb")
+int kappie_kfree_skb_tp(struct trace_event_raw_kfree_skb *ctx)
+{
+	int reason = (int)ctx->reason;
+	if (not_a_drop(reason))
+		return 0;
+	struct sk_buff *skb = (struct sk_buff *)ctx->skbaddr;
 	struct kappie_drop_key key = {};
 	key.reason = reason;
 	key.direction = BPF_CORE_READ(skb, skb_iif) ? KAPPIE_DIR_INGRESS : KAPPIE_DIR_EGRESS;
@@ -67,28 +108,7 @@ static __always_inline int count_drop(struct sk_buff *skb, int reason)
 		key.ifindex = BPF_CORE_READ(dev, ifindex);
 		key.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
 	}
-	__u64 len = BPF_CORE_READ(skb, len);
-	struct kappie_counter *c = bpf_map_lookup_elem(&kappie_drops, &key);
-	if (c) {
-		c->packets += 1;
-		c->bytes += len;
-	} else {
-		struct kappie_counter init = { .packets = 1, .bytes = len };
-		bpf_map_update_elem(&kappie_drops, &key, &init, BPF_NOEXIST);
-	}
-	return 0;
-}
-
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(kappie_kfree_skb, struct sk_buff *skb, void *location, int reason)
-{
-	return count_drop(skb, reason);
-}
-
-SEC("tracepoint/skb/kfree_skb")
-int kappie_kfree_skb_tp(struct trace_event_raw_kfree_skb *ctx)
-{
-	return count_drop((struct sk_buff *)ctx->skbaddr, (int)ctx->reason);
+	return add(&key, BPF_CORE_READ(skb, len));
 }
 
 char LICENSE[] SEC("license") = "GPL";

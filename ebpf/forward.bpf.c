@@ -1,8 +1,10 @@
 /* tc (tcx or clsact) programs on the host interfaces: packets and bytes per interface and
  * direction, and how many TCP segments carried each header flag (IPv4, and IPv6 without
- * extension headers). One per-CPU hash lookup per packet and direct packet access; the
- * node shipper reads the map each interval and nothing is sent to user space per packet.
- * The programs never change a packet's fate. */
+ * extension headers). One map lookup per packet, into a per-CPU array indexed by interface
+ * and direction (the kernel inlines it: no hash, no helper call) for interface indexes below
+ * KAPPIE_FORWARD_SLOTS, into a per-CPU hash above; direct packet access; the node shipper
+ * reads both maps each interval and nothing is sent to user space per packet. The programs
+ * never change a packet's fate. */
 #include "kappie.h"
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -11,6 +13,8 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_endian.h>
 
+/* Interfaces whose index is at or above KAPPIE_FORWARD_SLOTS (the array's slots are taken by
+ * index, so a node's host interfaces, created at boot, land in the array). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
@@ -18,6 +22,15 @@ struct {
 	__type(value, struct kappie_forward_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } kappie_forward SEC(".maps");
+
+/* Slot ifindex * 2 + direction, for ifindex < KAPPIE_FORWARD_SLOTS. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KAPPIE_FORWARD_SLOTS * 2);
+	__type(key, __u32);
+	__type(value, struct kappie_forward_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kappie_forward_slots SEC(".maps");
 
 /* The TCP flags byte of the packet, or -1 when it is not TCP or its headers are not in the
  * linear part of the skb. */
@@ -50,27 +63,39 @@ static __always_inline int tcp_flags(struct __sk_buff *skb)
 	return tcp[13];
 }
 
+/* The value of an interface index at or above KAPPIE_FORWARD_SLOTS, made on its first packet. */
+static __always_inline struct kappie_forward_value *hashed(__u32 ifindex, __u32 dir)
+{
+	struct kappie_forward_key key = { .ifindex = ifindex, .direction = dir };
+	struct kappie_forward_value *v = bpf_map_lookup_elem(&kappie_forward, &key);
+	if (v)
+		return v;
+	struct kappie_forward_value zero = {};
+	bpf_map_update_elem(&kappie_forward, &key, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&kappie_forward, &key);
+}
+
 static __always_inline void count(struct __sk_buff *skb, __u32 dir)
 {
-	struct kappie_forward_key key = { .ifindex = skb->ifindex, .direction = dir };
-	struct kappie_forward_value *v = bpf_map_lookup_elem(&kappie_forward, &key);
-	if (!v) {
-		struct kappie_forward_value zero = {};
-		bpf_map_update_elem(&kappie_forward, &key, &zero, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&kappie_forward, &key);
-		if (!v)
-			return;
+	__u32 ifindex = skb->ifindex;
+	struct kappie_forward_value *v;
+	if (ifindex < KAPPIE_FORWARD_SLOTS) {
+		__u32 slot = ifindex * 2 + dir;
+		v = bpf_map_lookup_elem(&kappie_forward_slots, &slot);
+	} else {
+		v = hashed(ifindex, dir);
 	}
+	if (!v)
+		return;
 	v->packets += 1;
 	v->bytes += skb->len;
 	int flags = tcp_flags(skb);
 	if (flags < 0)
 		return;
+	/* Without branches: a segment carries a few flags in no pattern a predictor learns. */
 #pragma unroll
-	for (int f = 0; f < 8; f++) {
-		if (flags & (1 << f))
-			v->flags[f] += 1;
-	}
+	for (int f = 0; f < 8; f++)
+		v->flags[f] += (flags >> f) & 1;
 }
 
 SEC("classifier")

@@ -21,6 +21,10 @@
 #define KAPPIE_FLAG_ECE 6
 #define KAPPIE_FLAG_CWR 7
 
+/* Interface indexes below this are counted in the per-CPU array kappie_forward_slots (slot
+ * ifindex * 2 + direction), those above in the per-CPU hash kappie_forward. */
+#define KAPPIE_FORWARD_SLOTS 256
+
 struct kappie_forward_key {
 	__u32 ifindex;
 	__u32 direction;

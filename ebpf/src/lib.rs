@@ -14,7 +14,8 @@ struct Aligned<T: ?Sized>(T);
 static FORWARD_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../forward.bpf.o"));
 static DROPS_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../drops.bpf.o"));
 
-/// The tc programs `kappie_tc_ingress` / `kappie_tc_egress` and map `kappie_forward` (ELF,
+/// The tc programs `kappie_tc_ingress` / `kappie_tc_egress` and maps `kappie_forward_slots`
+/// and `kappie_forward` (ELF,
 /// 8-byte aligned as the loader wants).
 pub fn forward_object() -> &'static [u8] {
     &FORWARD_OBJ.0
@@ -28,6 +29,11 @@ pub fn drops_object() -> &'static [u8] {
 pub const DIR_INGRESS: u32 = 0;
 pub const DIR_EGRESS: u32 = 1;
 pub const DIR_UNKNOWN: u32 = 2;
+
+/// `KAPPIE_FORWARD_SLOTS`: interfaces with a lower index are counted in the per-CPU array
+/// `kappie_forward_slots` (slot `ifindex * 2 + direction`), the others in the per-CPU hash
+/// `kappie_forward`.
+pub const FORWARD_SLOTS: u32 = 256;
 
 /// TCP flags by bit number in byte 13 of the TCP header, as SPEC §1 names them.
 pub const TCP_FLAGS: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];

@@ -52,12 +52,20 @@ struct Setup {
 /// programs and the namespaces need. bpffs and tracefs are not checked: the source mounts
 /// them itself.
 fn setup(tag: &str, net: u8) -> Option<Setup> {
+    setup_with(tag, net, None)
+}
+
+/// [`setup`] with the server end's interface index chosen (`None`: the kernel's next).
+fn setup_with(tag: &str, net: u8, server_ifindex: Option<u32>) -> Option<Setup> {
     if !require(&[NETNS.as_slice(), &[Need::KernelBtf]].concat()) {
         return None;
     }
     let client = Netns::new(&format!("{tag}c"));
     let server = Netns::new(&format!("{tag}s"));
-    let veth = Veth::new(&client, &server, net);
+    let veth = match server_ifindex {
+        None => Veth::new(&client, &server, net),
+        Some(index) => veth_with_index(&client, &server, net, index),
+    };
     veth.quiet(&client, &server);
     let pins = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/kappie-test-{tag}-{}",
@@ -88,6 +96,42 @@ fn setup(tag: &str, net: u8) -> Option<Setup> {
         netns,
         ifindex,
     })
+}
+
+/// A veth pair like [`Veth::new`]'s (IPv4 addresses only) whose server end has interface
+/// index `index`.
+fn veth_with_index(client: &Netns, server: &Netns, net: u8, index: u32) -> Veth {
+    let v = Veth {
+        a_addr4: std::net::Ipv4Addr::new(198, 18, net, 1),
+        b_addr4: std::net::Ipv4Addr::new(198, 18, net, 2),
+        a_addr6: format!("2001:db8:{net}::1").parse().unwrap(),
+        b_addr6: format!("2001:db8:{net}::2").parse().unwrap(),
+        a_if: format!("kva{net}"),
+        b_if: format!("kvb{net}"),
+    };
+    let index = index.to_string();
+    let add = [
+        "link",
+        "add",
+        &v.b_if,
+        "netns",
+        &server.name,
+        "index",
+        &index,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &v.a_if,
+        "netns",
+        &client.name,
+    ];
+    kappie_testkit::run("ip", &add);
+    for (ns, ifname, a4) in [(client, &v.a_if, v.a_addr4), (server, &v.b_if, v.b_addr4)] {
+        ns.output("ip", &["addr", "add", &format!("{a4}/24"), "dev", ifname]);
+        ns.output("ip", &["link", "set", ifname, "up"]);
+    }
+    v
 }
 
 impl Setup {
@@ -184,6 +228,18 @@ fn udp_to_closed_port(t: Setup) {
     // At the drop (in the UDP receive path) the skb holds the UDP header and payload.
     assert_eq!(db1 - db0, N * (8 + SIZE as u64), "NO_SOCKET drop bytes");
     src.detach();
+}
+
+/// Interfaces with an index at or above `kappie_ebpf::FORWARD_SLOTS` are counted in the hash
+/// map instead of the array: the same exact counts.
+#[test]
+fn an_interface_index_above_the_array_counts_exactly() {
+    let index = kappie_ebpf::FORWARD_SLOTS + 44;
+    let Some(t) = setup_with("ebpfh", 17, Some(index)) else {
+        return;
+    };
+    assert_eq!(t.ifindex, index);
+    udp_to_closed_port(t);
 }
 
 #[test]

@@ -10,7 +10,9 @@
 //!    fallback, alternating cycle by cycle so that both see the same machine load;
 //! 2. unless `--process-cycles 0`, runs the release `kappie-shipper` and `kappie-collector`
 //!    processes in the client namespace for `--process-cycles` intervals of 1 s and reports
-//!    the shipper's RSS and CPU time per cycle from /proc.
+//!    the shipper's RSS and CPU time per cycle from /proc, with every source on (eBPF on
+//!    the client end of the veth, `--ebpf-required`) and, with `--rss-per-source`, once
+//!    more for each source switched off (`--disable-sources`) and with all of them off.
 //!
 //! Needs root. Build first: `cargo build --release -p kappie-loadtest --bin shipper-sockets`
 //! for part 1, `cargo build --release --workspace` for part 2.
@@ -44,6 +46,10 @@ struct Args {
     /// 0 skips the real-process part.
     #[arg(long, default_value_t = 20)]
     process_cycles: u64,
+    /// Run the shipper process again with each source switched off in turn, and with all
+    /// of them off, reporting its RSS in each run.
+    #[arg(long)]
+    rss_per_source: bool,
     /// Internal: run as the accepting server on this address (inside the server namespace).
     #[arg(long, hide = true)]
     serve_on: Option<std::net::Ipv4Addr>,
@@ -179,6 +185,65 @@ fn proc_cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// Runs the shipper in `client` for `seconds` intervals of 1 s with eBPF on `iface` (its
+/// maps pinned in a directory of the run's own) and `disabled` sources off; returns its CPU
+/// ms per cycle, RSS and peak RSS in KiB at the end.
+fn shipper_run(
+    client: &Netns,
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    run: usize,
+    iface: &str,
+    disabled: &str,
+    seconds: u64,
+) -> anyhow::Result<(f64, u64, u64)> {
+    let state = dir.join(format!("state-{run}.json"));
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/kappie-rss-{}-{run}",
+        std::process::id()
+    ));
+    let mut s = client.command(bin);
+    s.args([
+        "--collector",
+        "http://127.0.0.1:19095",
+        "--interval",
+        "1s",
+        "--node-name",
+        &format!("bench-{run}"),
+        "--http-listen",
+        "127.0.0.1:0",
+        "--ebpf-interfaces",
+        iface,
+    ])
+    .arg("--ebpf-pin-dir")
+    .arg(&pins)
+    .arg("--state-file")
+    .arg(&state);
+    if disabled.is_empty() {
+        s.arg("--ebpf-required");
+    } else {
+        s.args(["--disable-sources", disabled]);
+    }
+    let shipper = Proc::spawn("shipper", s, &dir.join(format!("shipper-{run}.log")));
+    let pid = shipper.child.id();
+    wait_for("shipper state file", Duration::from_secs(20), || {
+        state.exists().then_some(())
+    });
+    let t0 = proc_cpu_ticks(pid).context("shipper /proc/pid/stat")?;
+    std::thread::sleep(Duration::from_secs(seconds));
+    let t1 = proc_cpu_ticks(pid).context("shipper /proc/pid/stat")?;
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let rss = proc_status(pid, "VmRSS:").unwrap_or(0);
+    let hwm = proc_status(pid, "VmHWM:").unwrap_or(0);
+    drop(shipper);
+    let _ = std::fs::remove_dir_all(&pins);
+    Ok((
+        (t1 - t0) as f64 / ticks_per_s * 1000.0 / seconds as f64,
+        rss,
+        hwm,
+    ))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -287,40 +352,41 @@ fn main() -> anyhow::Result<()> {
         "127.0.0.1:19095",
     ]);
     let _collector = Proc::spawn("collector", c, &dir.join("collector.log"));
-    let mut s = client.command(&bin);
-    s.args([
-        "--collector",
-        "http://127.0.0.1:19095",
-        "--interval",
-        "1s",
-        "--node-name",
-        "bench",
-        "--http-listen",
-        "127.0.0.1:0",
-    ])
-    .arg("--state-file")
-    .arg(dir.join("state.json"));
-    let shipper = Proc::spawn("shipper", s, &dir.join("shipper.log"));
-    let pid = shipper.child.id();
-    wait_for("shipper state file", Duration::from_secs(20), || {
-        dir.join("state.json").exists().then_some(())
-    });
-    let t0 = proc_cpu_ticks(pid).context("shipper /proc/pid/stat")?;
-    std::thread::sleep(Duration::from_secs(args.process_cycles));
-    let t1 = proc_cpu_ticks(pid).context("shipper /proc/pid/stat")?;
-    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let rss = proc_status(pid, "VmRSS:").unwrap_or(0);
-    let hwm = proc_status(pid, "VmHWM:").unwrap_or(0);
-    drop(shipper);
-    let _ = std::fs::remove_dir_all(&dir);
-
+    let mut runs: Vec<(&str, &str)> = vec![("every source on", "")];
+    if args.rss_per_source {
+        runs.extend([
+            ("without ebpf", "ebpf"),
+            ("without sockets", "sockets"),
+            ("without netstat", "netstat"),
+            ("without interfaces", "interfaces"),
+            ("without self", "self"),
+            (
+                "none (ebpf,sockets,netstat,interfaces,self off)",
+                "ebpf,sockets,netstat,interfaces,self",
+            ),
+        ]);
+    }
     println!(
-        "kappie-shipper process (release, 1 s interval, {} s): CPU {:.2} ms per cycle incl. push, RSS {} KiB (peak {} KiB)",
+        "kappie-shipper process (release, 1 s interval, {} s per run), load average {}:",
         args.process_cycles,
-        (t1 - t0) as f64 / ticks_per_s * 1000.0 / args.process_cycles as f64,
-        rss,
-        hwm
+        loadavg()
     );
+    for (i, (what, disabled)) in runs.iter().enumerate() {
+        let (cpu_ms, rss, hwm) = shipper_run(
+            &client,
+            &bin,
+            &dir,
+            i,
+            &veth.a_if,
+            disabled,
+            args.process_cycles,
+        )?;
+        println!(
+            "  {what}: CPU {cpu_ms:.2} ms per cycle incl. push, RSS {rss} KiB (peak {hwm} KiB), load {}",
+            loadavg()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     drop(conns);
     Ok(())
 }

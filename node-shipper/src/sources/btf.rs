@@ -97,7 +97,13 @@ pub fn enum_members(btf: &[u8], name: &str) -> Result<HashMap<u64, String>, Stri
 pub fn drop_reasons(vmlinux: &std::path::Path) -> Result<HashMap<u32, String>, String> {
     let btf =
         std::fs::read(vmlinux).map_err(|e| format!("cannot read {}: {e}", vmlinux.display()))?;
-    Ok(enum_members(&btf, "skb_drop_reason")?
+    drop_reasons_in(&btf)
+}
+
+/// [`drop_reasons`] from BTF already read (the eBPF loader reads vmlinux once for this and
+/// for aya).
+pub fn drop_reasons_in(btf: &[u8]) -> Result<HashMap<u32, String>, String> {
+    Ok(enum_members(btf, "skb_drop_reason")?
         .into_iter()
         .map(|(v, n)| {
             (
