@@ -17,7 +17,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(wal_record wal_segment staging_file window_file chunk_xor remote_write promql node_parsers)
+  targets=(wal_record wal_segment staging_file window_file chunk_xor remote_write remote_read grpc_ingest promql node_parsers)
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "cargo-fuzz is missing: cargo install cargo-fuzz" >&2
