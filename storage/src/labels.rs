@@ -199,6 +199,31 @@ impl Matcher {
         }
     }
 
+    /// Whether every label value, and a missing label, satisfies the matcher (`=~".*"`,
+    /// Grafana's "All"): such a matcher selects nothing away and the index skips it.
+    pub fn matches_everything(&self) -> bool {
+        self.op == MatchOp::Regex && self.value == ".*"
+    }
+
+    /// The exact values the matcher accepts, when it is an equality or a regular expression
+    /// that is only an alternation of literals (`rx_dropped|tx_dropped`), none empty: the
+    /// index then looks those values up instead of testing every value of the label.
+    pub fn literal_values(&self) -> Option<Vec<&str>> {
+        match self.op {
+            MatchOp::Equal if !self.value.is_empty() => Some(vec![self.value.as_str()]),
+            MatchOp::Regex => {
+                let literal = |a: &&str| {
+                    !a.is_empty()
+                        && a.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-:/ ,=@".contains(c))
+                };
+                let alts: Vec<&str> = self.value.split('|').collect();
+                alts.iter().all(literal).then_some(alts)
+            }
+            _ => None,
+        }
+    }
+
     pub fn matches_labels(&self, labels: &Labels) -> bool {
         self.matches(labels.get(&self.name).unwrap_or(""))
     }

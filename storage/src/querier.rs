@@ -32,6 +32,18 @@ impl Storage {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<(SeriesId, Labels)>, StorageError> {
+        let mut out = self.matching_by_id(matchers, mint, maxt)?;
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+
+    /// [`Storage::matching`] in id order.
+    fn matching_by_id(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<(SeriesId, Labels)>, StorageError> {
         let all = || {
             read_lock(&self.inner.head)
                 .series
@@ -51,7 +63,6 @@ impl Storage {
             }
             out.push((id, Labels::decode(&s.labels)?));
         }
-        out.sort_by(|a, b| a.1.cmp(&b.1));
         Ok(out)
     }
 
@@ -185,7 +196,10 @@ impl Querier for Storage {
     ) -> Result<Vec<Series>, StorageError> {
         let mut out = Vec::new();
         let mut buf = Vec::new();
-        for (id, labels) in self.matching(matchers, mint, maxt)? {
+        // Chunks are read in id order, in which a window file's pages and a staging file's
+        // records lie (label order would jump between pages and miss their small cache);
+        // the series are sorted by labels after.
+        for (id, labels) in self.matching_by_id(matchers, mint, maxt)? {
             buf.clear();
             for c in self.chunks_of(id, mint, maxt)? {
                 c.decode_into(&mut buf)
@@ -200,6 +214,7 @@ impl Querier for Storage {
                 out.push(Series { labels, samples });
             }
         }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
 }

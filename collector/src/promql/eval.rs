@@ -6,12 +6,13 @@
 //! of those points, as Prometheus's engine does. Subqueries evaluate their inner
 //! expression once at every aligned inner step of their planned range.
 
+use super::functions::{unwrap_paren, MatrixArg};
 use super::value::{Points, RangeSeries, Sample, SeriesResult, StepValue};
 use super::{aggregate, binary, functions, matcher_sets, EvalError, QueryLimits};
 use kappie_storage::{is_stale_marker, Labels, Querier};
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 use regex::Regex;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -46,7 +47,27 @@ pub(crate) struct Evaluator<'a> {
     /// cannot be reused) for one purpose: steps reuse them instead of rebuilding.
     derived: FxHashMap<(usize, usize), (Arc<Labels>, Arc<Labels>)>,
     /// One shared copy of every derived label set, so equal sets have equal addresses.
-    interned: HashMap<Labels, Arc<Labels>>,
+    interned: FxHashMap<Labels, Arc<Labels>>,
+    /// The steps of a range query, `(start, step, count)`; `None` for an instant query.
+    grid: Option<(i64, i64, usize)>,
+    /// How many subqueries enclose the node the planning walk is at.
+    plan_depth: usize,
+    /// Calls (by the address of their arguments) evaluated at the range query's steps
+    /// only, not inside a subquery: their one-argument range functions are computed series
+    /// at a time across all steps ([`Evaluator::range_column`]).
+    gridded: HashSet<usize>,
+    /// Per gridded call: per series (in the range argument's order) its labels without the
+    /// name and its value at every step (`None`: no sample in the window, or none from the
+    /// function).
+    columns: FxHashMap<usize, Arc<Vec<Column>>>,
+}
+
+/// A range function applied to one series' window (see `functions::map_range`).
+pub(crate) type RangeFn<'f> = dyn Fn(&MatrixArg, &[(i64, f64)]) -> Option<f64> + 'f;
+
+struct Column {
+    labels: Arc<Labels>,
+    values: Vec<Option<f64>>,
 }
 
 /// What a derived label set is for: dropping the metric name, or a grouping or matching
@@ -102,7 +123,20 @@ impl<'a> Evaluator<'a> {
             regexes: HashMap::new(),
             hints: FxHashMap::default(),
             derived: FxHashMap::default(),
-            interned: HashMap::new(),
+            interned: FxHashMap::default(),
+            grid: None,
+            plan_depth: 0,
+            gridded: HashSet::new(),
+            columns: FxHashMap::default(),
+        }
+    }
+
+    /// Makes this a range query's evaluator, with steps `start, start + step, … <= end`;
+    /// call before [`Evaluator::plan`].
+    pub fn set_steps(&mut self, start: i64, end: i64, step: i64) {
+        // Beyond the API's 11,000 points a series, steps are evaluated one by one.
+        if step > 0 && end >= start && (end - start) / step < 11_000 {
+            self.grid = Some((start, step, ((end - start) / step) as usize + 1));
         }
     }
 
@@ -212,7 +246,9 @@ impl<'a> Evaluator<'a> {
                 self.widen(key(sq), a, b);
                 let step = self.subquery_step(sq);
                 if step > 0 {
+                    self.plan_depth += 1;
                     self.plan(&sq.expr, align_up(a, step), b);
+                    self.plan_depth -= 1;
                 }
             }
             Expr::Aggregate(a) => {
@@ -228,6 +264,9 @@ impl<'a> Evaluator<'a> {
                 self.plan(&b.rhs, tmin, tmax);
             }
             Expr::Call(c) => {
+                if self.plan_depth == 0 && self.grid.is_some() {
+                    self.gridded.insert(c.args.args.as_ptr() as usize);
+                }
                 for a in &c.args.args {
                     self.plan(a, tmin, tmax);
                 }
@@ -300,6 +339,102 @@ impl<'a> Evaluator<'a> {
                 })
             })
             .collect()
+    }
+
+    /// `f` of the one range argument of a gridded call (see [`Evaluator::gridded`]) at step
+    /// `ts`, each series' windows taken and `f` applied for all steps at the first call,
+    /// which saves every later step the windows, the label lookups and the allocations of
+    /// the step-by-step path. The values, their order and their labels are those the
+    /// step-by-step path gives (`map_range`); `None` when the call is not gridded, has other
+    /// arguments, or `ts` is not a step.
+    pub fn range_column(
+        &mut self,
+        args: &[Box<Expr>],
+        ts: i64,
+        f: &RangeFn<'_>,
+    ) -> Result<Option<Vec<Sample>>, EvalError> {
+        let Some((start, step, count)) = self.grid else {
+            return Ok(None);
+        };
+        let k = args.as_ptr() as usize;
+        if args.len() != 1 || ts < start || (ts - start) % step != 0 || !self.gridded.contains(&k) {
+            return Ok(None);
+        }
+        let i = ((ts - start) / step) as usize;
+        if i >= count {
+            return Ok(None);
+        }
+        let columns = match self.columns.get(&k) {
+            Some(c) => c.clone(),
+            None => {
+                let (data, range, at, offset) = match unwrap_paren(&args[0]) {
+                    Expr::MatrixSelector(m) => (
+                        self.load(key(&m.vs), &m.vs, true)?,
+                        ms(&m.range),
+                        &m.vs.at,
+                        &m.vs.offset,
+                    ),
+                    Expr::Subquery(sq) => {
+                        let sk = key(sq);
+                        let d = match self.loaded.get(&sk) {
+                            Some(d) => d.clone(),
+                            None => {
+                                let d = Arc::new(self.run_subquery(sq)?);
+                                self.loaded.insert(sk, d.clone());
+                                d
+                            }
+                        };
+                        (d, ms(&sq.range), &sq.at, &sq.offset)
+                    }
+                    _ => return Ok(None),
+                };
+                self.check_deadline()?;
+                let ends: Vec<i64> = (0..count)
+                    .map(|j| self.ref_time(at, offset, start + j as i64 * step))
+                    .collect();
+                let mut columns = Vec::with_capacity(data.len());
+                for (j, s) in data.iter().enumerate() {
+                    if j % 256 == 255 {
+                        self.check_deadline()?;
+                    }
+                    let mut hint = (0, 0);
+                    let values = ends
+                        .iter()
+                        .map(|&end| {
+                            let p = s.points.window_slice(end - range, end, &mut hint);
+                            if p.is_empty() {
+                                return None;
+                            }
+                            let m = MatrixArg {
+                                series: Vec::new(),
+                                range,
+                                end,
+                            };
+                            f(&m, p)
+                        })
+                        .collect();
+                    columns.push(Column {
+                        labels: self.without_name(&s.labels),
+                        values,
+                    });
+                }
+                let columns = Arc::new(columns);
+                self.columns.insert(k, columns.clone());
+                columns
+            }
+        };
+        Ok(Some(
+            columns
+                .iter()
+                .filter_map(|c| {
+                    c.values[i].map(|v| Sample {
+                        labels: c.labels.clone(),
+                        v,
+                        t: ts,
+                    })
+                })
+                .collect(),
+        ))
     }
 
     /// An instant vector selector: per series, the newest sample in
@@ -405,7 +540,7 @@ impl<'a> Evaluator<'a> {
             .plan
             .get(&key(sq))
             .ok_or_else(|| EvalError::Execution("subquery was not planned".into()))?;
-        let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
+        let mut index: FxHashMap<Arc<Labels>, usize> = FxHashMap::default();
         let mut series: Vec<(Arc<Labels>, PointVec)> = Vec::new();
         let mut t = align_up(a, step);
         while t <= b {
@@ -448,7 +583,7 @@ impl<'a> Evaluator<'a> {
         end: i64,
         step: i64,
     ) -> Result<Vec<SeriesResult>, EvalError> {
-        let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
+        let mut index: FxHashMap<Arc<Labels>, usize> = FxHashMap::default();
         let mut out: Vec<SeriesResult> = Vec::new();
         let mut ts = start;
         while ts <= end {
@@ -491,7 +626,8 @@ pub(crate) fn check_unique(v: &[Sample]) -> Result<(), EvalError> {
     if v.len() < 2 {
         return Ok(());
     }
-    let mut seen = HashSet::with_capacity(v.len());
+    let mut seen = FxHashSet::default();
+    seen.reserve(v.len());
     for s in v {
         if !seen.insert(&*s.labels) {
             return Err(EvalError::Execution(

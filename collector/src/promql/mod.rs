@@ -214,6 +214,7 @@ fn range_query_here(
         ));
     }
     let mut ev = Evaluator::new(q, start, end, limits.clone());
+    ev.set_steps(start, end, step);
     ev.plan(&expr, start, end);
     let value = Value::Matrix(ev.range(&expr, start, end, step)?);
     check_series(&value, limits)?;

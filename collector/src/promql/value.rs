@@ -34,15 +34,21 @@ impl Points {
     /// `hint` holds the bounds of the previous window of these points and is updated:
     /// steps move forward, so the new bounds are usually a few points further on.
     pub fn window(&self, mint: i64, maxt: i64, hint: &mut (usize, usize)) -> Points {
+        self.window_slice(mint, maxt, hint);
+        Points {
+            buf: self.buf.clone(),
+            lo: self.lo + hint.0,
+            hi: self.lo + hint.1,
+        }
+    }
+
+    /// [`Points::window`] as a borrowed slice.
+    pub fn window_slice(&self, mint: i64, maxt: i64, hint: &mut (usize, usize)) -> &[(i64, f64)] {
         let s = &self.buf[self.lo..self.hi];
         let lo = seek(s, hint.0, |t| t < mint);
         let hi = seek(s, hint.1, |t| t <= maxt).max(lo);
         *hint = (lo, hi);
-        Points {
-            buf: self.buf.clone(),
-            lo: self.lo + lo,
-            hi: self.lo + hi,
-        }
+        &s[lo..hi]
     }
 
     /// The number of points at or before `t`, found from `hint` like [`Points::window`].

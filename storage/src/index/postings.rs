@@ -85,8 +85,12 @@ pub fn resolve(
     all: impl Fn() -> RoaringTreemap,
 ) -> Result<RoaringTreemap, StorageError> {
     let mut result: Option<RoaringTreemap> = None;
-    // Matchers that select by a value first: they usually narrow the most.
-    let mut ordered: Vec<&Matcher> = matchers.iter().collect();
+    // Matchers that select by a value first: they usually narrow the most. Matchers that
+    // accept every value (`=~".*"`) narrow nothing and are left out.
+    let mut ordered: Vec<&Matcher> = matchers
+        .iter()
+        .filter(|m| !m.matches_everything())
+        .collect();
     ordered.sort_by_key(|m| match m.op {
         MatchOp::Equal if !m.value.is_empty() => 0,
         MatchOp::Regex => 1,
@@ -110,17 +114,22 @@ fn resolve_one(
     m: &Matcher,
     all: &impl Fn() -> RoaringTreemap,
 ) -> Result<RoaringTreemap, StorageError> {
-    if m.op == MatchOp::Equal && !m.value.is_empty() {
-        return get(db, &keys::posting(&m.name, &m.value));
+    if let Some(values) = m.literal_values() {
+        let mut ids = RoaringTreemap::new();
+        for v in values {
+            ids |= get(db, &keys::posting(&m.name, v))?;
+        }
+        return Ok(ids);
     }
     let matches_empty = m.matches("");
     let mut picked = RoaringTreemap::new();
-    for entry in postings_of_name(db, &m.name) {
+    // Without the empty value, keep series whose value matches; with it, drop series whose
+    // value does not (series without the label match too). Only the picked values' bitmaps
+    // are decoded.
+    for entry in posting_values_of_name(db, &m.name) {
         let (value, ids) = entry?;
-        // Without the empty value, keep series whose value matches; with it, drop series
-        // whose value does not (series without the label match too).
         if m.matches(&value) != matches_empty {
-            picked |= ids;
+            picked |= decode(&ids)?;
         }
     }
     if matches_empty {
@@ -135,6 +144,17 @@ pub fn postings_of_name<'a>(
     db: &'a sled::Db,
     name: &str,
 ) -> impl Iterator<Item = Result<(String, RoaringTreemap), StorageError>> + 'a {
+    posting_values_of_name(db, name).map(|e| {
+        let (value, ids) = e?;
+        Ok((value, decode(&ids)?))
+    })
+}
+
+/// Every value of a label name with its encoded bitmap.
+fn posting_values_of_name<'a>(
+    db: &'a sled::Db,
+    name: &str,
+) -> impl Iterator<Item = Result<(String, sled::IVec), StorageError>> + 'a {
     let prefix = keys::with_prefix(keys::POSTING, &[name.as_bytes(), &[0xff]]);
     let plen = prefix.len();
     db.scan_prefix(prefix).map(move |kv| {
@@ -142,6 +162,6 @@ pub fn postings_of_name<'a>(
         let corrupt = || StorageError::Corrupt("posting key".into());
         let rest = k.get(plen..k.len().saturating_sub(1)).ok_or_else(corrupt)?;
         let value = std::str::from_utf8(rest).map_err(|_| corrupt())?.to_owned();
-        Ok((value, decode(&v)?))
+        Ok((value, v))
     })
 }

@@ -256,6 +256,11 @@ pub(crate) fn map_range(
     ts: i64,
     f: impl Fn(&MatrixArg, &[(i64, f64)]) -> Option<f64>,
 ) -> Result<StepValue, EvalError> {
+    if i == 0 {
+        if let Some(v) = ev.range_column(args, ts, &f)? {
+            return Ok(StepValue::Vector(v));
+        }
+    }
     let m = matrix_arg(ev, args, i, ts)?;
     let mut out = Vec::with_capacity(m.series.len());
     for s in &m.series {
