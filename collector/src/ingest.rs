@@ -2,9 +2,11 @@
 //!
 //! Per shipper the collector remembers the last sequence it applied (`seq/…`), the series
 //! definitions of the shipper's current session (`def/…`) and, per counter series, the
-//! running total (`tot/…`). All three are written through the storage [`Appender`] in the
-//! same atomic, fsynced write as the batch's samples, so a batch is either wholly applied
-//! and remembered or not at all, and the acknowledgement is only sent after that write.
+//! running total (`tot/…`, written only when it changed). All three are written through the
+//! storage [`Appender`] in the same atomic, fsynced write as the batch's samples, so a batch
+//! is either wholly applied and remembered or not at all, and the acknowledgement is only
+//! sent after that write (the store keeps them in its log and memory and writes them to sled
+//! only before the log loses them, see `storage/docs/format.md`).
 //! Key layouts are in `storage/docs/format.md`. The same commit also carries the
 //! shipper's inventory record ([`crate::shippers`]).
 
@@ -42,7 +44,20 @@ pub struct IngestService {
 
 struct Def {
     kind: MetricType,
-    labels: Labels,
+    labels: Arc<Labels>,
+    /// `labels.encode()`, kept so a push neither encodes nor copies label sets.
+    enc: Arc<[u8]>,
+}
+
+impl Def {
+    fn new(kind: MetricType, labels: Labels) -> Def {
+        let enc = Arc::from(labels.encode());
+        Def {
+            kind,
+            labels: Arc::new(labels),
+            enc,
+        }
+    }
 }
 
 struct Core {
@@ -50,8 +65,8 @@ struct Core {
     limits: IngestLimits,
     /// Definitions of each shipper's current session: shipper -> (session, ref -> def).
     sessions: HashMap<String, (u64, HashMap<u32, Def>)>,
-    /// Counter totals by series, a cache of the `tot/` keys.
-    totals: HashMap<Labels, f64>,
+    /// Counter totals by encoded label set, a cache of the `tot/` keys.
+    totals: HashMap<Arc<[u8]>, f64, foldhash::fast::RandomState>,
     /// What the API lists; its lock is taken inside this one.
     shippers: Arc<Inventory>,
 }
@@ -72,7 +87,7 @@ impl IngestService {
                 store,
                 limits,
                 sessions: HashMap::new(),
-                totals: HashMap::new(),
+                totals: HashMap::default(),
                 shippers,
             })),
         }
@@ -173,13 +188,13 @@ fn def_key(shipper: &str, session: u64, r: u32) -> Vec<u8> {
     k
 }
 
-fn tot_key(labels: &Labels) -> Vec<u8> {
-    [b"tot/".as_slice(), &labels.encode()].concat()
+fn tot_key(enc: &[u8]) -> Vec<u8> {
+    [b"tot/".as_slice(), enc].concat()
 }
 
 fn encode_def(d: &Def) -> Vec<u8> {
     let mut v = vec![d.kind as i32 as u8];
-    v.extend_from_slice(&d.labels.encode());
+    v.extend_from_slice(&d.enc);
     v
 }
 
@@ -189,7 +204,7 @@ fn decode_def(b: &[u8]) -> Result<Def, Status> {
     let (&kind, rest) = b.split_first().ok_or_else(|| corrupt("empty"))?;
     let kind = MetricType::try_from(kind as i32).map_err(|_| corrupt("metric type"))?;
     let labels = Labels::decode(rest).map_err(|e| corrupt(&e.to_string()))?;
-    Ok(Def { kind, labels })
+    Ok(Def::new(kind, labels))
 }
 
 fn valid_metric_name(n: &str) -> bool {
@@ -324,16 +339,21 @@ impl Core {
         for (r, def) in &plan.new_defs {
             app.set_meta(&def_key(&shipper, req.session, *r), &encode_def(def));
         }
+        app.reserve(plan.counters.len() + plan.gauges.len());
         let mut totals = Vec::with_capacity(plan.counters.len());
-        for (labels, delta) in plan.counters {
-            let total = self.total(&labels)? + delta;
-            app.append(&labels, req.timestamp_ms, total)
+        for (labels, enc, delta) in plan.counters {
+            let total = self.total(&enc)? + delta;
+            app.append_encoded(&enc, &labels, req.timestamp_ms, total)
                 .map_err(storage_status)?;
-            app.set_meta(&tot_key(&labels), &total.to_bits().to_be_bytes());
-            totals.push((labels, total));
+            // An unchanged total is already stored (or absent, meaning 0): many counters
+            // stand still between pushes, and each write is log and sled bytes.
+            if delta != 0.0 {
+                app.set_meta(&tot_key(&enc), &total.to_bits().to_be_bytes());
+                totals.push((enc, total));
+            }
         }
-        for (labels, v) in plan.gauges {
-            app.append(&labels, req.timestamp_ms, v)
+        for (labels, enc, v) in plan.gauges {
+            app.append_encoded(&enc, &labels, req.timestamp_ms, v)
                 .map_err(storage_status)?;
         }
         app.set_meta(&seq_key(&shipper), &req.sequence.to_be_bytes());
@@ -364,11 +384,11 @@ impl Core {
         })
     }
 
-    fn total(&self, labels: &Labels) -> Result<f64, Status> {
-        if let Some(t) = self.totals.get(labels) {
+    fn total(&self, enc: &Arc<[u8]>) -> Result<f64, Status> {
+        if let Some(t) = self.totals.get(enc) {
             return Ok(*t);
         }
-        match self.store.meta(&tot_key(labels)).map_err(storage_status)? {
+        match self.store.meta(&tot_key(enc)).map_err(storage_status)? {
             None => Ok(0.0),
             Some(b) => Ok(f64::from_bits(u64::from_be_bytes(
                 b.as_slice()
@@ -383,8 +403,8 @@ impl Core {
 /// series.
 struct Plan {
     new_defs: HashMap<u32, Def>,
-    counters: Vec<(Labels, f64)>,
-    gauges: Vec<(Labels, f64)>,
+    counters: Vec<(Arc<Labels>, Arc<[u8]>, f64)>,
+    gauges: Vec<(Arc<Labels>, Arc<[u8]>, f64)>,
 }
 
 /// Validates a batch against the session's definitions without changing anything.
@@ -446,21 +466,31 @@ fn plan_batch(
         }
         return Err(st);
     }
-    let mut counters: HashMap<u32, f64> = HashMap::new();
+    // Deltas of one series summed, in the order the batch names the series.
+    let mut counters: Vec<(Arc<Labels>, Arc<[u8]>, f64)> = Vec::with_capacity(req.deltas.len());
+    let mut slot: HashMap<u32, usize> = HashMap::with_capacity(req.deltas.len());
     for d in &req.deltas {
-        if lookup(d.r#ref).map(|x| x.kind) != Some(MetricType::Counter) {
-            return Err(Status::invalid_argument(format!(
-                "series {} is a gauge but got a counter delta",
-                d.r#ref
-            )));
-        }
+        let def = lookup(d.r#ref)
+            .filter(|x| x.kind == MetricType::Counter)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "series {} is a gauge but got a counter delta",
+                    d.r#ref
+                ))
+            })?;
         if !d.delta.is_finite() || d.delta < 0.0 {
             return Err(Status::invalid_argument(format!(
                 "series {}: counter delta {} must be finite and not negative",
                 d.r#ref, d.delta
             )));
         }
-        *counters.entry(d.r#ref).or_default() += d.delta;
+        match slot.entry(d.r#ref) {
+            std::collections::hash_map::Entry::Occupied(e) => counters[*e.get()].2 += d.delta,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(counters.len());
+                counters.push((def.labels.clone(), def.enc.clone(), d.delta));
+            }
+        }
     }
     let mut gauges = Vec::with_capacity(req.gauges.len());
     for g in &req.gauges {
@@ -477,17 +507,8 @@ fn plan_batch(
         } else {
             g.value
         };
-        gauges.push((def.labels.clone(), v));
+        gauges.push((def.labels.clone(), def.enc.clone(), v));
     }
-    let counters = counters
-        .into_iter()
-        .map(|(r, delta)| {
-            (
-                lookup(r).map(|d| d.labels.clone()).unwrap_or_default(),
-                delta,
-            )
-        })
-        .collect();
     Ok(Plan {
         new_defs,
         counters,
@@ -522,5 +543,5 @@ fn validate_definition(d: &kappie_proto::SeriesDefinition) -> Result<Def, Status
             .chain(d.labels.iter().map(|l| (l.name.clone(), l.value.clone()))),
     )
     .map_err(|e| Status::invalid_argument(format!("series {}: {e}", d.r#ref)))?;
-    Ok(Def { kind, labels })
+    Ok(Def::new(kind, labels))
 }

@@ -72,6 +72,13 @@ impl Collector {
     }
 }
 
+impl Collector {
+    /// The collector's process id (for CPU and memory measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Collector {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -5,8 +5,8 @@
 use crate::db::{
     corrupt, read_lock, series_keys, write_lock, CommitReport, Storage, StorageStats, Writes,
 };
-use crate::head::append_to_head;
-use crate::{keys, wal, Appender, Labels, SeriesId, StorageError};
+use crate::head::{append_to_head, HeadMap};
+use crate::{wal, Appender, Labels, SeriesId, StorageError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,24 +36,50 @@ pub struct StorageAppender {
     new_series: HashMap<Arc<[u8]>, Labels>,
 }
 
-impl Appender for StorageAppender {
-    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<(), StorageError> {
-        if labels.get("__name__").is_none() {
-            return Err(StorageError::InvalidLabels(
-                "series without __name__".into(),
-            ));
-        }
-        let enc: Arc<[u8]> = Arc::from(labels.encode());
-        if !read_lock(&self.store.inner.head)
-            .by_labels
-            .contains_key(&enc)
+impl StorageAppender {
+    /// [`Appender::append`] for a caller that keeps each series' encoded labels
+    /// (`enc` must be `labels.encode()`): no encoding or copy of the labels per sample.
+    pub fn append_encoded(
+        &mut self,
+        enc: &Arc<[u8]>,
+        labels: &Labels,
+        t: i64,
+        v: f64,
+    ) -> Result<(), StorageError> {
+        // A series' samples usually come together (remote write): look it up once.
+        let same_as_last = self
+            .samples
+            .last()
+            .is_some_and(|(e, _, _)| Arc::ptr_eq(e, enc));
+        if !same_as_last
+            && !read_lock(&self.store.inner.head)
+                .by_labels
+                .contains_key(enc)
         {
+            // A series the store has passed this check when it was created.
+            if labels.get("__name__").is_none() {
+                return Err(StorageError::InvalidLabels(
+                    "series without __name__".into(),
+                ));
+            }
             self.new_series
                 .entry(enc.clone())
                 .or_insert_with(|| labels.clone());
         }
-        self.samples.push((enc, t, v));
+        self.samples.push((enc.clone(), t, v));
         Ok(())
+    }
+
+    /// Room for `n` more samples.
+    pub fn reserve(&mut self, n: usize) {
+        self.samples.reserve(n);
+    }
+}
+
+impl Appender for StorageAppender {
+    fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<(), StorageError> {
+        let enc: Arc<[u8]> = Arc::from(labels.encode());
+        self.append_encoded(&enc, labels, t, v)
     }
 
     fn set_meta(&mut self, key: &[u8], value: &[u8]) {
@@ -77,7 +103,7 @@ impl Appender for StorageAppender {
         let mut batch = Writes::default();
         let (ids, created) = assign_ids(&store, &samples, &new_series, &mut batch);
         let (accepted, report) = validate(&store, &samples, &ids)?;
-        let seq = log(&store, &mut batch, meta, &created, &accepted)?;
+        let seq = log(&store, meta, &created, &accepted)?;
         // Durable in the log; sled catches up on its own (the log is replayed after a crash).
         // A failure from here on leaves memory and disk apart: no more writes until reopened.
         if let Err(e) = batch
@@ -140,12 +166,18 @@ fn validate(
     let mut unknown_last: Vec<(SeriesId, i64, f64)> = Vec::new();
     {
         let head = read_lock(&inner.head);
-        let mut last: HashMap<SeriesId, (i64, u64)> = HashMap::new();
+        let mut last: HeadMap<SeriesId, (i64, u64)> = HeadMap::default();
+        last.reserve(samples.len());
+        let mut prev_series: Option<(&Arc<[u8]>, SeriesId)> = None;
         for (enc, t, v) in samples {
-            let id = match head.by_labels.get(enc).or_else(|| ids.get(enc)) {
-                Some(id) => *id,
-                None => return Err(corrupt("appended series has no id")),
+            let id = match prev_series {
+                Some((p, id)) if Arc::ptr_eq(p, enc) => id,
+                _ => match head.by_labels.get(enc).or_else(|| ids.get(enc)) {
+                    Some(id) => *id,
+                    None => return Err(corrupt("appended series has no id")),
+                },
             };
+            prev_series = Some((enc, id));
             let prev = last.get(&id).copied().or_else(|| {
                 let s = head.series.get(&id)?;
                 let lv = s
@@ -194,23 +226,16 @@ fn validate(
 }
 
 /// Appends the commit's record to the log and fsyncs it (the acknowledgement's
-/// precondition, see `Storage::mark_durable`); queues its ingest-state writes in `batch`.
-/// Returns the record's sequence.
+/// precondition, see `Storage::mark_durable`); its ingest-state writes become pending for
+/// the next durable mark. Returns the record's sequence.
 fn log(
     store: &Storage,
-    batch: &mut Writes,
     meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     created: &[(Arc<[u8]>, SeriesId)],
     accepted: &[(SeriesId, i64, f64)],
 ) -> Result<u64, StorageError> {
     let inner = &store.inner;
     let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
-    for (k, v) in &meta {
-        match v {
-            Some(v) => batch.insert(keys::meta(k), v.as_slice()),
-            None => batch.remove(keys::meta(k)),
-        }
-    }
     if !accepted.is_empty() || !created.is_empty() || !meta.is_empty() {
         let rec = wal::Record {
             seq,
@@ -227,6 +252,11 @@ fn log(
             .unwrap_or_else(|e| e.into_inner())
             .append(&rec)?;
         inner.last_record.store(seq, Ordering::SeqCst);
+        // Durable in the log: visible to reads now, into sled at the next durable mark.
+        let mut pending = inner.meta_pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in rec.meta {
+            pending.insert(k, (seq, v));
+        }
     }
     Ok(seq)
 }

@@ -78,7 +78,8 @@ impl Storage {
         // generation counts as compacted (the durability order, `Storage::mark_durable`).
         {
             let w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
-            self.mark_durable(&w)?;
+            // The log is not truncated here: pending ingest state may stay pending.
+            self.mark_durable(&w, 0)?;
         }
         let path = crate::blocks::window_path(&inner.dir, bd, window, gen);
         crate::blocks::commit_pending(&pending, &path)?;

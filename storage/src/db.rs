@@ -6,8 +6,9 @@
 //!
 //! Writes: an append is validated against the in-memory head (strictly increasing time per
 //! series); then one log record with its new series, ingest-state changes and accepted
-//! samples is appended and fsynced; then the same changes go to sled (unflushed: the log is
-//! the source of truth) and the samples to the series' open head chunks. A head chunk is
+//! samples is appended and fsynced; then new series and postings go to sled (unflushed: the
+//! log is the source of truth), ingest state to memory until the next durable mark, and the
+//! samples to the series' open head chunks. A head chunk is
 //! cut into its window's staging file when it holds 120 samples or the next sample falls
 //! in another chunk window (`chunk_span`); [`Storage::maintain`] cuts idle head chunks,
 //! makes the cut chunks durable and marks them so ([`Storage::mark_durable`], the one
@@ -124,7 +125,7 @@ pub struct Storage {
 ///    released, and readers hold it across staging and the head (`querier`).
 /// 4. `windows`: which windows are staged and which compacted, with their databases and
 ///    files (one lock, so a reader sees a generation in exactly one of them).
-/// 5. `wal` and `holds`: leaves, never held while taking another.
+/// 5. `wal`, `holds` and `meta_pending`: leaves, never held while taking another.
 pub(crate) struct Inner {
     pub dir: PathBuf,
     pub config: StorageConfig,
@@ -149,7 +150,16 @@ pub(crate) struct Inner {
     pub holds: Mutex<BTreeMap<String, (u64, u64)>>,
     /// Set by [`Storage::stop_writes`]: why the store takes no more writes.
     pub stopped: Mutex<Option<String>>,
+    /// Ingest-state changes not yet in sled, newest per key: the sequence of the log
+    /// record that carries it and the value (`None`: removed). Sled gets an entry only when
+    /// the log is about to lose its record (`mark_durable`), so a counter total that
+    /// changes every push is never written to sled while it keeps changing. Reads look here
+    /// before sled.
+    pub meta_pending: Mutex<BTreeMap<Vec<u8>, PendingMeta>>,
 }
+
+/// A pending ingest-state change: log record sequence and value (`None`: removed).
+pub(crate) type PendingMeta = (u64, Option<Vec<u8>>);
 
 pub(crate) fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(what.into())
@@ -169,7 +179,10 @@ impl Storage {
             sled::Config::new()
                 .path(dir.join("main"))
                 .cache_capacity(config.cache_capacity_bytes)
-                .use_compression(true),
+                .use_compression(true)
+                // zstd level 1 instead of sled's 5 (only the writer's level: stores written
+                // at either level read the same).
+                .compression_factor(1),
         )?;
         if main.scan_prefix([keys::LABELS_BY_ID]).next().is_some() {
             return Err(StorageError::Config(format!(
@@ -251,6 +264,7 @@ impl Storage {
             stats: StorageStats::default(),
             holds: Mutex::new(BTreeMap::new()),
             stopped: Mutex::new(None),
+            meta_pending: Mutex::new(BTreeMap::new()),
         };
         let store = Storage {
             inner: Arc::new(inner),
@@ -338,19 +352,37 @@ impl Storage {
 
     /// Reads an ingest-state value written with [`crate::Appender::set_meta`].
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some((_, v)) = self.pending_meta().get(key) {
+            return Ok(v.clone());
+        }
         Ok(self.inner.main.get(keys::meta(key))?.map(|v| v.to_vec()))
+    }
+
+    fn pending_meta(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, PendingMeta>> {
+        self.inner
+            .meta_pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every ingest-state entry whose key starts with `prefix`, in key order.
     pub fn meta_scan_prefix(&self, prefix: &[u8]) -> Result<Vec<MetaEntry>, StorageError> {
-        self.inner
-            .main
-            .scan_prefix(keys::meta(prefix))
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((k[1..].to_vec(), v.to_vec()))
-            })
-            .collect()
+        let mut found = BTreeMap::new();
+        for kv in self.inner.main.scan_prefix(keys::meta(prefix)) {
+            let (k, v) = kv?;
+            found.insert(k[1..].to_vec(), Some(v.to_vec()));
+        }
+        let pending = self.pending_meta();
+        for (k, (_, v)) in pending.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            found.insert(k.clone(), v.clone());
+        }
+        Ok(found
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect())
     }
 
     /// A reader of the write-ahead log from the record after sequence `after`.
@@ -457,8 +489,16 @@ impl Storage {
     ///    open head chunk), and may compaction record a window's pages as compacted and
     ///    delete its staging file (the pages are fsynced before).
     ///
+    /// Pending ingest state carried by log records before `meta_before` (the log may lose
+    /// them after this) goes to sled before `main/` is fsynced; the rest stays pending, its
+    /// records in the log.
+    ///
     /// Callers hold the write lock (`_write`), so no commit cuts a chunk meanwhile.
-    pub(crate) fn mark_durable(&self, _write: &MutexGuard<'_, ()>) -> Result<(), StorageError> {
+    pub(crate) fn mark_durable(
+        &self,
+        _write: &MutexGuard<'_, ()>,
+        meta_before: u64,
+    ) -> Result<(), StorageError> {
         let inner = &self.inner;
         // A store that stopped (memory and files may disagree) marks nothing.
         self.check_writable()?;
@@ -479,6 +519,28 @@ impl Storage {
             delta.push(id, SeriesOp::RaiseMaxt(t));
         }
         delta.apply(&inner.main)?;
+        // Ingest state whose records the log may lose into sled, flushed with it below.
+        // Commits (which add to it) are held off by the write lock; on an error it stays
+        // pending and the log is kept.
+        {
+            let mut pending = self.pending_meta();
+            let mut batch = Writes::default();
+            let mut written = Vec::new();
+            for (k, (seq, v)) in pending.iter() {
+                if *seq >= meta_before {
+                    continue;
+                }
+                match v {
+                    Some(v) => batch.insert(keys::meta(k), v),
+                    None => batch.remove(keys::meta(k)),
+                }
+                written.push(k.clone());
+            }
+            batch.apply(&inner.main)?;
+            for k in written {
+                pending.remove(&k);
+            }
+        }
         inner.main.flush()?;
         let mut head = write_lock(&inner.head);
         for (id, t) in raised {
@@ -501,7 +563,7 @@ impl Storage {
     /// Flushes everything to disk (used before a clean shutdown; commits are durable anyway).
     pub fn flush(&self) -> Result<(), StorageError> {
         let w = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
-        self.mark_durable(&w)
+        self.mark_durable(&w, u64::MAX)
     }
 }
 

@@ -30,10 +30,14 @@ pub(crate) struct MemSeries {
     pub durable_maxt: i64,
 }
 
+/// A map of the head, hashed with a seeded foldhash (label sets come from clients; the
+/// per-process seed keeps them from choosing collisions).
+pub(crate) type HeadMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 pub(crate) struct Head {
-    pub by_labels: HashMap<Arc<[u8]>, SeriesId>,
-    pub series: HashMap<SeriesId, MemSeries>,
+    pub by_labels: HeadMap<Arc<[u8]>, SeriesId>,
+    pub series: HeadMap<SeriesId, MemSeries>,
     /// Chunks cut from the head whose write to staging failed (a full disk), oldest first:
     /// read from here and written again by the next commit or maintenance that stages
     /// chunks. Their series' staged maxt does not cover them, so no durable mark does, and

@@ -82,7 +82,6 @@ impl Storage {
 
         // 2. Staged chunks and sled durable (and marked so), then the log segments whose
         //    records are all in chunks.
-        self.mark_durable(&_w)?;
         let head = read_lock(&inner.head);
         let keep_from = head
             .series
@@ -92,6 +91,9 @@ impl Storage {
             .min()
             .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst));
         drop(head);
+        // Holds only keep more of the log, never less: ingest state from records before
+        // `keep_from` is all the truncation below can lose.
+        self.mark_durable(&_w, keep_from)?;
         let keep_from = self.apply_holds(keep_from, report)?;
         report.wal_segments_removed = inner
             .wal

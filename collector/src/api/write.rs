@@ -23,9 +23,12 @@ pub(super) async fn remote_write(
     let store = st.store.clone();
     let report = tokio::task::spawn_blocking(move || {
         let mut app = store.appender();
+        app.reserve(series.iter().map(|s| s.1.len()).sum());
         for (labels, samples) in &series {
+            // Encoded once per series, not per sample.
+            let enc: std::sync::Arc<[u8]> = std::sync::Arc::from(labels.encode());
             for &(t, v) in samples {
-                app.append(labels, t, v)?;
+                app.append_encoded(&enc, labels, t, v)?;
             }
         }
         app.commit()
@@ -86,8 +89,8 @@ pub fn decode_write_request(
     })?;
 
     let mut series = Vec::with_capacity(req.timeseries.len());
-    for (i, ts) in req.timeseries.iter().enumerate() {
-        let labels = Labels::new(ts.labels.iter().map(|l| (l.name.clone(), l.value.clone())))
+    for (i, ts) in req.timeseries.into_iter().enumerate() {
+        let labels = Labels::new(ts.labels.into_iter().map(|l| (l.name, l.value)))
             .map_err(|e| ApiError::bad_data(format!("series {i}: {e}")))?;
         if labels.get("__name__").is_none() {
             return Err(ApiError::bad_data(format!(
@@ -100,7 +103,7 @@ pub fn decode_write_request(
         series.push((
             labels,
             ts.samples
-                .iter()
+                .into_iter()
                 .map(|s| (s.timestamp, s.value))
                 .collect::<Vec<_>>(),
         ));
