@@ -3,11 +3,12 @@
 //! `node-shipper/tests/fuzz_regressions.rs`. The shipper parses text it does not control:
 //! /proc files (a hostile or odd kernel, or a container's fake /proc), a Cilium agent's
 //! Prometheus text exposition (anything listening on its port), and on Windows the output of
-//! vfpctrl and HNS's JSON. A check panics exactly when the fuzzer should report a crash;
+//! vfpctrl and HNS's JSON; and binary answers of the kernel it should not trust blindly
+//! (sock_diag datagrams, ethtool string sets and statistics, BTF). A check panics exactly when the fuzzer should report a crash;
 //! `Err` is always a fine answer.
 
 use kappie_node_shipper::sources::windows::{hns, vfp};
-use kappie_node_shipper::sources::{cilium, netstat, sockets};
+use kappie_node_shipper::sources::{btf, cilium, ethtool, netstat, sockdiag, sockets};
 
 /// Every parser of untrusted text gets the input; reason names stay UPPER_SNAKE.
 pub fn node_parsers(data: &[u8]) {
@@ -37,4 +38,14 @@ pub fn node_parsers(data: &[u8]) {
     }
     let counters = vfp::parse_port_counters(&text);
     let _ = vfp::counter_readings("port", &counters);
+    // Binary answers of the kernel: a sock_diag netlink datagram, ethtool's string set and
+    // statistics, and BTF (the drop reasons' names come from the vmlinux BTF file).
+    let mut sockets = 0;
+    let _ = sockdiag::parse_datagram(data, 1, |_| sockets += 1);
+    assert!(sockets <= data.len(), "{sockets} sockets from {} bytes", data.len());
+    let n = data.len() / 8 + 1;
+    assert!(ethtool::parse_strings(data, n).len() <= n);
+    assert!(ethtool::parse_values(data, n).len() <= n);
+    let _ = btf::enum_members(data, "skb_drop_reason");
+    let _ = btf::drop_reasons_in(data);
 }
