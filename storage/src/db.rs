@@ -278,8 +278,9 @@ impl Storage {
         Ok(store)
     }
 
-    /// Applies the records still in the write-ahead log: series and ingest state to sled
-    /// (idempotent), samples to the head unless a block already has them.
+    /// Applies the records still in the write-ahead log: series to sled (idempotent),
+    /// ingest state to `meta_pending` with the sequence of its record (the log keeps it
+    /// until `mark_durable` writes it), samples to the head unless a block already has them.
     fn replay(&self, records: Vec<wal::Record>) -> Result<(usize, usize), StorageError> {
         let inner = &self.inner;
         let mut head = write_lock(&inner.head);
@@ -306,12 +307,13 @@ impl Storage {
                 head.insert_series(id, Arc::from(enc), first_t, i64::MIN);
                 inner.next_id.fetch_max(id + 1, Ordering::SeqCst);
             }
+            // Ingest state stays pending, carried by its record as before the stop (the
+            // newest record wins); `mark_durable` writes it before the log may lose it.
+            let mut pending = self.pending_meta();
             for (k, v) in rec.meta {
-                match v {
-                    Some(v) => batch.insert(keys::meta(&k), v),
-                    None => batch.remove(keys::meta(&k)),
-                }
+                pending.insert(k, (rec.seq, v));
             }
+            drop(pending);
             for (id, t, v) in rec.samples {
                 let Some(s) = head.series.get_mut(&id) else {
                     continue;
@@ -356,6 +358,16 @@ impl Storage {
             return Ok(v.clone());
         }
         Ok(self.inner.main.get(keys::meta(key))?.map(|v| v.to_vec()))
+    }
+
+    /// The sequence of the oldest log record that carries pending ingest state: the log
+    /// must keep it and every record after it (`u64::MAX`: none pending).
+    pub(crate) fn oldest_pending_seq(&self) -> u64 {
+        self.pending_meta()
+            .values()
+            .map(|(seq, _)| *seq)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     fn pending_meta(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, PendingMeta>> {

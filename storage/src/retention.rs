@@ -27,7 +27,7 @@ impl Storage {
         let inner = &self.inner;
         let _m = inner.maintenance.lock().unwrap_or_else(|e| e.into_inner());
         let mut report = MaintenanceReport::default();
-        self.cut_and_truncate(now_ms, &mut report)?;
+        self.cut_and_truncate(now_ms, false, &mut report)?;
         // 3. Windows that are over into their blocks' pages.
         report.windows_compacted = self.compact_windows(now_ms)?;
         self.retention(now_ms, &mut report)?;
@@ -36,8 +36,15 @@ impl Storage {
 
     /// A clean stop (the collector calls it last on SIGTERM): every head chunk is cut into
     /// staging, made durable and marked, and the log is truncated past it, but for what log
-    /// readers (remote write destinations) still hold, so that a stopped store keeps each
-    /// sample once, in its chunk. The store stays usable; the next samples start new chunks.
+    /// readers (remote write destinations) still hold and the records that carry pending
+    /// ingest state, so that a stopped store keeps each sample once, in its chunk. The
+    /// store stays usable; the next samples start new chunks.
+    ///
+    /// Pending ingest state is written to sled only as far as maintenance would (what
+    /// records before the oldest head chunk carry); the rest stays in the log and the next
+    /// open takes it back from there, as after a crash. Writing all of it (one sled key per
+    /// counter total) took more than 60 s at 519k series (2026-12-02), longer than the
+    /// 30 s a pod gets to stop.
     pub fn close(&self) -> Result<(), StorageError> {
         let _m = self
             .inner
@@ -45,7 +52,7 @@ impl Storage {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let mut report = MaintenanceReport::default();
-        self.cut_and_truncate(i64::MAX, &mut report)?;
+        self.cut_and_truncate(i64::MAX, true, &mut report)?;
         tracing::info!(
             chunks_cut = report.idle_chunks_cut,
             wal_segments_removed = report.wal_segments_removed,
@@ -54,15 +61,28 @@ impl Storage {
         Ok(())
     }
 
-    /// Steps 1 and 2 of maintenance, under the write lock.
+    /// Steps 1 and 2 of maintenance, under the write lock. `closing`: pending ingest state
+    /// is written only as far as before the cut (see [`Storage::close`]).
     fn cut_and_truncate(
         &self,
         now_ms: i64,
+        closing: bool,
         report: &mut MaintenanceReport,
     ) -> Result<(), StorageError> {
         let inner = &self.inner;
         let cfg = &inner.config;
         let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        // The first record an open head chunk (or an unstaged chunk) still needs.
+        let head_keep = || {
+            let head = read_lock(&inner.head);
+            head.series
+                .values()
+                .filter_map(|s| s.head.as_ref().map(|h| h.first_wal))
+                .chain(head.unstaged.iter().map(|c| c.first_wal))
+                .min()
+                .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst))
+        };
+        let meta_before_close = closing.then(head_keep);
 
         // 1. Idle head chunks into their blocks, so their records can go. Staged before
         //    the head lock is released: a reader never sees a chunk in neither place.
@@ -82,18 +102,12 @@ impl Storage {
 
         // 2. Staged chunks and sled durable (and marked so), then the log segments whose
         //    records are all in chunks.
-        let head = read_lock(&inner.head);
-        let keep_from = head
-            .series
-            .values()
-            .filter_map(|s| s.head.as_ref().map(|h| h.first_wal))
-            .chain(head.unstaged.iter().map(|c| c.first_wal))
-            .min()
-            .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst));
-        drop(head);
-        // Holds only keep more of the log, never less: ingest state from records before
-        // `keep_from` is all the truncation below can lose.
-        self.mark_durable(&_w, keep_from)?;
+        let keep_from = head_keep();
+        // Ingest state from records before `meta_before` goes to sled; the log keeps the
+        // records of what stays pending. Holds only keep more of the log, never less.
+        let meta_before = meta_before_close.unwrap_or(keep_from);
+        self.mark_durable(&_w, meta_before)?;
+        let keep_from = keep_from.min(self.oldest_pending_seq());
         let keep_from = self.apply_holds(keep_from, report)?;
         report.wal_segments_removed = inner
             .wal

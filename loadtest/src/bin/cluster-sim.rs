@@ -65,6 +65,9 @@ struct Args {
     /// How long to wait for every batch to be acknowledged after the schedule ends.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// How long the collector may take to exit after a signal before it is killed.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    stop_timeout: Duration,
     /// Stop the collector this long after the start and start it again.
     #[arg(long, value_parser = humantime::parse_duration)]
     restart_after: Option<Duration>,
@@ -353,7 +356,7 @@ fn main() -> anyhow::Result<()> {
                 let before = m.pid().and_then(|p| process::cpu_seconds(p).ok());
                 let stop_ms = rec.now_ms() as f64;
                 let steady = (stop_ms / 1000.0, cpu.before + before.unwrap_or(0.0));
-                m.stop(args.restart_signal)?;
+                m.stop(args.restart_signal, args.stop_timeout)?;
                 cpu.before += before.unwrap_or(0.0);
                 let exited_ms = rec.now_ms() as f64;
                 std::thread::sleep(args.down_for);
@@ -433,8 +436,20 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     let after_stop = match &mut target {
         Target::Managed(m) => {
-            m.stop(Stop::Term)?;
-            Some((process::du(&m.data_dir), process::du_parts(&m.data_dir)))
+            let load = process::loadavg()[0];
+            let (took, killed) = m.stop(Stop::Term, args.stop_timeout)?;
+            eprintln!(
+                "clean stop: SIGTERM to exit {:.0} ms{} (load1 {load:.2} at the signal, {:.2} at the exit)",
+                took.as_secs_f64() * 1000.0,
+                if killed { ", killed" } else { "" },
+                process::loadavg()[0]
+            );
+            Some((
+                process::du(&m.data_dir),
+                process::du_parts(&m.data_dir),
+                took,
+                killed,
+            ))
         }
         _ => None,
     };
@@ -548,7 +563,9 @@ fn main() -> anyhow::Result<()> {
                 .as_ref()
                 .map(|a| a.0 as f64 / samples_acked.max(1) as f64),
             store_parts,
-            store_parts_after_clean_stop: after_stop.map(|a| a.1),
+            store_parts_after_clean_stop: after_stop.as_ref().map(|a| a.1.clone()),
+            clean_stop_ms: after_stop.as_ref().map(|a| a.2.as_secs_f64() * 1000.0),
+            clean_stop_killed: after_stop.as_ref().map(|a| a.3),
         },
         errors: report::errors(&events, rec.coalesced.load(Relaxed), unacked),
         restart,

@@ -178,9 +178,11 @@ impl Managed {
 
     /// Ends the process with `how` and waits for it to exit (SIGKILL after 60 s of
     /// SIGTERM); returns how long it took to exit.
-    pub fn stop(&mut self, how: Stop) -> anyhow::Result<Duration> {
+    /// Stops the collector with `how` and waits for it to exit, killing it after `timeout`:
+    /// the time from the signal to the exit, and whether it had to be killed.
+    pub fn stop(&mut self, how: Stop, timeout: Duration) -> anyhow::Result<(Duration, bool)> {
         let Some(mut child) = self.child.take() else {
-            return Ok(Duration::ZERO);
+            return Ok((Duration::ZERO, false));
         };
         let started = Instant::now();
         let sig = match how {
@@ -193,13 +195,16 @@ impl Managed {
         }
         loop {
             if child.try_wait()?.is_some() {
-                return Ok(started.elapsed());
+                return Ok((started.elapsed(), false));
             }
-            if started.elapsed() > Duration::from_secs(60) {
-                eprintln!("the collector did not exit 60 s after SIGTERM; killing it");
+            if started.elapsed() > timeout {
+                eprintln!(
+                    "the collector did not exit {} s after the signal; killing it",
+                    timeout.as_secs()
+                );
                 child.kill()?;
                 child.wait()?;
-                return Ok(started.elapsed());
+                return Ok((started.elapsed(), true));
             }
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -146,6 +146,10 @@ pub struct Footprint {
     /// `staging` and `blocks` the sample chunks, `wal` the log).
     pub store_parts: BTreeMap<String, u64>,
     pub store_parts_after_clean_stop: Option<BTreeMap<String, u64>>,
+    /// Time from SIGTERM at the end of the run to the collector's exit.
+    pub clean_stop_ms: Option<f64>,
+    /// The collector did not exit within `--stop-timeout` and was killed.
+    pub clean_stop_killed: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -396,6 +400,17 @@ impl Report {
         o.push_str(&format!("  running: {}\n", parts(&f.store_parts)));
         if let Some(p) = &f.store_parts_after_clean_stop {
             o.push_str(&format!("  after a clean stop: {}\n", parts(p)));
+        }
+        if let (Some(ms), Some(killed)) = (f.clean_stop_ms, f.clean_stop_killed) {
+            o.push_str(&format!(
+                "clean stop: SIGTERM to exit {:.0} ms{}\n",
+                ms,
+                if killed {
+                    " (did not exit: KILLED at the stop timeout)"
+                } else {
+                    ""
+                }
+            ));
         }
         let e = &self.errors;
         o.push_str(&format!(
