@@ -42,7 +42,11 @@ pub fn node_parsers(data: &[u8]) {
     // statistics, and BTF (the drop reasons' names come from the vmlinux BTF file).
     let mut sockets = 0;
     let _ = sockdiag::parse_datagram(data, 1, |_| sockets += 1);
-    assert!(sockets <= data.len(), "{sockets} sockets from {} bytes", data.len());
+    assert!(
+        sockets <= data.len(),
+        "{sockets} sockets from {} bytes",
+        data.len()
+    );
     let n = data.len() / 8 + 1;
     assert!(ethtool::parse_strings(data, n).len() <= n);
     assert!(ethtool::parse_values(data, n).len() <= n);
