@@ -37,10 +37,6 @@ fn remote_read_inputs() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = checks::promql_store(dir.path());
     let state = checks::remote_read_state(&store);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = checks::remote_read_runtime();
     replay_inputs("remote_read", |data| checks::remote_read(&rt, &state, data));
 }

@@ -490,6 +490,30 @@ fn the_settings_component_names_every_collector_setting_and_loads() {
     );
 }
 
+/// The mount of the directory holding `file` in the container, and its volume.
+fn mounted_volume(
+    spec: &PodSpec,
+    c: &Container,
+    file: &str,
+) -> (
+    k8s_openapi::api::core::v1::VolumeMount,
+    k8s_openapi::api::core::v1::Volume,
+) {
+    let m = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| file.starts_with(&format!("{}/", m.mount_path)))
+        .unwrap_or_else(|| panic!("{file} is on no mount"));
+    let v = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == m.name)
+        .unwrap_or_else(|| panic!("no volume {}", m.name));
+    (m.clone(), v.clone())
+}
+
 /// `components/tls-cert-manager` (rendered through `deploy/examples/tls`): the Kubernetes
 /// objects still match the API schema (cert-manager's own kinds are outside k8s-openapi; their
 /// fields are checked here one by one), both binaries accept their new flags, the name the
@@ -555,18 +579,7 @@ fn the_tls_component_puts_both_collector_ports_behind_cert_manager_certificates(
         1
     );
     let ca_file = arg(&c, "--collector-ca-file").unwrap();
-    let m = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| ca_file.starts_with(&format!("{}/", m.mount_path)))
-        .expect("the CA file is on a mount");
-    let v = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == m.name)
-        .unwrap();
+    let (m, v) = mounted_volume(&spec, &c, ca_file);
     let s = v.secret.as_ref().expect("the CA comes from a secret");
     assert_eq!(s.secret_name.as_deref(), Some(secret));
     let items = s.items.clone().expect("only some keys of the secret");
@@ -585,22 +598,16 @@ fn the_tls_component_puts_both_collector_ports_behind_cert_manager_certificates(
         ("--tls-key-file", "tls.key"),
     ] {
         let file = arg(&c, flag).unwrap();
-        let m = c
-            .volume_mounts
-            .iter()
-            .flatten()
-            .find(|m| file == format!("{}/{key}", m.mount_path))
-            .unwrap_or_else(|| panic!("{file} is not {key} of a mounted directory"));
+        let (m, v) = mounted_volume(&spec, &c, file);
+        assert_eq!(
+            file,
+            format!("{}/{key}", m.mount_path),
+            "{key} of a mounted directory"
+        );
         assert!(
             m.sub_path.is_none(),
             "a subPath mount never sees a rotation"
         );
-        let v = spec
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == m.name)
-            .unwrap();
         let s = v.secret.as_ref().expect("a secret volume");
         assert_eq!(s.secret_name.as_deref(), Some(secret));
         assert!(s.items.is_none());

@@ -367,6 +367,15 @@ pub fn remote_read_state(store: &Storage) -> kappie_collector::api::ApiState {
     }
 }
 
+/// The runtime [`remote_read`] answers on (one worker, as a small collector has).
+pub fn remote_read_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// A remote read request (`data` snappy-compressed as a client sends it, and `data` as the
 /// body itself) against [`promql_store`]: 200 or 400, never a panic or a 500. A 200 is
 /// well formed: SAMPLES has one result per query, every sample inside its query's range,

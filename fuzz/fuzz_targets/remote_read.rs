@@ -21,11 +21,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = checks::promql_store(dir.path());
         let state = checks::remote_read_state(&store);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = checks::remote_read_runtime();
         (dir, store, state, rt)
     });
     checks::remote_read(rt, state, data)

@@ -67,7 +67,8 @@ pub fn series_labels(i: usize) -> Vec<(String, String)> {
     ]
 }
 
-fn hash(i: u64, step: u64) -> u64 {
+/// A well-mixed 64-bit hash of two numbers (splitmix64's finalizer).
+pub(crate) fn hash(i: u64, step: u64) -> u64 {
     let mut h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 31;
     h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -75,13 +76,14 @@ fn hash(i: u64, step: u64) -> u64 {
 }
 
 /// A standard normal variate (Box-Muller; `rand` 0.8 has no `rand_distr`).
-fn normal(rng: &mut StdRng) -> f64 {
+pub(crate) fn normal(rng: &mut StdRng) -> f64 {
     let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
     let u2: f64 = rng.gen();
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
-fn log_uniform(rng: &mut StdRng, lo: f64, hi: f64) -> f64 {
+/// A value between `lo` and `hi` whose logarithm is uniform.
+pub(crate) fn log_uniform(rng: &mut StdRng, lo: f64, hi: f64) -> f64 {
     (rng.gen_range(lo.ln()..hi.ln())).exp()
 }
 

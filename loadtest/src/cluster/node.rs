@@ -16,6 +16,7 @@
 //! which the run compares with what the collector stores.
 
 use super::catalog::{self, Class};
+use crate::shapes::{hash, log_uniform, normal};
 use kappie_proto::{CounterDelta, GaugeValue, Label, MetricType, SeriesDefinition};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -126,28 +127,10 @@ pub struct Node {
     burst_left: u32,
 }
 
-fn mix(a: u64, b: u64) -> u64 {
-    let mut h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 31;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 29)
-}
-
-/// A standard normal variate (Box-Muller).
-fn normal(rng: &mut StdRng) -> f64 {
-    let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
-    let u2: f64 = rng.gen();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
-fn log_uniform(rng: &mut StdRng, lo: f64, hi: f64) -> f64 {
-    rng.gen_range(lo.ln()..hi.ln()).exp()
-}
-
 impl Node {
     /// Node `index` of a cluster drawn from `seed`.
     pub fn new(seed: u64, index: usize, cluster: &str) -> Node {
-        let mut rng = StdRng::seed_from_u64(mix(seed, index as u64));
+        let mut rng = StdRng::seed_from_u64(hash(seed, index as u64));
         let pods = rng.gen_range(3..=8);
         let mut interfaces = vec!["eth0".to_owned(), "lo".to_owned()];
         for _ in 0..pods {
