@@ -9,33 +9,11 @@ mod common;
 
 use kappie_proto::prometheus::label_matcher::Type as MatchType;
 use kappie_testkit::prometheus::{remote_read_samples, remote_write, series};
-use kappie_testkit::{require, wait_for, Need, Proc};
+use kappie_testkit::{require, wait_for, Need, Proc, Tmpfs};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
-
-/// Unmounts the test's tmpfs however the test ends.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn mount_tmpfs(at: &Path, size: &str) -> Mount {
-    std::fs::create_dir_all(at).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(at)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mount a tmpfs at {}", at.display());
-    Mount(at.to_owned())
-}
 
 fn start(dir: &Path, data: &Path, round: usize) -> (Proc, String) {
     let log = dir.join(format!("collector-{round}.log"));
@@ -148,7 +126,7 @@ fn a_full_disk_refuses_writes_with_503_loses_nothing_and_recovers() {
     }
     let dir = tempfile::tempdir().unwrap();
     let fs = dir.path().join("fs");
-    let _mount = mount_tmpfs(&fs, "12m");
+    let tmpfs = Tmpfs::mount(&fs, "12m");
     let data = fs.join("data");
     let (proc, http) = start(dir.path(), &data, 0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(16);
@@ -179,13 +157,7 @@ fn a_full_disk_refuses_writes_with_503_loses_nothing_and_recovers() {
     verify(&http, &acked);
 
     // Space returns.
-    let ok = Command::new("mount")
-        .args(["-o", "remount,size=512m"])
-        .arg(&fs)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "remount bigger");
+    tmpfs.resize("512m");
     // Writes are taken again, in place, or the store says it must be restarted.
     let (proc, http) = {
         let mut taken = false;

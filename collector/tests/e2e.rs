@@ -6,7 +6,7 @@ mod common;
 
 use common::{query, single_value, workspace_bin};
 use kappie_testkit::need::NETNS;
-use kappie_testkit::{require, wait_for, Bpffs, Need, Netns, Proc, Veth};
+use kappie_testkit::{require, wait_for, Bpffs, Need, Netns, Proc, Tmpfs, Veth};
 use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
@@ -593,18 +593,6 @@ fn a_rate_limited_shipper_waits_and_loses_no_counts() {
     drop(shipper);
 }
 
-/// Unmounts the test's tmpfs however the test ends.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// Issue 16, a full disk under gRPC ingest: the collector's store on a small tmpfs is filled
 /// (by remote write, which is faster at it); the real shipper's pushes are then refused with
 /// UNAVAILABLE, the shipper keeps its deltas and retries, and once space returns (and the
@@ -627,14 +615,7 @@ fn a_full_disk_under_grpc_ingest_loses_no_shipper_counts() {
     let ns = Netns::new("full");
     let dir = tempfile::tempdir().unwrap();
     let fs = dir.path().join("fs");
-    std::fs::create_dir_all(&fs).unwrap();
-    assert!(std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
-        .arg(&fs)
-        .status()
-        .unwrap()
-        .success());
-    let _mount = Mount(fs.clone());
+    let tmpfs = Tmpfs::mount(&fs, "12m");
     let data = fs.join("data");
     let args = [
         "--wal-segment-bytes",
@@ -716,12 +697,7 @@ fn a_full_disk_under_grpc_ingest_loses_no_shipper_counts() {
     );
 
     // Space returns.
-    assert!(std::process::Command::new("mount")
-        .args(["-o", "remount,size=512m"])
-        .arg(&fs)
-        .status()
-        .unwrap()
-        .success());
+    tmpfs.resize("512m");
     let healthy = ns.enter(|| ureq::get(&format!("{HTTP}/-/healthy")).call().is_ok());
     let _collector = if healthy {
         collector

@@ -300,3 +300,43 @@ impl Drop for Bpffs {
         let _ = std::fs::remove_dir(&self.path);
     }
 }
+
+/// A tmpfs of `size` (e.g. `12m`) mounted at a directory of the test's; unmounted on drop.
+/// `resize` remounts it with another size (space "returns" for disk-full tests).
+pub struct Tmpfs {
+    pub path: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount a tmpfs at {}", at.display());
+        Tmpfs {
+            path: at.to_owned(),
+        }
+    }
+
+    pub fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "remount {} with size {size}",
+            self.path.display()
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
