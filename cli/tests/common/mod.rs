@@ -63,10 +63,18 @@ impl Collector {
             .args(["--grpc-listen", &format!("127.0.0.1:{grpc_port}")])
             .args(args)
             .env("RUST_LOG", "info");
-        let proc =
-            kappie_testkit::Proc::spawn("kappie-collector", cmd, &dir.path().join("collector.log"));
+        let log = dir.path().join("collector.log");
+        let mut proc = kappie_testkit::Proc::spawn("kappie-collector", cmd, &log);
         let http = format!("http://127.0.0.1:{http_port}");
         kappie_testkit::wait_for("the collector to be ready", Duration::from_secs(60), || {
+            // A collector that exited (a port taken between free_port and its bind, say)
+            // fails the test at once, with its log, instead of after the timeout.
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!(
+                    "the collector exited ({status}) before it was ready:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
             ureq::get(&format!("{http}/-/ready")).call().ok()
         });
         Collector {
