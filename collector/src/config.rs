@@ -102,6 +102,10 @@ pub struct Cli {
     /// truncating the log, compaction, retention); default 60.
     #[arg(long, env = "KAPPIE_MAINTENANCE_INTERVAL_SECONDS")]
     pub maintenance_interval_seconds: Option<u64>,
+    /// Seconds a stop (SIGTERM) waits for open connections and in-flight requests before
+    /// it closes the store anyway; default 10 (a pod gets 30 s in all).
+    #[arg(long, env = "KAPPIE_SHUTDOWN_GRACE_SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
     /// How long samples are kept, in seconds.
     #[arg(long, env = "KAPPIE_RETENTION_SECONDS")]
     pub retention_seconds: Option<u64>,
@@ -221,6 +225,7 @@ pub struct Config {
     pub block_cache_capacity_bytes: u64,
     pub wal_segment_bytes: u64,
     pub maintenance_interval_seconds: u64,
+    pub shutdown_grace_seconds: u64,
     pub retention_seconds: u64,
     pub retention_bytes: u64,
     pub max_remote_write_bytes: usize,
@@ -277,6 +282,7 @@ impl Default for Config {
             block_cache_capacity_bytes: 2 * 1024 * 1024,
             wal_segment_bytes: kappie_storage::StorageConfig::default().wal_segment_bytes,
             maintenance_interval_seconds: 60,
+            shutdown_grace_seconds: 10,
             retention_seconds: 15 * 24 * 3600,
             retention_bytes: 0,
             max_remote_write_bytes: 32 << 20,
@@ -447,6 +453,7 @@ impl Config {
             block_cache_capacity_bytes,
             wal_segment_bytes,
             maintenance_interval_seconds,
+            shutdown_grace_seconds,
             retention_seconds,
             retention_bytes,
             max_remote_write_bytes,

@@ -2,8 +2,6 @@ use clap::Parser;
 use kappie_collector::config::{Cli, Config};
 use std::time::Duration;
 
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::resolve(Cli::parse())?;
@@ -21,13 +19,8 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     // Open shipper connections could hold a graceful shutdown forever; the store is
     // consistent at every acknowledged write, so a bounded wait is safe.
-    match tokio::time::timeout(SHUTDOWN_GRACE, running.wait()).await {
-        Ok(r) => r?,
-        Err(_) => tracing::warn!(
-            grace_s = SHUTDOWN_GRACE.as_secs(),
-            "connections still open after the grace period; exiting"
-        ),
-    }
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    running.stop_within(Some(grace)).await?;
     tracing::info!("collector stopped");
     Ok(())
 }

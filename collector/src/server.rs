@@ -23,15 +23,48 @@ pub struct Running {
 }
 
 impl Running {
-    /// Waits until both servers have stopped (after the shutdown future resolved).
+    /// Waits until both servers have stopped (after the shutdown future resolved), then
+    /// closes the store.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.http.await.context("HTTP server task")??;
-        self.grpc.await.context("gRPC server task")??;
-        self.maintenance.await.context("maintenance task")?;
-        for w in self.writers {
-            w.await.context("remote write task")?;
+        self.stop_within(None).await
+    }
+
+    /// Like [`Running::wait`], but waits for the servers (open connections, requests in
+    /// flight) at most `grace`; the store is closed either way. Closing is safe beside a
+    /// request still running: it takes the store's write lock, and the store stays usable.
+    pub async fn stop_within(self, grace: Option<std::time::Duration>) -> anyhow::Result<()> {
+        let Running {
+            store,
+            http,
+            grpc,
+            maintenance,
+            writers,
+            ..
+        } = self;
+        let servers = async move {
+            http.await.context("HTTP server task")??;
+            grpc.await.context("gRPC server task")??;
+            maintenance.await.context("maintenance task")?;
+            for w in writers {
+                w.await.context("remote write task")?;
+            }
+            anyhow::Ok(())
+        };
+        match grace {
+            None => servers.await?,
+            Some(g) => match tokio::time::timeout(g, servers).await {
+                Ok(r) => r?,
+                Err(_) => tracing::warn!(
+                    grace_s = g.as_secs(),
+                    "connections still open after the grace period (--shutdown-grace-seconds); \
+                     closing the store anyway"
+                ),
+            },
         }
-        self.store.close()?;
+        // Closing cuts every head chunk and fsyncs: blocking work, off the async runtime.
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .context("store close task")??;
         Ok(())
     }
 }
