@@ -99,11 +99,37 @@ pub fn on_query_stack<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R, EvalEr
 /// Parses `query` once its token count is within `max_tokens` (see
 /// [`QueryLimits::max_tokens`]). Run it on [`on_query_stack`].
 pub fn parse(query: &str, max_tokens: usize) -> Result<Expr, EvalError> {
-    use lrpar::Lexer;
-    let tokens = parser::lexer(query)
-        .map_err(EvalError::Parse)?
-        .iter()
-        .count();
+    use lrpar::{Lexeme, Lexer, NonStreamingLexer};
+    use parser::token::{T_ADD, T_DURATION, T_LEFT_BRACKET, T_OFFSET, T_RIGHT_BRACKET, T_SUB};
+    let lexer = parser::lexer(query).map_err(EvalError::Parse)?;
+    let mut tokens = 0;
+    // promql-parser 0.11 takes a duration wherever a number may stand (`foo @ 10m`,
+    // `1 + 5m`); Prometheus 2.42 accepts one only in brackets (a range or a subquery) and
+    // after `offset`, and refuses the rest as a parse error.
+    let (mut brackets, mut prev, mut before_prev) = (0usize, None, None);
+    for lexeme in lexer.iter() {
+        let Ok(lexeme) = lexeme else { continue };
+        tokens += 1;
+        let id = lexeme.tok_id();
+        match id {
+            T_LEFT_BRACKET => brackets += 1,
+            T_RIGHT_BRACKET => brackets = brackets.saturating_sub(1),
+            T_DURATION => {
+                let after_offset = prev == Some(T_OFFSET)
+                    || (matches!(prev, Some(T_ADD | T_SUB)) && before_prev == Some(T_OFFSET));
+                if brackets == 0 && !after_offset {
+                    return Err(EvalError::Parse(format!(
+                        "unexpected duration {:?}: a duration stands only in a range \
+                         (`[5m]`), a subquery (`[1h:1m]`) or after `offset`; a timestamp \
+                         or a number is written in seconds",
+                        lexer.span_str(lexeme.span())
+                    )));
+                }
+            }
+            _ => {}
+        }
+        (before_prev, prev) = (prev, Some(id));
+    }
     if tokens > max_tokens {
         return Err(EvalError::Parse(format!(
             "the query has {tokens} tokens, more than the limit of {max_tokens} \
