@@ -60,6 +60,10 @@ pub struct Cli {
     /// Longest a PromQL query may run, in seconds (then 503 `timeout`).
     #[arg(long, env = "KAPPIE_QUERY_TIMEOUT_SECONDS")]
     pub query_timeout_seconds: Option<u64>,
+    /// Queries evaluated at once; more wait their turn (the wait counts against the query
+    /// timeout), as Prometheus's `--query.max-concurrency`; default 20.
+    #[arg(long, env = "KAPPIE_QUERY_MAX_CONCURRENCY")]
+    pub query_max_concurrency: Option<usize>,
     /// Most samples one PromQL query may hold in memory (then 422 `execution`).
     #[arg(long, env = "KAPPIE_QUERY_MAX_SAMPLES")]
     pub query_max_samples: Option<usize>,
@@ -230,6 +234,7 @@ pub struct Config {
     pub retention_bytes: u64,
     pub max_remote_write_bytes: usize,
     pub query_timeout_seconds: u64,
+    pub query_max_concurrency: usize,
     pub query_max_samples: usize,
     pub query_max_series: usize,
     pub query_max_tokens: usize,
@@ -287,6 +292,7 @@ impl Default for Config {
             retention_bytes: 0,
             max_remote_write_bytes: 32 << 20,
             query_timeout_seconds: 120,
+            query_max_concurrency: crate::promql::DEFAULT_QUERY_CONCURRENCY,
             query_max_samples: 50_000_000,
             query_max_series: 1_000_000,
             query_max_tokens: crate::promql::QueryLimits::default().max_tokens,
@@ -458,6 +464,7 @@ impl Config {
             retention_bytes,
             max_remote_write_bytes,
             query_timeout_seconds,
+            query_max_concurrency,
             query_max_samples,
             query_max_series,
             query_max_tokens,
@@ -550,6 +557,9 @@ impl Config {
                 "http_max_concurrent_requests, http_request_timeout_seconds and \
                  http_header_timeout_seconds must be at least 1"
             );
+        }
+        if c.query_max_concurrency == 0 {
+            anyhow::bail!("query_max_concurrency must be at least 1");
         }
         if c.query_max_tokens == 0 {
             anyhow::bail!("query_max_tokens must be at least 1");

@@ -80,6 +80,22 @@ pub async fn serve(
             "block_cache_capacity_bytes has no effect since staged chunks live in files; remove the setting"
         );
     }
+    let threads =
+        crate::promql::set_query_concurrency(config.query_max_concurrency).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start {} query threads ({} MiB of stack each): {e}; lower \
+                 --query-max-concurrency",
+                config.query_max_concurrency,
+                crate::promql::QUERY_STACK_BYTES >> 20
+            )
+        })?;
+    if threads != config.query_max_concurrency {
+        tracing::warn!(
+            query_threads = threads,
+            query_max_concurrency = config.query_max_concurrency,
+            "the query threads were started before; the setting applies at the next start"
+        );
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let store = Storage::open(

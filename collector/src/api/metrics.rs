@@ -161,6 +161,26 @@ pub async fn gather(st: &ApiState) -> Vec<Family> {
     }
     out.extend(super::shippers::metrics(st));
 
+    let mut q = Family::new(
+        "kappie_queries",
+        Kind::Gauge,
+        "PromQL evaluations running on a query thread, and waiting for one.",
+    );
+    for (state, v) in [
+        ("running", &crate::promql::QUERIES_RUNNING),
+        ("waiting", &crate::promql::QUERIES_WAITING),
+    ] {
+        q.push("", &[("state", state)], n(v.load(Relaxed) as u64));
+    }
+    out.push(q);
+    let mut c = Family::new(
+        "kappie_query_concurrency_max",
+        Kind::Gauge,
+        "Query threads: PromQL evaluations that run at once (--query-max-concurrency).",
+    );
+    c.push("", &[], crate::promql::query_concurrency() as f64);
+    out.push(c);
+
     let mut h = Family::new(
         "kappie_query_duration_seconds",
         Kind::Histogram,

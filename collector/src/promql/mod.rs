@@ -78,22 +78,98 @@ pub enum EvalError {
 /// only as deep as a query goes.
 pub const QUERY_STACK_BYTES: usize = 1 << 30;
 
-/// Runs `f` on a thread of its own with a stack of [`QUERY_STACK_BYTES`] and waits for it.
-/// Everything that holds a parsed query runs in here: a query nested thousands deep
-/// (`1+1+...+1`) overflowed the 2 MiB stack of a runtime thread and aborted the process.
-pub fn on_query_stack<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R, EvalError> {
-    std::thread::scope(|s| {
-        let handle = std::thread::Builder::new()
-            .name("kappie-query".into())
+/// Threads that evaluate queries when [`set_query_concurrency`] was not called (Prometheus's
+/// `--query.max-concurrency` default).
+pub const DEFAULT_QUERY_CONCURRENCY: usize = 20;
+
+static QUERY_THREADS: std::sync::OnceLock<Result<rayon::ThreadPool, String>> =
+    std::sync::OnceLock::new();
+
+fn query_threads(n: usize) -> &'static Result<rayon::ThreadPool, String> {
+    QUERY_THREADS.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
             .stack_size(QUERY_STACK_BYTES)
-            .spawn_scoped(s, f)
-            .map_err(|e| {
-                EvalError::Execution(format!("cannot start a thread for the query: {e}"))
-            })?;
-        Ok(handle
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .thread_name(|i| format!("kappie-query-{i}"))
+            .build()
+            .map_err(|e| e.to_string())
     })
+}
+
+/// Sets how many queries are evaluated at once (more wait their turn); takes effect only
+/// before the first query. Returns the number in effect.
+pub fn set_query_concurrency(n: usize) -> Result<usize, String> {
+    match query_threads(n) {
+        Ok(p) => Ok(p.current_num_threads()),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// Runs `f` on one of the query threads, each with a stack of [`QUERY_STACK_BYTES`], and
+/// waits for it. Everything that holds a parsed query runs in here: a query nested
+/// thousands deep (`1+1+...+1`) overflowed the 2 MiB stack of a runtime thread and aborted
+/// the process. The threads live as long as the process: a thread started per query
+/// (before 2026-12-02) cost no more CPU, but on a loaded machine each new thread waited
+/// for the scheduler, and queries took up to 3x Prometheus's time where the same work on a
+/// thread that already existed took 0.7x (docs/BENCHMARKS.md).
+pub fn on_query_stack<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R, EvalError> {
+    match query_threads(DEFAULT_QUERY_CONCURRENCY) {
+        Ok(p) => Ok(p.install(f)),
+        Err(e) => Err(EvalError::Execution(format!(
+            "cannot start the query threads: {e}"
+        ))),
+    }
+}
+
+/// Evaluations waiting for a query thread, and running on one (`/metrics`:
+/// `kappie_queries`).
+pub static QUERIES_WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub static QUERIES_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The number of query threads (0 before the first query or [`set_query_concurrency`]).
+pub fn query_concurrency() -> usize {
+    match QUERY_THREADS.get() {
+        Some(Ok(p)) => p.current_num_threads(),
+        _ => 0,
+    }
+}
+
+/// [`on_query_stack`] for an evaluation: the time it waited for a query thread counts
+/// against `limits.timeout`, as in Prometheus.
+fn run_query<R: Send>(
+    limits: &QueryLimits,
+    f: impl FnOnce(&QueryLimits) -> Result<R, EvalError> + Send,
+) -> Result<R, EvalError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let asked = std::time::Instant::now();
+    QUERIES_WAITING.fetch_add(1, Relaxed);
+    let mut waiting = Some(scopeguard_sub(&QUERIES_WAITING));
+    on_query_stack(|| {
+        drop(waiting.take());
+        QUERIES_RUNNING.fetch_add(1, Relaxed);
+        let _running = scopeguard_sub(&QUERIES_RUNNING);
+        let waited = asked.elapsed();
+        if waited >= limits.timeout {
+            return Err(EvalError::Timeout(
+                "query timed out in query queue (--query-max-concurrency queries were running)"
+                    .into(),
+            ));
+        }
+        let mut left = limits.clone();
+        left.timeout -= waited;
+        f(&left)
+    })?
+}
+
+/// Takes one from `n` when dropped (also when the evaluation panics).
+fn scopeguard_sub(n: &'static std::sync::atomic::AtomicUsize) -> impl Drop {
+    struct Sub(&'static std::sync::atomic::AtomicUsize);
+    impl Drop for Sub {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    Sub(n)
 }
 
 /// Parses `query` once its token count is within `max_tokens` (see
@@ -151,7 +227,7 @@ pub fn parse(query: &str, max_tokens: usize) -> Result<Expr, EvalError> {
         .map_err(EvalError::Parse)
 }
 
-/// Parses and evaluates `query` at `t` (milliseconds), on a thread of its own
+/// Parses and evaluates `query` at `t` (milliseconds), on a query thread
 /// ([`on_query_stack`]).
 pub fn instant_query(
     q: &(dyn Querier + Sync),
@@ -159,7 +235,7 @@ pub fn instant_query(
     t: i64,
     limits: &QueryLimits,
 ) -> Result<Value, EvalError> {
-    on_query_stack(|| instant_query_here(q, query, t, limits))?
+    run_query(limits, |l| instant_query_here(q, query, t, l))
 }
 
 fn instant_query_here(
@@ -200,7 +276,7 @@ fn instant_query_here(
 }
 
 /// Parses and evaluates `query` at every step of `[start, end]` (milliseconds), on a
-/// thread of its own ([`on_query_stack`]).
+/// query thread ([`on_query_stack`]).
 pub fn range_query(
     q: &(dyn Querier + Sync),
     query: &str,
@@ -209,7 +285,7 @@ pub fn range_query(
     step: i64,
     limits: &QueryLimits,
 ) -> Result<Value, EvalError> {
-    on_query_stack(|| range_query_here(q, query, start, end, step, limits))?
+    run_query(limits, |l| range_query_here(q, query, start, end, step, l))
 }
 
 fn range_query_here(
@@ -348,8 +424,8 @@ pub(crate) fn matcher_sets(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, Eva
         .collect()
 }
 
-/// Parses a series selector (the `match[]` of the series and label endpoints), on a thread
-/// of its own ([`on_query_stack`]): the text may be any query.
+/// Parses a series selector (the `match[]` of the series and label endpoints), on a query
+/// thread ([`on_query_stack`]): the text may be any query.
 pub fn series_selector(text: &str, max_tokens: usize) -> Result<Vec<Vec<Matcher>>, EvalError> {
     on_query_stack(|| match parse(text, max_tokens)? {
         Expr::VectorSelector(vs) if vs.offset.is_none() && vs.at.is_none() => matcher_sets(&vs),

@@ -15,8 +15,8 @@
 //! started here on loopback with its own data directory) and into a Prometheus started
 //! here; then every query runs `--runs` times against each, alternating, through the HTTP
 //! API. It prints median and p99 latency per query, the ratio of the medians and their
-//! geometric mean, and whether the answers agree (same series, values equal to 1e-9
-//! relative).
+//! geometric mean, the answering process's CPU time per query (`/proc/<pid>/stat`; on a loaded machine wall time measures the scheduler as much as the work),
+//! and whether the answers agree (same series, values equal to 1e-9 relative).
 //!
 //! Needs `prometheus` on the PATH (`apt-get install prometheus`) and the collector binary
 //! (`cargo build --release -p kappie-collector`).
@@ -164,6 +164,21 @@ const KAPPIE_QUERIES: &[Query] = &[
         true,
     ),
 ];
+
+/// CPU time (user + system) of process `pid` so far, in milliseconds, from
+/// `/proc/<pid>/stat`: it includes threads that have exited (the collector runs each query on
+/// a thread of its own), at the clock tick's resolution (10 ms a reading; summed over the
+/// runs, the error is a few tenths of a millisecond a query).
+fn cpu_ms(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|x| x.parse::<f64>().ok()))
+        .sum();
+    ticks * 10.0
+}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -444,12 +459,14 @@ fn main() -> anyhow::Result<()> {
     let secs = |ms: i64| format!("{}", ms as f64 / 1000.0);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "| query ({n_series} series, {} runs, load {}) | Kappie median | Kappie p99 | Prometheus median | Prometheus p99 | Kappie / Prometheus | answers |",
+        "| query ({n_series} series, {} runs, load {}) | Kappie median | Kappie p99 | Prometheus median | Prometheus p99 | Kappie / Prometheus | CPU per query, Kappie / Prometheus | answers |",
         args.runs,
         load.split_whitespace().next().unwrap_or("?")
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
+    let pids = [kappie.pid(), p.pid()];
     let mut log_ratios = Vec::new();
+    let mut log_cpu_ratios = Vec::new();
     for (name, q, range) in queries {
         if args
             .only
@@ -459,12 +476,16 @@ fn main() -> anyhow::Result<()> {
             continue;
         }
         let mut lat = [Vec::new(), Vec::new()];
+        // CPU time of the answering process across the counted runs (background work of
+        // either process during a request is counted too).
+        let mut cpu = [0.0f64, 0.0f64];
         let mut answers = [BTreeMap::new(), BTreeMap::new()];
         // Points in which each system's last answer differs from its first (Prometheus
         // breaks `topk` ties over an aggregation in the order of a Go map, which varies).
         let mut unstable = [0usize, 0usize];
         for run in 0..args.runs + 1 {
             for (k, base) in [&kbase, &p.base].into_iter().enumerate() {
+                let cpu_before = cpu_ms(pids[k]);
                 let t = Instant::now();
                 let body = if *range {
                     prom::get_json(
@@ -483,12 +504,14 @@ fn main() -> anyhow::Result<()> {
                     )
                 };
                 let ms = t.elapsed().as_secs_f64() * 1000.0;
+                let cpu_used = cpu_ms(pids[k]) - cpu_before;
                 if body["status"] != "success" {
                     bail!("{name} failed on {base}: {body}");
                 }
                 // The first run of each warms caches and is not counted.
                 if run > 0 {
                     lat[k].push(ms);
+                    cpu[k] += cpu_used;
                 } else {
                     answers[k] = answer(&body);
                 }
@@ -510,12 +533,17 @@ fn main() -> anyhow::Result<()> {
         }
         let ratio = percentile(&lat[0], 0.5) / percentile(&lat[1], 0.5);
         log_ratios.push(ratio.ln());
+        let runs = args.runs.max(1) as f64;
+        let cpu_ratio = cpu[0] / cpu[1];
+        log_cpu_ratios.push(cpu_ratio.ln());
         println!(
-            "| `{name}` | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {ratio:.2} | {} |",
+            "| `{name}` | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {ratio:.2} | {:.1} / {:.1} ms ({cpu_ratio:.2}) | {} |",
             percentile(&lat[0], 0.5),
             percentile(&lat[0], 0.99),
             percentile(&lat[1], 0.5),
             percentile(&lat[1], 0.99),
+            cpu[0] / runs,
+            cpu[1] / runs,
             match (diff, unstable) {
                 (0, _) => format!("{} series, equal", answers[0].len()),
                 (_, [0, 0]) => format!("{} series, {diff} points differ", answers[0].len()),
@@ -528,9 +556,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let gm = (log_ratios.iter().sum::<f64>() / log_ratios.len().max(1) as f64).exp();
+    let gm_cpu = (log_cpu_ratios.iter().sum::<f64>() / log_cpu_ratios.len().max(1) as f64).exp();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "| geometric mean of Kappie / Prometheus medians (load after: {}) | | | | | {gm:.2} | |",
+        "| geometric mean of Kappie / Prometheus medians, and of CPU (load after: {}) | | | | | {gm:.2} | {gm_cpu:.2} | |",
         load.split_whitespace().next().unwrap_or("?")
     );
     drop(kappie);
