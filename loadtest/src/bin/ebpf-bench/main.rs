@@ -18,6 +18,11 @@
 //! `tp_btf/kfree_skb`); one more attached round with `kernel.bpf_stats_enabled=1` gives the
 //! ns per run and checks that Kappie counted exactly the drops the interface saw.
 //!
+//! Then, in the same iperf3 and storm setups (unless `--floor-rounds 0`), the live floor of the
+//! tc hook: reference programs (empty; map lookup and adds only) and Kappie's tc programs
+//! attached one at a time, interleaved, with bpf_stats on (`floor.rs`). `--only-floor` skips
+//! the throughput and CPU rounds before it.
+//!
 //! Needs root, iperf3 (`apt-get install iperf3`) and, for `--storm-target nft`, nft.
 
 use anyhow::{bail, Context};
@@ -26,6 +31,8 @@ use kappie_node_shipper::sources::ebpf::{EbpfConfig, EbpfSource};
 use kappie_testkit::{Netns, Proc, Veth};
 use std::collections::HashMap;
 use std::time::Duration;
+
+mod floor;
 
 #[derive(Parser)]
 struct Args {
@@ -50,6 +57,16 @@ struct Args {
     /// Where the storm's datagrams die: `nft` (a drop rule) or `closed-port`.
     #[arg(long, default_value = "nft")]
     storm_target: String,
+    /// Rounds of the tc floor comparison in each setup (0: none).
+    #[arg(long, default_value_t = 5)]
+    floor_rounds: usize,
+    /// Other forward objects (e.g. `git show main:ebpf/forward.bpf.o`) whose tc programs
+    /// join the floor comparison; repeatable.
+    #[arg(long)]
+    compare_object: Vec<std::path::PathBuf>,
+    /// Only the floor comparison: skip the attached / not attached rounds.
+    #[arg(long)]
+    only_floor: bool,
 }
 
 fn iperf(client: &Netns, server_addr: &str, seconds: u32) -> anyhow::Result<f64> {
@@ -128,6 +145,48 @@ fn throughput(args: &Args) -> anyhow::Result<()> {
         &log,
     );
     std::thread::sleep(Duration::from_millis(500));
+    iperf(&client, &addr, 1)?; // warm-up
+    if !args.only_floor {
+        throughput_rounds(args, &client, &server, &veth, &addr)?;
+    }
+    if args.floor_rounds > 0 {
+        let mut variants = floor::variants("iperf", &args.compare_object)?;
+        let ifindex = ifindex(&server, &veth.b_if)?;
+        floor::rounds(
+            &format!("iperf3 TCP, {} s rounds", args.seconds),
+            &mut variants,
+            args.floor_rounds,
+            &server,
+            &veth.b_if,
+            ifindex,
+            || {
+                let bps = iperf(&client, &addr, args.seconds)?;
+                Ok(floor::Work {
+                    rx_packets: None,
+                    note: format!("{:.2} Gbit/s", bps / 1e9),
+                })
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// The interface index of `ifname` in `ns`.
+fn ifindex(ns: &Netns, ifname: &str) -> anyhow::Result<u32> {
+    ns.output("cat", &[&format!("/sys/class/net/{ifname}/ifindex")])
+        .trim()
+        .parse()
+        .context("ifindex")
+}
+
+/// iperf3 rounds alternately without and with Kappie's programs, then one with bpf_stats.
+fn throughput_rounds(
+    args: &Args,
+    client: &Netns,
+    server: &Netns,
+    veth: &Veth,
+    addr: &str,
+) -> anyhow::Result<()> {
     let pin_dir =
         std::path::PathBuf::from(format!("/sys/fs/bpf/kappie-bench-{}", std::process::id()));
     let config = EbpfConfig {
@@ -141,14 +200,13 @@ fn throughput(args: &Args) -> anyhow::Result<()> {
 
     let (mut with, mut without) = (Vec::new(), Vec::new());
     let mut stats: HashMap<String, (Duration, u64)> = HashMap::new();
-    iperf(&client, &addr, 1)?; // warm-up
     for round in 0..args.rounds {
-        let bps = iperf(&client, &addr, args.seconds)?;
+        let bps = iperf(client, addr, args.seconds)?;
         without.push(bps);
         let src = server
             .enter(|| EbpfSource::start(&config))
             .context("attach Kappie's programs")?;
-        let bps = iperf(&client, &addr, args.seconds)?;
+        let bps = iperf(client, addr, args.seconds)?;
         with.push(bps);
         src.detach();
         let _ = std::fs::remove_dir_all(&pin_dir);
@@ -165,7 +223,7 @@ fn throughput(args: &Args) -> anyhow::Result<()> {
     let src = server
         .enter(|| EbpfSource::start(&config))
         .context("attach Kappie's programs")?;
-    iperf(&client, &addr, args.seconds)?;
+    iperf(client, addr, args.seconds)?;
     add_stats(&mut stats, &src);
     src.detach();
     let _ = std::fs::remove_dir_all(&pin_dir);
@@ -318,6 +376,47 @@ fn drop_storm(args: &Args) -> anyhow::Result<()> {
         "/var/run/netns/{}",
         server.name
     ))?) as u32;
+    storm_round(&client, &server, &veth.b_if, target, 1.0)?; // warm-up
+    if !args.only_floor {
+        storm_rounds(args, &client, &server, &veth, target, netns, reason_name)?;
+    }
+    if args.floor_rounds > 0 {
+        let mut variants = floor::variants("storm", &args.compare_object)?;
+        let ifindex = ifindex(&server, &veth.b_if)?;
+        floor::rounds(
+            &format!(
+                "drop storm into {} ({reason_name}), {} s rounds",
+                args.storm_target, args.storm_seconds
+            ),
+            &mut variants,
+            args.floor_rounds,
+            &server,
+            &veth.b_if,
+            ifindex,
+            || {
+                let (drops, _) =
+                    storm_round(&client, &server, &veth.b_if, target, args.storm_seconds)?;
+                Ok(floor::Work {
+                    rx_packets: Some(drops),
+                    note: format!("{:.0} drops/s", drops as f64 / args.storm_seconds),
+                })
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Storm rounds alternately without and with Kappie's programs, then one with bpf_stats
+/// that checks Kappie's drop count.
+fn storm_rounds(
+    args: &Args,
+    client: &Netns,
+    server: &Netns,
+    veth: &Veth,
+    target: std::net::SocketAddrV4,
+    netns: u32,
+    reason_name: &str,
+) -> anyhow::Result<()> {
     let pin_dir =
         std::path::PathBuf::from(format!("/sys/fs/bpf/kappie-storm-{}", std::process::id()));
     let config = EbpfConfig {
@@ -332,15 +431,14 @@ fn drop_storm(args: &Args) -> anyhow::Result<()> {
     let per_million = |(drops, cpu): (u64, u64)| cpu as f64 / 1e6 / (drops as f64 / 1e6);
     let (mut with, mut without) = (Vec::new(), Vec::new());
     let (mut rate_with, mut rate_without) = (Vec::new(), Vec::new());
-    storm_round(&client, &server, &veth.b_if, target, 1.0)?; // warm-up
     for round in 0..args.storm_rounds {
-        let r = storm_round(&client, &server, &veth.b_if, target, args.storm_seconds)?;
+        let r = storm_round(client, server, &veth.b_if, target, args.storm_seconds)?;
         without.push(per_million(r));
         rate_without.push(r.0 as f64 / args.storm_seconds);
         let src = server
             .enter(|| EbpfSource::start(&config))
             .context("attach Kappie's programs")?;
-        let r = storm_round(&client, &server, &veth.b_if, target, args.storm_seconds)?;
+        let r = storm_round(client, server, &veth.b_if, target, args.storm_seconds)?;
         with.push(per_million(r));
         rate_with.push(r.0 as f64 / args.storm_seconds);
         src.detach();
@@ -370,7 +468,7 @@ fn drop_storm(args: &Args) -> anyhow::Result<()> {
             .sum()
     };
     let before = counted(&src.snapshot()?);
-    let (drops, _) = storm_round(&client, &server, &veth.b_if, target, args.storm_seconds)?;
+    let (drops, _) = storm_round(client, server, &veth.b_if, target, args.storm_seconds)?;
     let after = counted(&src.snapshot()?);
     let mut stats = HashMap::new();
     add_stats(&mut stats, &src);
