@@ -1,4 +1,5 @@
-//! The [`Appender`] of [`Storage`]: validate against the head, append one record to the
+//! The [`Appender`] of [`Storage`]: validate against the head (and the commits in the
+//! pipeline, see `pipeline`), append one record to the
 //! log and fsync it, then apply to sled, the head and staging (see `Storage::mark_durable`
 //! for what is durable when).
 
@@ -6,6 +7,7 @@ use crate::db::{
     corrupt, read_lock, series_keys, write_lock, CommitReport, Storage, StorageStats, Writes,
 };
 use crate::head::{append_to_head, HeadMap};
+use crate::pipeline::InFlight;
 use crate::{wal, Appender, Labels, SeriesId, StorageError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,6 +17,10 @@ use std::sync::Arc;
 type Created = (Arc<[u8]>, SeriesId);
 /// An accepted sample: series, time, value.
 type Accepted = (SeriesId, i64, f64);
+/// Each series' last accepted time and value bits in one commit.
+type LastAccepted = HeadMap<SeriesId, (i64, u64)>;
+/// Ingest-state writes: key, value (`None`: removed).
+type MetaWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 impl Storage {
     /// Starts an atomic write.
@@ -98,31 +104,66 @@ impl Appender for StorageAppender {
             new_series,
         } = self;
         let inner = &store.inner;
-        let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
-        store.check_writable()?;
-        let mut batch = Writes::default();
-        let (ids, created) = assign_ids(&store, &samples, &new_series, &mut batch);
-        let (accepted, report) = validate(&store, &samples, &ids)?;
-        let seq = log(&store, meta, &created, &accepted)?;
-        // Durable in the log; sled catches up on its own (the log is replayed after a crash).
-        // A failure from here on leaves memory and disk apart: no more writes until reopened.
-        if let Err(e) = batch
-            .apply(&inner.main)
-            .and_then(|()| apply(&store, created, &accepted, seq))
-        {
-            store.stop_writes(&e);
-            return Err(e);
-        }
-        count(&inner.stats, &report, &accepted);
-        Ok(report)
+        // Validation, serial: ids, and time per series against the head and against the
+        // commits still in the pipeline (see `pipeline`).
+        let (turn, batch, created, accepted, report) = {
+            let mut w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+            let next = inner.next_wal.load(Ordering::SeqCst);
+            if inner.pipeline.failed() {
+                inner.pipeline.drain(next);
+                w.clear();
+            } else {
+                w.prune(inner.pipeline.applied_before(), next);
+            }
+            store.check_writable()?;
+            let mut batch = Writes::default();
+            let (ids, created) = assign_ids(&store, &w, &samples, &new_series, &mut batch);
+            let (accepted, last, report) = validate(&store, &w, &samples, &ids)?;
+            let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
+            // From here on the commit holds a turn in each of the pipeline's stages.
+            let turn = inner.pipeline.turn(seq);
+            for (id, (t, bits)) in last {
+                w.last.insert(id, (t, bits, seq));
+            }
+            for (enc, id) in &created {
+                w.created.insert(enc.clone(), (*id, seq));
+            }
+            (turn, batch, created, accepted, report)
+        };
+        let seq = turn.seq();
+        let (frame, meta) = log_frame(seq, &created, meta, &accepted);
+        let logged = frame.is_some();
+        turn.run(&inner.wal, frame, || {
+            if logged {
+                inner.last_record.store(seq, Ordering::SeqCst);
+                // Durable in the log: visible to reads now, into sled at the next durable
+                // mark.
+                let mut pending = inner.meta_pending.lock().unwrap_or_else(|e| e.into_inner());
+                for (k, v) in meta {
+                    pending.insert(k, (seq, v));
+                }
+            }
+            // Sled catches up on its own (the log is replayed after a crash). A failure from
+            // here on leaves memory and disk apart: no more writes until reopened.
+            if let Err(e) = batch
+                .apply(&inner.main)
+                .and_then(|()| apply(&store, created, &accepted, seq))
+            {
+                store.stop_writes(&e);
+                return Err(e);
+            }
+            count(&inner.stats, &report, &accepted);
+            Ok(report)
+        })
     }
 }
 
-/// Ids for the appended series the head does not know (another commit may have created
-/// them meanwhile), with their sled entries queued in `batch`; returns every new series'
-/// id and those created here.
+/// Ids for the appended series the head does not know (a commit applied or still in the
+/// pipeline may have created them meanwhile), with their sled entries queued in `batch`;
+/// returns every new series' id and those created here.
 fn assign_ids(
     store: &Storage,
+    in_flight: &InFlight,
     samples: &[(Arc<[u8]>, i64, f64)],
     new_series: &HashMap<Arc<[u8]>, Labels>,
     batch: &mut Writes,
@@ -139,7 +180,11 @@ fn assign_ids(
     }
     let head = read_lock(&inner.head);
     for (enc, labels) in new_series {
-        if let Some(id) = head.by_labels.get(enc) {
+        let known = head
+            .by_labels
+            .get(enc)
+            .or_else(|| in_flight.created.get(enc).map(|(id, _)| id));
+        if let Some(id) = known {
             ids.insert(enc.clone(), *id);
             continue;
         }
@@ -152,21 +197,23 @@ fn assign_ids(
     (ids, created)
 }
 
-/// The samples that keep each series' time strictly increasing (against the head and
-/// within this append), and what was refused.
+/// The samples that keep each series' time strictly increasing (against the head, the
+/// commits in the pipeline and within this append), the last accepted (time, value bits)
+/// of each series, and what was refused.
 fn validate(
     store: &Storage,
+    in_flight: &InFlight,
     samples: &[(Arc<[u8]>, i64, f64)],
     ids: &HashMap<Arc<[u8]>, SeriesId>,
-) -> Result<(Vec<Accepted>, CommitReport), StorageError> {
+) -> Result<(Vec<Accepted>, LastAccepted, CommitReport), StorageError> {
     let inner = &store.inner;
     let mut report = CommitReport::default();
     let min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
     let mut accepted: Vec<(SeriesId, i64, f64)> = Vec::with_capacity(samples.len());
     let mut unknown_last: Vec<(SeriesId, i64, f64)> = Vec::new();
+    let mut last = LastAccepted::default();
     {
         let head = read_lock(&inner.head);
-        let mut last: HeadMap<SeriesId, (i64, u64)> = HeadMap::default();
         last.reserve(samples.len());
         let mut prev_series: Option<(&Arc<[u8]>, SeriesId)> = None;
         for (enc, t, v) in samples {
@@ -178,15 +225,19 @@ fn validate(
                 },
             };
             prev_series = Some((enc, id));
-            let prev = last.get(&id).copied().or_else(|| {
-                let s = head.series.get(&id)?;
-                let lv = s
-                    .head
-                    .as_ref()
-                    .and_then(|h| h.app.last())
-                    .map(|(_, v)| v.to_bits());
-                (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
-            });
+            let prev = last
+                .get(&id)
+                .copied()
+                .or_else(|| in_flight.last.get(&id).map(|&(t, bits, _)| (t, bits)))
+                .or_else(|| {
+                    let s = head.series.get(&id)?;
+                    let lv = s
+                        .head
+                        .as_ref()
+                        .and_then(|h| h.app.last())
+                        .map(|(_, v)| v.to_bits());
+                    (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
+                });
             if *t < min_valid {
                 report.too_old += 1;
                 continue;
@@ -222,43 +273,31 @@ fn validate(
         }
     }
     report.appended = accepted.len();
-    Ok((accepted, report))
+    Ok((accepted, last, report))
 }
 
-/// Appends the commit's record to the log and fsyncs it (the acknowledgement's
-/// precondition, see `Storage::mark_durable`); its ingest-state writes become pending for
-/// the next durable mark. Returns the record's sequence.
-fn log(
-    store: &Storage,
-    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    created: &[(Arc<[u8]>, SeriesId)],
-    accepted: &[(SeriesId, i64, f64)],
-) -> Result<u64, StorageError> {
-    let inner = &store.inner;
-    let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
-    if !accepted.is_empty() || !created.is_empty() || !meta.is_empty() {
-        let rec = wal::Record {
-            seq,
-            series: created
-                .iter()
-                .map(|(enc, id)| (*id, enc.to_vec()))
-                .collect(),
-            meta,
-            samples: accepted.to_vec(),
-        };
-        inner
-            .wal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .append(&rec)?;
-        inner.last_record.store(seq, Ordering::SeqCst);
-        // Durable in the log: visible to reads now, into sled at the next durable mark.
-        let mut pending = inner.meta_pending.lock().unwrap_or_else(|e| e.into_inner());
-        for (k, v) in rec.meta {
-            pending.insert(k, (seq, v));
-        }
+/// The commit's log frame (`None`: it changes nothing the log keeps), built outside the
+/// write lock, and its ingest-state writes given back.
+fn log_frame(
+    seq: u64,
+    created: &[Created],
+    meta: MetaWrites,
+    accepted: &[Accepted],
+) -> (Option<Vec<u8>>, MetaWrites) {
+    if accepted.is_empty() && created.is_empty() && meta.is_empty() {
+        return (None, meta);
     }
-    Ok(seq)
+    let rec = wal::Record {
+        seq,
+        series: created
+            .iter()
+            .map(|(enc, id)| (*id, enc.to_vec()))
+            .collect(),
+        meta,
+        samples: accepted.to_vec(),
+    };
+    let frame = wal::frame(&rec.encode());
+    (Some(frame), rec.meta)
 }
 
 /// Makes a logged commit visible: new series and samples into the head, cut chunks staged
