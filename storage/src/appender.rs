@@ -26,7 +26,9 @@ impl Storage {
     /// Starts an atomic write.
     pub fn appender(&self) -> StorageAppender {
         StorageAppender {
+            removed: self.inner.series_removed.load(Ordering::SeqCst),
             store: self.clone(),
+            runs: Vec::new(),
             samples: Vec::new(),
             meta: Vec::new(),
             new_series: HashMap::new(),
@@ -34,10 +36,26 @@ impl Storage {
     }
 }
 
+/// Consecutive appended samples of one series (remote write sends a series' samples
+/// together), so that the series is looked up once per run, not per sample.
+struct Run {
+    enc: Arc<[u8]>,
+    /// The head's id of the series when it was appended (`None`: new to the head then).
+    id: Option<SeriesId>,
+    /// End of the run's samples in `StorageAppender::samples`.
+    end: usize,
+}
+
 /// The [`Appender`] of [`Storage`].
 pub struct StorageAppender {
     store: Storage,
-    samples: Vec<(Arc<[u8]>, i64, f64)>,
+    /// `Inner::series_removed` before the ids in `runs` were looked up: while it is
+    /// unchanged they are still the head's.
+    removed: u64,
+    /// Consecutive samples of one series.
+    runs: Vec<Run>,
+    /// (time, value) of every run, in order.
+    samples: Vec<(i64, f64)>,
     meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     new_series: HashMap<Arc<[u8]>, Labels>,
 }
@@ -52,33 +70,38 @@ impl StorageAppender {
         t: i64,
         v: f64,
     ) -> Result<(), StorageError> {
-        // A series' samples usually come together (remote write): look it up once.
-        let same_as_last = self
-            .samples
-            .last()
-            .is_some_and(|(e, _, _)| Arc::ptr_eq(e, enc));
-        if !same_as_last
-            && !read_lock(&self.store.inner.head)
+        let same_as_last = self.runs.last().is_some_and(|r| Arc::ptr_eq(&r.enc, enc));
+        if !same_as_last {
+            let id = read_lock(&self.store.inner.head)
                 .by_labels
-                .contains_key(enc)
-        {
-            // A series the store has passed this check when it was created.
-            if labels.get("__name__").is_none() {
-                return Err(StorageError::InvalidLabels(
-                    "series without __name__".into(),
-                ));
+                .get(enc)
+                .copied();
+            if id.is_none() {
+                // A series the store has passed this check when it was created.
+                if labels.get("__name__").is_none() {
+                    return Err(StorageError::InvalidLabels(
+                        "series without __name__".into(),
+                    ));
+                }
+                self.new_series
+                    .entry(enc.clone())
+                    .or_insert_with(|| labels.clone());
             }
-            self.new_series
-                .entry(enc.clone())
-                .or_insert_with(|| labels.clone());
+            self.runs.push(Run {
+                enc: enc.clone(),
+                id,
+                end: 0,
+            });
         }
-        self.samples.push((enc.clone(), t, v));
+        self.samples.push((t, v));
+        self.runs.last_mut().expect("pushed above").end = self.samples.len();
         Ok(())
     }
 
     /// Room for `n` more samples.
     pub fn reserve(&mut self, n: usize) {
         self.samples.reserve(n);
+        self.runs.reserve(n / 4);
     }
 }
 
@@ -99,6 +122,8 @@ impl Appender for StorageAppender {
     fn commit(self) -> Result<CommitReport, StorageError> {
         let StorageAppender {
             store,
+            removed,
+            runs,
             samples,
             meta,
             new_series,
@@ -117,8 +142,16 @@ impl Appender for StorageAppender {
             }
             store.check_writable()?;
             let mut batch = Writes::default();
-            let (ids, created) = assign_ids(&store, &w, &samples, &new_series, &mut batch);
-            let (accepted, last, report) = validate(&store, &w, &samples, &ids)?;
+            let (ids, created) = assign_ids(&store, &w, &runs, &samples, &new_series, &mut batch);
+            // Ids looked up when appended are still the head's unless series were removed
+            // since (retention, under the write lock).
+            let ids_current = inner.series_removed.load(Ordering::SeqCst) == removed;
+            let appended = Appended {
+                runs: &runs,
+                samples: &samples,
+                ids_current,
+            };
+            let (accepted, last, report) = validate(&store, &w, &appended, &ids)?;
             let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
             // From here on the commit holds a turn in each of the pipeline's stages.
             let turn = inner.pipeline.turn(seq);
@@ -164,7 +197,8 @@ impl Appender for StorageAppender {
 fn assign_ids(
     store: &Storage,
     in_flight: &InFlight,
-    samples: &[(Arc<[u8]>, i64, f64)],
+    runs: &[Run],
+    samples: &[(i64, f64)],
     new_series: &HashMap<Arc<[u8]>, Labels>,
     batch: &mut Writes,
 ) -> (HashMap<Arc<[u8]>, SeriesId>, Vec<Created>) {
@@ -173,9 +207,15 @@ fn assign_ids(
     let mut created: Vec<(Arc<[u8]>, SeriesId)> = Vec::new();
     let mut first_times: HashMap<&Arc<[u8]>, i64> = HashMap::new();
     if !new_series.is_empty() {
-        for (enc, t, _) in samples {
-            let e = first_times.entry(enc).or_insert(*t);
-            *e = (*e).min(*t);
+        let mut start = 0;
+        for r in runs {
+            if r.id.is_none() {
+                if let Some(t) = samples[start..r.end].iter().map(|s| s.0).min() {
+                    let e = first_times.entry(&r.enc).or_insert(t);
+                    *e = (*e).min(t);
+                }
+            }
+            start = r.end;
         }
     }
     let head = read_lock(&inner.head);
@@ -197,65 +237,82 @@ fn assign_ids(
     (ids, created)
 }
 
+/// An appender's samples as validation reads them.
+struct Appended<'a> {
+    runs: &'a [Run],
+    samples: &'a [(i64, f64)],
+    /// The runs' ids are still the head's (no series was removed since they were looked up).
+    ids_current: bool,
+}
+
 /// The samples that keep each series' time strictly increasing (against the head, the
 /// commits in the pipeline and within this append), the last accepted (time, value bits)
 /// of each series, and what was refused.
 fn validate(
     store: &Storage,
     in_flight: &InFlight,
-    samples: &[(Arc<[u8]>, i64, f64)],
+    appended: &Appended,
     ids: &HashMap<Arc<[u8]>, SeriesId>,
 ) -> Result<(Vec<Accepted>, LastAccepted, CommitReport), StorageError> {
     let inner = &store.inner;
     let mut report = CommitReport::default();
     let min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
-    let mut accepted: Vec<(SeriesId, i64, f64)> = Vec::with_capacity(samples.len());
+    let mut accepted: Vec<(SeriesId, i64, f64)> = Vec::with_capacity(appended.samples.len());
     let mut unknown_last: Vec<(SeriesId, i64, f64)> = Vec::new();
     let mut last = LastAccepted::default();
-    {
-        let head = read_lock(&inner.head);
-        last.reserve(samples.len());
-        let mut prev_series: Option<(&Arc<[u8]>, SeriesId)> = None;
-        for (enc, t, v) in samples {
-            let id = match prev_series {
-                Some((p, id)) if Arc::ptr_eq(p, enc) => id,
-                _ => match head.by_labels.get(enc).or_else(|| ids.get(enc)) {
-                    Some(id) => *id,
-                    None => return Err(corrupt("appended series has no id")),
-                },
-            };
-            prev_series = Some((enc, id));
-            let prev = last
-                .get(&id)
-                .copied()
-                .or_else(|| in_flight.last.get(&id).map(|&(t, bits, _)| (t, bits)))
-                .or_else(|| {
-                    let s = head.series.get(&id)?;
-                    let lv = s
-                        .head
-                        .as_ref()
-                        .and_then(|h| h.app.last())
-                        .map(|(_, v)| v.to_bits());
-                    (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
-                });
-            if *t < min_valid {
+    last.reserve(appended.runs.len());
+    let head = read_lock(&inner.head);
+    let mut start = 0;
+    for run in appended.runs {
+        let samples = &appended.samples[start..run.end];
+        start = run.end;
+        let id = match run.id.filter(|_| appended.ids_current) {
+            Some(id) => id,
+            None => match head.by_labels.get(&run.enc).or_else(|| ids.get(&run.enc)) {
+                Some(id) => *id,
+                None => return Err(corrupt("appended series has no id")),
+            },
+        };
+        // The series' last (time, value bits): this commit's, then the pipeline's, then
+        // the head's (`u64::MAX`: the value is not in memory).
+        let mut prev = last
+            .get(&id)
+            .copied()
+            .or_else(|| in_flight.last.get(&id).map(|&(t, bits, _)| (t, bits)))
+            .or_else(|| {
+                let s = head.series.get(&id)?;
+                let lv = s
+                    .head
+                    .as_ref()
+                    .and_then(|h| h.app.last())
+                    .map(|(_, v)| v.to_bits());
+                (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
+            });
+        let mut took = false;
+        for &(t, v) in samples {
+            if t < min_valid {
                 report.too_old += 1;
                 continue;
             }
             match prev {
-                Some((pt, _)) if *t < pt => report.out_of_order += 1,
-                Some((pt, pv)) if *t == pt && pv == v.to_bits() => report.duplicates_ignored += 1,
+                Some((pt, _)) if t < pt => report.out_of_order += 1,
+                Some((pt, pv)) if t == pt && pv == v.to_bits() => report.duplicates_ignored += 1,
                 // The last value is not in memory (its chunk was cut, e.g. before a
                 // restart): decided from the stored chunk below.
-                Some((pt, u64::MAX)) if *t == pt => unknown_last.push((id, *t, *v)),
-                Some((pt, _)) if *t == pt => report.duplicate_timestamp += 1,
+                Some((pt, u64::MAX)) if t == pt => unknown_last.push((id, t, v)),
+                Some((pt, _)) if t == pt => report.duplicate_timestamp += 1,
                 _ => {
-                    last.insert(id, (*t, v.to_bits()));
-                    accepted.push((id, *t, *v));
+                    prev = Some((t, v.to_bits()));
+                    took = true;
+                    accepted.push((id, t, v));
                 }
             }
         }
+        if let (true, Some(p)) = (took, prev) {
+            last.insert(id, p);
+        }
     }
+    drop(head);
     // Resending exactly the last stored sample is a harmless retry, not a conflict.
     for (id, t, v) in unknown_last {
         let mut buf = Vec::new();

@@ -144,6 +144,9 @@ pub(crate) struct Inner {
     /// The ordered stages of commits after validation (log write, fsync, apply).
     pub pipeline: Pipeline,
     pub next_id: AtomicU64,
+    /// Raised whenever series are removed from the head (retention), so an appender knows
+    /// whether the ids it looked up are still valid.
+    pub series_removed: AtomicU64,
     pub next_wal: AtomicU64,
     /// Sequence of the newest record in the log (commits that change nothing write none).
     pub last_record: AtomicU64,
@@ -265,6 +268,7 @@ impl Storage {
             write: Mutex::new(InFlight::default()),
             pipeline: Pipeline::new(),
             next_id: AtomicU64::new(max_id + 1),
+            series_removed: AtomicU64::new(0),
             next_wal: AtomicU64::new(1),
             last_record: AtomicU64::new(0),
             min_valid_t: AtomicU64::new(i64::MIN as u64),

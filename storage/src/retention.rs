@@ -181,6 +181,7 @@ impl Storage {
                 .collect();
             for id in gone {
                 if let Some(s) = head.series.remove(&id) {
+                    inner.series_removed.fetch_add(1, Ordering::SeqCst);
                     head.by_labels.remove(&s.labels);
                     batch.series.push(id, crate::index::SeriesOp::Remove);
                     for l in crate::Labels::decode(&s.labels)?.iter() {
