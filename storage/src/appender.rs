@@ -1,4 +1,5 @@
-//! The [`Appender`] of [`Storage`]: validate against the head, append one record to the
+//! The [`Appender`] of [`Storage`]: validate against the head (and the commits in the
+//! pipeline, see `pipeline`), append one record to the
 //! log and fsync it, then apply to sled, the head and staging (see `Storage::mark_durable`
 //! for what is durable when).
 
@@ -6,6 +7,7 @@ use crate::db::{
     corrupt, read_lock, series_keys, write_lock, CommitReport, Storage, StorageStats, Writes,
 };
 use crate::head::{append_to_head, HeadMap};
+use crate::pipeline::InFlight;
 use crate::{wal, Appender, Labels, SeriesId, StorageError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,12 +17,18 @@ use std::sync::Arc;
 type Created = (Arc<[u8]>, SeriesId);
 /// An accepted sample: series, time, value.
 type Accepted = (SeriesId, i64, f64);
+/// Each series' last accepted time and value bits in one commit.
+type LastAccepted = HeadMap<SeriesId, (i64, u64)>;
+/// Ingest-state writes: key, value (`None`: removed).
+type MetaWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 impl Storage {
     /// Starts an atomic write.
     pub fn appender(&self) -> StorageAppender {
         StorageAppender {
+            removed: self.inner.series_removed.load(Ordering::SeqCst),
             store: self.clone(),
+            runs: Vec::new(),
             samples: Vec::new(),
             meta: Vec::new(),
             new_series: HashMap::new(),
@@ -28,10 +36,26 @@ impl Storage {
     }
 }
 
+/// Consecutive appended samples of one series (remote write sends a series' samples
+/// together), so that the series is looked up once per run, not per sample.
+struct Run {
+    enc: Arc<[u8]>,
+    /// The head's id of the series when it was appended (`None`: new to the head then).
+    id: Option<SeriesId>,
+    /// End of the run's samples in `StorageAppender::samples`.
+    end: usize,
+}
+
 /// The [`Appender`] of [`Storage`].
 pub struct StorageAppender {
     store: Storage,
-    samples: Vec<(Arc<[u8]>, i64, f64)>,
+    /// `Inner::series_removed` before the ids in `runs` were looked up: while it is
+    /// unchanged they are still the head's.
+    removed: u64,
+    /// Consecutive samples of one series.
+    runs: Vec<Run>,
+    /// (time, value) of every run, in order.
+    samples: Vec<(i64, f64)>,
     meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     new_series: HashMap<Arc<[u8]>, Labels>,
 }
@@ -46,33 +70,38 @@ impl StorageAppender {
         t: i64,
         v: f64,
     ) -> Result<(), StorageError> {
-        // A series' samples usually come together (remote write): look it up once.
-        let same_as_last = self
-            .samples
-            .last()
-            .is_some_and(|(e, _, _)| Arc::ptr_eq(e, enc));
-        if !same_as_last
-            && !read_lock(&self.store.inner.head)
+        let same_as_last = self.runs.last().is_some_and(|r| Arc::ptr_eq(&r.enc, enc));
+        if !same_as_last {
+            let id = read_lock(&self.store.inner.head)
                 .by_labels
-                .contains_key(enc)
-        {
-            // A series the store has passed this check when it was created.
-            if labels.get("__name__").is_none() {
-                return Err(StorageError::InvalidLabels(
-                    "series without __name__".into(),
-                ));
+                .get(enc)
+                .copied();
+            if id.is_none() {
+                // A series the store has passed this check when it was created.
+                if labels.get("__name__").is_none() {
+                    return Err(StorageError::InvalidLabels(
+                        "series without __name__".into(),
+                    ));
+                }
+                self.new_series
+                    .entry(enc.clone())
+                    .or_insert_with(|| labels.clone());
             }
-            self.new_series
-                .entry(enc.clone())
-                .or_insert_with(|| labels.clone());
+            self.runs.push(Run {
+                enc: enc.clone(),
+                id,
+                end: 0,
+            });
         }
-        self.samples.push((enc.clone(), t, v));
+        self.samples.push((t, v));
+        self.runs.last_mut().expect("pushed above").end = self.samples.len();
         Ok(())
     }
 
     /// Room for `n` more samples.
     pub fn reserve(&mut self, n: usize) {
         self.samples.reserve(n);
+        self.runs.reserve(n / 4);
     }
 }
 
@@ -93,37 +122,83 @@ impl Appender for StorageAppender {
     fn commit(self) -> Result<CommitReport, StorageError> {
         let StorageAppender {
             store,
+            removed,
+            runs,
             samples,
             meta,
             new_series,
         } = self;
         let inner = &store.inner;
-        let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
-        store.check_writable()?;
-        let mut batch = Writes::default();
-        let (ids, created) = assign_ids(&store, &samples, &new_series, &mut batch);
-        let (accepted, report) = validate(&store, &samples, &ids)?;
-        let seq = log(&store, meta, &created, &accepted)?;
-        // Durable in the log; sled catches up on its own (the log is replayed after a crash).
-        // A failure from here on leaves memory and disk apart: no more writes until reopened.
-        if let Err(e) = batch
-            .apply(&inner.main)
-            .and_then(|()| apply(&store, created, &accepted, seq))
-        {
-            store.stop_writes(&e);
-            return Err(e);
-        }
-        count(&inner.stats, &report, &accepted);
-        Ok(report)
+        // Validation, serial: ids, and time per series against the head and against the
+        // commits still in the pipeline (see `pipeline`).
+        let (turn, batch, created, accepted, report) = {
+            let mut w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+            let next = inner.next_wal.load(Ordering::SeqCst);
+            if inner.pipeline.failed() {
+                inner.pipeline.drain(next);
+                w.clear();
+            } else {
+                w.prune(inner.pipeline.applied_before(), next);
+            }
+            store.check_writable()?;
+            let mut batch = Writes::default();
+            let (ids, created) = assign_ids(&store, &w, &runs, &samples, &new_series, &mut batch);
+            // Ids looked up when appended are still the head's unless series were removed
+            // since (retention, under the write lock).
+            let ids_current = inner.series_removed.load(Ordering::SeqCst) == removed;
+            let appended = Appended {
+                runs: &runs,
+                samples: &samples,
+                ids_current,
+            };
+            let (accepted, last, report) = validate(&store, &w, &appended, &ids)?;
+            let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
+            // From here on the commit holds a turn in each of the pipeline's stages.
+            let turn = inner.pipeline.turn(seq);
+            for (id, (t, bits)) in last {
+                w.last.insert(id, (t, bits, seq));
+            }
+            for (enc, id) in &created {
+                w.created.insert(enc.clone(), (*id, seq));
+            }
+            (turn, batch, created, accepted, report)
+        };
+        let seq = turn.seq();
+        let (frame, meta) = log_frame(seq, &created, meta, &accepted);
+        let logged = frame.is_some();
+        turn.run(&inner.wal, frame, || {
+            if logged {
+                inner.last_record.store(seq, Ordering::SeqCst);
+                // Durable in the log: visible to reads now, into sled at the next durable
+                // mark.
+                let mut pending = inner.meta_pending.lock().unwrap_or_else(|e| e.into_inner());
+                for (k, v) in meta {
+                    pending.insert(k, (seq, v));
+                }
+            }
+            // Sled catches up on its own (the log is replayed after a crash). A failure from
+            // here on leaves memory and disk apart: no more writes until reopened.
+            if let Err(e) = batch
+                .apply(&inner.main)
+                .and_then(|()| apply(&store, created, &accepted, seq))
+            {
+                store.stop_writes(&e);
+                return Err(e);
+            }
+            count(&inner.stats, &report, &accepted);
+            Ok(report)
+        })
     }
 }
 
-/// Ids for the appended series the head does not know (another commit may have created
-/// them meanwhile), with their sled entries queued in `batch`; returns every new series'
-/// id and those created here.
+/// Ids for the appended series the head does not know (a commit applied or still in the
+/// pipeline may have created them meanwhile), with their sled entries queued in `batch`;
+/// returns every new series' id and those created here.
 fn assign_ids(
     store: &Storage,
-    samples: &[(Arc<[u8]>, i64, f64)],
+    in_flight: &InFlight,
+    runs: &[Run],
+    samples: &[(i64, f64)],
     new_series: &HashMap<Arc<[u8]>, Labels>,
     batch: &mut Writes,
 ) -> (HashMap<Arc<[u8]>, SeriesId>, Vec<Created>) {
@@ -132,14 +207,24 @@ fn assign_ids(
     let mut created: Vec<(Arc<[u8]>, SeriesId)> = Vec::new();
     let mut first_times: HashMap<&Arc<[u8]>, i64> = HashMap::new();
     if !new_series.is_empty() {
-        for (enc, t, _) in samples {
-            let e = first_times.entry(enc).or_insert(*t);
-            *e = (*e).min(*t);
+        let mut start = 0;
+        for r in runs {
+            if r.id.is_none() {
+                if let Some(t) = samples[start..r.end].iter().map(|s| s.0).min() {
+                    let e = first_times.entry(&r.enc).or_insert(t);
+                    *e = (*e).min(t);
+                }
+            }
+            start = r.end;
         }
     }
     let head = read_lock(&inner.head);
     for (enc, labels) in new_series {
-        if let Some(id) = head.by_labels.get(enc) {
+        let known = head
+            .by_labels
+            .get(enc)
+            .or_else(|| in_flight.created.get(enc).map(|(id, _)| id));
+        if let Some(id) = known {
             ids.insert(enc.clone(), *id);
             continue;
         }
@@ -152,33 +237,49 @@ fn assign_ids(
     (ids, created)
 }
 
-/// The samples that keep each series' time strictly increasing (against the head and
-/// within this append), and what was refused.
+/// An appender's samples as validation reads them.
+struct Appended<'a> {
+    runs: &'a [Run],
+    samples: &'a [(i64, f64)],
+    /// The runs' ids are still the head's (no series was removed since they were looked up).
+    ids_current: bool,
+}
+
+/// The samples that keep each series' time strictly increasing (against the head, the
+/// commits in the pipeline and within this append), the last accepted (time, value bits)
+/// of each series, and what was refused.
 fn validate(
     store: &Storage,
-    samples: &[(Arc<[u8]>, i64, f64)],
+    in_flight: &InFlight,
+    appended: &Appended,
     ids: &HashMap<Arc<[u8]>, SeriesId>,
-) -> Result<(Vec<Accepted>, CommitReport), StorageError> {
+) -> Result<(Vec<Accepted>, LastAccepted, CommitReport), StorageError> {
     let inner = &store.inner;
     let mut report = CommitReport::default();
     let min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
-    let mut accepted: Vec<(SeriesId, i64, f64)> = Vec::with_capacity(samples.len());
+    let mut accepted: Vec<(SeriesId, i64, f64)> = Vec::with_capacity(appended.samples.len());
     let mut unknown_last: Vec<(SeriesId, i64, f64)> = Vec::new();
-    {
-        let head = read_lock(&inner.head);
-        let mut last: HeadMap<SeriesId, (i64, u64)> = HeadMap::default();
-        last.reserve(samples.len());
-        let mut prev_series: Option<(&Arc<[u8]>, SeriesId)> = None;
-        for (enc, t, v) in samples {
-            let id = match prev_series {
-                Some((p, id)) if Arc::ptr_eq(p, enc) => id,
-                _ => match head.by_labels.get(enc).or_else(|| ids.get(enc)) {
-                    Some(id) => *id,
-                    None => return Err(corrupt("appended series has no id")),
-                },
-            };
-            prev_series = Some((enc, id));
-            let prev = last.get(&id).copied().or_else(|| {
+    let mut last = LastAccepted::default();
+    last.reserve(appended.runs.len());
+    let head = read_lock(&inner.head);
+    let mut start = 0;
+    for run in appended.runs {
+        let samples = &appended.samples[start..run.end];
+        start = run.end;
+        let id = match run.id.filter(|_| appended.ids_current) {
+            Some(id) => id,
+            None => match head.by_labels.get(&run.enc).or_else(|| ids.get(&run.enc)) {
+                Some(id) => *id,
+                None => return Err(corrupt("appended series has no id")),
+            },
+        };
+        // The series' last (time, value bits): this commit's, then the pipeline's, then
+        // the head's (`u64::MAX`: the value is not in memory).
+        let mut prev = last
+            .get(&id)
+            .copied()
+            .or_else(|| in_flight.last.get(&id).map(|&(t, bits, _)| (t, bits)))
+            .or_else(|| {
                 let s = head.series.get(&id)?;
                 let lv = s
                     .head
@@ -187,24 +288,31 @@ fn validate(
                     .map(|(_, v)| v.to_bits());
                 (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
             });
-            if *t < min_valid {
+        let mut took = false;
+        for &(t, v) in samples {
+            if t < min_valid {
                 report.too_old += 1;
                 continue;
             }
             match prev {
-                Some((pt, _)) if *t < pt => report.out_of_order += 1,
-                Some((pt, pv)) if *t == pt && pv == v.to_bits() => report.duplicates_ignored += 1,
+                Some((pt, _)) if t < pt => report.out_of_order += 1,
+                Some((pt, pv)) if t == pt && pv == v.to_bits() => report.duplicates_ignored += 1,
                 // The last value is not in memory (its chunk was cut, e.g. before a
                 // restart): decided from the stored chunk below.
-                Some((pt, u64::MAX)) if *t == pt => unknown_last.push((id, *t, *v)),
-                Some((pt, _)) if *t == pt => report.duplicate_timestamp += 1,
+                Some((pt, u64::MAX)) if t == pt => unknown_last.push((id, t, v)),
+                Some((pt, _)) if t == pt => report.duplicate_timestamp += 1,
                 _ => {
-                    last.insert(id, (*t, v.to_bits()));
-                    accepted.push((id, *t, *v));
+                    prev = Some((t, v.to_bits()));
+                    took = true;
+                    accepted.push((id, t, v));
                 }
             }
         }
+        if let (true, Some(p)) = (took, prev) {
+            last.insert(id, p);
+        }
     }
+    drop(head);
     // Resending exactly the last stored sample is a harmless retry, not a conflict.
     for (id, t, v) in unknown_last {
         let mut buf = Vec::new();
@@ -222,43 +330,31 @@ fn validate(
         }
     }
     report.appended = accepted.len();
-    Ok((accepted, report))
+    Ok((accepted, last, report))
 }
 
-/// Appends the commit's record to the log and fsyncs it (the acknowledgement's
-/// precondition, see `Storage::mark_durable`); its ingest-state writes become pending for
-/// the next durable mark. Returns the record's sequence.
-fn log(
-    store: &Storage,
-    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    created: &[(Arc<[u8]>, SeriesId)],
-    accepted: &[(SeriesId, i64, f64)],
-) -> Result<u64, StorageError> {
-    let inner = &store.inner;
-    let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
-    if !accepted.is_empty() || !created.is_empty() || !meta.is_empty() {
-        let rec = wal::Record {
-            seq,
-            series: created
-                .iter()
-                .map(|(enc, id)| (*id, enc.to_vec()))
-                .collect(),
-            meta,
-            samples: accepted.to_vec(),
-        };
-        inner
-            .wal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .append(&rec)?;
-        inner.last_record.store(seq, Ordering::SeqCst);
-        // Durable in the log: visible to reads now, into sled at the next durable mark.
-        let mut pending = inner.meta_pending.lock().unwrap_or_else(|e| e.into_inner());
-        for (k, v) in rec.meta {
-            pending.insert(k, (seq, v));
-        }
+/// The commit's log frame (`None`: it changes nothing the log keeps), built outside the
+/// write lock, and its ingest-state writes given back.
+fn log_frame(
+    seq: u64,
+    created: &[Created],
+    meta: MetaWrites,
+    accepted: &[Accepted],
+) -> (Option<Vec<u8>>, MetaWrites) {
+    if accepted.is_empty() && created.is_empty() && meta.is_empty() {
+        return (None, meta);
     }
-    Ok(seq)
+    let rec = wal::Record {
+        seq,
+        series: created
+            .iter()
+            .map(|(enc, id)| (*id, enc.to_vec()))
+            .collect(),
+        meta,
+        samples: accepted.to_vec(),
+    };
+    let frame = wal::frame(&rec.encode());
+    (Some(frame), rec.meta)
 }
 
 /// Makes a logged commit visible: new series and samples into the head, cut chunks staged

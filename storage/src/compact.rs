@@ -27,7 +27,7 @@ impl Storage {
         let inner = &self.inner;
         let cfg = &inner.config;
         let due: Vec<(i64, u32, Arc<StagingFile>)> = {
-            let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+            let _w = self.lock_write();
             let open_windows: std::collections::HashSet<i64> = read_lock(&inner.head)
                 .series
                 .values()
@@ -77,7 +77,7 @@ impl Storage {
         // Every sample in the file is covered by its series' durable mark before the
         // generation counts as compacted (the durability order, `Storage::mark_durable`).
         {
-            let w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+            let w = self.lock_write();
             // The log is not truncated here: pending ingest state may stay pending.
             self.mark_durable(&w, 0)?;
         }

@@ -22,6 +22,7 @@
 use crate::head::{append_to_head, Head};
 use crate::index::SeriesOp;
 use crate::labels::Labels;
+use crate::pipeline::{InFlight, Pipeline};
 use crate::staging::{open_staging, Windows};
 use crate::{keys, wal, SeriesId, StorageError};
 use std::collections::{BTreeMap, HashMap};
@@ -119,13 +120,16 @@ pub struct Storage {
 ///
 /// 1. `maintenance`: one maintenance at a time (it releases `write` while compaction writes
 ///    pages).
-/// 2. `write`: serializes commits and the steps of maintenance that change what commits
-///    see; [`Storage::mark_durable`] runs under it.
+/// 2. `write`: serializes the validation of commits (with the state of the commits still
+///    in the pipeline, `pipeline::InFlight`) and the steps of maintenance that change what
+///    commits see; those take it with [`Storage::lock_write`], which waits until the
+///    pipeline is empty. [`Storage::mark_durable`] runs under it.
 /// 3. `head`: series and head chunks. A chunk cut from the head is staged before `head` is
 ///    released, and readers hold it across staging and the head (`querier`).
 /// 4. `windows`: which windows are staged and which compacted, with their databases and
 ///    files (one lock, so a reader sees a generation in exactly one of them).
-/// 5. `wal`, `holds` and `meta_pending`: leaves, never held while taking another.
+/// 5. `wal`, `holds`, `meta_pending` and the pipeline's stages: leaves, never held while
+///    taking another.
 pub(crate) struct Inner {
     pub dir: PathBuf,
     pub config: StorageConfig,
@@ -135,9 +139,14 @@ pub(crate) struct Inner {
     /// Serializes maintenance (which releases the write lock while it compacts).
     pub maintenance: Mutex<()>,
     pub head: RwLock<Head>,
-    /// Serializes commits and maintenance.
-    pub write: Mutex<()>,
+    /// Serializes the validation of commits and maintenance.
+    pub write: Mutex<InFlight>,
+    /// The ordered stages of commits after validation (log write, fsync, apply).
+    pub pipeline: Pipeline,
     pub next_id: AtomicU64,
+    /// Raised whenever series are removed from the head (retention), so an appender knows
+    /// whether the ids it looked up are still valid.
+    pub series_removed: AtomicU64,
     pub next_wal: AtomicU64,
     /// Sequence of the newest record in the log (commits that change nothing write none).
     pub last_record: AtomicU64,
@@ -256,8 +265,10 @@ impl Storage {
             windows: RwLock::new(Windows { staging, files }),
             maintenance: Mutex::new(()),
             head: RwLock::new(head),
-            write: Mutex::new(()),
+            write: Mutex::new(InFlight::default()),
+            pipeline: Pipeline::new(),
             next_id: AtomicU64::new(max_id + 1),
+            series_removed: AtomicU64::new(0),
             next_wal: AtomicU64::new(1),
             last_record: AtomicU64::new(0),
             min_valid_t: AtomicU64::new(i64::MIN as u64),
@@ -334,9 +345,9 @@ impl Storage {
         let newest_segment = wal::segments(&inner.dir.join("wal"))?
             .last()
             .map_or(0, |s| s.0);
-        inner
-            .next_wal
-            .store(last_seq.max(newest_segment) + 1, Ordering::SeqCst);
+        let next = last_seq.max(newest_segment) + 1;
+        inner.next_wal.store(next, Ordering::SeqCst);
+        inner.pipeline.reset(next);
         inner.last_record.store(last_seq, Ordering::SeqCst);
         let newest = read_lock(&inner.head)
             .series
@@ -397,9 +408,22 @@ impl Storage {
             .collect())
     }
 
-    /// A reader of the write-ahead log from the record after sequence `after`.
+    /// A reader of the write-ahead log from the record after sequence `after`; it returns
+    /// only fsynced records.
     pub fn wal_tailer(&self, after: u64) -> wal::Tailer {
         wal::Tailer::new(&self.inner.dir.join("wal"), after)
+            .up_to(self.inner.pipeline.durable.clone())
+    }
+
+    /// The write lock for maintenance: taken once every commit that passed validation is
+    /// applied (or failed), so the head, sled and the log hold every commit so far.
+    pub(crate) fn lock_write(&self) -> WriteGuard<'_> {
+        let mut w = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner
+            .pipeline
+            .drain(self.inner.next_wal.load(Ordering::SeqCst));
+        w.clear();
+        w
     }
 
     /// The sequence of the newest record in the write-ahead log (0 before the first).
@@ -505,10 +529,11 @@ impl Storage {
     /// them after this) goes to sled before `main/` is fsynced; the rest stays pending, its
     /// records in the log.
     ///
-    /// Callers hold the write lock (`_write`), so no commit cuts a chunk meanwhile.
+    /// Callers hold the write lock (`_write`, from [`Storage::lock_write`]), so no commit
+    /// cuts a chunk meanwhile.
     pub(crate) fn mark_durable(
         &self,
-        _write: &MutexGuard<'_, ()>,
+        _write: &WriteGuard<'_>,
         meta_before: u64,
     ) -> Result<(), StorageError> {
         let inner = &self.inner;
@@ -574,10 +599,13 @@ impl Storage {
 
     /// Flushes everything to disk (used before a clean shutdown; commits are durable anyway).
     pub fn flush(&self) -> Result<(), StorageError> {
-        let w = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        let w = self.lock_write();
         self.mark_durable(&w, u64::MAX)
     }
 }
+
+/// The write lock held (see [`Inner`]).
+pub(crate) type WriteGuard<'a> = MutexGuard<'a, InFlight>;
 
 /// An ingest-state key and its value.
 pub type MetaEntry = (Vec<u8>, Vec<u8>);

@@ -23,4 +23,8 @@ pub enum StorageError {
     /// replays everything acknowledged.
     #[error("the store stopped taking writes after an earlier error ({0}); restart the process: the log replays every acknowledged write")]
     Stopped(String),
+    /// Not written: an earlier commit that this one was validated after failed to reach
+    /// the log (see `pipeline`). Nothing of this commit is stored; it may be retried.
+    #[error("the write was not stored because an earlier concurrent write failed ({0}); retry it")]
+    Aborted(String),
 }

@@ -22,6 +22,7 @@ mod error;
 mod head;
 pub mod index;
 mod labels;
+mod pipeline;
 mod querier;
 mod retention;
 mod staging;

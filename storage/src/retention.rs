@@ -71,7 +71,7 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let inner = &self.inner;
         let cfg = &inner.config;
-        let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.lock_write();
         // The first record an open head chunk (or an unstaged chunk) still needs.
         let head_keep = || {
             let head = read_lock(&inner.head);
@@ -121,7 +121,7 @@ impl Storage {
     fn retention(&self, now_ms: i64, report: &mut MaintenanceReport) -> Result<(), StorageError> {
         let inner = &self.inner;
         let cfg = &inner.config;
-        let _w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.lock_write();
         let mut batch = crate::db::Writes::default();
 
         // 4. Retention by time, then by size (never the newest block).
@@ -181,6 +181,7 @@ impl Storage {
                 .collect();
             for id in gone {
                 if let Some(s) = head.series.remove(&id) {
+                    inner.series_removed.fetch_add(1, Ordering::SeqCst);
                     head.by_labels.remove(&s.labels);
                     batch.series.push(id, crate::index::SeriesOp::Remove);
                     for l in crate::Labels::decode(&s.labels)?.iter() {

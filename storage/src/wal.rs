@@ -15,6 +15,8 @@ use crate::{SeriesId, StorageError};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// One commit.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -253,7 +255,7 @@ pub struct Wal {
     dir: PathBuf,
     /// First sequence of each segment, oldest first; the last one is being written.
     segments: Vec<u64>,
-    file: Option<File>,
+    file: Option<Arc<File>>,
     written: u64,
     /// A new segment is started past this size.
     segment_bytes: u64,
@@ -349,7 +351,7 @@ impl Wal {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
-        self.file = Some(f);
+        self.file = Some(Arc::new(f));
         self.written = 0;
         self.segments.push(first);
         Ok(())
@@ -357,19 +359,25 @@ impl Wal {
 
     /// Appends a record and fsyncs it.
     pub fn append(&mut self, rec: &Record) -> Result<(), StorageError> {
-        if self.file.is_none() || self.written >= self.segment_bytes {
-            self.start_segment(rec.seq)?;
-        }
-        let payload = rec.encode();
-        let mut frame = Vec::with_capacity(payload.len() + 8);
-        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
-        frame.extend_from_slice(&payload);
+        self.write_frame(rec.seq, &frame(&rec.encode()))?;
+        self.sync()
+    }
+
+    /// Writes the frame of record `seq` (see [`frame`]) without fsync: the record is
+    /// durable only after a later [`Wal::sync`] or an fsync of [`Wal::sync_handle`]'s file
+    /// (group commit: one fsync for every frame written before it).
+    pub fn write_frame(&mut self, seq: u64, frame: &[u8]) -> Result<(), StorageError> {
         if let Some(why) = &self.failed {
             return Err(StorageError::Stopped(why.clone()));
         }
-        let f = self.file.as_mut().expect("opened above");
-        if let Err(e) = f.write_all(&frame) {
+        if self.file.is_none() || self.written >= self.segment_bytes {
+            // Frames in the segment being left may not be fsynced yet, and later fsyncs
+            // reach only the new one.
+            self.sync()?;
+            self.start_segment(seq)?;
+        }
+        let mut f: &File = self.file.as_deref().expect("opened above");
+        if let Err(e) = f.write_all(frame) {
             // A frame cut short (a full disk) would end the log at open, and every record
             // after it with it: cut it back out. If even that fails, write no more.
             if let Err(e2) = f.set_len(self.written) {
@@ -379,16 +387,36 @@ impl Wal {
             }
             return Err(io(&self.dir)(e));
         }
-        if let Err(e) = f.sync_data() {
-            // After a failed fsync the kernel may have dropped the pages it could not
-            // write: nothing since the last good fsync can be trusted to be on disk.
-            let why = format!("an fsync of the write-ahead log failed ({e})");
-            self.failed = Some(why.clone());
-            return Err(StorageError::Stopped(why));
-        }
         self.written += frame.len() as u64;
-        self.newest = rec.seq;
+        self.newest = seq;
         Ok(())
+    }
+
+    /// Fsyncs the frames written so far.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        match self.sync_handle()? {
+            Some(f) => f.sync_data().map_err(|e| self.sync_failed(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The file whose fsync makes every frame written so far durable (`None`: nothing to
+    /// sync), for an fsync outside the lock that guards the log; a failed fsync goes to
+    /// [`Wal::sync_failed`].
+    pub fn sync_handle(&self) -> Result<Option<Arc<File>>, StorageError> {
+        match &self.failed {
+            Some(why) => Err(StorageError::Stopped(why.clone())),
+            None => Ok(self.file.clone()),
+        }
+    }
+
+    /// Records a failed fsync: the log takes no more writes until it is opened again.
+    pub fn sync_failed(&mut self, e: std::io::Error) -> StorageError {
+        // After a failed fsync the kernel may have dropped the pages it could not write:
+        // nothing since the last good fsync can be trusted to be on disk.
+        let why = format!("an fsync of the write-ahead log failed ({e})");
+        self.failed = Some(why.clone());
+        StorageError::Stopped(why)
     }
 
     /// Deletes the segments all of whose records have sequences below `keep_from`; returns
@@ -413,6 +441,15 @@ impl Wal {
         }
         Ok(removed)
     }
+}
+
+/// The frame of a record payload: `len u32 BE | crc32c(payload) u32 BE | payload`.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 8);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// Segment files of the log in `dir`: first sequence and size, oldest first.
@@ -513,6 +550,9 @@ pub struct Tailer {
     after: u64,
     /// The segment being read and the byte offset of its next frame.
     at: Option<(u64, u64)>,
+    /// Records after this sequence may be written but not yet fsynced (a crash can take
+    /// them back): not returned yet. `None`: every complete record is returned.
+    durable: Option<Arc<AtomicU64>>,
 }
 
 impl Tailer {
@@ -522,7 +562,15 @@ impl Tailer {
             dir: dir.to_owned(),
             after,
             at: None,
+            durable: None,
         }
+    }
+
+    /// Returns only records up to the sequence in `durable` (the writer's fsynced
+    /// position), so that nothing a crash can take back is passed on.
+    pub fn up_to(mut self, durable: Arc<AtomicU64>) -> Tailer {
+        self.durable = Some(durable);
+        self
     }
 
     /// The sequence of the last record returned.
@@ -576,6 +624,10 @@ impl Tailer {
             let mut r = std::io::BufReader::with_capacity(1 << 20, f);
             use std::io::Seek;
             r.seek(std::io::SeekFrom::Start(pos)).map_err(io(&path))?;
+            let durable = self
+                .durable
+                .as_ref()
+                .map_or(u64::MAX, |d| d.load(Ordering::SeqCst));
             // Frames up to the size listed; a frame beyond it is read next time.
             while pos + 8 <= size && budget > 0 {
                 let mut hdr = [0u8; 8];
@@ -591,8 +643,13 @@ impl Tailer {
                 if r.read_exact(&mut payload).is_err() || crc32c::crc32c(&payload) != crc {
                     break;
                 }
-                pos += 8 + len;
                 let rec = Record::decode(&payload)?;
+                if rec.seq > durable {
+                    // Written, not yet fsynced: read again next time.
+                    self.at = Some((first, pos));
+                    return Ok(out);
+                }
+                pos += 8 + len;
                 if rec.seq > self.after {
                     self.after = rec.seq;
                     budget = budget.saturating_sub(8 + len as usize);

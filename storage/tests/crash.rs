@@ -264,3 +264,168 @@ fn sigkill_after_commits_across_an_hour_boundary_keeps_every_sample() {
         }
     }
 }
+
+/// Writers of the group-commit test, each with its own series, and all of them with one
+/// series in common (a new one every `GC_SHARED_EVERY` steps).
+const GC_WRITERS: u64 = 4;
+const GC_SERIES: u64 = 10;
+const GC_SHARED_EVERY: u64 = 20;
+
+fn gc_labels(w: u64, j: u64) -> Labels {
+    Labels::new([
+        ("__name__", "group_commit_test".to_owned()),
+        ("writer", w.to_string()),
+        ("series", j.to_string()),
+    ])
+    .unwrap()
+}
+
+fn gc_shared(k: u64) -> Labels {
+    Labels::new([
+        ("__name__", "group_commit_shared".to_owned()),
+        ("k", k.to_string()),
+    ])
+    .unwrap()
+}
+
+fn gc_next(s: &Storage, w: u64) -> u64 {
+    s.meta(format!("next/{w}").as_bytes())
+        .unwrap()
+        .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+/// The child of `sigkill_during_concurrent_commits_keeps_every_acknowledged_sample_once`:
+/// `GC_WRITERS` threads commit at once (so commits share fsyncs and wait in the pipeline)
+/// until killed, printing `acked <writer> <step> <shared sample kept>`.
+#[test]
+#[ignore = "child process of the crash tests; they run it"]
+fn group_commit_child() {
+    let dir =
+        std::env::var("KAPPIE_CRASH_CHILD").expect("KAPPIE_CRASH_CHILD names a data directory");
+    let s = Storage::open(std::path::Path::new(&dir), &config()).unwrap();
+    let writers: Vec<_> = (0..GC_WRITERS)
+        .map(|w| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut i = gc_next(&s, w);
+                loop {
+                    let t = (i * 1000) as i64;
+                    let mut a = s.appender();
+                    for j in 0..GC_SERIES {
+                        a.append(&gc_labels(w, j), t, i as f64).unwrap();
+                    }
+                    // Writers at the same step send the same sample: one is appended, the
+                    // others are duplicates of it (possibly while it is still in flight);
+                    // a writer behind the others is refused (out of order).
+                    a.append(&gc_shared(i / GC_SHARED_EVERY), t, i as f64)
+                        .unwrap();
+                    a.set_meta(format!("next/{w}").as_bytes(), &(i + 1).to_be_bytes());
+                    let r = a.commit().unwrap();
+                    println!("acked {w} {i} {}", r.refused() == 0);
+                    if w == 0 && i.is_multiple_of(50) {
+                        s.maintain(t).unwrap();
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+}
+
+/// Group commit (several commits share one fsync, and are validated while earlier ones
+/// are still being written): after a SIGKILL at a random point every acknowledged step of
+/// every writer is there exactly once, nothing is there that its writer's ingest state does
+/// not count, and every acknowledged sample of the shared series is there.
+#[test]
+fn sigkill_during_concurrent_commits_keeps_every_acknowledged_sample_once() {
+    let rounds: usize = std::env::var("KAPPIE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ std::process::id() as u64;
+    // Steps whose shared sample was acknowledged as kept, over all rounds.
+    let mut shared_kept: Vec<u64> = Vec::new();
+    let mut acked_total = 0;
+    for round in 0..rounds {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(200 + seed % 600);
+        let mut child = spawn_child("group_commit_child", dir.path(), Stdio::null());
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut last: std::collections::HashMap<u64, u64> = Default::default();
+            let mut kept = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Some((_, rest)) = line.rsplit_once("acked ") else {
+                    continue;
+                };
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let (Some(w), Some(i), Some(k)) = (f.first(), f.get(1), f.get(2)) else {
+                    continue;
+                };
+                let (w, i): (u64, u64) = (w.parse().unwrap(), i.parse().unwrap());
+                last.insert(w, i);
+                if *k == "true" {
+                    kept.push(i);
+                }
+            }
+            (last, kept)
+        });
+        std::thread::sleep(delay);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let (last, kept) = reader.join().unwrap();
+        acked_total += last.len();
+        shared_kept.extend(kept);
+        let s = Storage::open(dir.path(), &config()).expect("the store opens after SIGKILL");
+        for w in 0..GC_WRITERS {
+            let next = gc_next(&s, w);
+            if let Some(&l) = last.get(&w) {
+                assert!(
+                    next > l,
+                    "round {round}: writer {w} acknowledged {l} but resumes at {next}"
+                );
+            }
+            let m = [
+                Matcher::new(MatchOp::Equal, "__name__", "group_commit_test").unwrap(),
+                Matcher::new(MatchOp::Equal, "writer", w.to_string()).unwrap(),
+            ];
+            let got = s.select(&m, i64::MIN, i64::MAX).unwrap();
+            let want: Vec<u64> = (0..next).collect();
+            for series in &got {
+                let have: Vec<u64> = series.samples.iter().map(|x| x.v as u64).collect();
+                assert_eq!(have, want, "round {round} writer {w} {:?}", series.labels);
+                assert!(series.samples.iter().all(|x| x.t == x.v as i64 * 1000));
+            }
+            if next > 0 {
+                assert_eq!(got.len() as u64, GC_SERIES, "round {round} writer {w}");
+            }
+        }
+        let m = Matcher::new(MatchOp::Equal, "__name__", "group_commit_shared").unwrap();
+        let shared: std::collections::HashSet<(i64, u64)> = s
+            .select(&[m], i64::MIN, i64::MAX)
+            .unwrap()
+            .iter()
+            .flat_map(|series| series.samples.iter().map(|x| (x.t, x.v.to_bits())))
+            .collect();
+        for &i in &shared_kept {
+            assert!(
+                shared.contains(&((i * 1000) as i64, (i as f64).to_bits())),
+                "round {round}: shared sample of step {i} was acknowledged but is gone"
+            );
+        }
+        eprintln!(
+            "round {round}: killed after {delay:?}, last acknowledged steps {last:?}, {} shared samples acknowledged so far",
+            shared_kept.len()
+        );
+        drop(s);
+    }
+    assert!(acked_total > 0, "the children never acknowledged anything");
+}
