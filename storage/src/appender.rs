@@ -6,7 +6,7 @@ use crate::db::{
     corrupt, read_lock, series_keys, write_lock, CommitReport, Storage, StorageStats, Writes,
 };
 use crate::head::{append_to_head, HeadMap};
-use crate::{wal, Appender, Labels, SeriesId, StorageError};
+use crate::{wal, Appender, Labels, MetaBytes, SeriesId, StorageError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ impl Storage {
 pub struct StorageAppender {
     store: Storage,
     samples: Vec<(Arc<[u8]>, i64, f64)>,
-    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    meta: Vec<(MetaBytes, Option<MetaBytes>)>,
     new_series: HashMap<Arc<[u8]>, Labels>,
 }
 
@@ -46,6 +46,23 @@ impl StorageAppender {
         t: i64,
         v: f64,
     ) -> Result<(), StorageError> {
+        self.append_with(enc, || Ok(labels.clone()), t, v)
+    }
+
+    /// [`Self::append_encoded`] for a caller that keeps only the encoded labels (one
+    /// allocation per series, which the head then shares): they are decoded only when the
+    /// store does not have the series yet.
+    pub fn append_shared(&mut self, enc: &Arc<[u8]>, t: i64, v: f64) -> Result<(), StorageError> {
+        self.append_with(enc, || Labels::decode(enc), t, v)
+    }
+
+    fn append_with(
+        &mut self,
+        enc: &Arc<[u8]>,
+        labels: impl FnOnce() -> Result<Labels, StorageError>,
+        t: i64,
+        v: f64,
+    ) -> Result<(), StorageError> {
         // A series' samples usually come together (remote write): look it up once.
         let same_as_last = self
             .samples
@@ -56,18 +73,26 @@ impl StorageAppender {
                 .by_labels
                 .contains_key(enc)
         {
-            // A series the store has passed this check when it was created.
-            if labels.get("__name__").is_none() {
-                return Err(StorageError::InvalidLabels(
-                    "series without __name__".into(),
-                ));
+            if let std::collections::hash_map::Entry::Vacant(e) = self.new_series.entry(enc.clone())
+            {
+                // A series the store has passed this check when it was created.
+                let labels = labels()?;
+                if labels.get("__name__").is_none() {
+                    return Err(StorageError::InvalidLabels(
+                        "series without __name__".into(),
+                    ));
+                }
+                e.insert(labels);
             }
-            self.new_series
-                .entry(enc.clone())
-                .or_insert_with(|| labels.clone());
         }
         self.samples.push((enc.clone(), t, v));
         Ok(())
+    }
+
+    /// [`Appender::set_meta`] with a key or value that may share a label set with the
+    /// caller: the pending ingest state keeps the share, not a copy.
+    pub fn set_meta_bytes(&mut self, key: MetaBytes, value: MetaBytes) {
+        self.meta.push((key, Some(value)));
     }
 
     /// Room for `n` more samples.
@@ -83,11 +108,12 @@ impl Appender for StorageAppender {
     }
 
     fn set_meta(&mut self, key: &[u8], value: &[u8]) {
-        self.meta.push((key.to_vec(), Some(value.to_vec())));
+        self.meta
+            .push((MetaBytes::new(key), Some(MetaBytes::new(value))));
     }
 
     fn remove_meta(&mut self, key: &[u8]) {
-        self.meta.push((key.to_vec(), None));
+        self.meta.push((MetaBytes::new(key), None));
     }
 
     fn commit(self) -> Result<CommitReport, StorageError> {
@@ -230,7 +256,7 @@ fn validate(
 /// the next durable mark. Returns the record's sequence.
 fn log(
     store: &Storage,
-    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    meta: Vec<(MetaBytes, Option<MetaBytes>)>,
     created: &[(Arc<[u8]>, SeriesId)],
     accepted: &[(SeriesId, i64, f64)],
 ) -> Result<u64, StorageError> {
@@ -243,7 +269,10 @@ fn log(
                 .iter()
                 .map(|(enc, id)| (*id, enc.to_vec()))
                 .collect(),
-            meta,
+            meta: meta
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.as_ref().map(MetaBytes::to_vec)))
+                .collect(),
             samples: accepted.to_vec(),
         };
         inner
@@ -254,7 +283,7 @@ fn log(
         inner.last_record.store(seq, Ordering::SeqCst);
         // Durable in the log: visible to reads now, into sled at the next durable mark.
         let mut pending = inner.meta_pending.lock().unwrap_or_else(|e| e.into_inner());
-        for (k, v) in rec.meta {
+        for (k, v) in meta {
             pending.insert(k, (seq, v));
         }
     }
