@@ -16,7 +16,7 @@ use kappie_proto::ingest_server::Ingest;
 use kappie_proto::{
     HelloRequest, HelloResponse, MetricType, PushRequest, PushResponse, PushStatus,
 };
-use kappie_storage::{Appender, Labels, Storage, StorageError, STALE_NAN_BITS};
+use kappie_storage::{Appender, Labels, MetaBytes, Storage, StorageError, STALE_NAN_BITS};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,6 +25,13 @@ use tonic::{Request, Response, Status};
 /// gRPC metadata key set on the FAILED_PRECONDITION status that asks a shipper to send the
 /// definitions of the listed references again.
 pub const DEFINE_SERIES_METADATA: &str = "kappie-define-series";
+
+/// Ingest calls in the blocking pool at once: one holding `Core`'s lock, one ready to take
+/// it. Every call needs that lock, and calls that waited for it in the pool each held a
+/// thread: with shippers behind, the pool's limit of 512 (cluster-sim N = 1,000, issue 15),
+/// their allocations spread over every malloc arena, and glibc kept twice the memory in
+/// use (docs/BENCHMARKS.md). Raise it if `Core` ever lets calls run side by side.
+const CALLS_IN_POOL: usize = 2;
 
 /// Ingest limits.
 #[derive(Debug, Clone)]
@@ -38,24 +45,28 @@ pub struct IngestLimits {
 #[derive(Clone)]
 pub struct IngestService {
     core: Arc<Mutex<Core>>,
+    /// Calls let into the blocking pool ([`CALLS_IN_POOL`]); the rest wait here as parked
+    /// tasks, first come first served.
+    turn: Arc<tokio::sync::Semaphore>,
     auth: ShipperAuth,
     rate: Option<Arc<crate::limits::ShipperRateLimit>>,
 }
 
+/// A series definition of a session: only the encoded label set, one allocation shared
+/// with the store's head, the counter-totals cache and the pending `def/` and `tot/`
+/// entries (the decoded form was most of the collector's memory per series; the store
+/// decodes it once, when it creates the series). The encoding is canonical, so two
+/// definitions have the same labels exactly when their encodings are equal.
 struct Def {
     kind: MetricType,
-    labels: Arc<Labels>,
-    /// `labels.encode()`, kept so a push neither encodes nor copies label sets.
     enc: Arc<[u8]>,
 }
 
 impl Def {
-    fn new(kind: MetricType, labels: Labels) -> Def {
-        let enc = Arc::from(labels.encode());
+    fn new(kind: MetricType, labels: &Labels) -> Def {
         Def {
             kind,
-            labels: Arc::new(labels),
-            enc,
+            enc: Arc::from(labels.encode()),
         }
     }
 }
@@ -83,6 +94,7 @@ impl IngestService {
         IngestService {
             auth,
             rate: None,
+            turn: Arc::new(tokio::sync::Semaphore::new(CALLS_IN_POOL)),
             core: Arc::new(Mutex::new(Core {
                 store,
                 limits,
@@ -104,7 +116,14 @@ impl IngestService {
         f: impl FnOnce(&mut Core) -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
         let core = self.core.clone();
+        let turn = self
+            .turn
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Status::internal(format!("ingest queue closed: {e}")))?;
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let mut guard = core.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut guard)
         })
@@ -188,14 +207,15 @@ fn def_key(shipper: &str, session: u64, r: u32) -> Vec<u8> {
     k
 }
 
+const TOT_PREFIX: &[u8] = b"tot/";
+
 fn tot_key(enc: &[u8]) -> Vec<u8> {
-    [b"tot/".as_slice(), enc].concat()
+    [TOT_PREFIX, enc].concat()
 }
 
-fn encode_def(d: &Def) -> Vec<u8> {
-    let mut v = vec![d.kind as i32 as u8];
-    v.extend_from_slice(&d.enc);
-    v
+/// `kind u8 ++ labels`, sharing the definition's labels.
+fn encode_def(d: &Def) -> MetaBytes {
+    MetaBytes::shared(&[d.kind as i32 as u8], &d.enc)
 }
 
 fn decode_def(b: &[u8]) -> Result<Def, Status> {
@@ -203,8 +223,13 @@ fn decode_def(b: &[u8]) -> Result<Def, Status> {
         |what: &str| Status::data_loss(format!("stored series definition is corrupt: {what}"));
     let (&kind, rest) = b.split_first().ok_or_else(|| corrupt("empty"))?;
     let kind = MetricType::try_from(kind as i32).map_err(|_| corrupt("metric type"))?;
-    let labels = Labels::decode(rest).map_err(|e| corrupt(&e.to_string()))?;
-    Ok(Def::new(kind, labels))
+    // Checked once here, so a corrupt stored set is refused at load, not when the store
+    // would create its series.
+    Labels::decode(rest).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(Def {
+        kind,
+        enc: Arc::from(rest),
+    })
 }
 
 fn valid_metric_name(n: &str) -> bool {
@@ -337,23 +362,29 @@ impl Core {
             }
         }
         for (r, def) in &plan.new_defs {
-            app.set_meta(&def_key(&shipper, req.session, *r), &encode_def(def));
+            app.set_meta_bytes(
+                MetaBytes::new(&def_key(&shipper, req.session, *r)),
+                encode_def(def),
+            );
         }
         app.reserve(plan.counters.len() + plan.gauges.len());
         let mut totals = Vec::with_capacity(plan.counters.len());
-        for (labels, enc, delta) in plan.counters {
+        for (enc, delta) in plan.counters {
             let total = self.total(&enc)? + delta;
-            app.append_encoded(&enc, &labels, req.timestamp_ms, total)
+            app.append_shared(&enc, req.timestamp_ms, total)
                 .map_err(storage_status)?;
             // An unchanged total is already stored (or absent, meaning 0): many counters
             // stand still between pushes, and each write is log and sled bytes.
             if delta != 0.0 {
-                app.set_meta(&tot_key(&enc), &total.to_bits().to_be_bytes());
+                app.set_meta_bytes(
+                    MetaBytes::shared(TOT_PREFIX, &enc),
+                    MetaBytes::new(&total.to_bits().to_be_bytes()),
+                );
                 totals.push((enc, total));
             }
         }
-        for (labels, enc, v) in plan.gauges {
-            app.append_encoded(&enc, &labels, req.timestamp_ms, v)
+        for (enc, v) in plan.gauges {
+            app.append_shared(&enc, req.timestamp_ms, v)
                 .map_err(storage_status)?;
         }
         app.set_meta(&seq_key(&shipper), &req.sequence.to_be_bytes());
@@ -403,8 +434,8 @@ impl Core {
 /// series.
 struct Plan {
     new_defs: HashMap<u32, Def>,
-    counters: Vec<(Arc<Labels>, Arc<[u8]>, f64)>,
-    gauges: Vec<(Arc<Labels>, Arc<[u8]>, f64)>,
+    counters: Vec<(Arc<[u8]>, f64)>,
+    gauges: Vec<(Arc<[u8]>, f64)>,
 }
 
 /// Validates a batch against the session's definitions without changing anything.
@@ -416,12 +447,13 @@ fn plan_batch(
 ) -> Result<Plan, Status> {
     let mut new_defs: HashMap<u32, Def> = HashMap::new();
     for d in &req.definitions {
-        let def = validate_definition(d)?;
+        let (kind, labels) = validate_definition(d)?;
         label_limits
-            .check(&def.labels)
+            .check(&labels)
             .map_err(|e| Status::invalid_argument(format!("series {}: {e}", d.r#ref)))?;
+        let def = Def::new(kind, &labels);
         match defs.get(&d.r#ref).or_else(|| new_defs.get(&d.r#ref)) {
-            Some(old) if old.kind != def.kind || old.labels != def.labels => {
+            Some(old) if old.kind != def.kind || old.enc != def.enc => {
                 return Err(Status::invalid_argument(format!(
                     "series {} is already defined differently in session {}",
                     d.r#ref, req.session
@@ -467,7 +499,7 @@ fn plan_batch(
         return Err(st);
     }
     // Deltas of one series summed, in the order the batch names the series.
-    let mut counters: Vec<(Arc<Labels>, Arc<[u8]>, f64)> = Vec::with_capacity(req.deltas.len());
+    let mut counters: Vec<(Arc<[u8]>, f64)> = Vec::with_capacity(req.deltas.len());
     let mut slot: HashMap<u32, usize> = HashMap::with_capacity(req.deltas.len());
     for d in &req.deltas {
         let def = lookup(d.r#ref)
@@ -485,10 +517,10 @@ fn plan_batch(
             )));
         }
         match slot.entry(d.r#ref) {
-            std::collections::hash_map::Entry::Occupied(e) => counters[*e.get()].2 += d.delta,
+            std::collections::hash_map::Entry::Occupied(e) => counters[*e.get()].1 += d.delta,
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(counters.len());
-                counters.push((def.labels.clone(), def.enc.clone(), d.delta));
+                counters.push((def.enc.clone(), d.delta));
             }
         }
     }
@@ -507,7 +539,7 @@ fn plan_batch(
         } else {
             g.value
         };
-        gauges.push((def.labels.clone(), def.enc.clone(), v));
+        gauges.push((def.enc.clone(), v));
     }
     Ok(Plan {
         new_defs,
@@ -516,7 +548,7 @@ fn plan_batch(
     })
 }
 
-fn validate_definition(d: &kappie_proto::SeriesDefinition) -> Result<Def, Status> {
+fn validate_definition(d: &kappie_proto::SeriesDefinition) -> Result<(MetricType, Labels), Status> {
     let kind = MetricType::try_from(d.r#type)
         .ok()
         .filter(|k| *k != MetricType::Unspecified)
@@ -543,5 +575,5 @@ fn validate_definition(d: &kappie_proto::SeriesDefinition) -> Result<Def, Status
             .chain(d.labels.iter().map(|l| (l.name.clone(), l.value.clone()))),
     )
     .map_err(|e| Status::invalid_argument(format!("series {}: {e}", d.r#ref)))?;
-    Ok(Def::new(kind, labels))
+    Ok((kind, labels))
 }

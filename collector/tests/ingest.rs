@@ -321,6 +321,41 @@ async fn invalid_batches_get_clear_statuses_and_change_nothing() {
     c.stop().await;
 }
 
+/// A definition sent again in its session with its labels in another order (and an
+/// empty-valued label, which a label set drops) is the same series, not a redefinition:
+/// definitions are compared by their encoded label sets since the collector stopped
+/// keeping decoded ones (issue 15); a different value still is a redefinition.
+#[tokio::test]
+async fn a_definition_sent_again_in_another_label_order_is_the_same_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = InProcess::start(dir.path()).await;
+    let mut cl = client(&c).await;
+    let t0 = now_ms() - 10_000;
+    cl.push(batch(1, 1, t0, 1.0, true)).await.unwrap();
+    let mut b = batch(1, 2, t0 + 1000, 2.0, false);
+    b.definitions = vec![def(
+        1,
+        "kappie_tcp_connection_stats",
+        MetricType::Counter,
+        &[
+            ("node_name", "node-a"),
+            ("zone", ""),
+            ("statistic_name", "InSegs"),
+        ],
+    )];
+    let r = cl.push(b.clone()).await.unwrap().into_inner();
+    assert_eq!(r.status, PushStatus::Applied as i32);
+    let store = c.running.as_ref().unwrap().store.clone();
+    assert_eq!(total(&store), 3.0);
+    assert_eq!(everything(&store).len(), 2, "no new series");
+
+    b.sequence = 3;
+    b.definitions[0].labels[0].value = "node-b".into();
+    let err = cl.push(b).await.expect_err("a different label value");
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    c.stop().await;
+}
+
 /// Sends arbitrary bytes as the body of `Ingest/Push`.
 async fn raw_push(url: &str, body: Vec<u8>) -> Result<PushResponse, tonic::Status> {
     use tonic::codec::{Codec, EncodeBuf, Encoder};

@@ -8,7 +8,7 @@ use crate::db::{
 };
 use crate::head::{append_to_head, HeadMap};
 use crate::pipeline::InFlight;
-use crate::{wal, Appender, Labels, SeriesId, StorageError};
+use crate::{wal, Appender, Labels, MetaBytes, SeriesId, StorageError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ type Accepted = (SeriesId, i64, f64);
 /// Each series' last accepted time and value bits in one commit.
 type LastAccepted = HeadMap<SeriesId, (i64, u64)>;
 /// Ingest-state writes: key, value (`None`: removed).
-type MetaWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+type MetaWrites = Vec<(MetaBytes, Option<MetaBytes>)>;
 
 impl Storage {
     /// Starts an atomic write.
@@ -56,7 +56,7 @@ pub struct StorageAppender {
     runs: Vec<Run>,
     /// (time, value) of every run, in order.
     samples: Vec<(i64, f64)>,
-    meta: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    meta: MetaWrites,
     new_series: HashMap<Arc<[u8]>, Labels>,
 }
 
@@ -70,6 +70,23 @@ impl StorageAppender {
         t: i64,
         v: f64,
     ) -> Result<(), StorageError> {
+        self.append_with(enc, || Ok(labels.clone()), t, v)
+    }
+
+    /// [`Self::append_encoded`] for a caller that keeps only the encoded labels (one
+    /// allocation per series, which the head then shares): they are decoded only when the
+    /// store does not have the series yet.
+    pub fn append_shared(&mut self, enc: &Arc<[u8]>, t: i64, v: f64) -> Result<(), StorageError> {
+        self.append_with(enc, || Labels::decode(enc), t, v)
+    }
+
+    fn append_with(
+        &mut self,
+        enc: &Arc<[u8]>,
+        labels: impl FnOnce() -> Result<Labels, StorageError>,
+        t: i64,
+        v: f64,
+    ) -> Result<(), StorageError> {
         let same_as_last = self.runs.last().is_some_and(|r| Arc::ptr_eq(&r.enc, enc));
         if !same_as_last {
             let id = read_lock(&self.store.inner.head)
@@ -77,15 +94,18 @@ impl StorageAppender {
                 .get(enc)
                 .copied();
             if id.is_none() {
-                // A series the store has passed this check when it was created.
-                if labels.get("__name__").is_none() {
-                    return Err(StorageError::InvalidLabels(
-                        "series without __name__".into(),
-                    ));
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    self.new_series.entry(enc.clone())
+                {
+                    // A series the store has passed this check when it was created.
+                    let labels = labels()?;
+                    if labels.get("__name__").is_none() {
+                        return Err(StorageError::InvalidLabels(
+                            "series without __name__".into(),
+                        ));
+                    }
+                    e.insert(labels);
                 }
-                self.new_series
-                    .entry(enc.clone())
-                    .or_insert_with(|| labels.clone());
             }
             self.runs.push(Run {
                 enc: enc.clone(),
@@ -96,6 +116,12 @@ impl StorageAppender {
         self.samples.push((t, v));
         self.runs.last_mut().expect("pushed above").end = self.samples.len();
         Ok(())
+    }
+
+    /// [`Appender::set_meta`] with a key or value that may share a label set with the
+    /// caller: the pending ingest state keeps the share, not a copy.
+    pub fn set_meta_bytes(&mut self, key: MetaBytes, value: MetaBytes) {
+        self.meta.push((key, Some(value)));
     }
 
     /// Room for `n` more samples.
@@ -112,11 +138,12 @@ impl Appender for StorageAppender {
     }
 
     fn set_meta(&mut self, key: &[u8], value: &[u8]) {
-        self.meta.push((key.to_vec(), Some(value.to_vec())));
+        self.meta
+            .push((MetaBytes::new(key), Some(MetaBytes::new(value))));
     }
 
     fn remove_meta(&mut self, key: &[u8]) {
-        self.meta.push((key.to_vec(), None));
+        self.meta.push((MetaBytes::new(key), None));
     }
 
     fn commit(self) -> Result<CommitReport, StorageError> {
@@ -350,11 +377,14 @@ fn log_frame(
             .iter()
             .map(|(enc, id)| (*id, enc.to_vec()))
             .collect(),
-        meta,
+        meta: meta
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.as_ref().map(MetaBytes::to_vec)))
+            .collect(),
         samples: accepted.to_vec(),
     };
     let frame = wal::frame(&rec.encode());
-    (Some(frame), rec.meta)
+    (Some(frame), meta)
 }
 
 /// Makes a logged commit visible: new series and samples into the head, cut chunks staged

@@ -22,6 +22,7 @@
 use crate::head::{append_to_head, Head};
 use crate::index::SeriesOp;
 use crate::labels::Labels;
+use crate::meta_bytes::MetaBytes;
 use crate::pipeline::{InFlight, Pipeline};
 use crate::staging::{open_staging, Windows};
 use crate::{keys, wal, SeriesId, StorageError};
@@ -164,11 +165,12 @@ pub(crate) struct Inner {
     /// the log is about to lose its record (`mark_durable`), so a counter total that
     /// changes every push is never written to sled while it keeps changing. Reads look here
     /// before sled.
-    pub meta_pending: Mutex<BTreeMap<Vec<u8>, PendingMeta>>,
+    /// Keys and values may share a label set with their writer ([`MetaBytes`]).
+    pub meta_pending: Mutex<BTreeMap<MetaBytes, PendingMeta>>,
 }
 
 /// A pending ingest-state change: log record sequence and value (`None`: removed).
-pub(crate) type PendingMeta = (u64, Option<Vec<u8>>);
+pub(crate) type PendingMeta = (u64, Option<MetaBytes>);
 
 pub(crate) fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(what.into())
@@ -322,7 +324,7 @@ impl Storage {
             // newest record wins); `mark_durable` writes it before the log may lose it.
             let mut pending = self.pending_meta();
             for (k, v) in rec.meta {
-                pending.insert(k, (rec.seq, v));
+                pending.insert(k.into(), (rec.seq, v.map(MetaBytes::from)));
             }
             drop(pending);
             for (id, t, v) in rec.samples {
@@ -365,8 +367,8 @@ impl Storage {
 
     /// Reads an ingest-state value written with [`crate::Appender::set_meta`].
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        if let Some((_, v)) = self.pending_meta().get(key) {
-            return Ok(v.clone());
+        if let Some((_, v)) = self.pending_meta().get(&MetaBytes::new(key)) {
+            return Ok(v.as_ref().map(MetaBytes::to_vec));
         }
         Ok(self.inner.main.get(keys::meta(key))?.map(|v| v.to_vec()))
     }
@@ -381,7 +383,7 @@ impl Storage {
             .unwrap_or(u64::MAX)
     }
 
-    fn pending_meta(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, PendingMeta>> {
+    fn pending_meta(&self) -> MutexGuard<'_, BTreeMap<MetaBytes, PendingMeta>> {
         self.inner
             .meta_pending
             .lock()
@@ -396,11 +398,11 @@ impl Storage {
             found.insert(k[1..].to_vec(), Some(v.to_vec()));
         }
         let pending = self.pending_meta();
-        for (k, (_, v)) in pending.range(prefix.to_vec()..) {
+        for (k, (_, v)) in pending.range(MetaBytes::new(prefix)..) {
             if !k.starts_with(prefix) {
                 break;
             }
-            found.insert(k.clone(), v.clone());
+            found.insert(k.to_vec(), v.as_ref().map(MetaBytes::to_vec));
         }
         Ok(found
             .into_iter()
@@ -568,8 +570,8 @@ impl Storage {
                     continue;
                 }
                 match v {
-                    Some(v) => batch.insert(keys::meta(k), v),
-                    None => batch.remove(keys::meta(k)),
+                    Some(v) => batch.insert(keys::meta(&k.to_vec()), v.to_vec()),
+                    None => batch.remove(keys::meta(&k.to_vec())),
                 }
                 written.push(k.clone());
             }

@@ -22,6 +22,7 @@ mod error;
 mod head;
 pub mod index;
 mod labels;
+mod meta_bytes;
 mod pipeline;
 mod querier;
 mod retention;
@@ -36,6 +37,7 @@ pub use encoding::chunkenc;
 pub(crate) use encoding::{codec, dense, keys};
 pub use error::StorageError;
 pub use labels::{valid_label_name, Label, Labels, MatchOp, Matcher};
+pub use meta_bytes::MetaBytes;
 pub use querier::{ChunkSeries, RawChunk};
 pub use retention::MaintenanceReport;
 

@@ -943,6 +943,66 @@ fn pending_ingest_state_survives_truncation_and_reopen() {
     assert_eq!(s.meta(b"tot/gone").unwrap(), None);
 }
 
+/// Ingest state written with a shared label set (`set_meta_bytes`, issue 15: the pending
+/// map held a copy of every series' label set in its `tot/` key and `def/` value) reads,
+/// scans, replaces and survives maintenance and reopen exactly like the same bytes written
+/// with `set_meta`, however its key is split.
+#[test]
+fn shared_ingest_state_reads_like_its_bytes() {
+    use kappie_storage::MetaBytes;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StorageConfig {
+        wal_segment_bytes: 1,
+        ..small()
+    };
+    let now = 1_000_000_000;
+    let enc: Arc<[u8]> = Arc::from(labels("up", "a").encode());
+    let key = [b"tot/".as_slice(), &enc].concat();
+    let value = [b"\x01".as_slice(), &enc].concat();
+    let check = |s: &Storage, v: &[u8]| {
+        assert_eq!(s.meta(&key).unwrap().as_deref(), Some(v));
+        assert_eq!(s.meta(b"def/k").unwrap().as_deref(), Some(&value[..]));
+        let scanned = s.meta_scan_prefix(b"tot/__name__").unwrap();
+        assert_eq!(scanned, vec![(key.clone(), v.to_vec())]);
+        let all: Vec<Vec<u8>> = s
+            .meta_scan_prefix(b"")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(all, vec![b"def/k".to_vec(), b"tot/".to_vec(), key.clone()]);
+    };
+    {
+        let s = Storage::open(dir.path(), &cfg).unwrap();
+        let mut a = s.appender();
+        a.set_meta_bytes(MetaBytes::shared(b"tot/", &enc), MetaBytes::new(b"1"));
+        a.set_meta_bytes(MetaBytes::new(b"def/k"), MetaBytes::shared(b"\x01", &enc));
+        // A key that is a prefix of the shared one, written whole.
+        a.set_meta(b"tot/", b"p");
+        a.commit().unwrap();
+        check(&s, b"1");
+        // The same key split elsewhere replaces the value.
+        let mut a = s.appender();
+        a.set_meta_bytes(
+            MetaBytes::shared(&key[..9], &Arc::from(&key[9..])),
+            MetaBytes::new(b"2"),
+        );
+        a.append(&labels("up", "a"), now, 1.0).unwrap();
+        a.commit().unwrap();
+        check(&s, b"2");
+        // Into sled (the log may lose every record before the head chunk's), then read back.
+        s.maintain(now).unwrap();
+        check(&s, b"2");
+    } // dropped without close: what is pending is only in the log
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    check(&s, b"2");
+    s.maintain(now + 3 * 3_600_000).unwrap();
+    drop(s);
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    check(&s, b"2");
+}
+
 /// A clean stop with many counter totals pending (2026-12-02: writing them all to sled at
 /// close took over 60 s at 519k series) keeps them in the log: after each of several
 /// close/reopen rounds every total has its newest value, every sample reads back once,
