@@ -2,9 +2,9 @@
 //! once, the rest wait, and the wait counts against `--query-timeout-seconds` (as in
 //! Prometheus); `/metrics` shows both.
 
-use kappie_testkit::prometheus::free_port;
-use kappie_testkit::{wait_for, Proc};
-use std::process::Command;
+mod common;
+
+use kappie_testkit::wait_for;
 use std::time::Duration;
 
 fn metric(http: &str, line_start: &str) -> Option<f64> {
@@ -21,33 +21,19 @@ fn metric(http: &str, line_start: &str) -> Option<f64> {
 #[test]
 fn a_query_that_waits_past_the_timeout_for_a_thread_times_out_in_the_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let http_port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kappie-collector"));
-    cmd.args([
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-        "--http-listen",
-        &format!("127.0.0.1:{http_port}"),
-        "--grpc-listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--self-scrape-interval-seconds",
-        "0",
-        "--query-max-concurrency",
-        "1",
-        "--query-timeout-seconds",
-        "1",
-        "--query-max-tokens",
-        "50000",
-    ])
-    .env("RUST_LOG", "info");
-    let _proc = Proc::spawn("kappie-collector", cmd, &dir.path().join("collector.log"));
-    let http = format!("http://127.0.0.1:{http_port}");
-    wait_for("the collector to be ready", Duration::from_secs(60), || {
-        ureq::get(&format!("{http}/-/ready"))
-            .call()
-            .ok()
-            .filter(|r| r.status() == 200)
-    });
+    let (_proc, http, _) = common::collector_process(
+        &dir.path().join("data"),
+        &dir.path().join("collector.log"),
+        &[
+            "--query-max-concurrency",
+            "1",
+            "--query-timeout-seconds",
+            "1",
+            "--query-max-tokens",
+            "50000",
+        ],
+    );
+    common::wait_ready(&http);
     assert_eq!(metric(&http, "kappie_query_concurrency_max "), Some(1.0));
     assert_eq!(
         metric(&http, "kappie_queries{state=\"running\"} "),

@@ -2,47 +2,31 @@
 //! the collector waits `--shutdown-grace-seconds` for it, then closes the store anyway
 //! (before, a stop that outlasted the grace exited without closing it).
 
-use kappie_testkit::prometheus::{free_port, get_json, remote_write, series};
+mod common;
+
+use kappie_testkit::prometheus::{get_json, remote_write, series};
 use kappie_testkit::{wait_for, Proc};
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn start(dir: &Path, round: usize) -> (Proc, String) {
-    let http_port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kappie-collector"));
-    cmd.args([
-        "--data-dir",
-        dir.join("data").to_str().unwrap(),
-        "--http-listen",
-        &format!("127.0.0.1:{http_port}"),
-        "--grpc-listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--self-scrape-interval-seconds",
-        "0",
-        "--shutdown-grace-seconds",
-        "1",
-        // The open request below would otherwise be cut off by the server before the grace.
-        "--http-request-timeout-seconds",
-        "300",
-        "--http-header-timeout-seconds",
-        "300",
-    ])
-    .env("RUST_LOG", "info");
-    let proc = Proc::spawn(
-        "kappie-collector",
-        cmd,
+    let (proc, http, _) = common::collector_process(
+        &dir.join("data"),
         &dir.join(format!("collector-{round}.log")),
+        &[
+            "--shutdown-grace-seconds",
+            "1",
+            // The open request below would otherwise be cut off by the server before the
+            // grace.
+            "--http-request-timeout-seconds",
+            "300",
+            "--http-header-timeout-seconds",
+            "300",
+        ],
     );
-    let http = format!("http://127.0.0.1:{http_port}");
-    wait_for("the collector to be ready", Duration::from_secs(60), || {
-        ureq::get(&format!("{http}/-/ready"))
-            .call()
-            .ok()
-            .filter(|r| r.status() == 200)
-    });
+    common::wait_ready(&http);
     (proc, http)
 }
 

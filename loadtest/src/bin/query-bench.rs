@@ -165,19 +165,11 @@ const KAPPIE_QUERIES: &[Query] = &[
     ),
 ];
 
-/// CPU time (user + system) of process `pid` so far, in milliseconds, from
-/// `/proc/<pid>/stat`: it includes threads that have exited (the collector runs each query on
-/// a thread of its own), at the clock tick's resolution (10 ms a reading; summed over the
-/// runs, the error is a few tenths of a millisecond a query).
+/// CPU time (user + system) of process `pid` so far, in milliseconds: it includes threads
+/// that have exited, at the clock tick's resolution (10 ms a reading; summed over the runs,
+/// the error is a few tenths of a millisecond a query).
 fn cpu_ms(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = s.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| f.get(i).and_then(|x| x.parse::<f64>().ok()))
-        .sum();
-    ticks * 10.0
+    kappie_loadtest::cluster::process::cpu_seconds(pid).unwrap_or(0.0) * 1000.0
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -177,7 +177,19 @@ pub(super) fn attach_tc(
 
 /// Unpins the links and program pins of `attached`, which detaches them.
 pub(super) fn release(attached: impl IntoIterator<Item = Attached>) {
+    // tcx programs to see gone before returning (interface, direction, program id).
+    let mut tcx = Vec::new();
     for a in attached {
+        if let (true, Some(iface)) = (a.what.hook == "tcx", &a.what.interface) {
+            let dir = if a.what.program.ends_with("egress") {
+                TcAttachType::Egress
+            } else {
+                TcAttachType::Ingress
+            };
+            if let Ok(info) = ProgramInfo::from_pin(&a.prog_pin) {
+                tcx.push((iface.clone(), dir, info.id()));
+            }
+        }
         if let Some((pin, link)) = a.link {
             match link.unpin() {
                 Ok(fd) => drop(fd),
@@ -192,7 +204,32 @@ pub(super) fn release(attached: impl IntoIterator<Item = Attached>) {
             }
         }
     }
+    // The kernel lets go of a link whose last reference was its pin only after an RCU grace
+    // period and a work item: until then it still counts. Wait (bounded) until it is off
+    // the hook, so that a detach means "stopped" (a test once counted 50 packets sent right
+    // after it).
+    let deadline = std::time::Instant::now() + DETACH_WAIT;
+    for (iface, dir, id) in tcx {
+        loop {
+            let attached = match SchedClassifier::query_tcx(&iface, dir) {
+                Ok((_, progs)) => progs.iter().any(|p| p.id() == id),
+                Err(_) => false, // the interface is gone, or no tcx: nothing runs there
+            };
+            if !attached {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(interface = %iface, program_id = id, wait_ms = DETACH_WAIT.as_millis() as u64,
+                    "eBPF program still attached after detaching; the kernel releases it later");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
+
+/// Longest a detach waits for the kernel to take its tc programs off their hooks.
+const DETACH_WAIT: Duration = Duration::from_secs(2);
 
 /// Program `name` of `obj` as its type `T`.
 pub(super) fn program<'a, T>(obj: &'a mut Ebpf, name: &str) -> Result<&'a mut T, EbpfError>
