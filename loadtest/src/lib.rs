@@ -30,6 +30,18 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// This thread's CPU time, user and system, in ns: the scheduler's own accounting, not
+/// getrusage's (which counts in ticks, 4 ms here).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// A `kappie-collector` process on loopback, killed on drop.
 pub struct Collector {
     child: Child,

@@ -55,17 +55,6 @@ struct Args {
     serve_on: Option<std::net::Ipv4Addr>,
 }
 
-/// This thread's CPU time, user and system, in ns: the scheduler's own accounting, not
-/// getrusage's (which counts in ticks, 4 ms here).
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Median, p90 and max of `v` (sorted here), in the unit of `v`.
 fn summary(v: &mut [f64]) -> String {
     v.sort_by(f64::total_cmp);
@@ -108,17 +97,17 @@ fn sources(reader: &str) -> anyhow::Result<Vec<Box<dyn Source>>> {
 /// One collection cycle: its CPU ms, the sockets source's CPU ms, wall ms.
 fn cycle(sources: &mut [Box<dyn Source>], out: &mut Vec<Observation>) -> (f64, f64, f64) {
     out.clear();
-    let (c0, w0) = (thread_cpu_ns(), std::time::Instant::now());
+    let (c0, w0) = (kappie_loadtest::thread_cpu_ns(), std::time::Instant::now());
     let mut sockets = 0;
     for s in sources.iter_mut() {
-        let t = thread_cpu_ns();
+        let t = kappie_loadtest::thread_cpu_ns();
         s.collect(out).expect("collect");
         if s.name() == "sockets" {
-            sockets = thread_cpu_ns() - t;
+            sockets = kappie_loadtest::thread_cpu_ns() - t;
         }
     }
     (
-        (thread_cpu_ns() - c0) as f64 / 1e6,
+        (kappie_loadtest::thread_cpu_ns() - c0) as f64 / 1e6,
         sockets as f64 / 1e6,
         w0.elapsed().as_secs_f64() * 1e3,
     )

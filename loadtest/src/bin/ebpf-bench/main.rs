@@ -189,14 +189,7 @@ fn throughput_rounds(
 ) -> anyhow::Result<()> {
     let pin_dir =
         std::path::PathBuf::from(format!("/sys/fs/bpf/kappie-bench-{}", std::process::id()));
-    let config = EbpfConfig {
-        drops_tracepoint: false,
-        interfaces: vec![veth.b_if.clone()],
-        pin_dir: pin_dir.clone(),
-        drops: true,
-        forward: true,
-        tcx_only: false,
-    };
+    let config = bench_config(veth, &pin_dir);
 
     let (mut with, mut without) = (Vec::new(), Vec::new());
     let mut stats: HashMap<String, (Duration, u64)> = HashMap::new();
@@ -269,15 +262,6 @@ fn ksoftirqd_cpu_ns() -> u64 {
     (ticks as f64 * tick_ns) as u64
 }
 
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// Sends 18-byte UDP datagrams to `target` as fast as this thread can for `seconds`, 64 per
 /// `sendmmsg`; returns this thread's CPU time in ns.
 fn flood(target: std::net::SocketAddrV4, seconds: f64) -> anyhow::Result<u64> {
@@ -303,7 +287,7 @@ fn flood(target: std::net::SocketAddrV4, seconds: f64) -> anyhow::Result<u64> {
         })
         .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs_f64(seconds);
-    let t0 = thread_cpu_ns();
+    let t0 = kappie_loadtest::thread_cpu_ns();
     while std::time::Instant::now() < deadline {
         // SAFETY: msgs and the iovecs and payload they point to outlive the call.
         let n = unsafe {
@@ -323,7 +307,7 @@ fn flood(target: std::net::SocketAddrV4, seconds: f64) -> anyhow::Result<u64> {
             }
         }
     }
-    Ok(thread_cpu_ns() - t0)
+    Ok(kappie_loadtest::thread_cpu_ns() - t0)
 }
 
 /// One storm: drops seen by the dropping end, CPU ns spent (sender and ksoftirqd).
@@ -419,14 +403,7 @@ fn storm_rounds(
 ) -> anyhow::Result<()> {
     let pin_dir =
         std::path::PathBuf::from(format!("/sys/fs/bpf/kappie-storm-{}", std::process::id()));
-    let config = EbpfConfig {
-        drops_tracepoint: false,
-        interfaces: vec![veth.b_if.clone()],
-        pin_dir: pin_dir.clone(),
-        drops: true,
-        forward: true,
-        tcx_only: false,
-    };
+    let config = bench_config(veth, &pin_dir);
     // ms of CPU per million drops, and drops per second, of each round.
     let per_million = |(drops, cpu): (u64, u64)| cpu as f64 / 1e6 / (drops as f64 / 1e6);
     let (mut with, mut without) = (Vec::new(), Vec::new());
@@ -502,4 +479,17 @@ fn storm_rounds(
     );
     print_stats(&stats);
     Ok(())
+}
+
+/// The shipper's eBPF source as the benchmark attaches it: forward and drop counting on the
+/// dropping end of the veth pair, `tp_btf` for drops, pins under `pin_dir`.
+fn bench_config(veth: &Veth, pin_dir: &std::path::Path) -> EbpfConfig {
+    EbpfConfig {
+        drops_tracepoint: false,
+        interfaces: vec![veth.b_if.clone()],
+        pin_dir: pin_dir.to_owned(),
+        drops: true,
+        forward: true,
+        tcx_only: false,
+    }
 }
