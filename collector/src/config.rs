@@ -43,6 +43,10 @@ pub struct Cli {
     /// Most series one shipper session may define.
     #[arg(long, env = "KAPPIE_MAX_SERIES_PER_SHIPPER")]
     pub max_series_per_shipper: Option<usize>,
+    /// gRPC pushes applied at once (each shipper's pushes still one at a time); more wait
+    /// their turn. Concurrent pushes share the store's log fsync (group commit).
+    #[arg(long, env = "KAPPIE_INGEST_MAX_CONCURRENCY")]
+    pub ingest_max_concurrency: Option<usize>,
     /// Samples per second one shipper may push on average (counter deltas and gauge values);
     /// faster pushes get RESOURCE_EXHAUSTED with a time to retry after. 0: no limit.
     #[arg(long, env = "KAPPIE_MAX_SAMPLES_PER_SHIPPER_PER_SECOND")]
@@ -222,6 +226,7 @@ pub struct Config {
     pub max_label_value_bytes: usize,
     pub grpc_max_concurrent_calls_per_connection: usize,
     pub max_series_per_shipper: usize,
+    pub ingest_max_concurrency: usize,
     pub max_samples_per_shipper_per_second: u32,
     pub shipper_burst_samples: u32,
     pub max_future_skew_seconds: u64,
@@ -280,6 +285,7 @@ impl Default for Config {
             max_label_value_bytes: crate::limits::LabelLimits::default().max_value_bytes,
             grpc_max_concurrent_calls_per_connection: 16,
             max_series_per_shipper: 100_000,
+            ingest_max_concurrency: 8,
             max_samples_per_shipper_per_second: 10_000,
             shipper_burst_samples: 200_000,
             max_future_skew_seconds: 300,
@@ -452,6 +458,7 @@ impl Config {
             max_label_value_bytes,
             grpc_max_concurrent_calls_per_connection,
             max_series_per_shipper,
+            ingest_max_concurrency,
             max_samples_per_shipper_per_second,
             shipper_burst_samples,
             max_future_skew_seconds,
@@ -557,6 +564,9 @@ impl Config {
                 "http_max_concurrent_requests, http_request_timeout_seconds and \
                  http_header_timeout_seconds must be at least 1"
             );
+        }
+        if c.ingest_max_concurrency == 0 {
+            anyhow::bail!("ingest_max_concurrency must be at least 1");
         }
         if c.query_max_concurrency == 0 {
             anyhow::bail!("query_max_concurrency must be at least 1");

@@ -18,7 +18,7 @@ use kappie_proto::{
 };
 use kappie_storage::{Appender, Labels, MetaBytes, Storage, StorageError, STALE_NAN_BITS};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
@@ -26,27 +26,24 @@ use tonic::{Request, Response, Status};
 /// definitions of the listed references again.
 pub const DEFINE_SERIES_METADATA: &str = "kappie-define-series";
 
-/// Ingest calls in the blocking pool at once: one holding `Core`'s lock, one ready to take
-/// it. Every call needs that lock, and calls that waited for it in the pool each held a
-/// thread: with shippers behind, the pool's limit of 512 (cluster-sim N = 1,000, issue 15),
-/// their allocations spread over every malloc arena, and glibc kept twice the memory in
-/// use (docs/BENCHMARKS.md). Raise it if `Core` ever lets calls run side by side.
-const CALLS_IN_POOL: usize = 2;
-
 /// Ingest limits.
 #[derive(Debug, Clone)]
 pub struct IngestLimits {
     pub max_series_per_shipper: usize,
     pub max_future_skew_ms: i64,
     pub labels: crate::limits::LabelLimits,
+    /// Calls applied at once in the blocking pool (`--ingest-max-concurrency`); the rest
+    /// wait as parked tasks. Calls that waited in the pool for a lock each held a thread
+    /// (cluster-sim N = 1,000 grew it to 512 threads once, issue 15), so they wait here.
+    pub max_concurrency: usize,
 }
 
 /// The tonic service.
 #[derive(Clone)]
 pub struct IngestService {
-    core: Arc<Mutex<Core>>,
-    /// Calls let into the blocking pool ([`CALLS_IN_POOL`]); the rest wait here as parked
-    /// tasks, first come first served.
+    core: Arc<Core>,
+    /// Calls let into the blocking pool ([`IngestLimits::max_concurrency`]); the rest wait
+    /// here as parked tasks, first come first served.
     turn: Arc<tokio::sync::Semaphore>,
     auth: ShipperAuth,
     rate: Option<Arc<crate::limits::ShipperRateLimit>>,
@@ -71,37 +68,134 @@ impl Def {
     }
 }
 
+/// What the calls of all shippers share. Each shipper's calls run one at a time under its
+/// own lock ([`Shipper`]), different shippers' side by side, so that their commits share
+/// the store's log fsync (group commit); counter totals, which two shippers could share if
+/// they define the same label set, are claimed per label set ([`Totals`]).
 struct Core {
     store: Storage,
     limits: IngestLimits,
-    /// Definitions of each shipper's current session: shipper -> (session, ref -> def).
-    sessions: HashMap<String, (u64, HashMap<u32, Def>)>,
-    /// Counter totals by encoded label set, a cache of the `tot/` keys.
-    totals: HashMap<Arc<[u8]>, f64, foldhash::fast::RandomState>,
-    /// What the API lists; its lock is taken inside this one.
-    shippers: Arc<Inventory>,
+    /// Each shipper's state, behind its own lock.
+    shippers: Mutex<HashMap<String, Arc<Mutex<Shipper>>>>,
+    totals: Totals,
+    /// What the API lists (its own lock).
+    inventory: Arc<Inventory>,
+}
+
+/// One shipper's state: the definitions of its current session, once loaded.
+#[derive(Default)]
+struct Shipper {
+    session: Option<(u64, HashMap<u32, Def>)>,
+}
+
+/// Counter totals by encoded label set: a cache of the `tot/` keys (only of totals that
+/// moved; others are read from the store), and the label sets a push is applying.
+///
+/// A push reads each of its counters' totals, adds its deltas and commits; two pushes that
+/// did this for the same label set at once would both start from the same total and one
+/// increase would be lost. So a push claims all its counters' label sets at once before it
+/// reads them, and gives them back after its commit; a push that finds one of them claimed
+/// waits until it is given back. Claiming all or nothing means no two pushes can hold part
+/// of what each other needs. In practice label sets carry their node's name and no two
+/// shippers share one, so nobody waits.
+#[derive(Default)]
+struct Totals {
+    state: Mutex<TotalsState>,
+    given_back: Condvar,
+}
+
+#[derive(Default)]
+struct TotalsState {
+    cache: HashMap<Arc<[u8]>, f64, foldhash::fast::RandomState>,
+    claimed: HashSet<Arc<[u8]>, foldhash::fast::RandomState>,
+}
+
+impl Totals {
+    fn lock(&self) -> MutexGuard<'_, TotalsState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `sets` (distinct) for the caller, waiting while another push holds any of
+    /// them, and returns their totals (from the cache or `store`, absent meaning 0).
+    fn claim<'a>(&'a self, store: &Storage, sets: &'a [Arc<[u8]>]) -> Result<Claim<'a>, Status> {
+        let mut st = self.lock();
+        while sets.iter().any(|s| st.claimed.contains(s)) {
+            st = self.given_back.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        let mut values = Vec::with_capacity(sets.len());
+        for s in sets {
+            let v = match st.cache.get(s) {
+                Some(v) => *v,
+                None => stored_total(store, s)?,
+            };
+            values.push(v);
+        }
+        st.claimed.extend(sets.iter().cloned());
+        Ok(Claim {
+            totals: self,
+            sets,
+            values,
+        })
+    }
+}
+
+/// Label sets claimed by one push, given back when dropped (committed or not).
+struct Claim<'a> {
+    totals: &'a Totals,
+    sets: &'a [Arc<[u8]>],
+    /// Their totals when claimed, in the order of `sets`.
+    values: Vec<f64>,
+}
+
+impl Claim<'_> {
+    /// After the commit: the new totals of the sets whose total changed.
+    fn committed(self, changed: impl IntoIterator<Item = (Arc<[u8]>, f64)>) {
+        self.totals.lock().cache.extend(changed);
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut st = self.totals.lock();
+        for s in self.sets {
+            st.claimed.remove(s);
+        }
+        drop(st);
+        self.totals.given_back.notify_all();
+    }
+}
+
+fn stored_total(store: &Storage, enc: &[u8]) -> Result<f64, Status> {
+    match store.meta(&tot_key(enc)).map_err(storage_status)? {
+        None => Ok(0.0),
+        Some(b) => Ok(f64::from_bits(u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| Status::data_loss("stored counter total is corrupt"))?,
+        ))),
+    }
 }
 
 impl IngestService {
-    /// The service over `store`, keeping `shippers` (loaded from the same store) current;
+    /// The service over `store`, keeping `inventory` (loaded from the same store) current;
     /// with `auth` on, shippers write only as the node their credentials name.
     pub fn new(
         store: Storage,
         limits: IngestLimits,
-        shippers: Arc<Inventory>,
+        inventory: Arc<Inventory>,
         auth: ShipperAuth,
     ) -> Self {
         IngestService {
             auth,
             rate: None,
-            turn: Arc::new(tokio::sync::Semaphore::new(CALLS_IN_POOL)),
-            core: Arc::new(Mutex::new(Core {
+            turn: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrency.max(1))),
+            core: Arc::new(Core {
                 store,
                 limits,
-                sessions: HashMap::new(),
-                totals: HashMap::default(),
-                shippers,
-            })),
+                shippers: Mutex::new(HashMap::new()),
+                totals: Totals::default(),
+                inventory,
+            }),
         }
     }
 
@@ -111,9 +205,11 @@ impl IngestService {
         self
     }
 
+    /// Runs `f` in the blocking pool with `shipper`'s state locked.
     async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Core) -> Result<T, Status> + Send + 'static,
+        shipper: String,
+        f: impl FnOnce(&Core, &str, &mut Shipper) -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
         let core = self.core.clone();
         let turn = self
@@ -124,8 +220,15 @@ impl IngestService {
             .map_err(|e| Status::internal(format!("ingest queue closed: {e}")))?;
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
-            let mut guard = core.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
+            let state = core
+                .shippers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(shipper.clone())
+                .or_default()
+                .clone();
+            let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+            f(&core, &shipper, &mut guard)
         })
         .await
         .map_err(|e| Status::internal(format!("ingest worker failed: {e}")))?
@@ -140,7 +243,10 @@ impl Ingest for IngestService {
         caller.authorize(&req.get_ref().node_name, "node name")?;
         let req = req.into_inner();
         validate_shipper_id(&req.shipper_id)?;
-        let last = self.run(move |core| core.hello(&req)).await?;
+        let shipper = req.shipper_id.clone();
+        let last = self
+            .run(shipper, move |core, _, _| core.hello(&req))
+            .await?;
         Ok(Response::new(HelloResponse {
             last_applied_sequence: last,
         }))
@@ -174,7 +280,10 @@ impl Ingest for IngestService {
                 return Err(st);
             }
         }
-        let resp = self.run(move |core| core.push(req)).await?;
+        let shipper = req.shipper_id.clone();
+        let resp = self
+            .run(shipper, move |core, _, state| core.push(state, req))
+            .await?;
         Ok(Response::new(resp))
     }
 }
@@ -259,7 +368,7 @@ impl Core {
         }
     }
 
-    fn hello(&mut self, req: &HelloRequest) -> Result<u64, Status> {
+    fn hello(&self, req: &HelloRequest) -> Result<u64, Status> {
         let max = self.limits.labels.max_value_bytes;
         for (what, v) in [
             ("node_name", &req.node_name),
@@ -276,7 +385,7 @@ impl Core {
         let last = self.last_applied(&req.shipper_id)?;
         tracing::info!(shipper = %req.shipper_id, session = req.session, node = %req.node_name,
             version = %req.version, last_applied = last, "shipper session started");
-        let record = self.shippers.hello(
+        let record = self.inventory.hello(
             &req.shipper_id,
             req.session,
             &req.node_name,
@@ -295,13 +404,15 @@ impl Core {
         Ok(last)
     }
 
-    /// Loads the shipper's session definitions into memory if they are not there.
-    fn session_defs(
-        &mut self,
+    /// The definitions of `shipper`'s `session`, loaded from the store unless `state`
+    /// holds them.
+    fn session_defs<'s>(
+        &self,
+        state: &'s mut Shipper,
         shipper: &str,
         session: u64,
-    ) -> Result<&mut HashMap<u32, Def>, Status> {
-        let loaded = matches!(self.sessions.get(shipper), Some((s, _)) if *s == session);
+    ) -> Result<&'s mut HashMap<u32, Def>, Status> {
+        let loaded = matches!(&state.session, Some((s, _)) if *s == session);
         if !loaded {
             let mut prefix = def_prefix(shipper);
             prefix.extend_from_slice(&session.to_be_bytes());
@@ -316,12 +427,12 @@ impl Core {
                     .map_err(|_| Status::data_loss("stored definition key is corrupt"))?;
                 defs.insert(u32::from_be_bytes(r), decode_def(&v)?);
             }
-            self.sessions.insert(shipper.to_owned(), (session, defs));
+            state.session = Some((session, defs));
         }
-        Ok(&mut self.sessions.get_mut(shipper).expect("inserted above").1)
+        Ok(&mut state.session.as_mut().expect("set above").1)
     }
 
-    fn push(&mut self, req: PushRequest) -> Result<PushResponse, Status> {
+    fn push(&self, state: &mut Shipper, req: PushRequest) -> Result<PushResponse, Status> {
         if req.sequence == 0 {
             return Err(Status::invalid_argument("sequence must start at 1"));
         }
@@ -332,8 +443,8 @@ impl Core {
                 req.timestamp_ms, max_ts
             )));
         }
-        let shipper = req.shipper_id.clone();
-        let last = self.last_applied(&shipper)?;
+        let shipper = req.shipper_id.as_str();
+        let last = self.last_applied(shipper)?;
         if req.sequence <= last {
             tracing::debug!(%shipper, sequence = req.sequence, last, "duplicate batch ignored");
             return Ok(PushResponse {
@@ -341,18 +452,21 @@ impl Core {
                 last_applied_sequence: last,
             });
         }
-        let new_session = !matches!(self.sessions.get(&shipper), Some((s, _)) if *s == req.session);
-        let max_series = self.limits.max_series_per_shipper;
-        let label_limits = self.limits.labels;
-        let defs = self.session_defs(&shipper, req.session)?;
-        let plan = plan_batch(&req, defs, max_series, &label_limits)?;
+        let new_session = !matches!(&state.session, Some((s, _)) if *s == req.session);
+        let defs = self.session_defs(state, shipper, req.session)?;
+        let plan = plan_batch(
+            &req,
+            defs,
+            self.limits.max_series_per_shipper,
+            &self.limits.labels,
+        )?;
 
         let mut app = self.store.appender();
         if new_session {
             // Definitions of the shipper's earlier sessions are never used again.
             for (k, _) in self
                 .store
-                .meta_scan_prefix(&def_prefix(&shipper))
+                .meta_scan_prefix(&def_prefix(shipper))
                 .map_err(storage_status)?
             {
                 let session_of_key = k.len().checked_sub(12).map(|i| &k[i..i + 8]);
@@ -363,49 +477,52 @@ impl Core {
         }
         for (r, def) in &plan.new_defs {
             app.set_meta_bytes(
-                MetaBytes::new(&def_key(&shipper, req.session, *r)),
+                MetaBytes::new(&def_key(shipper, req.session, *r)),
                 encode_def(def),
             );
         }
         app.reserve(plan.counters.len() + plan.gauges.len());
-        let mut totals = Vec::with_capacity(plan.counters.len());
-        for (enc, delta) in plan.counters {
-            let total = self.total(&enc)? + delta;
-            app.append_shared(&enc, req.timestamp_ms, total)
+        let claim = self.totals.claim(&self.store, &plan.counter_sets)?;
+        let mut changed = Vec::with_capacity(plan.counter_sets.len());
+        for ((enc, delta), before) in plan
+            .counter_sets
+            .iter()
+            .zip(&plan.counters)
+            .zip(&claim.values)
+        {
+            let total = before + delta;
+            app.append_shared(enc, req.timestamp_ms, total)
                 .map_err(storage_status)?;
             // An unchanged total is already stored (or absent, meaning 0): many counters
             // stand still between pushes, and each write is log and sled bytes.
-            if delta != 0.0 {
+            if *delta != 0.0 {
                 app.set_meta_bytes(
-                    MetaBytes::shared(TOT_PREFIX, &enc),
+                    MetaBytes::shared(TOT_PREFIX, enc),
                     MetaBytes::new(&total.to_bits().to_be_bytes()),
                 );
-                totals.push((enc, total));
+                changed.push((enc.clone(), total));
             }
         }
-        for (enc, v) in plan.gauges {
-            app.append_shared(&enc, req.timestamp_ms, v)
+        for (enc, v) in &plan.gauges {
+            app.append_shared(enc, req.timestamp_ms, *v)
                 .map_err(storage_status)?;
         }
-        app.set_meta(&seq_key(&shipper), &req.sequence.to_be_bytes());
+        app.set_meta(&seq_key(shipper), &req.sequence.to_be_bytes());
         let applied_ms = now_ms();
         let record = self
-            .shippers
-            .record_after_push(&shipper, req.session, applied_ms);
-        app.set_meta(&record_key(&shipper), &record.encode());
+            .inventory
+            .record_after_push(shipper, req.session, applied_ms);
+        app.set_meta(&record_key(shipper), &record.encode());
         let report = app.commit().map_err(storage_status)?;
+        claim.committed(changed);
 
-        self.totals.extend(totals);
-        let mut series = 0;
-        if let Some((_, defs)) = self.sessions.get_mut(&shipper) {
-            defs.extend(plan.new_defs);
-            series = defs.len();
-        }
-        self.shippers.applied(
-            &shipper,
+        let defs = &mut state.session.as_mut().expect("loaded above").1;
+        defs.extend(plan.new_defs);
+        self.inventory.applied(
+            shipper,
             record,
             req.sequence,
-            series,
+            defs.len(),
             report.appended as u64,
             applied_ms,
         );
@@ -414,27 +531,15 @@ impl Core {
             last_applied_sequence: req.sequence,
         })
     }
-
-    fn total(&self, enc: &Arc<[u8]>) -> Result<f64, Status> {
-        if let Some(t) = self.totals.get(enc) {
-            return Ok(*t);
-        }
-        match self.store.meta(&tot_key(enc)).map_err(storage_status)? {
-            None => Ok(0.0),
-            Some(b) => Ok(f64::from_bits(u64::from_be_bytes(
-                b.as_slice()
-                    .try_into()
-                    .map_err(|_| Status::data_loss("stored counter total is corrupt"))?,
-            ))),
-        }
-    }
 }
 
 /// What a valid batch writes: new definitions, counter increases and gauge values by
 /// series.
 struct Plan {
     new_defs: HashMap<u32, Def>,
-    counters: Vec<(Arc<[u8]>, f64)>,
+    /// The counters' label sets, each once, and their summed increases, in the same order.
+    counter_sets: Vec<Arc<[u8]>>,
+    counters: Vec<f64>,
     gauges: Vec<(Arc<[u8]>, f64)>,
 }
 
@@ -498,9 +603,12 @@ fn plan_batch(
         }
         return Err(st);
     }
-    // Deltas of one series summed, in the order the batch names the series.
-    let mut counters: Vec<(Arc<[u8]>, f64)> = Vec::with_capacity(req.deltas.len());
-    let mut slot: HashMap<u32, usize> = HashMap::with_capacity(req.deltas.len());
+    // Deltas of one series summed (of one label set: two references may define the same
+    // one), in the order the batch names the series.
+    let mut counter_sets: Vec<Arc<[u8]>> = Vec::with_capacity(req.deltas.len());
+    let mut counters: Vec<f64> = Vec::with_capacity(req.deltas.len());
+    let mut slot: HashMap<&[u8], usize, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(req.deltas.len(), Default::default());
     for d in &req.deltas {
         let def = lookup(d.r#ref)
             .filter(|x| x.kind == MetricType::Counter)
@@ -516,11 +624,12 @@ fn plan_batch(
                 d.r#ref, d.delta
             )));
         }
-        match slot.entry(d.r#ref) {
-            std::collections::hash_map::Entry::Occupied(e) => counters[*e.get()].1 += d.delta,
+        match slot.entry(&def.enc[..]) {
+            std::collections::hash_map::Entry::Occupied(e) => counters[*e.get()] += d.delta,
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(counters.len());
-                counters.push((def.enc.clone(), d.delta));
+                counter_sets.push(def.enc.clone());
+                counters.push(d.delta);
             }
         }
     }
@@ -543,6 +652,7 @@ fn plan_batch(
     }
     Ok(Plan {
         new_defs,
+        counter_sets,
         counters,
         gauges,
     })

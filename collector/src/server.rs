@@ -226,6 +226,7 @@ pub async fn serve(
             max_series_per_shipper: config.max_series_per_shipper,
             max_future_skew_ms: (config.max_future_skew_seconds as i64).saturating_mul(1000),
             labels: config.label_limits(),
+            max_concurrency: config.ingest_max_concurrency,
         },
         shippers,
         shipper_auth,

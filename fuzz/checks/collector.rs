@@ -170,6 +170,7 @@ fn ingest_service(store: &Storage) -> kappie_collector::ingest::IngestService {
                 max_name_bytes: 12,
                 max_value_bytes: 12,
             },
+            max_concurrency: 2,
         },
         std::sync::Arc::new(shippers),
         Default::default(),
