@@ -89,10 +89,7 @@ impl StorageAppender {
     ) -> Result<(), StorageError> {
         let same_as_last = self.runs.last().is_some_and(|r| Arc::ptr_eq(&r.enc, enc));
         if !same_as_last {
-            let id = read_lock(&self.store.inner.head)
-                .by_labels
-                .get(enc)
-                .copied();
+            let id = read_lock(&self.store.inner.head).series.id_of(enc);
             if id.is_none() {
                 if let std::collections::hash_map::Entry::Vacant(e) =
                     self.new_series.entry(enc.clone())
@@ -248,11 +245,11 @@ fn assign_ids(
     let head = read_lock(&inner.head);
     for (enc, labels) in new_series {
         let known = head
-            .by_labels
-            .get(enc)
-            .or_else(|| in_flight.created.get(enc).map(|(id, _)| id));
+            .series
+            .id_of(enc)
+            .or_else(|| in_flight.created.get(enc).map(|(id, _)| *id));
         if let Some(id) = known {
-            ids.insert(enc.clone(), *id);
+            ids.insert(enc.clone(), id);
             continue;
         }
         let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
@@ -295,8 +292,12 @@ fn validate(
         start = run.end;
         let id = match run.id.filter(|_| appended.ids_current) {
             Some(id) => id,
-            None => match head.by_labels.get(&run.enc).or_else(|| ids.get(&run.enc)) {
-                Some(id) => *id,
+            None => match head
+                .series
+                .id_of(&run.enc)
+                .or_else(|| ids.get(&run.enc).copied())
+            {
+                Some(id) => id,
                 None => return Err(corrupt("appended series has no id")),
             },
         };
@@ -307,7 +308,7 @@ fn validate(
             .copied()
             .or_else(|| in_flight.last.get(&id).map(|&(t, bits, _)| (t, bits)))
             .or_else(|| {
-                let s = head.series.get(&id)?;
+                let s = head.series.get(id)?;
                 let lv = s
                     .head
                     .as_ref()
@@ -404,7 +405,7 @@ fn apply(
         head.insert_series(id, enc, i64::MIN, i64::MIN);
     }
     for &(id, t, v) in accepted {
-        if let Some(s) = head.series.get_mut(&id) {
+        if let Some(s) = head.series.get_mut(id) {
             if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
                 cut.push(c);
             }

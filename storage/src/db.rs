@@ -23,6 +23,7 @@ use crate::head::{append_to_head, Head};
 use crate::index::SeriesOp;
 use crate::labels::Labels;
 use crate::meta_bytes::MetaBytes;
+use crate::pending::PendingMap;
 use crate::pipeline::{InFlight, Pipeline};
 use crate::staging::{open_staging, Windows};
 use crate::{keys, wal, SeriesId, StorageError};
@@ -165,12 +166,10 @@ pub(crate) struct Inner {
     /// the log is about to lose its record (`mark_durable`), so a counter total that
     /// changes every push is never written to sled while it keeps changing. Reads look here
     /// before sled.
-    /// Keys and values may share a label set with their writer ([`MetaBytes`]).
-    pub meta_pending: Mutex<BTreeMap<MetaBytes, PendingMeta>>,
+    /// Keys and values may share a label set with their writer ([`MetaBytes`]); ordered
+    /// by key for prefix scans ([`PendingMap`]).
+    pub meta_pending: Mutex<PendingMap>,
 }
-
-/// A pending ingest-state change: log record sequence and value (`None`: removed).
-pub(crate) type PendingMeta = (u64, Option<MetaBytes>);
 
 pub(crate) fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(what.into())
@@ -277,7 +276,7 @@ impl Storage {
             stats: StorageStats::default(),
             holds: Mutex::new(BTreeMap::new()),
             stopped: Mutex::new(None),
-            meta_pending: Mutex::new(BTreeMap::new()),
+            meta_pending: Mutex::new(PendingMap::default()),
         };
         let store = Storage {
             inner: Arc::new(inner),
@@ -311,7 +310,7 @@ impl Storage {
                 }
             }
             for (id, enc) in rec.series {
-                if head.series.contains_key(&id) {
+                if head.series.contains_key(id) {
                     continue;
                 }
                 let labels = Labels::decode(&enc)?;
@@ -328,7 +327,7 @@ impl Storage {
             }
             drop(pending);
             for (id, t, v) in rec.samples {
-                let Some(s) = head.series.get_mut(&id) else {
+                let Some(s) = head.series.get_mut(id) else {
                     continue;
                 };
                 if t <= s.maxt {
@@ -367,7 +366,7 @@ impl Storage {
 
     /// Reads an ingest-state value written with [`crate::Appender::set_meta`].
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        if let Some((_, v)) = self.pending_meta().get(&MetaBytes::new(key)) {
+        if let Some((_, v)) = self.pending_meta().get(key) {
             return Ok(v.as_ref().map(MetaBytes::to_vec));
         }
         Ok(self.inner.main.get(keys::meta(key))?.map(|v| v.to_vec()))
@@ -377,13 +376,13 @@ impl Storage {
     /// must keep it and every record after it (`u64::MAX`: none pending).
     pub(crate) fn oldest_pending_seq(&self) -> u64 {
         self.pending_meta()
-            .values()
-            .map(|(seq, _)| *seq)
+            .iter()
+            .map(|(_, (seq, _))| *seq)
             .min()
             .unwrap_or(u64::MAX)
     }
 
-    fn pending_meta(&self) -> MutexGuard<'_, BTreeMap<MetaBytes, PendingMeta>> {
+    fn pending_meta(&self) -> MutexGuard<'_, PendingMap> {
         self.inner
             .meta_pending
             .lock()
@@ -398,10 +397,7 @@ impl Storage {
             found.insert(k[1..].to_vec(), Some(v.to_vec()));
         }
         let pending = self.pending_meta();
-        for (k, (_, v)) in pending.range(MetaBytes::new(prefix)..) {
-            if !k.starts_with(prefix) {
-                break;
-            }
+        for (k, (_, v)) in pending.scan_prefix(prefix) {
             found.insert(k.to_vec(), v.as_ref().map(MetaBytes::to_vec));
         }
         Ok(found
@@ -436,7 +432,7 @@ impl Storage {
     /// The labels of series `id`, while the store has it.
     pub fn series_labels(&self, id: SeriesId) -> Option<Labels> {
         let head = read_lock(&self.inner.head);
-        Labels::decode(&head.series.get(&id)?.labels).ok()
+        Labels::decode(&head.series.get(id)?.labels).ok()
     }
 
     /// Keeps the log's records from sequence `first_needed` on for reader `name` (up to
@@ -549,9 +545,9 @@ impl Storage {
         }
         let raised: Vec<(SeriesId, i64)> = read_lock(&inner.head)
             .series
-            .iter()
-            .filter(|(_, s)| s.staged_maxt > s.durable_maxt)
-            .map(|(id, s)| (*id, s.staged_maxt))
+            .values()
+            .filter(|s| s.staged_maxt > s.durable_maxt)
+            .map(|s| (s.id, s.staged_maxt))
             .collect();
         let mut delta = crate::index::SeriesDelta::default();
         for &(id, t) in &raised {
@@ -564,7 +560,6 @@ impl Storage {
         {
             let mut pending = self.pending_meta();
             let mut batch = Writes::default();
-            let mut written = Vec::new();
             for (k, (seq, v)) in pending.iter() {
                 if *seq >= meta_before {
                     continue;
@@ -573,17 +568,14 @@ impl Storage {
                     Some(v) => batch.insert(keys::meta(&k.to_vec()), v.to_vec()),
                     None => batch.remove(keys::meta(&k.to_vec())),
                 }
-                written.push(k.clone());
             }
             batch.apply(&inner.main)?;
-            for k in written {
-                pending.remove(&k);
-            }
+            pending.retain(|_, (seq, _)| *seq >= meta_before);
         }
         inner.main.flush()?;
         let mut head = write_lock(&inner.head);
         for (id, t) in raised {
-            if let Some(s) = head.series.get_mut(&id) {
+            if let Some(s) = head.series.get_mut(id) {
                 s.durable_maxt = s.durable_maxt.max(t);
             }
         }

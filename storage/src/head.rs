@@ -4,6 +4,7 @@
 
 use crate::chunk::{ChunkSource, StoredChunk};
 use crate::chunkenc::{XorAppender, MAX_SAMPLES};
+use crate::series_table::SeriesTable;
 use crate::{SeriesId, StorageConfig, StorageError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,10 +13,17 @@ pub(crate) struct HeadChunk {
     pub app: XorAppender,
     /// Write-ahead record of the chunk's first sample.
     pub first_wal: u64,
-    pub window: i64,
+}
+
+impl HeadChunk {
+    /// The chunk window the chunk is in (that of its first sample; it never spans two).
+    pub fn window(&self, config: &StorageConfig) -> i64 {
+        self.app.mint().div_euclid(config.chunk_span_ms)
+    }
 }
 
 pub(crate) struct MemSeries {
+    pub id: SeriesId,
     pub labels: Arc<[u8]>,
     pub head: Option<HeadChunk>,
     /// First sample time (kept, not raised by retention: an over-estimate of the range).
@@ -30,14 +38,29 @@ pub(crate) struct MemSeries {
     pub durable_maxt: i64,
 }
 
+impl MemSeries {
+    /// A series without a head chunk whose samples up to `maxt` are durable in chunks.
+    pub fn new(id: SeriesId, labels: Arc<[u8]>, mint: i64, maxt: i64) -> Self {
+        MemSeries {
+            id,
+            labels,
+            head: None,
+            mint,
+            maxt,
+            staged_maxt: maxt,
+            durable_maxt: maxt,
+        }
+    }
+}
+
 /// A map of the head, hashed with a seeded foldhash (label sets come from clients; the
 /// per-process seed keeps them from choosing collisions).
 pub(crate) type HeadMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 pub(crate) struct Head {
-    pub by_labels: HeadMap<Arc<[u8]>, SeriesId>,
-    pub series: HeadMap<SeriesId, MemSeries>,
+    /// Every series, by id and by encoded label set.
+    pub series: SeriesTable,
     /// Chunks cut from the head whose write to staging failed (a full disk), oldest first:
     /// read from here and written again by the next commit or maintenance that stages
     /// chunks. Their series' staged maxt does not cover them, so no durable mark does, and
@@ -49,18 +72,7 @@ impl Head {
     /// Adds a series without a head chunk, findable by id and by its encoded labels; its
     /// samples up to `maxt` are durable in chunks.
     pub fn insert_series(&mut self, id: SeriesId, labels: Arc<[u8]>, mint: i64, maxt: i64) {
-        self.by_labels.insert(labels.clone(), id);
-        self.series.insert(
-            id,
-            MemSeries {
-                labels,
-                head: None,
-                mint,
-                maxt,
-                staged_maxt: maxt,
-                durable_maxt: maxt,
-            },
-        );
+        self.series.insert(MemSeries::new(id, labels, mint, maxt));
     }
 }
 
@@ -88,14 +100,13 @@ pub(crate) fn append_to_head(
     let full = s
         .head
         .as_ref()
-        .is_some_and(|h| h.app.len() >= MAX_SAMPLES || h.window != window);
+        .is_some_and(|h| h.app.len() >= MAX_SAMPLES || h.window(config) != window);
     if full {
         cut = s.head.take().map(|h| cut_chunk(id, h));
     }
     let h = s.head.get_or_insert_with(|| HeadChunk {
         app: XorAppender::new(),
         first_wal: wal_seq,
-        window,
     });
     h.app.append(t, v);
     if s.mint == i64::MIN || t < s.mint {
@@ -145,7 +156,7 @@ impl ChunkSource for Head {
                 });
             }
         }
-        let chunk = self.series.get(&id).and_then(|s| s.head.as_ref()?.stored());
+        let chunk = self.series.get(id).and_then(|s| s.head.as_ref()?.stored());
         if let Some(c) = chunk.filter(|c| c.mint() <= maxt && c.maxt() >= mint) {
             out.push(c);
         }
@@ -156,7 +167,7 @@ impl ChunkSource for Head {
         &self,
         f: &mut dyn FnMut(SeriesId, Vec<StoredChunk>) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        let mut ids: Vec<SeriesId> = self.series.keys().copied().collect();
+        let mut ids: Vec<SeriesId> = self.series.ids().collect();
         ids.sort_unstable();
         for id in ids {
             let mut chunks = Vec::new();
@@ -166,5 +177,15 @@ impl ChunkSource for Head {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A head series is 136 bytes (issue 15: memory per series); a field added here is
+    /// paid by every series.
+    #[test]
+    fn mem_series_size() {
+        assert_eq!(std::mem::size_of::<super::MemSeries>(), 136);
     }
 }

@@ -47,15 +47,14 @@ impl Storage {
         let all = || {
             read_lock(&self.inner.head)
                 .series
-                .keys()
-                .copied()
+                .ids()
                 .collect::<roaring::RoaringTreemap>()
         };
         let ids = index::resolve(&self.inner.main, matchers, all)?;
         let head = read_lock(&self.inner.head);
         let mut out = Vec::with_capacity(ids.len() as usize);
         for id in ids {
-            let Some(s) = head.series.get(&id) else {
+            let Some(s) = head.series.get(id) else {
                 continue;
             };
             if s.maxt < mint || s.mint > maxt {
@@ -167,7 +166,7 @@ impl Storage {
                 let (value, ids) = p?;
                 let live = |id: u64| {
                     head.series
-                        .get(&id)
+                        .get(id)
                         .is_some_and(|s| s.maxt >= mint && s.mint <= maxt)
                 };
                 if ids.iter().any(live) {

@@ -89,10 +89,10 @@ impl Storage {
         let mut cut = Vec::new();
         {
             let mut head = write_lock(&inner.head);
-            for (id, s) in head.series.iter_mut() {
+            for s in head.series.values_mut() {
                 if s.head.is_some() && s.maxt < now_ms.saturating_sub(cfg.head_idle_ms) {
                     if let Some(h) = s.head.take() {
-                        cut.push(cut_chunk(*id, h));
+                        cut.push(cut_chunk(s.id, h));
                     }
                 }
             }
@@ -175,14 +175,13 @@ impl Storage {
             let mut head = write_lock(&inner.head);
             let gone: Vec<u64> = head
                 .series
-                .iter()
-                .filter(|(_, s)| s.head.is_none() && s.maxt < min_valid)
-                .map(|(id, _)| *id)
+                .values()
+                .filter(|s| s.head.is_none() && s.maxt < min_valid)
+                .map(|s| s.id)
                 .collect();
             for id in gone {
-                if let Some(s) = head.series.remove(&id) {
+                if let Some(s) = head.series.remove(id) {
                     inner.series_removed.fetch_add(1, Ordering::SeqCst);
-                    head.by_labels.remove(&s.labels);
                     batch.series.push(id, crate::index::SeriesOp::Remove);
                     for l in crate::Labels::decode(&s.labels)?.iter() {
                         batch.postings.remove(&l.name, &l.value, id);

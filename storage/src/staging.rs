@@ -429,7 +429,7 @@ impl Storage {
                 match self.stage(window, &chunks) {
                     Ok(()) => {
                         for c in &chunks {
-                            if let Some(s) = head.series.get_mut(&c.id) {
+                            if let Some(s) = head.series.get_mut(c.id) {
                                 s.staged_maxt = s.staged_maxt.max(c.maxt);
                             }
                         }
@@ -550,7 +550,7 @@ pub(crate) fn open_staging(
             migrate_sled_staging(&path, &file_path)?;
         }
         let mut keep =
-            |id: SeriesId, mint: i64| head.series.get(&id).is_some_and(|s| mint <= s.durable_maxt);
+            |id: SeriesId, mint: i64| head.series.get(id).is_some_and(|s| mint <= s.durable_maxt);
         let (file, left_out) = StagingFile::open(&file_path, &mut keep)?;
         discarded += left_out;
         staging.insert(
