@@ -442,10 +442,14 @@ fn apply(
         // `append_to_head` below sets the first time.
         head.insert_series(id, enc, i64::MIN, i64::MIN);
     }
-    for &(id, t, v) in accepted {
+    // Accepted samples come in runs of one series: one lookup per run.
+    for run in accepted.chunk_by(|a, b| a.0 == b.0) {
+        let id = run[0].0;
         if let Some(s) = head.series.get_mut(&id) {
-            if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
-                cut.push(c);
+            for &(_, t, v) in run {
+                if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
+                    cut.push(c);
+                }
             }
         }
     }
