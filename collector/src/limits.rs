@@ -24,26 +24,40 @@ impl Default for LabelLimits {
 impl LabelLimits {
     /// Why `labels` is over a limit (with the flag to raise), or `Ok`.
     pub fn check(&self, labels: &Labels) -> Result<(), String> {
-        let n = labels.iter().count();
+        self.check_iter(
+            labels.len(),
+            labels.iter().map(|l| (l.name.as_str(), l.value.as_str())),
+        )
+    }
+
+    /// [`Self::check`] of a label set given as `(name, value)` pairs.
+    pub fn check_pairs(&self, pairs: &[(&str, &str)]) -> Result<(), String> {
+        self.check_iter(pairs.len(), pairs.iter().copied())
+    }
+
+    fn check_iter<'a>(
+        &self,
+        n: usize,
+        pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), String> {
         if n > self.max_labels {
             return Err(format!(
                 "{n} labels, more than the limit of {} (--max-labels-per-series)",
                 self.max_labels
             ));
         }
-        for l in labels.iter() {
-            if l.name.len() > self.max_name_bytes {
+        for (name, value) in pairs {
+            if name.len() > self.max_name_bytes {
                 return Err(format!(
                     "label name of {} bytes, more than the limit of {} (--max-label-name-bytes)",
-                    l.name.len(),
+                    name.len(),
                     self.max_name_bytes
                 ));
             }
-            if l.value.len() > self.max_value_bytes {
+            if value.len() > self.max_value_bytes {
                 return Err(format!(
-                    "label {:?} has a value of {} bytes, more than the limit of {} (--max-label-value-bytes)",
-                    l.name,
-                    l.value.len(),
+                    "label {name:?} has a value of {} bytes, more than the limit of {} (--max-label-value-bytes)",
+                    value.len(),
                     self.max_value_bytes
                 ));
             }

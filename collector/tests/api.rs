@@ -241,7 +241,21 @@ async fn remote_write_stores_samples_and_refuses_bad_requests() {
             kappie_storage::Querier::select(&store, &[m], i64::MIN, i64::MAX).unwrap()
         };
         let before = stored();
+        // The protobuf of a good request, cut short and with a label value that is not
+        // UTF-8 (the in-place decoder must refuse what prost refuses).
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(&write_body(&[(
+                &[("__name__", "x"), ("job", "utf8")],
+                &[(now, 1.0)],
+            )]))
+            .unwrap();
+        let snappy = |b: &[u8]| snap::raw::Encoder::new().compress_vec(b).unwrap();
+        let mut not_utf8 = raw.clone();
+        let at = raw.windows(4).position(|w| w == b"utf8").unwrap();
+        not_utf8[at] = 0xc3;
         for (what, body) in [
+            ("truncated protobuf", snappy(&raw[..raw.len() - 3])),
+            ("label value not UTF-8", snappy(&not_utf8)),
             ("not snappy", b"definitely not snappy".to_vec()),
             (
                 "not protobuf",

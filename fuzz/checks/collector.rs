@@ -15,21 +15,87 @@ const MAX_REMOTE_WRITE_BYTES: usize = 32 << 20;
 /// A remote write body decodes and validates, or is refused, never a panic; every series
 /// accepted has a metric name. The bytes also go in snappy-compressed, so that the
 /// protobuf decoding and the label checks see them directly.
+///
+/// The collector decodes in place (`api::write::wire`); prost's generated decoder with
+/// `Labels::new`, what it did before, must agree: the same series, or both refuse (with the
+/// same message when a label set is refused).
 pub fn remote_write(data: &[u8]) {
     let compressed = snap::raw::Encoder::new()
         .compress_vec(data)
         .expect("snappy compresses any input");
+    let limits = kappie_collector::limits::LabelLimits::default();
     for body in [data, &compressed] {
-        if let Ok(series) = decode_write_request(
-            body,
-            MAX_REMOTE_WRITE_BYTES,
-            &kappie_collector::limits::LabelLimits::default(),
-        ) {
-            for (labels, _) in &series {
-                assert!(labels.get("__name__").is_some(), "series without a name");
+        let ours = decode_write_request(body, MAX_REMOTE_WRITE_BYTES, &limits);
+        let reference = remote_write_reference(body, &limits);
+        match (ours, reference) {
+            (Ok(batch), Ok(series)) => {
+                let ours: Vec<(Labels, Vec<(i64, f64)>)> = batch
+                    .series()
+                    .map(|(enc, s)| (Labels::decode(enc).expect("valid encoding"), s.to_vec()))
+                    .collect();
+                for (labels, _) in &ours {
+                    assert!(labels.get("__name__").is_some(), "series without a name");
+                }
+                assert_eq!(ours.len(), series.len(), "series count");
+                for ((l, s), (rl, rs)) in ours.iter().zip(&series) {
+                    assert_eq!(l, rl, "label set");
+                    let bits = |s: &[(i64, f64)]| -> Vec<(i64, u64)> {
+                        s.iter().map(|&(t, v)| (t, v.to_bits())).collect()
+                    };
+                    assert_eq!(bits(s), bits(rs), "samples of {l:?}");
+                }
             }
+            (Err(e), Err(r)) => {
+                assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+                let kind = |m: &str| m.split(':').next().unwrap_or("").to_owned();
+                if r.starts_with("protobuf decode error") {
+                    assert!(
+                        e.message().starts_with("protobuf decode error"),
+                        "{} vs {r}",
+                        e.message()
+                    );
+                } else if r.starts_with("series ") {
+                    assert_eq!(e.message(), r);
+                } else {
+                    assert_eq!(kind(e.message()), kind(&r), "{} vs {r}", e.message());
+                }
+            }
+            (Ok(_), Err(r)) => panic!("accepted a body prost's decoder refuses: {r}"),
+            (Err(e), Ok(_)) => panic!("refused a body prost's decoder accepts: {}", e.message()),
         }
     }
+}
+
+/// Remote write decoding as the collector did it with prost's generated decoder (until
+/// 2026-12-02): the reference the in-place decoder is held to.
+fn remote_write_reference(
+    body: &[u8],
+    limits: &kappie_collector::limits::LabelLimits,
+) -> Result<Vec<(Labels, Vec<(i64, f64)>)>, String> {
+    use prost::Message;
+    let raw = kappie_collector::api::write::decompress(body, MAX_REMOTE_WRITE_BYTES)
+        .map_err(|e| e.message().to_owned())?;
+    let req = kappie_proto::prometheus::WriteRequest::decode(raw.as_slice())
+        .map_err(|e| format!("protobuf decode error: {e}"))?;
+    let mut series = Vec::with_capacity(req.timeseries.len());
+    for (i, ts) in req.timeseries.into_iter().enumerate() {
+        let labels = Labels::new(ts.labels.into_iter().map(|l| (l.name, l.value)))
+            .map_err(|e| format!("series {i}: {e}"))?;
+        if labels.get("__name__").is_none() {
+            return Err(format!("series {i} has no __name__ label"));
+        }
+        limits
+            .check(&labels)
+            .map_err(|e| format!("series {i}: {e}"))?;
+        series.push((
+            labels,
+            ts.samples
+                .into_iter()
+                .map(|s| (s.timestamp, s.value))
+                .collect(),
+        ));
+    }
+    Ok(series)
 }
 
 /// Evaluation time of the fuzzed queries (ms): the end of the samples of [`promql_store`].

@@ -115,6 +115,45 @@ impl StorageAppender {
         Ok(())
     }
 
+    /// Appends `samples` (time order) of one series given by its label set in the store's
+    /// encoding (`enc` as [`Labels::encode`] makes it), which the caller has checked as
+    /// [`Labels::new`] checks labels (`check_sorted_names`, no empty value). A series the
+    /// head has is looked up by these bytes and shares the head's copy; only a series new
+    /// to the store is copied and decoded (its name is checked then).
+    pub fn append_run(&mut self, enc: &[u8], samples: &[(i64, f64)]) -> Result<(), StorageError> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let known = read_lock(&self.store.inner.head)
+            .series
+            .by_labels(enc)
+            .map(|m| (m.labels.clone(), m.id));
+        let (enc, id) = match known {
+            Some((k, id)) => (k, Some(id)),
+            None => match self.new_series.get_key_value(enc) {
+                Some((k, _)) => (k.clone(), None),
+                None => {
+                    let labels = Labels::decode(enc)?;
+                    if labels.get("__name__").is_none() {
+                        return Err(StorageError::InvalidLabels(
+                            "series without __name__".into(),
+                        ));
+                    }
+                    let k: Arc<[u8]> = Arc::from(enc);
+                    self.new_series.insert(k.clone(), labels);
+                    (k, None)
+                }
+            },
+        };
+        self.samples.extend_from_slice(samples);
+        self.runs.push(Run {
+            enc,
+            id,
+            end: self.samples.len(),
+        });
+        Ok(())
+    }
+
     /// [`Appender::set_meta`] with a key or value that may share a label set with the
     /// caller: the pending ingest state keeps the share, not a copy.
     pub fn set_meta_bytes(&mut self, key: MetaBytes, value: MetaBytes) {
@@ -404,10 +443,14 @@ fn apply(
         // `append_to_head` below sets the first time.
         head.insert_series(id, enc, i64::MIN, i64::MIN);
     }
-    for &(id, t, v) in accepted {
+    // Accepted samples come in runs of one series: one lookup per run.
+    for run in accepted.chunk_by(|a, b| a.0 == b.0) {
+        let id = run[0].0;
         if let Some(s) = head.series.get_mut(id) {
-            if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
-                cut.push(c);
+            for &(_, t, v) in run {
+                if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
+                    cut.push(c);
+                }
             }
         }
     }

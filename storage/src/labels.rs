@@ -30,22 +30,7 @@ impl Labels {
             .filter(|l| !l.value.is_empty())
             .collect();
         v.sort();
-        for w in v.windows(2) {
-            if w[0].name == w[1].name {
-                return Err(StorageError::InvalidLabels(format!(
-                    "label name {:?} appears twice",
-                    w[0].name
-                )));
-            }
-        }
-        for l in &v {
-            if !valid_label_name(&l.name) {
-                return Err(StorageError::InvalidLabels(format!(
-                    "invalid label name {:?}: must match [a-zA-Z_][a-zA-Z0-9_]*",
-                    l.name
-                )));
-            }
-        }
+        check_sorted_names(v.iter().map(|l| l.name.as_str()))?;
         Ok(Labels(v))
     }
 
@@ -108,12 +93,10 @@ impl Labels {
                 .map(|l| l.name.len() + l.value.len() + 2)
                 .sum(),
         );
-        for l in &self.0 {
-            out.extend_from_slice(l.name.as_bytes());
-            out.push(0xff);
-            out.extend_from_slice(l.value.as_bytes());
-            out.push(0xff);
-        }
+        encode_pairs(
+            self.0.iter().map(|l| (l.name.as_str(), l.value.as_str())),
+            &mut out,
+        );
         out
     }
 
@@ -139,11 +122,53 @@ impl Labels {
     }
 }
 
-/// Whether `name` is a valid Prometheus label name.
+/// Whether `name` is a valid Prometheus label name. Every allowed character is ASCII, so
+/// bytes are checked: a byte of a multi-byte character is never allowed.
 pub fn valid_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    match name.as_bytes().split_first() {
+        Some((&c, rest)) => {
+            (c.is_ascii_alphabetic() || c == b'_')
+                && rest.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_')
+        }
+        None => false,
+    }
+}
+
+/// The checks [`Labels::new`] makes of a label set's names once it is sorted: no name twice,
+/// every name valid. For callers that check borrowed labels before building (or instead of
+/// building) a [`Labels`]; `names` are in label set order (sorted by name, then value).
+pub fn check_sorted_names<'a, I>(names: I) -> Result<(), StorageError>
+where
+    I: Iterator<Item = &'a str> + Clone,
+{
+    let mut prev: Option<&str> = None;
+    for n in names.clone() {
+        if prev == Some(n) {
+            return Err(StorageError::InvalidLabels(format!(
+                "label name {n:?} appears twice"
+            )));
+        }
+        prev = Some(n);
+    }
+    for n in names {
+        if !valid_label_name(n) {
+            return Err(StorageError::InvalidLabels(format!(
+                "invalid label name {n:?}: must match [a-zA-Z_][a-zA-Z0-9_]*"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Appends a label set, `(name, value)` pairs in label set order, in the encoding of
+/// [`Labels::encode`] (`name 0xff value 0xff` per label).
+pub fn encode_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, out: &mut Vec<u8>) {
+    for (n, v) in pairs {
+        out.extend_from_slice(n.as_bytes());
+        out.push(0xff);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0xff);
+    }
 }
 
 /// The four matcher operators of PromQL.

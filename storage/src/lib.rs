@@ -38,7 +38,9 @@ pub use db::{CommitReport, MetaEntry, Storage, StorageConfig, StorageStats};
 pub use encoding::chunkenc;
 pub(crate) use encoding::{codec, dense, keys};
 pub use error::StorageError;
-pub use labels::{valid_label_name, Label, Labels, MatchOp, Matcher};
+pub use labels::{
+    check_sorted_names, encode_pairs, valid_label_name, Label, Labels, MatchOp, Matcher,
+};
 pub use meta_bytes::MetaBytes;
 pub use querier::{ChunkSeries, RawChunk};
 pub use retention::MaintenanceReport;

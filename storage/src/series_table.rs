@@ -67,11 +67,16 @@ impl SeriesTable {
 
     /// The id of the series with this encoded label set.
     pub fn id_of(&self, labels: &[u8]) -> Option<SeriesId> {
+        self.by_labels(labels).map(|m| m.id)
+    }
+
+    /// The series with this encoded label set.
+    pub fn by_labels(&self, labels: &[u8]) -> Option<&MemSeries> {
         let hash = self.hasher.hash_one(labels);
         let slot = self.by_labels.find(hash, |&s| {
             slot_of(&self.pages, s).is_some_and(|m| *m.labels == *labels)
         })?;
-        slot_of(&self.pages, *slot).map(|m| m.id)
+        slot_of(&self.pages, *slot)
     }
 
     /// Adds `s`, replacing the series with its id or its label set, if any.

@@ -48,11 +48,28 @@ const ZSTD_LEVEL: i32 = 1;
 /// allocate more).
 const MAX_RAW_RECORD: usize = 1 << 30;
 
+/// zstd contexts of earlier records, reused: a context made for each record cost about as
+/// much as a tenth of compressing it (allocating and zeroing its tables). It holds at most
+/// as many contexts as records were ever compressed at once; the output is the same as a
+/// fresh context's.
+static COMPRESSORS: std::sync::Mutex<Vec<zstd::block::Compressor>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn compress(raw: &[u8]) -> Vec<u8> {
+    let pool = || COMPRESSORS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = pool().pop().unwrap_or_default();
+    let z = c
+        .compress(raw, ZSTD_LEVEL)
+        .expect("zstd compresses any input");
+    pool().push(c);
+    z
+}
+
 impl Record {
     /// The payload written to the log: `2 | length | zstd(columnar record)`.
     pub fn encode(&self) -> Vec<u8> {
         let raw = self.encode_columnar();
-        let z = zstd::block::compress(&raw, ZSTD_LEVEL).expect("zstd compresses any input");
+        let z = compress(&raw);
         let mut out = Vec::with_capacity(z.len() + 5);
         out.push(COLUMNAR_RECORD);
         out.extend_from_slice(&(raw.len() as u32).to_be_bytes());

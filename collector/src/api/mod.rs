@@ -206,6 +206,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn bad_data(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,

@@ -51,22 +51,32 @@ impl BitWriter {
         self.push(b << self.free);
     }
 
-    /// Writes the low `n` bits of `v`, most significant first.
+    /// Writes the low `n` bits of `v`, most significant first: the free bits of the last
+    /// byte, then whole bytes, then the rest in a new byte (no loop over single bits).
     pub(crate) fn write_bits(&mut self, v: u64, n: u32) {
         if n == 0 {
             return;
         }
+        // The bits to write at the top, zeros below.
         let mut v = v << (64 - n);
         let mut n = n;
+        if self.free > 0 {
+            let k = u32::from(self.free).min(n);
+            let bits = (v >> (64 - k)) as u8;
+            *self.bytes.last_mut().expect("free > 0 means a byte exists") |=
+                bits << (u32::from(self.free) - k);
+            self.free -= k as u8;
+            v <<= k;
+            n -= k;
+        }
         while n >= 8 {
-            self.write_byte((v >> 56) as u8);
+            self.push((v >> 56) as u8);
             v <<= 8;
             n -= 8;
         }
-        while n > 0 {
-            self.write_bit(v >> 63 == 1);
-            v <<= 1;
-            n -= 1;
+        if n > 0 {
+            self.push((v >> 56) as u8);
+            self.free = (8 - n) as u8;
         }
     }
 }
@@ -384,6 +394,25 @@ pub fn decode_into(bytes: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkE
 
 #[cfg(test)]
 mod tests {
+
+    /// `write_bits` writes what writing the bits one at a time writes.
+    #[test]
+    fn write_bits_matches_single_bits() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let (mut fast, mut slow) = (BitWriter::default(), BitWriter::default());
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (x % 65) as u32;
+            fast.write_bits(x, n);
+            for i in (0..n).rev() {
+                slow.write_bit((x >> i) & 1 == 1);
+            }
+            assert_eq!(fast.free, slow.free);
+        }
+        assert_eq!(fast.into_bytes(), slow.into_bytes());
+    }
     use super::*;
     use crate::STALE_NAN_BITS;
 

@@ -1,0 +1,158 @@
+//! `POST /api/v1/write`: Prometheus remote write 1.0 (snappy-compressed protobuf
+//! `WriteRequest`). Samples are stored as they come: absolute values, not deltas.
+//!
+//! The whole request is checked (snappy, protobuf, label sets) before anything is written;
+//! a bad request gets 400 with the reason and changes nothing. Samples the store refuses
+//! (out of order, conflicting duplicates, too old) are counted and reported with 400, as
+//! Prometheus does, so senders do not retry them; the others in the request are kept.
+
+mod wire;
+
+use super::{ApiError, ApiState};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kappie_storage::{check_sorted_names, encode_pairs, Appender};
+pub use wire::{WireError, WriteRequestRef};
+
+pub(super) async fn remote_write(
+    State(st): State<ApiState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let batch = decode_write_request(&body, st.limits.max_remote_write_bytes, &st.limits.labels)?;
+    let store = st.store.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let mut app = store.appender();
+        app.reserve(batch.samples.len());
+        for (enc, samples) in batch.series() {
+            app.append_run(enc, samples)?;
+        }
+        app.commit()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("write worker failed: {e}")))?
+    .map_err(|e| match e {
+        kappie_storage::StorageError::InvalidLabels(_) => ApiError::bad_data(e.to_string()),
+        e => {
+            tracing::error!(error = %e, "remote write: store write failed");
+            ApiError::unavailable(format!(
+                "the store could not take the write: {e}; retry later"
+            ))
+        }
+    })?;
+    if report.refused() > 0 {
+        return Err(ApiError::bad_data(format!(
+            "{} samples refused ({} out of order, {} duplicate timestamp with another value, {} older than retention); {} stored",
+            report.refused(),
+            report.out_of_order,
+            report.duplicate_timestamp,
+            report.too_old,
+            report.appended
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A checked remote write request: every series' label set in the store's encoding
+/// (`Labels::encode`), sorted and checked as `Labels::new` checks it, and its samples.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// The label sets, one after another.
+    enc: Vec<u8>,
+    /// `(time ms, value)` of every series, in order.
+    pub samples: Vec<(i64, f64)>,
+    /// Per series: end of its label set in `enc`, end of its samples in `samples`.
+    ends: Vec<(usize, usize)>,
+}
+
+impl WriteBatch {
+    /// The series in request order: encoded label set and samples.
+    pub fn series(&self) -> impl Iterator<Item = (&[u8], &[(i64, f64)])> {
+        let mut start = (0, 0);
+        self.ends.iter().map(move |&(l, s)| {
+            let out = (&self.enc[start.0..l], &self.samples[start.1..s]);
+            start = (l, s);
+            out
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+/// The snappy block `body` decompressed, if it is no larger than `max` bytes.
+pub fn decompress(body: &[u8], max: usize) -> Result<Vec<u8>, ApiError> {
+    let len = snap::raw::decompress_len(body).map_err(|e| {
+        ApiError::bad_data(format!(
+            "snappy decode error: {e}; remote write bodies are snappy block-compressed"
+        ))
+    })?;
+    if len > max {
+        return Err(ApiError::bad_data(format!(
+            "decompressed body of {len} bytes is over the limit of {max} (--max-remote-write-bytes)"
+        )));
+    }
+    snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| ApiError::bad_data(format!("snappy decode error: {e}")))
+}
+
+/// Decodes and checks a remote write body (snappy block, then `prometheus.WriteRequest`,
+/// then every label set) without writing anything; `max` bounds the decompressed size.
+/// Public so that the `remote_write` fuzz target and its regression tests drive exactly
+/// the code the handler runs on untrusted bodies.
+///
+/// The whole body is decoded before any label set is checked, so a body that is not a
+/// `WriteRequest` is reported as such whatever its labels; label sets are then checked in
+/// request order, as `Labels::new` checks them, without building one.
+pub fn decode_write_request(
+    body: &[u8],
+    max: usize,
+    label_limits: &crate::limits::LabelLimits,
+) -> Result<WriteBatch, ApiError> {
+    let raw = decompress(body, max)?;
+    let req = WriteRequestRef::decode(&raw).map_err(|e| {
+        ApiError::bad_data(format!(
+            "protobuf decode error: {e}; expected prometheus.WriteRequest"
+        ))
+    })?;
+    let label_bytes: usize = req
+        .series()
+        .flat_map(|(l, _)| l)
+        .map(|(n, v)| n.len() + v.len() + 2)
+        .sum();
+    let mut enc = Vec::with_capacity(label_bytes);
+    let mut ends = Vec::with_capacity(req.len());
+    // One series' labels: empty values dropped (Prometheus treats them as absent), sorted.
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    let mut samples_end = 0;
+    for (i, (labels, samples)) in req.series().enumerate() {
+        pairs.clear();
+        pairs.extend(labels.iter().filter(|l| !l.1.is_empty()));
+        if !pairs.is_sorted() {
+            // Equal pairs are identical, so an unstable sort orders as a stable one.
+            pairs.sort_unstable();
+        }
+        check_sorted_names(pairs.iter().map(|l| l.0))
+            .map_err(|e| ApiError::bad_data(format!("series {i}: {e}")))?;
+        if pairs.binary_search_by(|l| l.0.cmp("__name__")).is_err() {
+            return Err(ApiError::bad_data(format!(
+                "series {i} has no __name__ label"
+            )));
+        }
+        label_limits
+            .check_pairs(&pairs)
+            .map_err(|e| ApiError::bad_data(format!("series {i}: {e}")))?;
+        encode_pairs(pairs.iter().copied(), &mut enc);
+        samples_end += samples.len();
+        ends.push((enc.len(), samples_end));
+    }
+    let WriteRequestRef { samples, .. } = req;
+    Ok(WriteBatch { enc, samples, ends })
+}
