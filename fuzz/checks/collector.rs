@@ -29,7 +29,7 @@ pub fn remote_write(data: &[u8]) {
         let reference = remote_write_reference(body, &limits);
         match (ours, reference) {
             (Ok(batch), Ok(series)) => {
-                let ours: Vec<(Labels, Vec<(i64, f64)>)> = batch
+                let ours: Vec<DecodedSeries> = batch
                     .series()
                     .map(|(enc, s)| (Labels::decode(enc).expect("valid encoding"), s.to_vec()))
                     .collect();
@@ -66,12 +66,15 @@ pub fn remote_write(data: &[u8]) {
     }
 }
 
+/// A decoded series: its labels and samples.
+type DecodedSeries = (Labels, Vec<(i64, f64)>);
+
 /// Remote write decoding as the collector did it with prost's generated decoder (until
 /// 2026-12-02): the reference the in-place decoder is held to.
 fn remote_write_reference(
     body: &[u8],
     limits: &kappie_collector::limits::LabelLimits,
-) -> Result<Vec<(Labels, Vec<(i64, f64)>)>, String> {
+) -> Result<Vec<DecodedSeries>, String> {
     use prost::Message;
     let raw = kappie_collector::api::write::decompress(body, MAX_REMOTE_WRITE_BYTES)
         .map_err(|e| e.message().to_owned())?;

@@ -50,6 +50,9 @@ pub struct WriteRequestRef<'a> {
     ends: Vec<(usize, usize)>,
 }
 
+/// One series of a request: its labels as sent (borrowed from the body) and its samples.
+pub type WireSeries<'a, 'r> = (&'r [(&'a str, &'a str)], &'r [(i64, f64)]);
+
 impl<'a> WriteRequestRef<'a> {
     /// Decodes `raw` (an uncompressed `WriteRequest`).
     pub fn decode(raw: &'a [u8]) -> Result<Self, WireError> {
@@ -73,7 +76,7 @@ impl<'a> WriteRequestRef<'a> {
     }
 
     /// The series in request order: labels as sent and samples.
-    pub fn series(&self) -> impl Iterator<Item = (&[(&'a str, &'a str)], &[(i64, f64)])> {
+    pub fn series(&self) -> impl Iterator<Item = WireSeries<'a, '_>> {
         let mut start = (0, 0);
         self.ends.iter().map(move |&(l, s)| {
             let out = (&self.labels[start.0..l], &self.samples[start.1..s]);
