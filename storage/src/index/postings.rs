@@ -73,16 +73,69 @@ impl PostingsDelta {
             touched.insert(k, bm);
         }
         for (k, bm) in touched {
-            if bm.is_empty() {
-                db.remove(k)?;
-            } else {
-                let mut buf = Vec::with_capacity(bm.serialized_size());
-                bm.serialize_into(&mut buf)
-                    .map_err(|e| StorageError::Corrupt(format!("postings bitmap: {e}")))?;
-                db.insert(k, buf)?;
-            }
+            put(db, k, &bm)?;
         }
         Ok(())
+    }
+}
+
+/// Writes (or, empty, removes) the bitmap of posting key `k`.
+fn put(db: &sled::Db, k: &[u8], bm: &RoaringTreemap) -> Result<(), StorageError> {
+    if bm.is_empty() {
+        db.remove(k)?;
+    } else {
+        let mut buf = Vec::with_capacity(bm.serialized_size());
+        bm.serialize_into(&mut buf)
+            .map_err(|e| StorageError::Corrupt(format!("postings bitmap: {e}")))?;
+        db.insert(k, buf)?;
+    }
+    Ok(())
+}
+
+/// The pending ids of one label pair: a short list while they are few (a label value
+/// unique to one series, as a replaced pod's name, costs about 100 bytes instead of a
+/// roaring treemap's 400), a bitmap past that.
+#[derive(Debug)]
+enum PendingIds {
+    Few(Vec<SeriesId>),
+    Many(RoaringTreemap),
+}
+
+/// Most ids a [`PendingIds::Few`] holds.
+const FEW_IDS: usize = 16;
+
+impl PendingIds {
+    fn new(ids: RoaringTreemap) -> Self {
+        if ids.len() as usize <= FEW_IDS {
+            PendingIds::Few(ids.into_iter().collect())
+        } else {
+            PendingIds::Many(ids)
+        }
+    }
+
+    fn extend(&mut self, ids: RoaringTreemap) {
+        match self {
+            PendingIds::Few(v) if v.len() + ids.len() as usize <= FEW_IDS => v.extend(ids),
+            PendingIds::Few(v) => {
+                let mut bm: RoaringTreemap = v.iter().copied().collect();
+                bm |= ids;
+                *self = PendingIds::Many(bm);
+            }
+            PendingIds::Many(bm) => *bm |= ids,
+        }
+    }
+
+    fn add_to(&self, bm: &mut RoaringTreemap) {
+        match self {
+            PendingIds::Few(v) => bm.extend(v.iter().copied()),
+            PendingIds::Many(ids) => *bm |= ids,
+        }
+    }
+
+    fn to_bitmap(&self) -> RoaringTreemap {
+        let mut bm = RoaringTreemap::new();
+        self.add_to(&mut bm);
+        bm
     }
 }
 
@@ -92,7 +145,7 @@ impl PostingsDelta {
 /// every record from `oldest_seq` on, and a crash replays them from there.
 #[derive(Default)]
 pub(crate) struct IndexPending {
-    postings: PostingsDelta,
+    postings: BTreeMap<Box<[u8]>, PendingIds>,
     series: SeriesDelta,
     /// Sequence of the oldest log record whose entries are here.
     oldest_seq: Option<u64>,
@@ -106,10 +159,10 @@ impl IndexPending {
             return;
         }
         for (k, ids) in postings.add {
-            match self.postings.add.get_mut(&k) {
-                Some(bm) => *bm |= ids,
+            match self.postings.get_mut(k.as_slice()) {
+                Some(p) => p.extend(ids),
                 None => {
-                    self.postings.add.insert(k, ids);
+                    self.postings.insert(k.into(), PendingIds::new(ids));
                 }
             }
         }
@@ -125,7 +178,11 @@ impl IndexPending {
     /// they are flushed. Postings go first: a series entry without its postings is removed
     /// at open (and its log record, still kept, adds it again).
     pub fn write(&self, db: &sled::Db) -> Result<(), StorageError> {
-        self.postings.apply(db)?;
+        for (k, ids) in &self.postings {
+            let mut bm = get(db, k)?;
+            ids.add_to(&mut bm);
+            put(db, k, &bm)?;
+        }
         self.series.apply(db)
     }
 
@@ -146,7 +203,7 @@ impl PostingsReader<'_> {
     /// into sled meanwhile leaves them in one of the two.
     fn pending_of(&self, key: &[u8]) -> Option<RoaringTreemap> {
         let p = self.pending.read().unwrap_or_else(|e| e.into_inner());
-        p.postings.add.get(key).cloned()
+        p.postings.get(key).map(PendingIds::to_bitmap)
     }
 
     fn get(&self, key: &[u8]) -> Result<RoaringTreemap, StorageError> {
@@ -163,12 +220,14 @@ impl PostingsReader<'_> {
         let prefix = name_prefix(name);
         let p = self.pending.read().unwrap_or_else(|e| e.into_inner());
         p.postings
-            .add
-            .range(prefix.clone()..)
+            .range::<[u8], _>((
+                std::ops::Bound::Included(prefix.as_slice()),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(&prefix))
             .filter_map(|(k, ids)| {
                 let (_, value) = keys::split_posting(k)?;
-                Some((value.to_owned(), ids.clone()))
+                Some((value.to_owned(), ids.to_bitmap()))
             })
             .collect()
     }
