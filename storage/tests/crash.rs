@@ -96,13 +96,16 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let mut seed = 0x1234_5678_9abc_def1u64 ^ std::process::id() as u64;
     let mut total_acked = 0;
+    // Where the child resumes: the store's `next` after the previous round.
+    let mut resume = 0;
     for round in 0..rounds {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(100 + seed % 500);
+        let delay = Duration::from_millis(seed % 300);
         let mut child = spawn_child("crash_child", dir.path(), Stdio::null());
         let stdout = child.stdout.take().unwrap();
+        let (acks, acked) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut last = None;
             for line in BufReader::new(stdout).lines() {
@@ -110,12 +113,29 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
                 // libtest prints the test name and " ... " before the first line.
                 if let Some((_, n)) = line.rsplit_once("acked ") {
                     last = n.trim().parse::<u64>().ok();
+                    if let Some(n) = last {
+                        let _ = acks.send(n);
+                    }
                 }
             }
             last
         });
-        // Wait for the child to be appending, then kill it at a random point.
+        // Wait until the child has acknowledged 20 commits this round (so that over the
+        // rounds windows are cut, compacted and truncated, however loaded the machine),
+        // then kill it at a random point after that.
         let started = Instant::now();
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match acked.recv_timeout(left) {
+                Ok(n) if n >= resume + 20 => break,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "round {round}: the child acknowledged no commit {} ({e})",
+                    resume + 20
+                ),
+            }
+        }
         std::thread::sleep(delay);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -149,6 +169,7 @@ fn sigkill_at_random_points_loses_nothing_acknowledged() {
             "round {round}: killed after {:?}, acked up to {last_acked:?}, store at {next}",
             started.elapsed()
         );
+        resume = next;
         drop(s);
     }
     assert!(total_acked > 0, "the child never acknowledged anything");
