@@ -42,10 +42,18 @@ pub(crate) fn suppress<'a>(raw: &[u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
         let mask = ((high >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8;
         *m = mask;
         let dst = &mut data_out[pos..pos + 8];
+        if mask == 0xff {
+            dst.copy_from_slice(g);
+            pos += 8;
+            continue;
+        }
+        // One step per non-zero byte (most groups of a record hold two or three).
+        let mut rest = mask;
         let mut k = 0;
-        for (i, &b) in g.iter().enumerate() {
-            dst[k & 7] = b;
-            k += usize::from(mask >> i & 1);
+        while rest != 0 {
+            dst[k & 7] = g[rest.trailing_zeros() as usize & 7];
+            k += 1;
+            rest &= rest - 1;
         }
         pos += k;
     }
