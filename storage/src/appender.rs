@@ -239,12 +239,14 @@ impl Appender for StorageAppender {
                     pending.insert(k, (seq, v));
                 }
             }
-            // Sled catches up on its own (the log is replayed after a crash). A failure from
-            // here on leaves memory and disk apart: no more writes until reopened.
-            if let Err(e) = batch
-                .apply(&inner.main)
-                .and_then(|()| apply(&store, created, &accepted, seq))
-            {
+            // New series' postings and entries wait for the next durable mark (the log
+            // has them; a crash replays them). A failure from here on leaves memory and
+            // disk apart: no more writes until reopened.
+            let Writes {
+                postings, series, ..
+            } = batch;
+            write_lock(&inner.index_pending).absorb(postings, series, seq);
+            if let Err(e) = apply(&store, created, &accepted, seq) {
                 store.stop_writes(&e);
                 return Err(e);
             }

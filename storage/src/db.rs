@@ -169,6 +169,11 @@ pub(crate) struct Inner {
     /// Keys and values may share a label set with their writer ([`MetaBytes`]); ordered
     /// by key for prefix scans ([`PendingMap`]).
     pub meta_pending: Mutex<PendingMap>,
+    /// Postings and series entries of commits, not yet in sled (see
+    /// [`crate::index::IndexPending`]): a commit's log record makes them durable, and
+    /// `mark_durable` writes them for all commits at once, instead of each commit reading
+    /// and rewriting every posting list it touches.
+    pub index_pending: RwLock<crate::index::IndexPending>,
 }
 
 pub(crate) fn corrupt(what: &str) -> StorageError {
@@ -277,6 +282,7 @@ impl Storage {
             holds: Mutex::new(BTreeMap::new()),
             stopped: Mutex::new(None),
             meta_pending: Mutex::new(PendingMap::default()),
+            index_pending: RwLock::new(crate::index::IndexPending::default()),
         };
         let store = Storage {
             inner: Arc::new(inner),
@@ -372,14 +378,41 @@ impl Storage {
         Ok(self.inner.main.get(keys::meta(key))?.map(|v| v.to_vec()))
     }
 
-    /// The sequence of the oldest log record that carries pending ingest state: the log
-    /// must keep it and every record after it (`u64::MAX`: none pending).
+    /// The sequence of the oldest log record that carries pending ingest state or index
+    /// entries not in sled yet: the log must keep it and every record after it
+    /// (`u64::MAX`: none pending).
     pub(crate) fn oldest_pending_seq(&self) -> u64 {
-        self.pending_meta()
+        let meta = self
+            .pending_meta()
             .iter()
             .map(|(_, (seq, _))| *seq)
             .min()
-            .unwrap_or(u64::MAX)
+            .unwrap_or(u64::MAX);
+        let index = read_lock(&self.inner.index_pending)
+            .oldest_seq()
+            .unwrap_or(u64::MAX);
+        meta.min(index)
+    }
+
+    /// The postings as reads see them (sled's and the pending ones).
+    pub(crate) fn postings(&self) -> crate::index::PostingsReader<'_> {
+        crate::index::PostingsReader {
+            db: &self.inner.main,
+            pending: &self.inner.index_pending,
+        }
+    }
+
+    /// Writes the pending index entries to sled and flushes it (callers hold the write
+    /// lock, so no commit adds to them meanwhile).
+    pub(crate) fn write_index_pending(&self, _write: &WriteGuard<'_>) -> Result<(), StorageError> {
+        let inner = &self.inner;
+        if read_lock(&inner.index_pending).oldest_seq().is_none() {
+            return Ok(());
+        }
+        read_lock(&inner.index_pending).write(&inner.main)?;
+        inner.main.flush()?;
+        write_lock(&inner.index_pending).clear();
+        Ok(())
     }
 
     fn pending_meta(&self) -> MutexGuard<'_, PendingMap> {
@@ -525,7 +558,9 @@ impl Storage {
     ///
     /// Pending ingest state carried by log records before `meta_before` (the log may lose
     /// them after this) goes to sled before `main/` is fsynced; the rest stays pending, its
-    /// records in the log.
+    /// records in the log. Pending index entries (postings and series entries of commits)
+    /// go to sled all together if the oldest of them is from a record before
+    /// `index_before`; otherwise they all stay, their records in the log.
     ///
     /// Callers hold the write lock (`_write`, from [`Storage::lock_write`]), so no commit
     /// cuts a chunk meanwhile.
@@ -533,6 +568,7 @@ impl Storage {
         &self,
         _write: &WriteGuard<'_>,
         meta_before: u64,
+        index_before: u64,
     ) -> Result<(), StorageError> {
         let inner = &self.inner;
         // A store that stopped (memory and files may disagree) marks nothing.
@@ -542,6 +578,13 @@ impl Storage {
         if let Err(e) = self.flush_staging() {
             self.stop_writes(&e);
             return Err(e);
+        }
+        // Series entries first: the raised marks below change them.
+        let write_index = read_lock(&inner.index_pending)
+            .oldest_seq()
+            .is_some_and(|seq| seq < index_before);
+        if write_index {
+            read_lock(&inner.index_pending).write(&inner.main)?;
         }
         let raised: Vec<(SeriesId, i64)> = read_lock(&inner.head)
             .series
@@ -573,6 +616,9 @@ impl Storage {
             pending.retain(|_, (seq, _)| *seq >= meta_before);
         }
         inner.main.flush()?;
+        if write_index {
+            write_lock(&inner.index_pending).clear();
+        }
         let mut head = write_lock(&inner.head);
         for (id, t) in raised {
             if let Some(s) = head.series.get_mut(id) {
@@ -594,7 +640,7 @@ impl Storage {
     /// Flushes everything to disk (used before a clean shutdown; commits are durable anyway).
     pub fn flush(&self) -> Result<(), StorageError> {
         let w = self.lock_write();
-        self.mark_durable(&w, u64::MAX)
+        self.mark_durable(&w, u64::MAX, u64::MAX)
     }
 }
 

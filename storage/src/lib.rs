@@ -20,7 +20,7 @@ mod db;
 mod encoding;
 mod error;
 mod head;
-pub mod index;
+mod index;
 mod labels;
 mod meta_bytes;
 mod pending;

@@ -50,7 +50,7 @@ impl Storage {
                 .ids()
                 .collect::<roaring::RoaringTreemap>()
         };
-        let ids = index::resolve(&self.inner.main, matchers, all)?;
+        let ids = index::resolve(self.postings(), matchers, all)?;
         let head = read_lock(&self.inner.head);
         let mut out = Vec::with_capacity(ids.len() as usize);
         for id in ids {
@@ -162,7 +162,7 @@ impl Storage {
         let mut values: HashSet<String> = HashSet::new();
         if matchers.is_empty() {
             let head = read_lock(&self.inner.head);
-            for p in index::postings_of_name(&self.inner.main, name) {
+            for p in index::postings_of_name(self.postings(), name) {
                 let (value, ids) = p?;
                 let live = |id: u64| {
                     head.series

@@ -106,7 +106,9 @@ impl Storage {
         // Ingest state from records before `meta_before` goes to sled; the log keeps the
         // records of what stays pending. Holds only keep more of the log, never less.
         let meta_before = meta_before_close.unwrap_or(keep_from);
-        self.mark_durable(&_w, meta_before)?;
+        // Pending index entries all go (at most the new series since the last maintenance,
+        // one write per touched label pair), so a stopped store's log is empty.
+        self.mark_durable(&_w, meta_before, u64::MAX)?;
         let keep_from = keep_from.min(self.oldest_pending_seq());
         let keep_from = self.apply_holds(keep_from, report)?;
         report.wal_segments_removed = inner
@@ -189,6 +191,11 @@ impl Storage {
                     report.series_removed += 1;
                 }
             }
+        }
+        // The series removed may have pending index entries (retention can follow a
+        // commit that added them); they go to sled first, so what is removed stays removed.
+        if !batch.series.is_empty() {
+            self.write_index_pending(&_w)?;
         }
         // Series entries before postings: if the process stops in between, the postings
         // left over name no series and are cleaned at open; the other order could leave

@@ -3,6 +3,6 @@
 mod postings;
 mod series_table;
 
-pub(crate) use postings::{decode, PostingsDelta};
-pub use postings::{postings_of_name, resolve};
+pub(crate) use postings::{decode, postings_of_name, resolve};
+pub(crate) use postings::{IndexPending, PostingsDelta, PostingsReader};
 pub(crate) use series_table::{decode_group, SeriesDelta, SeriesOp};

@@ -55,6 +55,7 @@ pub(crate) struct SeriesDelta {
     ops: BTreeMap<u64, Vec<(SeriesId, SeriesOp)>>,
 }
 
+#[derive(Clone, Copy)]
 pub(crate) enum SeriesOp {
     Add { first_t: i64 },
     RaiseMaxt(i64),
@@ -69,16 +70,27 @@ impl SeriesDelta {
             .push((id, op));
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Appends `other`'s changes after this one's.
+    pub fn absorb(&mut self, other: SeriesDelta) {
+        for (group, ops) in other.ops {
+            self.ops.entry(group).or_default().extend(ops);
+        }
+    }
+
     /// Read, change, write back each touched group (callers hold the write lock). Adding a
     /// series that is there keeps its entry (replaying a log record twice changes nothing).
-    pub fn apply(self, db: &sled::Db) -> Result<(), StorageError> {
-        for (group, ops) in self.ops {
+    pub fn apply(&self, db: &sled::Db) -> Result<(), StorageError> {
+        for (&group, ops) in &self.ops {
             let key = keys::series_group(group);
             let mut entries = match db.get(&key)? {
                 Some(v) => decode_group(group, &v)?,
                 None => BTreeMap::new(),
             };
-            for (id, op) in ops {
+            for &(id, op) in ops {
                 match op {
                     SeriesOp::Add { first_t } => {
                         entries.entry(id).or_insert(SeriesEntry {

@@ -69,12 +69,7 @@ pub struct WriteBatch {
 impl WriteBatch {
     /// The series in request order: encoded label set and samples.
     pub fn series(&self) -> impl Iterator<Item = (&[u8], &[(i64, f64)])> {
-        let mut start = (0, 0);
-        self.ends.iter().map(move |&(l, s)| {
-            let out = (&self.enc[start.0..l], &self.samples[start.1..s]);
-            start = (l, s);
-            out
-        })
+        runs(&self.enc, &self.samples, &self.ends)
     }
 
     pub fn len(&self) -> usize {
@@ -84,6 +79,21 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
+}
+
+/// Slices of two flattened vectors, one pair per entry of `ends` (the end of each slice in
+/// `a` and in `b`): the series of a request as a decoder keeps them.
+fn runs<'x, A, B>(
+    a: &'x [A],
+    b: &'x [B],
+    ends: &'x [(usize, usize)],
+) -> impl Iterator<Item = (&'x [A], &'x [B])> {
+    let mut start = (0, 0);
+    ends.iter().map(move |&(ea, eb)| {
+        let out = (&a[start.0..ea], &b[start.1..eb]);
+        start = (ea, eb);
+        out
+    })
 }
 
 /// The snappy block `body` decompressed, if it is no larger than `max` bytes.

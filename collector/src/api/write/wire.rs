@@ -77,12 +77,7 @@ impl<'a> WriteRequestRef<'a> {
 
     /// The series in request order: labels as sent and samples.
     pub fn series(&self) -> impl Iterator<Item = WireSeries<'a, '_>> {
-        let mut start = (0, 0);
-        self.ends.iter().map(move |&(l, s)| {
-            let out = (&self.labels[start.0..l], &self.samples[start.1..s]);
-            start = (l, s);
-            out
-        })
+        super::runs(&self.labels, &self.samples, &self.ends)
     }
 
     pub fn len(&self) -> usize {
