@@ -130,8 +130,9 @@ pub struct Storage {
 ///    released, and readers hold it across staging and the head (`querier`).
 /// 4. `windows`: which windows are staged and which compacted, with their databases and
 ///    files (one lock, so a reader sees a generation in exactly one of them).
-/// 5. `wal`, `holds`, `meta_pending` and the pipeline's stages: leaves, never held while
-///    taking another.
+/// 5. `wal`, `holds`, `meta_pending`, `index_pending` and the pipeline's stages: leaves,
+///    never held while taking another (`index_pending` is read under `head` by
+///    `label_values`, and written to sled under its read lock by `mark_durable`).
 pub(crate) struct Inner {
     pub dir: PathBuf,
     pub config: StorageConfig,
