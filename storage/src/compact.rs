@@ -79,7 +79,7 @@ impl Storage {
         {
             let w = self.lock_write();
             // The log is not truncated here: pending ingest state may stay pending.
-            self.mark_durable(&w, 0, 0)?;
+            self.mark_durable(&w, 0)?;
         }
         let path = crate::blocks::window_path(&inner.dir, bd, window, gen);
         crate::blocks::commit_pending(&pending, &path)?;

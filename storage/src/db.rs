@@ -560,8 +560,10 @@ impl Storage {
     /// Pending ingest state carried by log records before `meta_before` (the log may lose
     /// them after this) goes to sled before `main/` is fsynced; the rest stays pending, its
     /// records in the log. Pending index entries (postings and series entries of commits)
-    /// go to sled all together if the oldest of them is from a record before
-    /// `index_before`; otherwise they all stay, their records in the log.
+    /// all go to sled first, every time: a raised mark must find its series' entry there
+    /// (a mark raised in memory for a series whose entry was still pending would be lost
+    /// in sled, and open would discard that series' staged chunks after the log had lost
+    /// their records).
     ///
     /// Callers hold the write lock (`_write`, from [`Storage::lock_write`]), so no commit
     /// cuts a chunk meanwhile.
@@ -569,7 +571,6 @@ impl Storage {
         &self,
         _write: &WriteGuard<'_>,
         meta_before: u64,
-        index_before: u64,
     ) -> Result<(), StorageError> {
         let inner = &self.inner;
         // A store that stopped (memory and files may disagree) marks nothing.
@@ -581,9 +582,7 @@ impl Storage {
             return Err(e);
         }
         // Series entries first: the raised marks below change them.
-        let write_index = read_lock(&inner.index_pending)
-            .oldest_seq()
-            .is_some_and(|seq| seq < index_before);
+        let write_index = read_lock(&inner.index_pending).oldest_seq().is_some();
         if write_index {
             read_lock(&inner.index_pending).write(&inner.main)?;
         }
@@ -641,7 +640,7 @@ impl Storage {
     /// Flushes everything to disk (used before a clean shutdown; commits are durable anyway).
     pub fn flush(&self) -> Result<(), StorageError> {
         let w = self.lock_write();
-        self.mark_durable(&w, u64::MAX, u64::MAX)
+        self.mark_durable(&w, u64::MAX)
     }
 }
 

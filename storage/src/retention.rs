@@ -106,9 +106,9 @@ impl Storage {
         // Ingest state from records before `meta_before` goes to sled; the log keeps the
         // records of what stays pending. Holds only keep more of the log, never less.
         let meta_before = meta_before_close.unwrap_or(keep_from);
-        // Pending index entries all go (at most the new series since the last maintenance,
-        // one write per touched label pair), so a stopped store's log is empty.
-        self.mark_durable(&_w, meta_before, u64::MAX)?;
+        // Pending index entries all go (at most the new series since the last mark, one
+        // write per touched label pair), so a stopped store's log is empty.
+        self.mark_durable(&_w, meta_before)?;
         let keep_from = keep_from.min(self.oldest_pending_seq());
         let keep_from = self.apply_holds(keep_from, report)?;
         report.wal_segments_removed = inner
