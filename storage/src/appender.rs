@@ -1,12 +1,11 @@
 //! The [`Appender`] of [`Storage`]: validate against the head (and the commits in the
-//! pipeline, see `pipeline`), append one record to the
-//! log and fsync it, then apply to sled, the head and staging (see `Storage::mark_durable`
-//! for what is durable when).
+//! pipeline, see `pipeline`), append one record to the log and fsync it, then apply to the
+//! head and stage the chunks it cut (see `Storage::mark_durable` for what is durable when).
 
 use crate::db::{
     corrupt, read_lock, series_keys, write_lock, CommitReport, Storage, StorageStats, Writes,
 };
-use crate::head::{append_to_head, HeadMap};
+use crate::head::{append_to_head, CutChunk, HeadMap};
 use crate::pipeline::InFlight;
 use crate::{wal, Appender, Labels, MetaBytes, SeriesId, StorageError};
 use std::collections::HashMap;
@@ -229,30 +228,55 @@ impl Appender for StorageAppender {
         let seq = turn.seq();
         let (frame, meta) = log_frame(seq, &created, meta, &accepted);
         let logged = frame.is_some();
-        turn.run(&inner.wal, frame, || {
-            if logged {
-                inner.last_record.store(seq, Ordering::SeqCst);
-                // Durable in the log: visible to reads now, into sled at the next durable
-                // mark.
-                let mut pending = inner.meta_pending.lock().unwrap_or_else(|e| e.into_inner());
-                for (k, v) in meta {
-                    pending.insert(k, (seq, v));
+        turn.run(
+            &inner.wal,
+            frame,
+            || {
+                if logged {
+                    inner.last_record.store(seq, Ordering::SeqCst);
+                    // Durable in the log: visible to reads now, into sled at the next durable
+                    // mark.
+                    let mut pending = inner.meta_pending.lock().unwrap_or_else(|e| e.into_inner());
+                    for (k, v) in meta {
+                        pending.insert(k, (seq, v));
+                    }
                 }
-            }
-            // New series' postings and entries wait for the next durable mark (the log
-            // has them; a crash replays them). A failure from here on leaves memory and
-            // disk apart: no more writes until reopened.
-            let Writes {
-                postings, series, ..
-            } = batch;
-            write_lock(&inner.index_pending).absorb(postings, series, seq);
-            if let Err(e) = apply(&store, created, &accepted, seq) {
-                store.stop_writes(&e);
-                return Err(e);
-            }
-            count(&inner.stats, &report, &accepted);
-            Ok(report)
-        })
+                // New series' postings and entries wait for the next durable mark (the log
+                // has them; a crash replays them). A failure from here on leaves memory and
+                // disk apart: no more writes until reopened.
+                let Writes {
+                    postings, series, ..
+                } = batch;
+                write_lock(&inner.index_pending).absorb(postings, series, seq);
+                let cut = match apply(&store, created, &accepted, seq) {
+                    Ok(cut) => cut,
+                    Err(e) => {
+                        store.stop_writes(&e);
+                        return Err(e);
+                    }
+                };
+                count(&inner.stats, &report, &accepted);
+                Ok((report, cut))
+            },
+            // Cut chunks are encoded for staging outside the head's lock (in parallel with
+            // the next commit's apply), then staged in order.
+            |cut| {
+                cut.map(|cut| {
+                    cut.iter()
+                        .map(|c| {
+                            let v = crate::chunk::encode_staged(c.mint, c.maxt, &c.bytes);
+                            ((c.id, c.mint), v)
+                        })
+                        .collect::<HashMap<_, _>>()
+                })
+            },
+            |encoded| {
+                if let Some(mut encoded) = encoded {
+                    let mut head = write_lock(&inner.head);
+                    store.stage_unstaged(&mut head, seq, &mut encoded);
+                }
+            },
+        )
     }
 }
 
@@ -429,15 +453,15 @@ fn log_frame(
     (Some(frame), meta)
 }
 
-/// Makes a logged commit visible: new series and samples into the head, cut chunks staged
-/// before the head lock is released, so a reader (which holds it across staging and the
-/// head) never misses them.
+/// Makes a logged commit visible: new series and samples into the head. Cut chunks stay
+/// readable in the head (`Head::unstaged`) until the commit's staging turn; returns a copy
+/// of them to encode for staging meanwhile, `None` when nothing waits to be staged.
 fn apply(
     store: &Storage,
     created: Vec<(Arc<[u8]>, SeriesId)>,
     accepted: &[(SeriesId, i64, f64)],
     seq: u64,
-) -> Result<(), StorageError> {
+) -> Result<Option<Vec<CutChunk>>, StorageError> {
     let inner = &store.inner;
     let mut cut = Vec::new();
     let mut head = write_lock(&inner.head);
@@ -456,8 +480,11 @@ fn apply(
             }
         }
     }
-    store.write_chunks(&mut head, cut);
-    Ok(())
+    if head.unstaged.is_empty() && cut.is_empty() {
+        return Ok(None);
+    }
+    head.queue_cut(cut.iter().cloned(), seq);
+    Ok(Some(cut))
 }
 
 fn count(st: &StorageStats, report: &CommitReport, accepted: &[(SeriesId, i64, f64)]) {

@@ -126,8 +126,9 @@ pub struct Storage {
 ///    in the pipeline, `pipeline::InFlight`) and the steps of maintenance that change what
 ///    commits see; those take it with [`Storage::lock_write`], which waits until the
 ///    pipeline is empty. [`Storage::mark_durable`] runs under it.
-/// 3. `head`: series and head chunks. A chunk cut from the head is staged before `head` is
-///    released, and readers hold it across staging and the head (`querier`).
+/// 3. `head`: series and head chunks. A chunk cut from the head stays in the head
+///    (`Head::unstaged`) until it is staged, which happens under `head`, and readers hold it
+///    across staging and the head (`querier`).
 /// 4. `windows`: which windows are staged and which compacted, with their databases and
 ///    files (one lock, so a reader sees a generation in exactly one of them).
 /// 5. `wal`, `holds`, `meta_pending`, `index_pending` and the pipeline's stages: leaves,

@@ -6,7 +6,7 @@ use crate::chunk::{ChunkSource, StoredChunk};
 use crate::chunkenc::{XorAppender, MAX_SAMPLES};
 use crate::series_table::SeriesTable;
 use crate::{SeriesId, StorageConfig, StorageError};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub(crate) struct HeadChunk {
@@ -61,11 +61,22 @@ pub(crate) type HeadMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) struct Head {
     /// Every series, by id and by encoded label set.
     pub series: SeriesTable,
-    /// Chunks cut from the head whose write to staging failed (a full disk), oldest first:
-    /// read from here and written again by the next commit or maintenance that stages
-    /// chunks. Their series' staged maxt does not cover them, so no durable mark does, and
-    /// the log keeps their records (see `Storage::write_chunks`).
-    pub unstaged: Vec<CutChunk>,
+    /// Chunks cut from the head and not in staging yet, by (series, first time), read from
+    /// here until they are: those of commits whose staging turn has not come (see
+    /// `pipeline`), and those whose write to staging failed (a full disk), written again
+    /// by the next commit or maintenance that stages chunks. Their series' staged maxt
+    /// does not cover them, so no durable mark does, and the log keeps their records (see
+    /// `Storage::stage_unstaged`).
+    pub unstaged: BTreeMap<(SeriesId, i64), Unstaged>,
+}
+
+/// A chunk in [`Head::unstaged`].
+pub(crate) struct Unstaged {
+    pub chunk: CutChunk,
+    /// The commit that cut it (0: maintenance, replay or a clean stop, which stage at once).
+    pub cut_by: u64,
+    /// A write of it to staging failed.
+    pub failed: bool,
 }
 
 impl Head {
@@ -74,8 +85,22 @@ impl Head {
     pub fn insert_series(&mut self, id: SeriesId, labels: Arc<[u8]>, mint: i64, maxt: i64) {
         self.series.insert(MemSeries::new(id, labels, mint, maxt));
     }
+
+    /// Keeps `cut` readable until it is staged (see [`Head::unstaged`]).
+    pub fn queue_cut(&mut self, cut: impl IntoIterator<Item = CutChunk>, cut_by: u64) {
+        for chunk in cut {
+            let unstaged = Unstaged {
+                chunk,
+                cut_by,
+                failed: false,
+            };
+            self.unstaged
+                .insert((unstaged.chunk.id, unstaged.chunk.mint), unstaged);
+        }
+    }
 }
 
+#[derive(Clone)]
 pub(crate) struct CutChunk {
     pub id: SeriesId,
     pub mint: i64,
@@ -147,8 +172,13 @@ impl ChunkSource for Head {
         out: &mut Vec<StoredChunk>,
     ) -> Result<(), StorageError> {
         // Unstaged chunks are older than the series' head chunk.
-        for c in self.unstaged.iter().filter(|c| c.id == id) {
-            if c.mint <= maxt && c.maxt >= mint {
+        for u in self
+            .unstaged
+            .range((id, i64::MIN)..=(id, maxt))
+            .map(|e| e.1)
+        {
+            let c = &u.chunk;
+            if c.maxt >= mint {
                 out.push(StoredChunk::Xor {
                     mint: c.mint,
                     maxt: c.maxt,

@@ -7,8 +7,11 @@
 //!    order they were validated;
 //! 3. group commit: one fdatasync makes every frame written before it durable, and a commit
 //!    waits until its own frame is; whoever finds no fsync running starts one;
-//! 4. commits are applied (sled, head, staging, ingest state) in sequence order, each after
-//!    its record is durable, so readers never see what a crash can take back.
+//! 4. commits are applied (head, ingest state) in sequence order, each after its record is
+//!    durable, so readers never see what a crash can take back;
+//! 5. the chunks a commit cut from the head are encoded for staging (in parallel with
+//!    others; until then readers find them in the head, `Head::unstaged`), then written
+//!    to staging in sequence order, so each series' chunks reach staging in time order.
 //!
 //! Validating commit N+1 while N is still on its way needs N's samples: [`InFlight`], guarded
 //! by the write lock, holds the last accepted sample of each series of commits not yet
@@ -71,6 +74,8 @@ struct Stages {
     next_write: u64,
     /// The commit applied next.
     next_apply: u64,
+    /// The commit whose cut chunks are staged next (never after `next_apply`).
+    next_stage: u64,
     /// Every commit before this sequence is durable.
     synced_before: u64,
     /// A frame was written since the running or last fsync started.
@@ -107,6 +112,7 @@ impl Pipeline {
         *s = Stages {
             next_write: next,
             next_apply: next,
+            next_stage: next,
             synced_before: next,
             ..Stages::default()
         };
@@ -123,11 +129,12 @@ impl Pipeline {
         self.lock().failed.is_some()
     }
 
-    /// Waits until every commit before `next_seq` is applied or failed, and forgets the
-    /// failure. The caller holds the write lock, so no commit takes a sequence meanwhile.
+    /// Waits until every commit before `next_seq` is applied and staged or failed, and
+    /// forgets the failure. The caller holds the write lock, so no commit takes a sequence
+    /// meanwhile.
     pub fn drain(&self, next_seq: u64) {
         let mut s = self.lock();
-        while s.next_apply < next_seq {
+        while s.next_stage < next_seq {
             s = self.wait(s);
         }
         if !s.broken {
@@ -144,6 +151,7 @@ impl Pipeline {
             written: false,
             durable: false,
             applied: false,
+            staged: false,
         }
     }
 
@@ -229,6 +237,18 @@ impl Pipeline {
         self.lock().next_apply += 1;
         self.changed.notify_all();
     }
+
+    fn wait_stage(&self, seq: u64) {
+        let mut s = self.lock();
+        while s.next_stage != seq {
+            s = self.wait(s);
+        }
+    }
+
+    fn advance_stage(&self) {
+        self.lock().next_stage += 1;
+        self.changed.notify_all();
+    }
 }
 
 /// Fsyncs the log's current file outside the log's lock (frames in a segment left behind
@@ -260,6 +280,7 @@ pub(crate) struct Turn<'a> {
     written: bool,
     durable: bool,
     applied: bool,
+    staged: bool,
 }
 
 impl Turn<'_> {
@@ -268,12 +289,15 @@ impl Turn<'_> {
     }
 
     /// The stages after validation: `frame` (`None`: the commit changes nothing in the
-    /// log) written in order and made durable, then `apply` in order.
-    pub fn run<T>(
+    /// log) written in order and made durable, then `apply` in order; what it leaves to
+    /// stage goes through `prepare` (in parallel with other commits), then `stage` in order.
+    pub fn run<T, C, D>(
         mut self,
         wal: &Mutex<wal::Wal>,
         frame: Option<Vec<u8>>,
-        apply: impl FnOnce() -> Result<T, StorageError>,
+        apply: impl FnOnce() -> Result<(T, C), StorageError>,
+        prepare: impl FnOnce(C) -> D,
+        stage: impl FnOnce(D),
     ) -> Result<T, StorageError> {
         let (p, seq) = (self.p, self.seq);
         let wrote = p.write(seq, wal, frame.as_deref());
@@ -296,13 +320,20 @@ impl Turn<'_> {
         let r = apply();
         self.applied = true;
         p.advance_apply();
-        r
+        // On an error the drop gives up the staging turn.
+        let (t, c) = r?;
+        let d = prepare(c);
+        p.wait_stage(seq);
+        stage(d);
+        self.staged = true;
+        p.advance_stage();
+        Ok(t)
     }
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        if self.written && self.applied {
+        if self.written && self.applied && self.staged {
             return;
         }
         let mut s = self.p.lock();
@@ -323,6 +354,15 @@ impl Drop for Turn<'_> {
                 s = self.p.wait(s);
             }
             s.next_apply += 1;
+            self.p.changed.notify_all();
+        }
+        // A commit that stages nothing (it failed, or staging panicked) leaves its chunks,
+        // if any, in `Head::unstaged`, where the next staging writes them.
+        if !self.staged {
+            while s.next_stage != self.seq {
+                s = self.p.wait(s);
+            }
+            s.next_stage += 1;
             self.p.changed.notify_all();
         }
     }

@@ -78,7 +78,7 @@ impl Storage {
             head.series
                 .values()
                 .filter_map(|s| s.head.as_ref().map(|h| h.first_wal))
-                .chain(head.unstaged.iter().map(|c| c.first_wal))
+                .chain(head.unstaged.values().map(|u| u.chunk.first_wal))
                 .min()
                 .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst))
         };

@@ -15,7 +15,7 @@ use crate::db::{read_lock, write_lock, Storage};
 use crate::head::{CutChunk, Head};
 use crate::winfile::WindowFile;
 use crate::{keys, SeriesId, StorageError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -395,51 +395,87 @@ impl Storage {
         Ok(file)
     }
 
-    /// Appends cut chunks to their windows' staging files (not fsynced: the write-ahead
-    /// records still hold their samples until `maintain` marks them durable and truncates),
-    /// after the chunks an earlier write could not stage, and raises each written chunk's
-    /// series' staged maxt. Called with the head's write lock held, so readers see every
-    /// chunk either in staging or in the head.
+    /// Stages `cut` and every chunk waiting in [`Head::unstaged`]: for callers that hold
+    /// the write lock with the pipeline drained (maintenance, replay), so every waiting
+    /// chunk failed an earlier write.
+    pub(crate) fn write_chunks(&self, head: &mut Head, cut: Vec<CutChunk>) {
+        head.queue_cut(cut, 0);
+        self.stage_unstaged(head, 0, &mut HashMap::new());
+    }
+
+    /// Appends the chunks in [`Head::unstaged`] cut by commits up to `through` (and those
+    /// whose write failed) to their windows' staging files (not fsynced: the write-ahead
+    /// records still hold their samples until `maintain` marks them durable and
+    /// truncates), and raises each written chunk's series' staged maxt. `encoded` has the
+    /// staged values made beforehand, by (series, first time); the others are encoded here.
+    /// Called with the head's write lock held, so readers see every chunk either in staging
+    /// or in the head.
     ///
     /// When a write fails (a full disk), that chunk and every one after it stay in
     /// `head.unstaged`: readable, not covered by any durable mark, their log records kept,
     /// and written again next time. A series' chunks reach staging in time order, so no
     /// mark ever covers a chunk that is not staged. The commit that cut them still
     /// succeeds: its samples are durable in the log.
-    pub(crate) fn write_chunks(&self, head: &mut Head, cut: Vec<CutChunk>) {
-        let retrying = head.unstaged.len();
-        let mut todo = std::mem::take(&mut head.unstaged);
-        todo.extend(cut);
-        if todo.is_empty() {
-            return;
-        }
+    pub(crate) fn stage_unstaged(
+        &self,
+        head: &mut Head,
+        through: u64,
+        encoded: &mut HashMap<(SeriesId, i64), Vec<u8>>,
+    ) {
         let span = self.inner.config.chunk_span_ms;
-        // Windows in time order; within one, in cut order.
-        let mut by_window: BTreeMap<i64, Vec<CutChunk>> = BTreeMap::new();
-        for c in todo {
-            by_window
-                .entry(c.mint.div_euclid(span) * span)
-                .or_default()
-                .push(c);
+        // Windows in time order; within one, by series and time.
+        let mut by_window: BTreeMap<i64, Vec<(SeriesId, i64)>> = BTreeMap::new();
+        let mut retrying = 0usize;
+        for (key, u) in &head.unstaged {
+            if u.cut_by <= through || u.failed {
+                retrying += usize::from(u.failed);
+                by_window
+                    .entry(key.1.div_euclid(span) * span)
+                    .or_default()
+                    .push(*key);
+            }
+        }
+        if by_window.is_empty() {
+            return;
         }
         let mut failed: Option<StorageError> = None;
         let mut written = 0u64;
-        for (window, chunks) in by_window {
+        for (window, keys) in by_window {
             if failed.is_none() {
-                match self.stage(window, &chunks) {
+                let values: Vec<(SeriesId, i64, Vec<u8>)> = keys
+                    .iter()
+                    .filter_map(|k| {
+                        let v = match encoded.remove(k) {
+                            Some(v) => v,
+                            None => {
+                                let c = &head.unstaged.get(k)?.chunk;
+                                crate::chunk::encode_staged(c.mint, c.maxt, &c.bytes)
+                            }
+                        };
+                        Some((k.0, k.1, v))
+                    })
+                    .collect();
+                match self.stage(window, &values) {
                     Ok(()) => {
-                        for c in &chunks {
-                            if let Some(s) = head.series.get_mut(c.id) {
-                                s.staged_maxt = s.staged_maxt.max(c.maxt);
+                        for k in &keys {
+                            let Some(u) = head.unstaged.remove(k) else {
+                                continue;
+                            };
+                            if let Some(s) = head.series.get_mut(k.0) {
+                                s.staged_maxt = s.staged_maxt.max(u.chunk.maxt);
                             }
                         }
-                        written += chunks.len() as u64;
+                        written += keys.len() as u64;
                         continue;
                     }
                     Err(e) => failed = Some(e),
                 }
             }
-            head.unstaged.extend(chunks);
+            for k in &keys {
+                if let Some(u) = head.unstaged.get_mut(k) {
+                    u.failed = true;
+                }
+            }
         }
         self.inner
             .stats
@@ -464,18 +500,8 @@ impl Storage {
         }
     }
 
-    fn stage(&self, window: i64, chunks: &[CutChunk]) -> Result<(), StorageError> {
+    fn stage(&self, window: i64, values: &[(SeriesId, i64, Vec<u8>)]) -> Result<(), StorageError> {
         let file = self.staging_for(window)?;
-        let values: Vec<(SeriesId, i64, Vec<u8>)> = chunks
-            .iter()
-            .map(|c| {
-                (
-                    c.id,
-                    c.mint,
-                    crate::chunk::encode_staged(c.mint, c.maxt, &c.bytes),
-                )
-            })
-            .collect();
         file.append(
             values
                 .iter()

@@ -213,7 +213,7 @@ fn read_column(r: &mut BitReader, base: i64, bits: usize) -> Result<Vec<i64>, St
 }
 
 fn column_bytes(base: i64, ts: &[i64]) -> Vec<u8> {
-    let mut w = BitWriter::default();
+    let mut w = BitWriter::with_capacity(16 + ts.len() / 2);
     put_column(&mut w, base, ts);
     w.into_bytes()
 }
@@ -410,7 +410,7 @@ fn read_xor(r: &mut BitReader, n: usize) -> Result<Vec<f64>, StorageError> {
 /// The values' payload in the smallest mode that holds them exactly: `(mode, bytes)`.
 fn encode_values(vs: &[f64]) -> (u64, Vec<u8>) {
     let bytes = |f: &dyn Fn(&mut BitWriter)| {
-        let mut w = BitWriter::default();
+        let mut w = BitWriter::with_capacity(16 + vs.len() * 2);
         f(&mut w);
         w.into_bytes()
     };

@@ -1141,3 +1141,119 @@ fn postings_read_the_same_pending_and_written() {
     assert_eq!(view(&s), expected, "after a clean stop");
     assert_eq!(s.series_count(), 6);
 }
+
+/// Commits overlap in the pipeline: several writers commit steps of the same series at
+/// once, so one commit's cut chunks wait for their staging turn (readable from the head)
+/// while the next commit appends to and cuts the same series, and maintenance marks and
+/// compacts meanwhile. Readers must see each series strictly in time order, and every
+/// accepted step exactly once, before and after reopening.
+#[test]
+fn overlapping_commits_that_cut_chunks_lose_and_double_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    use std::sync::Arc;
+    const SERIES: usize = 40;
+    const STEPS: i64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    // A chunk window of one minute: a chunk is cut every 6 steps of 10 s.
+    let cfg = StorageConfig {
+        chunk_span_ms: 60_000,
+        ..small()
+    };
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    let t0 = 1_700_000_000_000i64 / 60_000 * 60_000;
+    let series: Arc<Vec<Labels>> = Arc::new(
+        (0..SERIES)
+            .map(|j| labels("overlap", &format!("j{j}")))
+            .collect(),
+    );
+    let next = Arc::new(AtomicI64::new(0));
+    let writers: Vec<_> = (0..3)
+        .map(|_| {
+            let (s, next, series) = (s.clone(), next.clone(), series.clone());
+            std::thread::spawn(move || {
+                let mut accepted = Vec::new();
+                loop {
+                    let step = next.fetch_add(1, Ordering::SeqCst);
+                    if step >= STEPS {
+                        return accepted;
+                    }
+                    let mut a = s.appender();
+                    for l in series.iter() {
+                        a.append(l, t0 + step * 10_000, step as f64).unwrap();
+                    }
+                    let r = a.commit().unwrap();
+                    // Every series has the same history: a step is taken or refused whole.
+                    match r.appended {
+                        SERIES => accepted.push(step),
+                        0 => assert_eq!(r.out_of_order, SERIES, "{r:?}"),
+                        _ => panic!("a step was taken in part: {r:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (s, done) = (s.clone(), done.clone());
+        std::thread::spawn(move || {
+            let m = Matcher::new(MatchOp::Equal, "__name__", "overlap").unwrap();
+            let mut reads = 0;
+            while !done.load(Ordering::SeqCst) {
+                for x in s
+                    .select(std::slice::from_ref(&m), i64::MIN, i64::MAX)
+                    .unwrap()
+                {
+                    for w in x.samples.windows(2) {
+                        assert!(
+                            w[0].t < w[1].t,
+                            "{:?}: {:?} then {:?}",
+                            x.labels,
+                            w[0],
+                            w[1]
+                        );
+                    }
+                    for p in &x.samples {
+                        assert_eq!(p.v, ((p.t - t0) / 10_000) as f64);
+                    }
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let mut compacted = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        let newest = s.stats().newest_sample_ms.load(Ordering::Relaxed);
+        compacted += s.maintain(newest).unwrap().windows_compacted;
+    }
+    let mut accepted: Vec<i64> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    accepted.sort_unstable();
+    done.store(true, Ordering::SeqCst);
+    assert!(reader.join().unwrap() > 0);
+    assert!(
+        accepted.len() as i64 > STEPS / 2,
+        "{} steps taken",
+        accepted.len()
+    );
+    assert!(compacted > 0, "no window was compacted meanwhile");
+    let want: Vec<Sample> = accepted
+        .iter()
+        .map(|&n| Sample {
+            t: t0 + n * 10_000,
+            v: n as f64,
+        })
+        .collect();
+    let check = |s: &Storage| {
+        let got = all(s);
+        assert_eq!(got.len(), SERIES);
+        for x in got {
+            assert_eq!(x.samples, want, "{:?}", x.labels);
+        }
+    };
+    check(&s);
+    drop(s);
+    check(&Storage::open(dir.path(), &cfg).unwrap());
+}

@@ -18,6 +18,15 @@ pub(crate) struct BitWriter {
 }
 
 impl BitWriter {
+    /// A writer for about `bytes` bytes (a buffer that does not live on, unlike a head
+    /// chunk's, so it need not grow 32 bytes at a time).
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        BitWriter {
+            bytes: Vec::with_capacity(bytes),
+            free: 0,
+        }
+    }
+
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }

@@ -85,7 +85,8 @@ pub fn encode(samples: &[(i64, f64)], base: i64) -> Option<Vec<u8>> {
         .min()?
         .1;
     frame(&t_dd).or(t_dd.is_empty().then_some((0, 0)))?;
-    let mut w = BitWriter::default();
+    // Room for two bytes a sample, more than most chunks take (it grows if not).
+    let mut w = BitWriter::with_capacity(16 + 2 * n);
     put_uvarint(&mut w, n as u64);
     put_varint(&mut w, ts[0].checked_sub(base)?);
     if n >= 2 {
