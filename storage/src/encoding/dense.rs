@@ -30,9 +30,22 @@ fn as_int(v: f64) -> Option<i64> {
     ((i as f64).to_bits() == v.to_bits()).then_some(i)
 }
 
+/// The `n` items of `it`, or `None` at the first `None` (collecting into `Option<Vec>`
+/// knows no size and grows the vector from 4 by doubling).
+fn collect_n(n: usize, it: impl Iterator<Item = Option<i64>>) -> Option<Vec<i64>> {
+    let mut v = Vec::with_capacity(n);
+    for x in it {
+        v.push(x?);
+    }
+    Some(v)
+}
+
 /// Differences of `xs` (`xs[i] - xs[i-1]`), or `None` when one leaves `i64`.
 fn diffs(xs: &[i64]) -> Option<Vec<i64>> {
-    xs.windows(2).map(|w| w[1].checked_sub(w[0])).collect()
+    collect_n(
+        xs.len().saturating_sub(1),
+        xs.windows(2).map(|w| w[1].checked_sub(w[0])),
+    )
 }
 
 /// `min` and bit width of a field holding every `x - min`; `None` if the span needs more
@@ -69,7 +82,7 @@ pub fn encode(samples: &[(i64, f64)], base: i64) -> Option<Vec<u8>> {
         return None;
     }
     let ts: Vec<i64> = samples.iter().map(|s| s.0).collect();
-    let vs: Vec<i64> = samples.iter().map(|s| as_int(s.1)).collect::<Option<_>>()?;
+    let vs = collect_n(n, samples.iter().map(|s| as_int(s.1)))?;
     let t_d = diffs(&ts)?;
     let t_dd = diffs(&t_d)?;
     let v_d = diffs(&vs)?;
