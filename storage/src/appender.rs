@@ -16,6 +16,8 @@ use std::sync::Arc;
 type Created = (Arc<[u8]>, SeriesId);
 /// An accepted sample: series, time, value.
 type Accepted = (SeriesId, i64, f64);
+/// Runs of one series in the accepted samples: the series' slot hint and the run's end.
+type AcceptedRuns = Vec<(u32, usize)>;
 /// Each series' last accepted time and value bits in one commit.
 type LastAccepted = HeadMap<SeriesId, (i64, u64)>;
 /// Ingest-state writes: key, value (`None`: removed).
@@ -31,9 +33,13 @@ impl Storage {
             samples: Vec::new(),
             meta: Vec::new(),
             new_series: HashMap::new(),
+            unresolved: false,
         }
     }
 }
+
+/// No slot hint.
+const NO_SLOT: u32 = u32::MAX;
 
 /// Consecutive appended samples of one series (remote write sends a series' samples
 /// together), so that the series is looked up once per run, not per sample.
@@ -41,6 +47,9 @@ struct Run {
     enc: Arc<[u8]>,
     /// The head's id of the series when it was appended (`None`: new to the head then).
     id: Option<SeriesId>,
+    /// Its slot in the head's table then (`NO_SLOT`: none): a hint that spares a lookup
+    /// by id in the serial stages (see `SeriesTable::get_hinted`).
+    slot: u32,
     /// End of the run's samples in `StorageAppender::samples`.
     end: usize,
 }
@@ -57,6 +66,8 @@ pub struct StorageAppender {
     samples: Vec<(i64, f64)>,
     meta: MetaWrites,
     new_series: HashMap<Arc<[u8]>, Labels>,
+    /// Some runs were appended without looking their series up (`append_shared`).
+    unresolved: bool,
 }
 
 impl StorageAppender {
@@ -74,9 +85,23 @@ impl StorageAppender {
 
     /// [`Self::append_encoded`] for a caller that keeps only the encoded labels (one
     /// allocation per series, which the head then shares): they are decoded only when the
-    /// store does not have the series yet.
+    /// store does not have the series yet. The series is looked up at commit, with every
+    /// other series appended so, under one read lock of the head (a lock taken per sample
+    /// waits each time a commit applies).
     pub fn append_shared(&mut self, enc: &Arc<[u8]>, t: i64, v: f64) -> Result<(), StorageError> {
-        self.append_with(enc, || Labels::decode(enc), t, v)
+        let same_as_last = self.runs.last().is_some_and(|r| Arc::ptr_eq(&r.enc, enc));
+        if !same_as_last {
+            self.unresolved = true;
+            self.runs.push(Run {
+                enc: enc.clone(),
+                id: None,
+                slot: NO_SLOT,
+                end: 0,
+            });
+        }
+        self.samples.push((t, v));
+        self.runs.last_mut().expect("pushed above").end = self.samples.len();
+        Ok(())
     }
 
     fn append_with(
@@ -88,7 +113,11 @@ impl StorageAppender {
     ) -> Result<(), StorageError> {
         let same_as_last = self.runs.last().is_some_and(|r| Arc::ptr_eq(&r.enc, enc));
         if !same_as_last {
-            let id = read_lock(&self.store.inner.head).series.id_of(enc);
+            let found = read_lock(&self.store.inner.head)
+                .series
+                .find(enc)
+                .map(|(m, slot)| (m.id, slot));
+            let (id, slot) = (found.map(|f| f.0), found.map_or(NO_SLOT, |f| f.1));
             if id.is_none() {
                 if let std::collections::hash_map::Entry::Vacant(e) =
                     self.new_series.entry(enc.clone())
@@ -106,11 +135,35 @@ impl StorageAppender {
             self.runs.push(Run {
                 enc: enc.clone(),
                 id,
+                slot,
                 end: 0,
             });
         }
         self.samples.push((t, v));
         self.runs.last_mut().expect("pushed above").end = self.samples.len();
+        Ok(())
+    }
+
+    /// Looks up the series of the runs appended by [`Self::append_shared`], under one read
+    /// lock of the head, and decodes and checks the labels of those new to the store.
+    fn resolve(&mut self) -> Result<(), StorageError> {
+        if !std::mem::take(&mut self.unresolved) {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let head = read_lock(&store.inner.head);
+        for run in &mut self.runs {
+            if run.id.is_some() || self.new_series.contains_key(&run.enc) {
+                continue;
+            }
+            if let Some((m, slot)) = head.series.find(&run.enc) {
+                run.id = Some(m.id);
+                run.slot = slot;
+            } else {
+                self.new_series
+                    .insert(run.enc.clone(), new_labels(&run.enc)?);
+            }
+        }
         Ok(())
     }
 
@@ -120,36 +173,44 @@ impl StorageAppender {
     /// head has is looked up by these bytes and shares the head's copy; only a series new
     /// to the store is copied and decoded (its name is checked then).
     pub fn append_run(&mut self, enc: &[u8], samples: &[(i64, f64)]) -> Result<(), StorageError> {
-        if samples.is_empty() {
-            return Ok(());
-        }
-        let known = read_lock(&self.store.inner.head)
-            .series
-            .by_labels(enc)
-            .map(|m| (m.labels.clone(), m.id));
-        let (enc, id) = match known {
-            Some((k, id)) => (k, Some(id)),
-            None => match self.new_series.get_key_value(enc) {
-                Some((k, _)) => (k.clone(), None),
-                None => {
-                    let labels = Labels::decode(enc)?;
-                    if labels.get("__name__").is_none() {
-                        return Err(StorageError::InvalidLabels(
-                            "series without __name__".into(),
-                        ));
+        self.append_runs(std::iter::once((enc, samples)))
+    }
+
+    /// [`Self::append_run`] for many series, looked up under one read lock of the head (a
+    /// lock taken per series waits each time a commit applies).
+    pub fn append_runs<'a>(
+        &mut self,
+        runs: impl IntoIterator<Item = (&'a [u8], &'a [(i64, f64)])>,
+    ) -> Result<(), StorageError> {
+        let store = self.store.clone();
+        let head = read_lock(&store.inner.head);
+        for (enc, samples) in runs {
+            if samples.is_empty() {
+                continue;
+            }
+            let known = head
+                .series
+                .find(enc)
+                .map(|(m, slot)| (m.labels.clone(), m.id, slot));
+            let (enc, id, slot) = match known {
+                Some((k, id, slot)) => (k, Some(id), slot),
+                None => match self.new_series.get_key_value(enc) {
+                    Some((k, _)) => (k.clone(), None, NO_SLOT),
+                    None => {
+                        let k: Arc<[u8]> = Arc::from(enc);
+                        self.new_series.insert(k.clone(), new_labels(enc)?);
+                        (k, None, NO_SLOT)
                     }
-                    let k: Arc<[u8]> = Arc::from(enc);
-                    self.new_series.insert(k.clone(), labels);
-                    (k, None)
-                }
-            },
-        };
-        self.samples.extend_from_slice(samples);
-        self.runs.push(Run {
-            enc,
-            id,
-            end: self.samples.len(),
-        });
+                },
+            };
+            self.samples.extend_from_slice(samples);
+            self.runs.push(Run {
+                enc,
+                id,
+                slot,
+                end: self.samples.len(),
+            });
+        }
         Ok(())
     }
 
@@ -181,7 +242,8 @@ impl Appender for StorageAppender {
         self.meta.push((MetaBytes::new(key), None));
     }
 
-    fn commit(self) -> Result<CommitReport, StorageError> {
+    fn commit(mut self) -> Result<CommitReport, StorageError> {
+        self.resolve()?;
         let StorageAppender {
             store,
             removed,
@@ -189,11 +251,12 @@ impl Appender for StorageAppender {
             samples,
             meta,
             new_series,
+            ..
         } = self;
         let inner = &store.inner;
         // Validation, serial: ids, and time per series against the head and against the
         // commits still in the pipeline (see `pipeline`).
-        let (turn, batch, created, accepted, report) = {
+        let (turn, batch, created, accepted, accepted_runs, report) = {
             let mut w = inner.write.lock().unwrap_or_else(|e| e.into_inner());
             let next = inner.next_wal.load(Ordering::SeqCst);
             if inner.pipeline.failed() {
@@ -213,7 +276,7 @@ impl Appender for StorageAppender {
                 samples: &samples,
                 ids_current,
             };
-            let (accepted, last, report) = validate(&store, &w, &appended, &ids)?;
+            let (accepted, accepted_runs, last, report) = validate(&store, &w, &appended, &ids)?;
             let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
             // From here on the commit holds a turn in each of the pipeline's stages.
             let turn = inner.pipeline.turn(seq);
@@ -223,7 +286,7 @@ impl Appender for StorageAppender {
             for (enc, id) in &created {
                 w.created.insert(enc.clone(), (*id, seq));
             }
-            (turn, batch, created, accepted, report)
+            (turn, batch, created, accepted, accepted_runs, report)
         };
         let seq = turn.seq();
         let (frame, meta) = log_frame(seq, &created, meta, &accepted);
@@ -248,7 +311,7 @@ impl Appender for StorageAppender {
                     postings, series, ..
                 } = batch;
                 write_lock(&inner.index_pending).absorb(postings, series, seq);
-                let cut = match apply(&store, created, &accepted, seq) {
+                let cut = match apply(&store, created, &accepted, &accepted_runs, seq) {
                     Ok(cut) => cut,
                     Err(e) => {
                         store.stop_writes(&e);
@@ -278,6 +341,18 @@ impl Appender for StorageAppender {
             },
         )
     }
+}
+
+/// The labels of a series new to the store, decoded from its encoding and checked (a
+/// series the store has passed this check when it was created).
+fn new_labels(enc: &[u8]) -> Result<Labels, StorageError> {
+    let labels = Labels::decode(enc)?;
+    if labels.get("__name__").is_none() {
+        return Err(StorageError::InvalidLabels(
+            "series without __name__".into(),
+        ));
+    }
+    Ok(labels)
 }
 
 /// Ids for the appended series the head does not know (a commit applied or still in the
@@ -342,7 +417,7 @@ fn validate(
     in_flight: &InFlight,
     appended: &Appended,
     ids: &HashMap<Arc<[u8]>, SeriesId>,
-) -> Result<(Vec<Accepted>, LastAccepted, CommitReport), StorageError> {
+) -> Result<(Vec<Accepted>, AcceptedRuns, LastAccepted, CommitReport), StorageError> {
     let inner = &store.inner;
     let mut report = CommitReport::default();
     let min_valid = inner.min_valid_t.load(Ordering::SeqCst) as i64;
@@ -350,19 +425,20 @@ fn validate(
     let mut unknown_last: Vec<(SeriesId, i64, f64)> = Vec::new();
     let mut last = LastAccepted::default();
     last.reserve(appended.runs.len());
+    let mut runs = AcceptedRuns::with_capacity(appended.runs.len());
     let head = read_lock(&inner.head);
     let mut start = 0;
     for run in appended.runs {
         let samples = &appended.samples[start..run.end];
         start = run.end;
-        let id = match run.id.filter(|_| appended.ids_current) {
-            Some(id) => id,
+        let (id, slot) = match run.id.filter(|_| appended.ids_current) {
+            Some(id) => (id, run.slot),
             None => match head
                 .series
                 .id_of(&run.enc)
                 .or_else(|| ids.get(&run.enc).copied())
             {
-                Some(id) => id,
+                Some(id) => (id, NO_SLOT),
                 None => return Err(corrupt("appended series has no id")),
             },
         };
@@ -373,7 +449,7 @@ fn validate(
             .copied()
             .or_else(|| in_flight.last.get(&id).map(|&(t, bits, _)| (t, bits)))
             .or_else(|| {
-                let s = head.series.get(id)?;
+                let s = head.series.get_hinted(id, slot)?;
                 let lv = s
                     .head
                     .as_ref()
@@ -403,6 +479,7 @@ fn validate(
         }
         if let (true, Some(p)) = (took, prev) {
             last.insert(id, p);
+            runs.push((slot, accepted.len()));
         }
     }
     drop(head);
@@ -423,7 +500,7 @@ fn validate(
         }
     }
     report.appended = accepted.len();
-    Ok((accepted, last, report))
+    Ok((accepted, runs, last, report))
 }
 
 /// The commit's log frame (`None`: it changes nothing the log keeps), built outside the
@@ -460,6 +537,7 @@ fn apply(
     store: &Storage,
     created: Vec<(Arc<[u8]>, SeriesId)>,
     accepted: &[(SeriesId, i64, f64)],
+    runs: &AcceptedRuns,
     seq: u64,
 ) -> Result<Option<Vec<CutChunk>>, StorageError> {
     let inner = &store.inner;
@@ -469,10 +547,14 @@ fn apply(
         // `append_to_head` below sets the first time.
         head.insert_series(id, enc, i64::MIN, i64::MIN);
     }
-    // Accepted samples come in runs of one series: one lookup per run.
-    for run in accepted.chunk_by(|a, b| a.0 == b.0) {
+    // Accepted samples come in runs of one series: one lookup per run, through the slot
+    // the series had when it was appended.
+    let mut start = 0;
+    for &(slot, end) in runs {
+        let run = &accepted[start..end];
+        start = end;
         let id = run[0].0;
-        if let Some(s) = head.series.get_mut(id) {
+        if let Some(s) = head.series.get_hinted_mut(id, slot) {
             for &(_, t, v) in run {
                 if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
                     cut.push(c);

@@ -65,6 +65,35 @@ impl SeriesTable {
         self.find_id(id).is_some()
     }
 
+    /// The series with this encoded label set and its slot, a hint for
+    /// [`Self::get_hinted`].
+    pub fn find(&self, labels: &[u8]) -> Option<(&MemSeries, u32)> {
+        let hash = self.hasher.hash_one(labels);
+        let slot = *self.by_labels.find(hash, |&s| {
+            slot_of(&self.pages, s).is_some_and(|m| *m.labels == *labels)
+        })?;
+        Some((slot_of(&self.pages, slot)?, slot))
+    }
+
+    /// Series `id`, looked for first in `slot` (from [`Self::find`]; a removal since may
+    /// have given the slot to another series, so the id is checked), then by id.
+    pub fn get_hinted(&self, id: SeriesId, slot: u32) -> Option<&MemSeries> {
+        match slot_of(&self.pages, slot) {
+            Some(m) if m.id == id => Some(m),
+            _ => self.get(id),
+        }
+    }
+
+    /// [`Self::get_hinted`], to change the series.
+    pub fn get_hinted_mut(&mut self, id: SeriesId, slot: u32) -> Option<&mut MemSeries> {
+        let hit = slot_of(&self.pages, slot).is_some_and(|m| m.id == id);
+        if !hit {
+            return self.get_mut(id);
+        }
+        let slot = slot as usize;
+        self.pages[slot / PAGE_SLOTS][slot % PAGE_SLOTS].as_mut()
+    }
+
     /// The id of the series with this encoded label set.
     pub fn id_of(&self, labels: &[u8]) -> Option<SeriesId> {
         self.by_labels(labels).map(|m| m.id)
@@ -216,5 +245,16 @@ mod tests {
         assert_eq!(t.id_of(b"b"), Some(2));
         t.get_mut(2).expect("present").maxt = 9;
         assert_eq!(t.get(2).map(|s| s.maxt), Some(9));
+        // A slot hint finds the series, a stale one (another series' slot) falls back to
+        // the id, and a hint never gives another series.
+        let (_, slot) = t.find(b"b").expect("present");
+        assert_eq!(t.get_hinted(2, slot).map(|s| s.id), Some(2));
+        t.insert(series(3, "c"));
+        let (_, other) = t.find(b"c").expect("present");
+        assert_eq!(t.get_hinted(2, other).map(|s| s.id), Some(2));
+        assert_eq!(t.get_hinted_mut(3, slot).map(|s| s.id), Some(3));
+        t.remove(2);
+        assert!(t.get_hinted(2, slot).is_none());
+        assert!(t.get_hinted(2, u32::MAX).is_none());
     }
 }

@@ -25,9 +25,7 @@ pub(super) async fn remote_write(
     let report = tokio::task::spawn_blocking(move || {
         let mut app = store.appender();
         app.reserve(batch.samples.len());
-        for (enc, samples) in batch.series() {
-            app.append_run(enc, samples)?;
-        }
+        app.append_runs(batch.series())?;
         app.commit()
     })
     .await
