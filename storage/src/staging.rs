@@ -10,9 +10,9 @@
 //! size plus 24 bytes. sled keeps what changes: series, postings, ingest state.
 
 use crate::blocks::Files;
-use crate::chunk::{decode_staged, ChunkSource, StoredChunk};
+use crate::chunk::{decode_staged, encode_staged, ChunkSource, StoredChunk};
 use crate::db::{read_lock, write_lock, Storage};
-use crate::head::{CutChunk, Head};
+use crate::head::{CutChunk, Head, Unstaged};
 use crate::winfile::WindowFile;
 use crate::{keys, SeriesId, StorageError};
 use std::collections::{BTreeMap, HashMap};
@@ -396,85 +396,121 @@ impl Storage {
     }
 
     /// Stages `cut` and every chunk waiting in [`Head::unstaged`]: for callers that hold
-    /// the write lock with the pipeline drained (maintenance, replay), so every waiting
-    /// chunk failed an earlier write.
+    /// the write lock with the pipeline drained (maintenance, replay, a clean stop), so
+    /// every waiting chunk failed an earlier write. Many chunks (a clean stop cuts every
+    /// head chunk) are encoded on two threads.
     pub(crate) fn write_chunks(&self, head: &mut Head, cut: Vec<CutChunk>) {
-        head.queue_cut(cut, 0);
-        self.stage_unstaged(head, 0, &mut HashMap::new());
+        let mut encoded = HashMap::new();
+        if cut.len() >= 4096 {
+            let (a, b) = cut.split_at(cut.len() / 2);
+            let enc = |part: &[CutChunk]| -> Vec<((SeriesId, i64), Vec<u8>)> {
+                part.iter()
+                    .map(|c| ((c.id, c.mint), encode_staged(c.mint, c.maxt, &c.bytes)))
+                    .collect()
+            };
+            let (ea, eb) = std::thread::scope(|sc| {
+                let other = sc.spawn(|| enc(b));
+                (enc(a), other.join())
+            });
+            encoded.extend(ea);
+            if let Ok(eb) = eb {
+                encoded.extend(eb);
+            }
+        }
+        self.stage_chunks(head, cut, 0, &mut encoded);
     }
 
     /// Appends the chunks in [`Head::unstaged`] cut by commits up to `through` (and those
-    /// whose write failed) to their windows' staging files (not fsynced: the write-ahead
-    /// records still hold their samples until `maintain` marks them durable and
-    /// truncates), and raises each written chunk's series' staged maxt. `encoded` has the
-    /// staged values made beforehand, by (series, first time); the others are encoded here.
-    /// Called with the head's write lock held, so readers see every chunk either in staging
-    /// or in the head.
-    ///
-    /// When a write fails (a full disk), that chunk and every one after it stay in
-    /// `head.unstaged`: readable, not covered by any durable mark, their log records kept,
-    /// and written again next time. A series' chunks reach staging in time order, so no
-    /// mark ever covers a chunk that is not staged. The commit that cut them still
-    /// succeeds: its samples are durable in the log.
+    /// whose write failed) to their windows' staging files; see [`Self::stage_chunks`].
     pub(crate) fn stage_unstaged(
         &self,
         head: &mut Head,
         through: u64,
         encoded: &mut HashMap<(SeriesId, i64), Vec<u8>>,
     ) {
-        let span = self.inner.config.chunk_span_ms;
-        // Windows in time order; within one, by series and time.
-        let mut by_window: BTreeMap<i64, Vec<(SeriesId, i64)>> = BTreeMap::new();
-        let mut retrying = 0usize;
-        for (key, u) in &head.unstaged {
-            if u.cut_by <= through || u.failed {
+        let keys: Vec<(SeriesId, i64)> = head
+            .unstaged
+            .iter()
+            .filter(|(_, u)| u.cut_by <= through || u.failed)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut retrying = 0;
+        let chunks: Vec<CutChunk> = keys
+            .iter()
+            .filter_map(|k| head.unstaged.remove(k))
+            .map(|u| {
                 retrying += usize::from(u.failed);
-                by_window
-                    .entry(key.1.div_euclid(span) * span)
-                    .or_default()
-                    .push(*key);
-            }
-        }
-        if by_window.is_empty() {
+                u.chunk
+            })
+            .collect();
+        self.stage_chunks(head, chunks, retrying, encoded);
+    }
+
+    /// Appends `chunks` (each series' in time order) to their windows' staging files (not
+    /// fsynced: the write-ahead records still hold their samples until `maintain` marks
+    /// them durable and truncates), and raises each written chunk's series' staged maxt.
+    /// `encoded` has the staged values made beforehand, by (series, first time); the others
+    /// are encoded here. Called with the head's write lock held, so readers see every chunk
+    /// either in staging or in the head.
+    ///
+    /// When a write fails (a full disk), that chunk and every one after it go to
+    /// `head.unstaged`: readable, not covered by any durable mark, their log records kept,
+    /// and written again next time (`retrying` of `chunks` are such). A series' chunks
+    /// reach staging in time order, so no mark ever covers a chunk that is not staged. The
+    /// commit that cut them still succeeds: its samples are durable in the log.
+    fn stage_chunks(
+        &self,
+        head: &mut Head,
+        chunks: Vec<CutChunk>,
+        retrying: usize,
+        encoded: &mut HashMap<(SeriesId, i64), Vec<u8>>,
+    ) {
+        if chunks.is_empty() {
             return;
+        }
+        let span = self.inner.config.chunk_span_ms;
+        // Windows in time order; within one, in the order given.
+        let mut by_window: BTreeMap<i64, Vec<CutChunk>> = BTreeMap::new();
+        for c in chunks {
+            by_window
+                .entry(c.mint.div_euclid(span) * span)
+                .or_default()
+                .push(c);
         }
         let mut failed: Option<StorageError> = None;
         let mut written = 0u64;
-        for (window, keys) in by_window {
+        for (window, chunks) in by_window {
             if failed.is_none() {
-                let values: Vec<(SeriesId, i64, Vec<u8>)> = keys
+                let values: Vec<(SeriesId, i64, Vec<u8>)> = chunks
                     .iter()
-                    .filter_map(|k| {
-                        let v = match encoded.remove(k) {
-                            Some(v) => v,
-                            None => {
-                                let c = &head.unstaged.get(k)?.chunk;
-                                crate::chunk::encode_staged(c.mint, c.maxt, &c.bytes)
-                            }
-                        };
-                        Some((k.0, k.1, v))
+                    .map(|c| {
+                        let v = encoded
+                            .remove(&(c.id, c.mint))
+                            .unwrap_or_else(|| encode_staged(c.mint, c.maxt, &c.bytes));
+                        (c.id, c.mint, v)
                     })
                     .collect();
                 match self.stage(window, &values) {
                     Ok(()) => {
-                        for k in &keys {
-                            let Some(u) = head.unstaged.remove(k) else {
-                                continue;
-                            };
-                            if let Some(s) = head.series.get_mut(k.0) {
-                                s.staged_maxt = s.staged_maxt.max(u.chunk.maxt);
+                        for c in &chunks {
+                            if let Some(s) = head.series.get_mut(c.id) {
+                                s.staged_maxt = s.staged_maxt.max(c.maxt);
                             }
                         }
-                        written += keys.len() as u64;
+                        written += chunks.len() as u64;
                         continue;
                     }
                     Err(e) => failed = Some(e),
                 }
             }
-            for k in &keys {
-                if let Some(u) = head.unstaged.get_mut(k) {
-                    u.failed = true;
-                }
+            for chunk in chunks {
+                let key = (chunk.id, chunk.mint);
+                let u = Unstaged {
+                    chunk,
+                    cut_by: 0,
+                    failed: true,
+                };
+                head.unstaged.insert(key, u);
             }
         }
         self.inner
