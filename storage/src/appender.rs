@@ -5,7 +5,7 @@
 use crate::db::{
     corrupt, read_lock, series_keys, write_lock, CommitReport, Storage, StorageStats, Writes,
 };
-use crate::head::{append_to_head, CutChunk, HeadMap};
+use crate::head::{append_run_to_head, CutChunk, HeadMap};
 use crate::pipeline::InFlight;
 use crate::{wal, Appender, Labels, MetaBytes, SeriesId, StorageError};
 use std::collections::HashMap;
@@ -544,7 +544,7 @@ fn apply(
     let mut cut = Vec::new();
     let mut head = write_lock(&inner.head);
     for (enc, id) in created {
-        // `append_to_head` below sets the first time.
+        // `append_run_to_head` below sets the first time.
         head.insert_series(id, enc, i64::MIN, i64::MIN);
     }
     // Accepted samples come in runs of one series: one lookup per run, through the slot
@@ -555,11 +555,8 @@ fn apply(
         start = end;
         let id = run[0].0;
         if let Some(s) = head.series.get_hinted_mut(id, slot) {
-            for &(_, t, v) in run {
-                if let Some(c) = append_to_head(&inner.config, id, s, t, v, seq) {
-                    cut.push(c);
-                }
-            }
+            let samples = run.iter().map(|&(_, t, v)| (t, v));
+            append_run_to_head(&inner.config, id, s, samples, seq, &mut cut);
         }
     }
     if head.unstaged.is_empty() && cut.is_empty() {
