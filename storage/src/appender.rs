@@ -5,12 +5,12 @@
 use crate::db::{
     corrupt, read_lock, series_keys, write_lock, CommitReport, Storage, StorageStats, Writes,
 };
-use crate::head::{append_run_to_head, CutChunk, Head, HeadMap};
+use crate::head::{append_run_to_head, CutChunk, HeadMap};
 use crate::pipeline::InFlight;
 use crate::{wal, Appender, Labels, MetaBytes, SeriesId, StorageError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLockReadGuard};
+use std::sync::Arc;
 
 /// A series created by a commit: encoded labels and id.
 type Created = (Arc<[u8]>, SeriesId);
@@ -254,17 +254,6 @@ impl Appender for StorageAppender {
             ..
         } = self;
         let inner = &store.inner;
-        // The head's last sample of each run's series, read before the write lock, so
-        // that validation does not wait for the head's lock while a commit applies. A
-        // commit applied since (from `mark` on) is still in the in-flight state, which
-        // validation reads first.
-        let mark = inner.pipeline.applied_before();
-        let pre: Vec<Option<(i64, u64)>> = {
-            let head = read_lock(&inner.head);
-            runs.iter()
-                .map(|r| r.id.and_then(|id| head_last(&head, id, r.slot)))
-                .collect()
-        };
         // Validation, serial: ids, and time per series against the head and against the
         // commits still in the pipeline (see `pipeline`).
         let (turn, batch, created, accepted, accepted_runs, report) = {
@@ -272,13 +261,10 @@ impl Appender for StorageAppender {
             let next = inner.next_wal.load(Ordering::SeqCst);
             if inner.pipeline.failed() {
                 inner.pipeline.drain(next);
-                w.clear(next);
+                w.clear();
             } else {
-                w.prune(inner.pipeline.applied_before());
+                w.prune(inner.pipeline.applied_before(), next);
             }
-            // What was read of the head before still holds unless the in-flight state
-            // dropped a commit applied since.
-            let pre_current = w.pruned_before <= mark;
             store.check_writable()?;
             let mut batch = Writes::default();
             let (ids, created) = assign_ids(&store, &w, &runs, &samples, &new_series, &mut batch);
@@ -289,7 +275,6 @@ impl Appender for StorageAppender {
                 runs: &runs,
                 samples: &samples,
                 ids_current,
-                pre: (ids_current && pre_current).then_some(&pre[..]),
             };
             let (accepted, accepted_runs, last, report) = validate(&store, &w, &appended, &ids)?;
             let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
@@ -397,9 +382,6 @@ fn assign_ids(
             start = r.end;
         }
     }
-    if new_series.is_empty() {
-        return (ids, created);
-    }
     let head = read_lock(&inner.head);
     for (enc, labels) in new_series {
         let known = head
@@ -425,21 +407,6 @@ struct Appended<'a> {
     samples: &'a [(i64, f64)],
     /// The runs' ids are still the head's (no series was removed since they were looked up).
     ids_current: bool,
-    /// The head's last sample of each run's series (`head_last`) read before the write
-    /// lock, while still usable (the in-flight state covers every commit applied since).
-    pre: Option<&'a [Option<(i64, u64)>]>,
-}
-
-/// The last (time, value bits) of series `id` in the head (`u64::MAX`: the value is not
-/// in memory), `None` without samples or series.
-fn head_last(head: &Head, id: SeriesId, slot: u32) -> Option<(i64, u64)> {
-    let s = head.series.get_hinted(id, slot)?;
-    let lv = s
-        .head
-        .as_ref()
-        .and_then(|h| h.app.last())
-        .map(|(_, v)| v.to_bits());
-    (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
 }
 
 /// The samples that keep each series' time strictly increasing (against the head, the
@@ -459,20 +426,18 @@ fn validate(
     let mut last = LastAccepted::default();
     last.reserve(appended.runs.len());
     let mut runs = AcceptedRuns::with_capacity(appended.runs.len());
-    // The head's lock, taken only when a run's series was not read beforehand.
-    let mut head: Option<RwLockReadGuard<'_, Head>> = None;
+    let head = read_lock(&inner.head);
     let mut start = 0;
-    for (i, run) in appended.runs.iter().enumerate() {
+    for run in appended.runs {
         let samples = &appended.samples[start..run.end];
         start = run.end;
-        let current = run.id.filter(|_| appended.ids_current);
-        let (id, slot) = match current {
+        let (id, slot) = match run.id.filter(|_| appended.ids_current) {
             Some(id) => (id, run.slot),
-            // A series new to the head when appended has its id from `assign_ids`.
-            None => match ids.get(&run.enc).copied().or_else(|| {
-                let h = head.get_or_insert_with(|| read_lock(&inner.head));
-                h.series.id_of(&run.enc)
-            }) {
+            None => match head
+                .series
+                .id_of(&run.enc)
+                .or_else(|| ids.get(&run.enc).copied())
+            {
                 Some(id) => (id, NO_SLOT),
                 None => return Err(corrupt("appended series has no id")),
             },
@@ -483,12 +448,14 @@ fn validate(
             .get(&id)
             .copied()
             .or_else(|| in_flight.last.get(&id).map(|&(t, bits, _)| (t, bits)))
-            .or_else(|| match (current, appended.pre) {
-                (Some(_), Some(pre)) => pre[i],
-                _ => {
-                    let h = head.get_or_insert_with(|| read_lock(&inner.head));
-                    head_last(h, id, slot)
-                }
+            .or_else(|| {
+                let s = head.series.get_hinted(id, slot)?;
+                let lv = s
+                    .head
+                    .as_ref()
+                    .and_then(|h| h.app.last())
+                    .map(|(_, v)| v.to_bits());
+                (s.maxt != i64::MIN).then_some((s.maxt, lv.unwrap_or(u64::MAX)))
             });
         let mut took = false;
         for &(t, v) in samples {

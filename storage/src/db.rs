@@ -452,9 +452,10 @@ impl Storage {
     /// applied (or failed), so the head, sled and the log hold every commit so far.
     pub(crate) fn lock_write(&self) -> WriteGuard<'_> {
         let mut w = self.inner.write.lock().unwrap_or_else(|e| e.into_inner());
-        let next = self.inner.next_wal.load(Ordering::SeqCst);
-        self.inner.pipeline.drain(next);
-        w.clear(next);
+        self.inner
+            .pipeline
+            .drain(self.inner.next_wal.load(Ordering::SeqCst));
+        w.clear();
         w
     }
 

@@ -37,29 +37,24 @@ pub(crate) struct InFlight {
     pub created: HashMap<Arc<[u8]>, (SeriesId, u64)>,
     /// Entries past which the applied ones are dropped.
     prune_at: usize,
-    /// Entries of commits before this sequence may have been dropped: a commit that read
-    /// the head before taking the write lock (`StorageAppender::commit`) can rely on what it
-    /// read only if every commit applied since then is still here.
-    pub pruned_before: u64,
 }
 
 impl InFlight {
     /// Drops every entry of commits before `applied_before` (the head has them now).
-    pub fn prune(&mut self, applied_before: u64) {
-        // Amortized: entries are dropped when they have doubled since the last time, not
-        // whenever the pipeline is empty (which would drop what a commit that read the head
-        // before the write lock still relies on, see `pruned_before`).
+    pub fn prune(&mut self, applied_before: u64, next_seq: u64) {
+        if applied_before >= next_seq {
+            self.last.clear();
+            self.created.clear();
+            return;
+        }
         if self.last.len() + self.created.len() > self.prune_at {
-            self.pruned_before = self.pruned_before.max(applied_before);
             self.last.retain(|_, e| e.2 >= applied_before);
             self.created.retain(|_, e| e.1 >= applied_before);
             self.prune_at = 2 * (self.last.len() + self.created.len()) + 4096;
         }
     }
 
-    /// Drops every entry; every commit before `next_seq` is applied.
-    pub fn clear(&mut self, next_seq: u64) {
-        self.pruned_before = self.pruned_before.max(next_seq);
+    pub fn clear(&mut self) {
         self.last.clear();
         self.created.clear();
     }
