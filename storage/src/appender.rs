@@ -325,11 +325,8 @@ impl Appender for StorageAppender {
             // the next commit's apply), then staged in order.
             |cut| {
                 cut.map(|cut| {
-                    cut.iter()
-                        .map(|c| {
-                            let v = crate::chunk::encode_staged(c.mint, c.maxt, &c.bytes);
-                            ((c.id, c.mint), v)
-                        })
+                    crate::staging::encode_for_staging(&cut)
+                        .into_iter()
                         .collect::<HashMap<_, _>>()
                 })
             },

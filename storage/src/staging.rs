@@ -395,29 +395,29 @@ impl Storage {
         Ok(file)
     }
 
-    /// Stages `cut` and every chunk waiting in [`Head::unstaged`]: for callers that hold
+    /// Stages every chunk waiting in [`Head::unstaged`], then `cut`: for callers that hold
     /// the write lock with the pipeline drained (maintenance, replay, a clean stop), so
-    /// every waiting chunk failed an earlier write. Many chunks (a clean stop cuts every
-    /// head chunk) are encoded on two threads.
+    /// every waiting chunk failed an earlier write (and is older than any chunk of its
+    /// series in `cut`). Many chunks (a clean stop cuts every head chunk) are encoded on
+    /// two threads.
     pub(crate) fn write_chunks(&self, head: &mut Head, cut: Vec<CutChunk>) {
+        let waiting = std::mem::take(&mut head.unstaged);
+        let retrying = waiting.len();
+        let mut chunks: Vec<CutChunk> = waiting.into_values().map(|u| u.chunk).collect();
+        chunks.extend(cut);
         let mut encoded = HashMap::new();
-        if cut.len() >= 4096 {
-            let (a, b) = cut.split_at(cut.len() / 2);
-            let enc = |part: &[CutChunk]| -> Vec<((SeriesId, i64), Vec<u8>)> {
-                part.iter()
-                    .map(|c| ((c.id, c.mint), encode_staged(c.mint, c.maxt, &c.bytes)))
-                    .collect()
-            };
+        if chunks.len() >= 4096 {
+            let (a, b) = chunks.split_at(chunks.len() / 2);
             let (ea, eb) = std::thread::scope(|sc| {
-                let other = sc.spawn(|| enc(b));
-                (enc(a), other.join())
+                let other = sc.spawn(|| encode_for_staging(b));
+                (encode_for_staging(a), other.join())
             });
             encoded.extend(ea);
             if let Ok(eb) = eb {
                 encoded.extend(eb);
             }
         }
-        self.stage_chunks(head, cut, 0, &mut encoded);
+        self.stage_chunks(head, chunks, retrying, &mut encoded);
     }
 
     /// Appends the chunks in [`Head::unstaged`] cut by commits up to `through` (and those
@@ -557,6 +557,15 @@ impl Storage {
         }
         Ok(())
     }
+}
+
+/// The staged values of `chunks` (`encode_staged`), by (series, first time): made before
+/// staging, outside the head's lock or on several threads.
+pub(crate) fn encode_for_staging(chunks: &[CutChunk]) -> Vec<((SeriesId, i64), Vec<u8>)> {
+    chunks
+        .iter()
+        .map(|c| ((c.id, c.mint), encode_staged(c.mint, c.maxt, &c.bytes)))
+        .collect()
 }
 
 /// Opens the staging files at open, keeping only the chunks that begin at or before their
