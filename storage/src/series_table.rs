@@ -96,16 +96,7 @@ impl SeriesTable {
 
     /// The id of the series with this encoded label set.
     pub fn id_of(&self, labels: &[u8]) -> Option<SeriesId> {
-        self.by_labels(labels).map(|m| m.id)
-    }
-
-    /// The series with this encoded label set.
-    pub fn by_labels(&self, labels: &[u8]) -> Option<&MemSeries> {
-        let hash = self.hasher.hash_one(labels);
-        let slot = self.by_labels.find(hash, |&s| {
-            slot_of(&self.pages, s).is_some_and(|m| *m.labels == *labels)
-        })?;
-        slot_of(&self.pages, *slot)
+        self.find(labels).map(|(m, _)| m.id)
     }
 
     /// Adds `s`, replacing the series with its id or its label set, if any.
