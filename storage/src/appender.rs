@@ -446,7 +446,8 @@ fn validate(
             .copied()
             .or_else(|| in_flight.last.get(&id).map(|&(t, bits, _)| (t, bits)))
             .or_else(|| {
-                let s = head.series.get_hinted(id, slot)?;
+                // No commit in the pipeline has the series, so none is appending to it.
+                let s = head.series.get_hinted(id, slot)?.open();
                 let lv = s
                     .head
                     .as_ref()
@@ -530,6 +531,11 @@ fn log_frame(
 /// Makes a logged commit visible: new series and samples into the head. Cut chunks stay
 /// readable in the head (`Head::unstaged`) until the commit's staging turn; returns a copy
 /// of them to encode for staging meanwhile, `None` when nothing waits to be staged.
+///
+/// Only new series take the head's write lock; the samples go in under its read lock and
+/// each series' own lock (`MemSeries::open`), so the handlers' lookups, the validation of
+/// the next commits and queries are not held up meanwhile. Nothing else changes these
+/// series now: commits apply one at a time, and maintenance takes the head's write lock.
 fn apply(
     store: &Storage,
     created: Vec<(Arc<[u8]>, SeriesId)>,
@@ -539,11 +545,15 @@ fn apply(
 ) -> Result<Option<Vec<CutChunk>>, StorageError> {
     let inner = &store.inner;
     let mut cut = Vec::new();
-    let mut head = write_lock(&inner.head);
-    for (enc, id) in created {
-        // `append_run_to_head` below sets the first time.
-        head.insert_series(id, enc, i64::MIN, i64::MIN);
+    if !created.is_empty() {
+        let mut head = write_lock(&inner.head);
+        for (enc, id) in created {
+            // `append_run_to_head` below sets the first time.
+            head.insert_series(id, enc, i64::MIN, i64::MIN);
+        }
     }
+    // Removing series (retention) waits for an empty pipeline: those created above stay.
+    let head = read_lock(&inner.head);
     // Accepted samples come in runs of one series: one lookup per run, through the slot
     // the series had when it was appended.
     let mut start = 0;
@@ -551,15 +561,20 @@ fn apply(
         let run = &accepted[start..end];
         start = end;
         let id = run[0].0;
-        if let Some(s) = head.series.get_hinted_mut(id, slot) {
+        if let Some(s) = head.series.get_hinted(id, slot) {
+            let mut open = s.open();
             let samples = run.iter().map(|&(_, t, v)| (t, v));
-            append_run_to_head(&inner.config, id, s, samples, seq, &mut cut);
+            let before = cut.len();
+            append_run_to_head(&inner.config, id, &mut open, samples, seq, &mut cut);
+            // Readable in `unstaged` before the series' lock is released.
+            if cut.len() > before {
+                head.queue_cut(cut[before..].iter().cloned(), seq);
+            }
         }
     }
-    if head.unstaged.is_empty() && cut.is_empty() {
+    if cut.is_empty() && head.unstaged().is_empty() {
         return Ok(None);
     }
-    head.queue_cut(cut.iter().cloned(), seq);
     Ok(Some(cut))
 }
 

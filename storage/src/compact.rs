@@ -31,7 +31,12 @@ impl Storage {
             let open_windows: std::collections::HashSet<i64> = read_lock(&inner.head)
                 .series
                 .values()
-                .filter_map(|s| s.head.as_ref().map(|h| h.window(cfg) * cfg.chunk_span_ms))
+                .filter_map(|s| {
+                    let open = s.open();
+                    open.head
+                        .as_ref()
+                        .map(|h| h.window(cfg) * cfg.chunk_span_ms)
+                })
                 .collect();
             let mut w = write_lock(&inner.windows);
             w.staging

@@ -19,7 +19,7 @@
 //! the log is replayed: series and ingest state into sled again (idempotent), samples after
 //! the mark into the head.
 
-use crate::head::{append_to_head, Head};
+use crate::head::{append_to_head, Head, MemSeries};
 use crate::index::SeriesOp;
 use crate::labels::Labels;
 use crate::meta_bytes::MetaBytes;
@@ -128,7 +128,10 @@ pub struct Storage {
 ///    pipeline is empty. [`Storage::mark_durable`] runs under it.
 /// 3. `head`: series and head chunks. A chunk cut from the head stays in the head
 ///    (`Head::unstaged`) until it is staged, which happens under `head`, and readers hold it
-///    across staging and the head (`querier`).
+///    across staging and the head (`querier`). The commit pipeline's apply stage holds only
+///    its read lock (its write lock briefly for new series) and, per series, the series'
+///    own lock (`MemSeries::open`), then `Head::unstaged`'s: readers under the read lock
+///    take them in that order too.
 /// 4. `windows`: which windows are staged and which compacted, with their databases and
 ///    files (one lock, so a reader sees a generation in exactly one of them).
 /// 5. `wal`, `holds`, `meta_pending`, `index_pending` and the pipeline's stages: leaves,
@@ -335,7 +338,7 @@ impl Storage {
             }
             drop(pending);
             for (id, t, v) in rec.samples {
-                let Some(s) = head.series.get_mut(id) else {
+                let Some(s) = head.series.get_mut(id).map(MemSeries::open_mut) else {
                     continue;
                 };
                 if t <= s.maxt {
@@ -361,7 +364,7 @@ impl Storage {
         let newest = read_lock(&inner.head)
             .series
             .values()
-            .map(|s| s.maxt)
+            .map(|s| s.open().maxt)
             .max()
             .unwrap_or(0);
         inner

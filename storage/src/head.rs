@@ -1,13 +1,17 @@
 //! The head: every series in memory (labels, time range, durable mark) and its open chunk,
 //! which takes samples until it holds 120 or the next sample falls in another chunk window;
-//! then it is cut and goes to staging. Guarded by `Inner::head` (see `db` for the lock order).
+//! then it is cut and goes to staging. Guarded by `Inner::head` (see `db` for the lock order):
+//! the commit pipeline's apply stage changes a series' open chunk and time range under the
+//! head's *read* lock and the series' own lock ([`MemSeries::open`]), so that lookups,
+//! validation and queries go on meanwhile; everything else changes the head under its
+//! write lock.
 
 use crate::chunk::{ChunkSource, StoredChunk};
 use crate::chunkenc::{XorAppender, MAX_SAMPLES};
 use crate::series_table::SeriesTable;
 use crate::{SeriesId, StorageConfig, StorageError};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub(crate) struct HeadChunk {
     pub app: XorAppender,
@@ -25,11 +29,9 @@ impl HeadChunk {
 pub(crate) struct MemSeries {
     pub id: SeriesId,
     pub labels: Arc<[u8]>,
-    pub head: Option<HeadChunk>,
-    /// First sample time (kept, not raised by retention: an over-estimate of the range).
-    pub mint: i64,
-    /// Last sample time; `i64::MIN` without samples.
-    pub maxt: i64,
+    /// What appending changes: locked by the apply stage (under the head's read lock) and
+    /// by whoever reads it under the head's read lock; see [`MemSeries::open`].
+    open: Mutex<Open>,
     /// End of the newest chunk written to staging (maybe not yet fsynced); `i64::MIN` for
     /// none.
     pub staged_maxt: i64,
@@ -38,18 +40,42 @@ pub(crate) struct MemSeries {
     pub durable_maxt: i64,
 }
 
+/// A series' open chunk and time range, which appending changes.
+pub(crate) struct Open {
+    pub head: Option<HeadChunk>,
+    /// First sample time (kept, not raised by retention: an over-estimate of the range).
+    pub mint: i64,
+    /// Last sample time; `i64::MIN` without samples.
+    pub maxt: i64,
+}
+
 impl MemSeries {
     /// A series without a head chunk whose samples up to `maxt` are durable in chunks.
     pub fn new(id: SeriesId, labels: Arc<[u8]>, mint: i64, maxt: i64) -> Self {
         MemSeries {
             id,
             labels,
-            head: None,
-            mint,
-            maxt,
+            open: Mutex::new(Open {
+                head: None,
+                mint,
+                maxt,
+            }),
             staged_maxt: maxt,
             durable_maxt: maxt,
         }
+    }
+
+    /// The series' open chunk and time range, for a holder of the head's read lock (the
+    /// apply stage may be appending to other series meanwhile). A chunk the apply stage
+    /// cuts goes to [`Head::unstaged`] while it holds this lock, so a reader that holds it
+    /// across `unstaged` and the open chunk sees the chunk in one of them.
+    pub fn open(&self) -> MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Self::open`] for a holder of the head's write lock.
+    pub fn open_mut(&mut self) -> &mut Open {
+        self.open.get_mut().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -66,8 +92,9 @@ pub(crate) struct Head {
     /// `pipeline`), and those whose write to staging failed (a full disk), written again
     /// by the next commit or maintenance that stages chunks. Their series' staged maxt
     /// does not cover them, so no durable mark does, and the log keeps their records (see
-    /// `Storage::stage_unstaged`).
-    pub unstaged: BTreeMap<(SeriesId, i64), Unstaged>,
+    /// `Storage::stage_unstaged`). Locked on its own: the apply stage adds to it under the
+    /// head's read lock (holding the series' [`MemSeries::open`]).
+    pub unstaged: Mutex<BTreeMap<(SeriesId, i64), Unstaged>>,
 }
 
 /// A chunk in [`Head::unstaged`].
@@ -87,16 +114,26 @@ impl Head {
     }
 
     /// Keeps `cut` readable until it is staged (see [`Head::unstaged`]).
-    pub fn queue_cut(&mut self, cut: impl IntoIterator<Item = CutChunk>, cut_by: u64) {
+    pub fn queue_cut(&self, cut: impl IntoIterator<Item = CutChunk>, cut_by: u64) {
+        let mut unstaged = self.unstaged();
         for chunk in cut {
-            let unstaged = Unstaged {
+            let u = Unstaged {
                 chunk,
                 cut_by,
                 failed: false,
             };
-            self.unstaged
-                .insert((unstaged.chunk.id, unstaged.chunk.mint), unstaged);
+            unstaged.insert((u.chunk.id, u.chunk.mint), u);
         }
+    }
+
+    /// [`Head::unstaged`], for a holder of the head's read lock.
+    pub fn unstaged(&self) -> MutexGuard<'_, BTreeMap<(SeriesId, i64), Unstaged>> {
+        self.unstaged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Head::unstaged`], for a holder of the head's write lock.
+    pub fn unstaged_mut(&mut self) -> &mut BTreeMap<(SeriesId, i64), Unstaged> {
+        self.unstaged.get_mut().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -115,7 +152,7 @@ pub(crate) struct CutChunk {
 pub(crate) fn append_to_head(
     config: &StorageConfig,
     id: SeriesId,
-    s: &mut MemSeries,
+    s: &mut Open,
     t: i64,
     v: f64,
     wal_seq: u64,
@@ -148,7 +185,7 @@ pub(crate) fn append_to_head(
 pub(crate) fn append_run_to_head(
     config: &StorageConfig,
     id: SeriesId,
-    s: &mut MemSeries,
+    s: &mut Open,
     run: impl Iterator<Item = (i64, f64)>,
     wal_seq: u64,
     cut: &mut Vec<CutChunk>,
@@ -212,9 +249,12 @@ impl ChunkSource for Head {
         maxt: i64,
         out: &mut Vec<StoredChunk>,
     ) -> Result<(), StorageError> {
+        // The series' lock across both: the apply stage moves a cut chunk from the open
+        // chunk to `unstaged` under it.
+        let open = self.series.get(id).map(MemSeries::open);
         // Unstaged chunks are older than the series' head chunk.
         for u in self
-            .unstaged
+            .unstaged()
             .range((id, i64::MIN)..=(id, maxt))
             .map(|e| e.1)
         {
@@ -227,7 +267,7 @@ impl ChunkSource for Head {
                 });
             }
         }
-        let chunk = self.series.get(id).and_then(|s| s.head.as_ref()?.stored());
+        let chunk = open.as_ref().and_then(|s| s.head.as_ref()?.stored());
         if let Some(c) = chunk.filter(|c| c.mint() <= maxt && c.maxt() >= mint) {
             out.push(c);
         }
@@ -284,10 +324,11 @@ mod tests {
             let (mut cut_one, mut cut_run) = (Vec::new(), Vec::new());
             for (i, part) in samples.chunks(37).enumerate() {
                 for &(t, v) in part {
-                    cut_one.extend(append_to_head(&config, 1, &mut one, t, v, i as u64));
+                    let one = one.open_mut();
+                    cut_one.extend(append_to_head(&config, 1, one, t, v, i as u64));
                 }
                 let it = part.iter().copied();
-                append_run_to_head(&config, 1, &mut run, it, i as u64, &mut cut_run);
+                append_run_to_head(&config, 1, run.open_mut(), it, i as u64, &mut cut_run);
             }
             let key = |c: &CutChunk| (c.mint, c.maxt, c.bytes.clone(), c.first_wal);
             assert!(cut_one.len() > 10, "{} chunks cut", cut_one.len());
@@ -296,16 +337,18 @@ mod tests {
                 cut_run.iter().map(key).collect::<Vec<_>>(),
                 "base {base}"
             );
-            let head = |s: &MemSeries| s.head.as_ref().map(|h| h.app.bytes().to_vec());
-            assert_eq!(head(&one), head(&run));
+            let (one, run) = (one.open_mut(), run.open_mut());
+            let head = |s: &Open| s.head.as_ref().map(|h| h.app.bytes().to_vec());
+            assert_eq!(head(one), head(run));
             assert_eq!((one.mint, one.maxt), (run.mint, run.maxt));
         }
     }
 
-    /// A head series is 136 bytes (issue 15: memory per series); a field added here is
-    /// paid by every series.
+    /// A head series is 144 bytes (issue 15: memory per series; 8 of them the lock that
+    /// lets the apply stage run under the head's read lock); a field added here is paid by
+    /// every series.
     #[test]
     fn mem_series_size() {
-        assert_eq!(std::mem::size_of::<MemSeries>(), 136);
+        assert_eq!(std::mem::size_of::<MemSeries>(), 144);
     }
 }

@@ -8,7 +8,10 @@
 //! 3. group commit: one fdatasync makes every frame written before it durable, and a commit
 //!    waits until its own frame is; whoever finds no fsync running starts one;
 //! 4. commits are applied (head, ingest state) in sequence order, each after its record is
-//!    durable, so readers never see what a crash can take back;
+//!    durable, so readers never see what a crash can take back; under the head's read
+//!    lock and each series' own lock, so that the next commits' validation, the handlers'
+//!    lookups and queries go on meanwhile (a query may see a commit in some series and not
+//!    yet in others, as it could before between two series);
 //! 5. the chunks a commit cut from the head are encoded for staging (in parallel with
 //!    others; until then readers find them in the head, `Head::unstaged`), then written
 //!    to staging in sequence order, so each series' chunks reach staging in time order.

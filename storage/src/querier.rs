@@ -57,9 +57,11 @@ impl Storage {
             let Some(s) = head.series.get(id) else {
                 continue;
             };
-            if s.maxt < mint || s.mint > maxt {
+            let open = s.open();
+            if open.maxt < mint || open.mint > maxt {
                 continue;
             }
+            drop(open);
             out.push((id, Labels::decode(&s.labels)?));
         }
         Ok(out)
@@ -167,6 +169,7 @@ impl Storage {
                 let live = |id: u64| {
                     head.series
                         .get(id)
+                        .map(|s| s.open())
                         .is_some_and(|s| s.maxt >= mint && s.mint <= maxt)
                 };
                 if ids.iter().any(live) {

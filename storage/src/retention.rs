@@ -75,10 +75,15 @@ impl Storage {
         // The first record an open head chunk (or an unstaged chunk) still needs.
         let head_keep = || {
             let head = read_lock(&inner.head);
-            head.series
+            let open_first = head
+                .series
                 .values()
-                .filter_map(|s| s.head.as_ref().map(|h| h.first_wal))
-                .chain(head.unstaged.values().map(|u| u.chunk.first_wal))
+                .filter_map(|s| s.open().head.as_ref().map(|h| h.first_wal))
+                .min();
+            let unstaged_first = head.unstaged().values().map(|u| u.chunk.first_wal).min();
+            open_first
+                .into_iter()
+                .chain(unstaged_first)
                 .min()
                 .unwrap_or_else(|| inner.next_wal.load(Ordering::SeqCst))
         };
@@ -90,9 +95,11 @@ impl Storage {
         {
             let mut head = write_lock(&inner.head);
             for s in head.series.values_mut() {
+                let id = s.id;
+                let s = s.open_mut();
                 if s.head.is_some() && s.maxt < now_ms.saturating_sub(cfg.head_idle_ms) {
                     if let Some(h) = s.head.take() {
-                        cut.push(cut_chunk(s.id, h));
+                        cut.push(cut_chunk(id, h));
                     }
                 }
             }
@@ -178,7 +185,10 @@ impl Storage {
             let gone: Vec<u64> = head
                 .series
                 .values()
-                .filter(|s| s.head.is_none() && s.maxt < min_valid)
+                .filter(|s| {
+                    let s = s.open();
+                    s.head.is_none() && s.maxt < min_valid
+                })
                 .map(|s| s.id)
                 .collect();
             for id in gone {

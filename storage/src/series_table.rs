@@ -84,16 +84,6 @@ impl SeriesTable {
         }
     }
 
-    /// [`Self::get_hinted`], to change the series.
-    pub fn get_hinted_mut(&mut self, id: SeriesId, slot: u32) -> Option<&mut MemSeries> {
-        let hit = slot_of(&self.pages, slot).is_some_and(|m| m.id == id);
-        if !hit {
-            return self.get_mut(id);
-        }
-        let slot = slot as usize;
-        self.pages[slot / PAGE_SLOTS][slot % PAGE_SLOTS].as_mut()
-    }
-
     /// The id of the series with this encoded label set.
     pub fn id_of(&self, labels: &[u8]) -> Option<SeriesId> {
         self.find(labels).map(|(m, _)| m.id)
@@ -234,8 +224,8 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert!(t.get(1).is_none());
         assert_eq!(t.id_of(b"b"), Some(2));
-        t.get_mut(2).expect("present").maxt = 9;
-        assert_eq!(t.get(2).map(|s| s.maxt), Some(9));
+        t.get_mut(2).expect("present").open_mut().maxt = 9;
+        assert_eq!(t.get(2).map(|s| s.open().maxt), Some(9));
         // A slot hint finds the series, a stale one (another series' slot) falls back to
         // the id, and a hint never gives another series.
         let (_, slot) = t.find(b"b").expect("present");
@@ -243,7 +233,7 @@ mod tests {
         t.insert(series(3, "c"));
         let (_, other) = t.find(b"c").expect("present");
         assert_eq!(t.get_hinted(2, other).map(|s| s.id), Some(2));
-        assert_eq!(t.get_hinted_mut(3, slot).map(|s| s.id), Some(3));
+        assert_eq!(t.get_hinted(3, slot).map(|s| s.id), Some(3));
         t.remove(2);
         assert!(t.get_hinted(2, slot).is_none());
         assert!(t.get_hinted(2, u32::MAX).is_none());

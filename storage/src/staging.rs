@@ -401,7 +401,7 @@ impl Storage {
     /// series in `cut`). Many chunks (a clean stop cuts every head chunk) are encoded on
     /// two threads.
     pub(crate) fn write_chunks(&self, head: &mut Head, cut: Vec<CutChunk>) {
-        let waiting = std::mem::take(&mut head.unstaged);
+        let waiting = std::mem::take(head.unstaged_mut());
         let retrying = waiting.len();
         let mut chunks: Vec<CutChunk> = waiting.into_values().map(|u| u.chunk).collect();
         chunks.extend(cut);
@@ -429,7 +429,7 @@ impl Storage {
         encoded: &mut HashMap<(SeriesId, i64), Vec<u8>>,
     ) {
         let keys: Vec<(SeriesId, i64)> = head
-            .unstaged
+            .unstaged_mut()
             .iter()
             .filter(|(_, u)| u.cut_by <= through || u.failed)
             .map(|(k, _)| *k)
@@ -437,7 +437,7 @@ impl Storage {
         let mut retrying = 0;
         let chunks: Vec<CutChunk> = keys
             .iter()
-            .filter_map(|k| head.unstaged.remove(k))
+            .filter_map(|k| head.unstaged_mut().remove(k))
             .map(|u| {
                 retrying += usize::from(u.failed);
                 u.chunk
@@ -510,7 +510,7 @@ impl Storage {
                     cut_by: 0,
                     failed: true,
                 };
-                head.unstaged.insert(key, u);
+                head.unstaged_mut().insert(key, u);
             }
         }
         self.inner
@@ -522,7 +522,7 @@ impl Storage {
                 if matches!(e, StorageError::Stopped(_)) {
                     self.stop_writes(&e);
                 }
-                tracing::warn!(error = %e, unstaged = head.unstaged.len(),
+                tracing::warn!(error = %e, unstaged = head.unstaged_mut().len(),
                     "cannot write cut chunks to staging; they stay in memory and in the log \
                      and are written again with the next chunks or maintenance");
             }
