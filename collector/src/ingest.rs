@@ -211,6 +211,19 @@ impl IngestService {
         shipper: String,
         f: impl FnOnce(&Core, &str, &mut Shipper) -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
+        self.run_replying(shipper, move |core, shipper, state, _| {
+            f(core, shipper, state)
+        })
+        .await
+    }
+
+    /// [`Self::run`] where `f` may answer before it returns, through its [`Reply`] (the
+    /// caller gets the first answer; `f`'s result when there was none).
+    async fn run_replying<T: Send + 'static>(
+        &self,
+        shipper: String,
+        f: impl FnOnce(&Core, &str, &mut Shipper, &mut Reply<T>) -> Result<T, Status> + Send + 'static,
+    ) -> Result<T, Status> {
         let core = self.core.clone();
         let turn = self
             .turn
@@ -218,6 +231,7 @@ impl IngestService {
             .acquire_owned()
             .await
             .map_err(|e| Status::internal(format!("ingest queue closed: {e}")))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
             let state = core
@@ -228,10 +242,23 @@ impl IngestService {
                 .or_default()
                 .clone();
             let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
-            f(&core, &shipper, &mut guard)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("ingest worker failed: {e}")))?
+            let mut reply = Reply(Some(tx));
+            let r = f(&core, &shipper, &mut guard, &mut reply);
+            reply.send(r);
+        });
+        rx.await
+            .map_err(|_| Status::internal("ingest worker failed (see the collector's log)"))?
+    }
+}
+
+/// Where a blocking ingest job sends its answer, once.
+struct Reply<T>(Option<tokio::sync::oneshot::Sender<Result<T, Status>>>);
+
+impl<T> Reply<T> {
+    fn send(&mut self, r: Result<T, Status>) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(r);
+        }
     }
 }
 
@@ -282,7 +309,9 @@ impl Ingest for IngestService {
         }
         let shipper = req.shipper_id.clone();
         let resp = self
-            .run(shipper, move |core, _, state| core.push(state, req))
+            .run_replying(shipper, move |core, _, state, reply| {
+                core.push(state, req, reply)
+            })
             .await?;
         Ok(Response::new(resp))
     }
@@ -432,7 +461,15 @@ impl Core {
         Ok(&mut state.session.as_mut().expect("set above").1)
     }
 
-    fn push(&self, state: &mut Shipper, req: PushRequest) -> Result<PushResponse, Status> {
+    /// Applies a batch; the answer goes to `reply` as soon as the commit is durable and
+    /// visible, while this thread goes on to stage the chunks it cut (see
+    /// `StorageAppender::commit_then`).
+    fn push(
+        &self,
+        state: &mut Shipper,
+        req: PushRequest,
+        reply: &mut Reply<PushResponse>,
+    ) -> Result<PushResponse, Status> {
         if req.sequence == 0 {
             return Err(Status::invalid_argument("sequence must start at 1"));
         }
@@ -513,23 +550,28 @@ impl Core {
             .inventory
             .record_after_push(shipper, req.session, applied_ms);
         app.set_meta(&record_key(shipper), &record.encode());
-        let report = app.commit().map_err(storage_status)?;
-        claim.committed(changed);
-
-        let defs = &mut state.session.as_mut().expect("loaded above").1;
-        defs.extend(plan.new_defs);
-        self.inventory.applied(
-            shipper,
-            record,
-            req.sequence,
-            defs.len(),
-            report.appended as u64,
-            applied_ms,
-        );
-        Ok(PushResponse {
-            status: PushStatus::Applied as i32,
-            last_applied_sequence: req.sequence,
-        })
+        let mut out = Err(Status::internal("the commit gave no outcome"));
+        app.commit_then(|r| {
+            out = r.map_err(storage_status).map(|report| {
+                claim.committed(changed);
+                let defs = &mut state.session.as_mut().expect("loaded above").1;
+                defs.extend(plan.new_defs);
+                self.inventory.applied(
+                    shipper,
+                    record,
+                    req.sequence,
+                    defs.len(),
+                    report.appended as u64,
+                    applied_ms,
+                );
+                PushResponse {
+                    status: PushStatus::Applied as i32,
+                    last_applied_sequence: req.sequence,
+                }
+            });
+            reply.send(out.clone());
+        });
+        out
     }
 }
 

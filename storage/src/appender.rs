@@ -242,8 +242,28 @@ impl Appender for StorageAppender {
         self.meta.push((MetaBytes::new(key), None));
     }
 
-    fn commit(mut self) -> Result<CommitReport, StorageError> {
-        self.resolve()?;
+    fn commit(self) -> Result<CommitReport, StorageError> {
+        let mut out = None;
+        self.commit_then(|r| out = Some(r));
+        out.unwrap_or_else(|| Err(StorageError::Aborted("a commit was abandoned".into())))
+    }
+}
+
+impl StorageAppender {
+    /// [`Appender::commit`], handing its outcome to `decided` as soon as it is known: when
+    /// the commit is durable and visible, or failed. The chunks the commit cut from the
+    /// head are staged after that (in order with the other commits, before this returns),
+    /// so a server can answer its client from `decided` while this thread stages: staging
+    /// is not what makes samples durable (the log is) nor visible (the head keeps them
+    /// readable until staged).
+    pub fn commit_then(mut self, decided: impl FnOnce(Result<CommitReport, StorageError>)) {
+        if let Err(e) = self.resolve() {
+            return decided(Err(e));
+        }
+        self.commit_resolved(decided)
+    }
+
+    fn commit_resolved(self, decided: impl FnOnce(Result<CommitReport, StorageError>)) {
         let StorageAppender {
             store,
             removed,
@@ -265,7 +285,9 @@ impl Appender for StorageAppender {
             } else {
                 w.prune(inner.pipeline.applied_before(), next);
             }
-            store.check_writable()?;
+            if let Err(e) = store.check_writable() {
+                return decided(Err(e));
+            }
             let mut batch = Writes::default();
             let (ids, created) = assign_ids(&store, &w, &runs, &samples, &new_series, &mut batch);
             // Ids looked up when appended are still the head's unless series were removed
@@ -276,7 +298,11 @@ impl Appender for StorageAppender {
                 samples: &samples,
                 ids_current,
             };
-            let (accepted, accepted_runs, last, report) = validate(&store, &w, &appended, &ids)?;
+            let (accepted, accepted_runs, last, report) =
+                match validate(&store, &w, &appended, &ids) {
+                    Ok(v) => v,
+                    Err(e) => return decided(Err(e)),
+                };
             let seq = inner.next_wal.fetch_add(1, Ordering::SeqCst);
             // From here on the commit holds a turn in each of the pipeline's stages.
             let turn = inner.pipeline.turn(seq);
@@ -321,6 +347,7 @@ impl Appender for StorageAppender {
                 count(&inner.stats, &report, &accepted);
                 Ok((report, cut))
             },
+            decided,
             // Cut chunks are encoded for staging outside the head's lock (in parallel with
             // the next commit's apply), then staged in order.
             |cut| {

@@ -292,16 +292,38 @@ impl Turn<'_> {
     }
 
     /// The stages after validation: `frame` (`None`: the commit changes nothing in the
-    /// log) written in order and made durable, then `apply` in order; what it leaves to
-    /// stage goes through `prepare` (in parallel with other commits), then `stage` in order.
+    /// log) written in order and made durable, then `apply` in order, whose outcome goes
+    /// to `decided`; what it leaves to stage goes through `prepare` (in parallel with
+    /// other commits), then `stage` in order.
     pub fn run<T, C, D>(
+        self,
+        wal: &Mutex<wal::Wal>,
+        frame: Option<Vec<u8>>,
+        apply: impl FnOnce() -> Result<(T, C), StorageError>,
+        decided: impl FnOnce(Result<T, StorageError>),
+        prepare: impl FnOnce(C) -> D,
+        stage: impl FnOnce(D),
+    ) {
+        let mut decided = Some(decided);
+        let mut tell = |r| {
+            if let Some(f) = decided.take() {
+                f(r)
+            }
+        };
+        if let Err(e) = self.run_stages(wal, frame, apply, &mut tell, prepare, stage) {
+            tell(Err(e));
+        }
+    }
+
+    fn run_stages<T, C, D>(
         mut self,
         wal: &Mutex<wal::Wal>,
         frame: Option<Vec<u8>>,
         apply: impl FnOnce() -> Result<(T, C), StorageError>,
+        decided: &mut impl FnMut(Result<T, StorageError>),
         prepare: impl FnOnce(C) -> D,
         stage: impl FnOnce(D),
-    ) -> Result<T, StorageError> {
+    ) -> Result<(), StorageError> {
         let (p, seq) = (self.p, self.seq);
         let wrote = p.write(seq, wal, frame.as_deref());
         self.written = true;
@@ -325,12 +347,13 @@ impl Turn<'_> {
         p.advance_apply();
         // On an error the drop gives up the staging turn.
         let (t, c) = r?;
+        decided(Ok(t));
         let d = prepare(c);
         p.wait_stage(seq);
         stage(d);
         self.staged = true;
         p.advance_stage();
-        Ok(t)
+        Ok(())
     }
 }
 

@@ -1257,3 +1257,60 @@ fn overlapping_commits_that_cut_chunks_lose_and_double_nothing() {
     drop(s);
     check(&Storage::open(dir.path(), &cfg).unwrap());
 }
+
+/// `commit_then` hands over the outcome once the commit is visible (the chunks it cut
+/// still wait to be staged, readable from the head), and a commit it refuses says so.
+#[test]
+fn commit_then_answers_when_the_commit_is_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StorageConfig {
+        chunk_span_ms: 60_000,
+        ..small()
+    };
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    let t0 = 1_700_000_000_000i64 / 60_000 * 60_000;
+    let l = labels("early", "a");
+    let m = Matcher::new(MatchOp::Equal, "__name__", "early").unwrap();
+    let read = |s: &Storage| -> Vec<i64> {
+        s.select(std::slice::from_ref(&m), i64::MIN, i64::MAX)
+            .unwrap()
+            .into_iter()
+            .flat_map(|x| x.samples.into_iter().map(|p| p.t))
+            .collect()
+    };
+    let mut want = Vec::new();
+    // Each commit a minute of 10 s steps: every commit cuts the chunk of the one before.
+    for step in 0..5i64 {
+        let mut a = s.appender();
+        for k in 0..6 {
+            let t = t0 + step * 60_000 + k * 10_000;
+            a.append(&l, t, t as f64).unwrap();
+            want.push(t);
+        }
+        let mut seen = None;
+        let staged = || {
+            s.stats()
+                .chunks_cut
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        a.commit_then(|r| {
+            assert_eq!(r.unwrap().appended, 6);
+            seen = Some((read(&s), staged()));
+        });
+        // Answered before the chunk this commit cut (the one before) was staged.
+        let before = (step - 1).max(0) as u64;
+        assert_eq!(seen, Some((want.clone(), before)), "step {step}");
+        assert_eq!(staged(), step as u64);
+    }
+    // A commit whose samples are all refused is answered too.
+    let mut answered = false;
+    let mut b = s.appender();
+    b.append(&l, t0, 0.0).unwrap();
+    b.commit_then(|r| {
+        assert_eq!(r.unwrap().out_of_order, 1);
+        answered = true;
+    });
+    assert!(answered);
+    drop(s);
+    assert_eq!(read(&Storage::open(dir.path(), &cfg).unwrap()), want);
+}

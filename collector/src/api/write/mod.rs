@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use kappie_storage::{check_sorted_names, encode_pairs, Appender};
+use kappie_storage::{check_sorted_names, encode_pairs};
 pub use wire::{WireError, WriteRequestRef};
 
 pub(super) async fn remote_write(
@@ -22,23 +22,33 @@ pub(super) async fn remote_write(
 ) -> Result<Response, ApiError> {
     let batch = decode_write_request(&body, st.limits.max_remote_write_bytes, &st.limits.labels)?;
     let store = st.store.clone();
-    let report = tokio::task::spawn_blocking(move || {
+    // The answer goes out as soon as the commit is durable and visible; the worker then
+    // stages the chunks the commit cut (see `StorageAppender::commit_then`).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
         let mut app = store.appender();
         app.reserve(batch.samples.len());
-        app.append_runs(batch.series())?;
-        app.commit()
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("write worker failed: {e}")))?
-    .map_err(|e| match e {
-        kappie_storage::StorageError::InvalidLabels(_) => ApiError::bad_data(e.to_string()),
-        e => {
-            tracing::error!(error = %e, "remote write: store write failed");
-            ApiError::unavailable(format!(
-                "the store could not take the write: {e}; retry later"
-            ))
+        match app.append_runs(batch.series()) {
+            Ok(()) => app.commit_then(|r| {
+                let _ = tx.send(r);
+            }),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
         }
-    })?;
+    });
+    let report = rx
+        .await
+        .map_err(|_| ApiError::internal("write worker failed (see the collector's log)"))?
+        .map_err(|e| match e {
+            kappie_storage::StorageError::InvalidLabels(_) => ApiError::bad_data(e.to_string()),
+            e => {
+                tracing::error!(error = %e, "remote write: store write failed");
+                ApiError::unavailable(format!(
+                    "the store could not take the write: {e}; retry later"
+                ))
+            }
+        })?;
     if report.refused() > 0 {
         return Err(ApiError::bad_data(format!(
             "{} samples refused ({} out of order, {} duplicate timestamp with another value, {} older than retention); {} stored",
