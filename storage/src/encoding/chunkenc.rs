@@ -193,11 +193,15 @@ impl Default for XorAppender {
 
 impl XorAppender {
     pub fn new() -> Self {
+        Self::with_capacity(2)
+    }
+
+    /// An empty chunk with room for `bytes` bytes before its buffer grows.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut b = Vec::with_capacity(bytes.max(2));
+        b.extend_from_slice(&[0, 0]);
         XorAppender {
-            b: BitWriter {
-                bytes: vec![0, 0],
-                free: 0,
-            },
+            b: BitWriter { bytes: b, free: 0 },
             n: 0,
             t: 0,
             v: 0.0,
@@ -299,6 +303,11 @@ impl XorAppender {
     /// The chunk's bytes as they are now (valid to decode at any point).
     pub fn bytes(&self) -> &[u8] {
         &self.b.bytes
+    }
+
+    /// The chunk's bytes, without a copy.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.b.into_bytes()
     }
 
     /// Approximate heap bytes.
