@@ -529,7 +529,8 @@ fn validate(
 }
 
 /// The commit's log frame (`None`: it changes nothing the log keeps), built outside the
-/// write lock, and its ingest-state writes given back.
+/// write lock from the commit's own label sets, ingest state and samples (no copies), and
+/// its ingest-state writes given back.
 fn log_frame(
     seq: u64,
     created: &[Created],
@@ -539,17 +540,13 @@ fn log_frame(
     if accepted.is_empty() && created.is_empty() && meta.is_empty() {
         return (None, meta);
     }
-    let rec = wal::Record {
+    let series: Vec<(SeriesId, Arc<[u8]>)> =
+        created.iter().map(|(enc, id)| (*id, enc.clone())).collect();
+    let rec = wal::RecordRef {
         seq,
-        series: created
-            .iter()
-            .map(|(enc, id)| (*id, enc.to_vec()))
-            .collect(),
-        meta: meta
-            .iter()
-            .map(|(k, v)| (k.to_vec(), v.as_ref().map(MetaBytes::to_vec)))
-            .collect(),
-        samples: accepted.to_vec(),
+        series: &series,
+        meta: &meta,
+        samples: accepted,
     };
     let frame = wal::frame(&rec.encode());
     (Some(frame), meta)

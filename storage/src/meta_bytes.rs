@@ -71,7 +71,7 @@ impl MetaBytes {
         })
     }
 
-    fn parts(&self) -> [&[u8]; 2] {
+    pub(crate) fn parts(&self) -> [&[u8]; 2] {
         match &self.0 {
             Repr::Inline { len, bytes } => [&bytes[..*len as usize], &[]],
             Repr::Shared { len, head, tail } => [&head[..*len as usize], tail],

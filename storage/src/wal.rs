@@ -31,11 +31,6 @@ pub struct Record {
     pub samples: Vec<(SeriesId, i64, f64)>,
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-    out.extend_from_slice(b);
-}
-
 /// First byte of a compressed record payload: `1 | raw length u32 BE | zstd(raw)`. A raw
 /// payload starts with its sequence's top byte, which is 0 (sequences stay below 2^56).
 /// Written before 2026-12-01; still read.
@@ -79,39 +74,70 @@ fn compress(raw: &[u8], suppressed: bool) -> Vec<u8> {
     z
 }
 
-impl Record {
+/// A byte string of a record: owned (a decoded record) or shared with its writer (a
+/// commit's label sets and ingest state, written to the log without a copy).
+pub(crate) trait RecordBytes {
+    fn byte_len(&self) -> usize;
+    fn put(&self, out: &mut Vec<u8>);
+}
+
+impl RecordBytes for Vec<u8> {
+    fn byte_len(&self) -> usize {
+        self.len()
+    }
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+}
+
+impl RecordBytes for Arc<[u8]> {
+    fn byte_len(&self) -> usize {
+        self.len()
+    }
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self);
+    }
+}
+
+impl RecordBytes for crate::MetaBytes {
+    fn byte_len(&self) -> usize {
+        self.len()
+    }
+    fn put(&self, out: &mut Vec<u8>) {
+        for p in self.parts() {
+            out.extend_from_slice(p);
+        }
+    }
+}
+
+/// A record's parts, borrowed: what [`Record`] holds, without owning it.
+pub(crate) struct RecordRef<'a, L, K, V> {
+    pub seq: u64,
+    pub series: &'a [(SeriesId, L)],
+    pub meta: &'a [(K, Option<V>)],
+    pub samples: &'a [(SeriesId, i64, f64)],
+}
+
+impl<L: RecordBytes, K: RecordBytes, V: RecordBytes> RecordRef<'_, L, K, V> {
     /// The payload written to the log: `3 | length | zstd(suppressed(columnar record))`.
     pub fn encode(&self) -> Vec<u8> {
-        Self::frame_compressed(SUPPRESSED_RECORD, &self.encode_columnar())
-    }
-
-    /// `tag | raw length u32 BE | zstd(raw, zero-suppressed for tag 3)`.
-    fn frame_compressed(tag: u8, raw: &[u8]) -> Vec<u8> {
-        let z = compress(raw, tag == SUPPRESSED_RECORD);
-        let mut out = Vec::with_capacity(z.len() + 5);
-        out.push(tag);
-        out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
-        out.extend_from_slice(&z);
-        out
-    }
-
-    /// The layout written from 2026-12-01 to 2026-12-02 (tests write it to prove it is
-    /// still read).
-    #[cfg(test)]
-    fn encode_tag2(&self) -> Vec<u8> {
-        Self::frame_compressed(COLUMNAR_RECORD, &self.encode_columnar())
+        Record::frame_compressed(SUPPRESSED_RECORD, &self.encode_columnar())
     }
 
     /// The header shared by both layouts: sequence, new series, ingest-state changes.
     fn encode_header(&self, out: &mut Vec<u8>) {
+        let put_bytes = |out: &mut Vec<u8>, b: &dyn RecordBytes| {
+            out.extend_from_slice(&(b.byte_len() as u32).to_be_bytes());
+            b.put(out);
+        };
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&(self.series.len() as u32).to_be_bytes());
-        for (id, labels) in &self.series {
+        for (id, labels) in self.series {
             out.extend_from_slice(&id.to_be_bytes());
             put_bytes(out, labels);
         }
         out.extend_from_slice(&(self.meta.len() as u32).to_be_bytes());
-        for (k, v) in &self.meta {
+        for (k, v) in self.meta {
             out.push(v.is_some() as u8);
             put_bytes(out, k);
             if let Some(v) = v {
@@ -137,7 +163,7 @@ impl Record {
         self.encode_header(&mut out);
         out.extend_from_slice(&(n as u32).to_be_bytes());
         let mut prev_id = 0u64;
-        for &(id, _, _) in &self.samples {
+        for &(id, _, _) in self.samples {
             put_varint(&mut out, id.wrapping_sub(prev_id) as i64);
             prev_id = id;
         }
@@ -146,7 +172,7 @@ impl Record {
         let mut words = Vec::with_capacity(n);
         let mut prev: Option<(SeriesId, i64, f64)> = None;
         let mut prev_delta = 0i64;
-        for &(id, t, v) in &self.samples {
+        for &(id, t, v) in self.samples {
             match prev {
                 Some((pid, pt, pv)) if pid == id => {
                     let delta = t.wrapping_sub(pt);
@@ -168,12 +194,45 @@ impl Record {
         }
         out
     }
+}
+
+impl Record {
+    /// The payload written to the log (see [`RecordRef::encode`]).
+    pub fn encode(&self) -> Vec<u8> {
+        self.parts().encode()
+    }
+
+    fn parts(&self) -> RecordRef<'_, Vec<u8>, Vec<u8>, Vec<u8>> {
+        RecordRef {
+            seq: self.seq,
+            series: &self.series,
+            meta: &self.meta,
+            samples: &self.samples,
+        }
+    }
+
+    /// `tag | raw length u32 BE | zstd(raw, zero-suppressed for tag 3)`.
+    fn frame_compressed(tag: u8, raw: &[u8]) -> Vec<u8> {
+        let z = compress(raw, tag == SUPPRESSED_RECORD);
+        let mut out = Vec::with_capacity(z.len() + 5);
+        out.push(tag);
+        out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        out.extend_from_slice(&z);
+        out
+    }
+
+    /// The layout written from 2026-12-01 to 2026-12-02 (tests write it to prove it is
+    /// still read).
+    #[cfg(test)]
+    fn encode_tag2(&self) -> Vec<u8> {
+        Self::frame_compressed(COLUMNAR_RECORD, &self.parts().encode_columnar())
+    }
 
     /// The layout written before 2026-12-01 (tests write it to prove it is still read).
     #[cfg(test)]
     fn encode_raw(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32 + self.samples.len() * 14);
-        self.encode_header(&mut out);
+        self.parts().encode_header(&mut out);
         for &(id, t, v) in &self.samples {
             crate::codec::put_uvarint(&mut out, id);
             put_varint(&mut out, t);
@@ -805,6 +864,41 @@ mod tests {
     /// The columnar layout gives back every sample exactly: runs of one series (remote
     /// write) and one sample per series (a shipper's push) mixed, ids going down, times
     /// before 1970 and at the ends of i64, every kind of float bits.
+    /// A commit's record, written from its shared label sets and ingest state, is the
+    /// record an owned copy of them makes (and decodes back to it).
+    #[test]
+    fn a_record_from_shared_parts_is_the_owned_record() {
+        use crate::MetaBytes;
+        let set: Arc<[u8]> = Arc::from(&b"__name__\x00a\x00node\x00n1"[..]);
+        let series = vec![(7u64, set.clone())];
+        let meta = vec![
+            (
+                MetaBytes::shared(b"tot/", &set),
+                Some(MetaBytes::new(&[1, 2, 3])),
+            ),
+            (MetaBytes::new(b"seq/n1"), None),
+        ];
+        let samples = vec![(7u64, 1_000i64, 1.5f64), (7, 2_000, 2.5)];
+        let shared = RecordRef {
+            seq: 9,
+            series: &series,
+            meta: &meta,
+            samples: &samples,
+        }
+        .encode();
+        let owned = Record {
+            seq: 9,
+            series: vec![(7, set.to_vec())],
+            meta: vec![
+                ([&b"tot/"[..], &set[..]].concat(), Some(vec![1, 2, 3])),
+                (b"seq/n1".to_vec(), None),
+            ],
+            samples: samples.clone(),
+        };
+        assert_eq!(shared, owned.encode());
+        assert_eq!(Record::decode(&shared).unwrap(), owned);
+    }
+
     #[test]
     fn columnar_records_roundtrip_every_shape_exactly() {
         use rand::{Rng, SeedableRng};
