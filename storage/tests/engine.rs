@@ -14,6 +14,17 @@ fn small() -> StorageConfig {
     }
 }
 
+/// A store whose chunk windows are one minute (a chunk is cut every 6 steps of 10 s), its
+/// config, and a time at the start of a window.
+fn minute_windows(dir: &std::path::Path) -> (Storage, StorageConfig, i64) {
+    let cfg = StorageConfig {
+        chunk_span_ms: 60_000,
+        ..small()
+    };
+    let s = Storage::open(dir, &cfg).unwrap();
+    (s, cfg, 1_700_000_000_000i64 / 60_000 * 60_000)
+}
+
 fn all(s: &Storage) -> Vec<kappie_storage::Series> {
     s.select(
         &[Matcher::new(MatchOp::Regex, "__name__", ".+").unwrap()],
@@ -1154,13 +1165,7 @@ fn overlapping_commits_that_cut_chunks_lose_and_double_nothing() {
     const SERIES: usize = 40;
     const STEPS: i64 = 3_000;
     let dir = tempfile::tempdir().unwrap();
-    // A chunk window of one minute: a chunk is cut every 6 steps of 10 s.
-    let cfg = StorageConfig {
-        chunk_span_ms: 60_000,
-        ..small()
-    };
-    let s = Storage::open(dir.path(), &cfg).unwrap();
-    let t0 = 1_700_000_000_000i64 / 60_000 * 60_000;
+    let (s, cfg, t0) = minute_windows(dir.path());
     let series: Arc<Vec<Labels>> = Arc::new(
         (0..SERIES)
             .map(|j| labels("overlap", &format!("j{j}")))
@@ -1263,12 +1268,7 @@ fn overlapping_commits_that_cut_chunks_lose_and_double_nothing() {
 #[test]
 fn commit_then_answers_when_the_commit_is_visible() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StorageConfig {
-        chunk_span_ms: 60_000,
-        ..small()
-    };
-    let s = Storage::open(dir.path(), &cfg).unwrap();
-    let t0 = 1_700_000_000_000i64 / 60_000 * 60_000;
+    let (s, cfg, t0) = minute_windows(dir.path());
     let l = labels("early", "a");
     let m = Matcher::new(MatchOp::Equal, "__name__", "early").unwrap();
     let read = |s: &Storage| -> Vec<i64> {
