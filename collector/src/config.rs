@@ -133,6 +133,11 @@ pub struct Cli {
     /// samples are durable in chunks.
     #[arg(long, env = "KAPPIE_WAL_SEGMENT_BYTES")]
     pub wal_segment_bytes: Option<u64>,
+    /// Zero-fill write-ahead log segments ahead of use, in the background, so that the
+    /// fsync every acknowledgement waits for overwrites blocks instead of growing the file
+    /// (about half the fsync time on ext4). Costs up to two segments of disk.
+    #[arg(long, env = "KAPPIE_WAL_PREALLOCATE")]
+    pub wal_preallocate: Option<bool>,
     /// Requests to the HTTP API and `/metrics` served at once; past it, 503 at once (the
     /// health endpoints are not counted).
     #[arg(long, env = "KAPPIE_HTTP_MAX_CONCURRENT_REQUESTS")]
@@ -233,6 +238,7 @@ pub struct Config {
     pub cache_capacity_bytes: u64,
     pub block_cache_capacity_bytes: u64,
     pub wal_segment_bytes: u64,
+    pub wal_preallocate: bool,
     pub maintenance_interval_seconds: u64,
     pub shutdown_grace_seconds: u64,
     pub retention_seconds: u64,
@@ -292,6 +298,7 @@ impl Default for Config {
             cache_capacity_bytes: 8 * 1024 * 1024,
             block_cache_capacity_bytes: 2 * 1024 * 1024,
             wal_segment_bytes: kappie_storage::StorageConfig::default().wal_segment_bytes,
+            wal_preallocate: kappie_storage::StorageConfig::default().wal_preallocate,
             maintenance_interval_seconds: 60,
             shutdown_grace_seconds: 10,
             retention_seconds: 15 * 24 * 3600,
@@ -465,6 +472,7 @@ impl Config {
             cache_capacity_bytes,
             block_cache_capacity_bytes,
             wal_segment_bytes,
+            wal_preallocate,
             maintenance_interval_seconds,
             shutdown_grace_seconds,
             retention_seconds,

@@ -106,6 +106,7 @@ pub async fn serve(
             retention_bytes: (config.retention_bytes > 0).then_some(config.retention_bytes),
             wal_hold_max_bytes: config.remote_write_max_backlog_bytes,
             wal_segment_bytes: config.wal_segment_bytes,
+            wal_preallocate: config.wal_preallocate,
             ..StorageConfig::default()
         },
     )

@@ -53,6 +53,10 @@ pub struct StorageConfig {
     /// cut chunks (at most 120 samples a series stay in the head) where 64 MiB kept most
     /// of an hour of 20,000 series.
     pub wal_segment_bytes: u64,
+    /// Write-ahead log segments are zero-filled ahead of use by a background thread, so
+    /// that each commit's fsync overwrites blocks instead of growing the file (see
+    /// `wal`'s module doc). Costs up to two segments of disk beyond the log's frames.
+    pub wal_preallocate: bool,
     /// Most bytes of write-ahead log kept for readers that hold it (remote write
     /// destinations behind); past it the oldest held segments go and the samples in them
     /// are counted as dropped for each reader.
@@ -72,6 +76,7 @@ impl Default for StorageConfig {
             chunk_span_ms: 3600 * 1000,
             head_idle_ms: 15 * 60 * 1000,
             wal_segment_bytes: 16 << 20,
+            wal_preallocate: true,
             wal_hold_max_bytes: 1 << 30,
             page_bytes: 16 << 10,
         }
@@ -267,7 +272,11 @@ impl Storage {
             }
             leftover.apply(&main)?;
         }
-        let (wal, records) = wal::Wal::open(&dir.join("wal"), config.wal_segment_bytes)?;
+        let (wal, records) = wal::Wal::open(
+            &dir.join("wal"),
+            config.wal_segment_bytes,
+            config.wal_preallocate,
+        )?;
         let inner = Inner {
             wal: Mutex::new(wal),
             dir: dir.to_owned(),
@@ -488,7 +497,13 @@ impl Storage {
 
     /// Bytes of log segments holding records after sequence `after` (a reader's backlog).
     pub fn wal_bytes_after(&self, after: u64) -> u64 {
-        let segs = wal::segments(&self.inner.dir.join("wal")).unwrap_or_default();
+        let segs = self
+            .inner
+            .wal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .segment_sizes()
+            .unwrap_or_default();
         segs.iter()
             .enumerate()
             .filter(|(i, _)| segs.get(i + 1).is_none_or(|n| n.0 > after + 1))

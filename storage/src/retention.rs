@@ -263,7 +263,12 @@ impl Storage {
             return Ok(keep_from);
         }
         let dir = self.inner.dir.join("wal");
-        let segs = wal::segments(&dir)?;
+        let segs = self
+            .inner
+            .wal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .segment_sizes()?;
         // Segments that would be kept for the holds (those not wholly before `min_hold`).
         let held: Vec<(u64, u64)> = segs
             .iter()

@@ -878,12 +878,7 @@ fn close_cuts_every_head_chunk_and_empties_the_log() {
         a.commit().unwrap();
     }
     let before = bits(&all(&s));
-    let wal = |d: &std::path::Path| {
-        std::fs::read_dir(d.join("wal"))
-            .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().len())
-            .sum::<u64>()
-    };
+    let wal = |d: &std::path::Path| log_bytes(&d.join("wal"));
     assert!(wal(dir.path()) > 0);
     s.close().unwrap();
     assert_eq!(
@@ -1064,10 +1059,7 @@ fn close_keeps_pending_totals_in_the_log_exactly_once() {
     check(&s, step);
     // Nothing in the head: maintenance writes every pending total and the log can go.
     s.maintain(t(step) + 3_600_000).unwrap();
-    let wal_bytes: u64 = std::fs::read_dir(dir.path().join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum();
+    let wal_bytes = log_bytes(&dir.path().join("wal"));
     assert_eq!(
         wal_bytes, 0,
         "the log holds nothing once the totals are in sled"
@@ -1313,4 +1305,14 @@ fn commit_then_answers_when_the_commit_is_visible() {
     assert!(answered);
     drop(s);
     assert_eq!(read(&Storage::open(dir.path(), &cfg).unwrap()), want);
+}
+
+/// Bytes of the log's segment files in `dir` (not the zero-filled spare beside them).
+fn log_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wal"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
 }
