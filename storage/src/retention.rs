@@ -53,6 +53,12 @@ impl Storage {
             .unwrap_or_else(|e| e.into_inner());
         let mut report = MaintenanceReport::default();
         self.cut_and_truncate(i64::MAX, true, &mut report)?;
+        // The next open makes its own spare (one left by a crash is not trusted).
+        self.inner
+            .wal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove_spare()?;
         tracing::info!(
             chunks_cut = report.idle_chunks_cut,
             wal_segments_removed = report.wal_segments_removed,

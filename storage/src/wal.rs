@@ -654,6 +654,23 @@ impl Wal {
         Ok(removed)
     }
 
+    /// Deletes the spare segment (waiting for its preparation to end): a stopped log takes
+    /// no more disk than its frames. Writes after this go on without preallocation until
+    /// the next segment starts a new spare.
+    pub fn remove_spare(&mut self) -> Result<(), StorageError> {
+        if let Some(spare) = &mut self.spare {
+            spare.collect(true);
+            spare.ready = None;
+            match std::fs::remove_file(&spare.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(&spare.path)(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until the spare segment is ready (or its preparation failed).
     #[cfg(test)]
     fn wait_spare(&mut self) {
@@ -1361,6 +1378,8 @@ mod tests {
         w.wait_spare();
         assert_eq!(len(&dir.path().join(SPARE_NAME)), bytes);
         assert_eq!(segments(dir.path()).unwrap().len(), 1);
+        w.remove_spare().unwrap();
+        assert!(!dir.path().join(SPARE_NAME).exists());
         // Half of record 5's frame over the zeros, then a crash.
         let five = frame(&rec(5).encode());
         File::options()

@@ -204,8 +204,9 @@ fn main() -> anyhow::Result<()> {
     store.flush()?;
     let k_fresh = du(&kdir);
     eprintln!(
-        "kappie fresh: wal {} bytes, staging {} bytes, main {} bytes",
+        "kappie fresh: wal {} bytes (of which preallocated, not yet written: {}), staging {} bytes, main {} bytes",
         du(&kdir.join("wal")),
+        du(&kdir.join("wal")).saturating_sub(store.wal_bytes_after(0)),
         du(&kdir.join("staging")),
         du(&kdir.join("main"))
     );
@@ -214,8 +215,9 @@ fn main() -> anyhow::Result<()> {
     store.flush()?;
     let k_running = du(&kdir);
     eprintln!(
-        "kappie running (after a maintenance pass): wal {} bytes, staging {} bytes, main {} bytes, blocks {} bytes",
+        "kappie running (after a maintenance pass): wal {} bytes (of which preallocated, not yet written: {}), staging {} bytes, main {} bytes, blocks {} bytes",
         du(&kdir.join("wal")),
+        du(&kdir.join("wal")).saturating_sub(store.wal_bytes_after(0)),
         du(&kdir.join("staging")),
         du(&kdir.join("main")),
         du(&kdir.join("blocks"))
