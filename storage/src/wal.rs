@@ -457,12 +457,7 @@ impl Wal {
             if data[pos..].iter().all(|&b| b == 0) {
                 if pos < data.len() {
                     // The unwritten rest of a preallocated segment.
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io(&path))?;
-                    f.set_len(pos as u64).map_err(io(&path))?;
-                    f.sync_all().map_err(io(&path))?;
+                    cut_segment(&path, pos as u64)?;
                 }
             } else {
                 if i + 1 != segments.len() {
@@ -474,12 +469,7 @@ impl Wal {
                 }
                 tracing::warn!(segment = %path.display(), at = pos, dropped = data.len() - pos,
                     "write-ahead log ends in an incomplete record (a crash during a commit that was never acknowledged); truncating it");
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io(&path))?;
-                f.set_len(pos as u64).map_err(io(&path))?;
-                f.sync_all().map_err(io(&path))?;
+                cut_segment(&path, pos as u64)?;
             }
         }
         Ok((
@@ -786,6 +776,16 @@ fn zero_file(path: &Path, bytes: u64) -> std::io::Result<File> {
     }
     f.sync_all()?;
     Ok(f)
+}
+
+/// Cuts segment `path` to `len` bytes, durably.
+fn cut_segment(path: &Path, len: u64) -> Result<(), StorageError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    f.set_len(len).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
 }
 
 /// The frame of a record payload: `len u32 BE | crc32c(payload) u32 BE | payload`.
