@@ -513,11 +513,18 @@ impl Wal {
             Some(spare) if use_spare => spare.take(),
             _ => None,
         };
-        let (f, allocated) = match spare {
-            Some((spare_path, f, len)) => {
-                std::fs::rename(&spare_path, &path).map_err(io(&path))?;
-                (f, len)
+        let spare = spare.and_then(|(spare_path, f, len)| {
+            match std::fs::rename(&spare_path, &path) {
+                Ok(()) => Some((f, len)),
+                Err(e) => {
+                    tracing::warn!(from = %spare_path.display(), to = %path.display(), error = %e,
+                        "cannot rename the preallocated write-ahead log segment; this segment is written without");
+                    None
+                }
             }
+        });
+        let (f, allocated) = match spare {
+            Some(spare) => spare,
             None => {
                 let f = OpenOptions::new()
                     .create(true)
@@ -681,6 +688,16 @@ impl Wal {
             }
         }
         Ok(segs)
+    }
+}
+
+impl Drop for Wal {
+    /// Waits for the spare's preparation: a thread of a log dropped must not write into a
+    /// spare that the next open of the same directory makes.
+    fn drop(&mut self) {
+        if let Some(job) = self.spare.as_mut().and_then(|s| s.job.take()) {
+            let _ = job.join();
+        }
     }
 }
 
@@ -1464,6 +1481,26 @@ mod tests {
         let segs = segments(dir.path()).unwrap();
         assert_eq!(segs.len(), 2);
         assert_eq!(segs[1], (2, bytes), "record 2 went into the spare");
+        assert_eq!(
+            seqs(&Tailer::new(dir.path(), 0).next(1 << 20).unwrap()),
+            vec![1, 2]
+        );
+    }
+
+    /// Dropping a log waits for its spare's preparation, so no thread of it writes into
+    /// the directory once the next open makes its own spare there.
+    #[test]
+    fn a_dropped_log_leaves_no_spare_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = 8 << 20;
+        let (w, _) = Wal::open(dir.path(), bytes, true).unwrap();
+        drop(w);
+        let spare = dir.path().join(SPARE_NAME);
+        assert_eq!(std::fs::metadata(&spare).unwrap().len(), bytes);
+        let (mut w, _) = Wal::open(dir.path(), bytes, true).unwrap();
+        w.append(&rec(1)).unwrap();
+        w.wait_spare();
+        w.append(&rec(2)).unwrap();
         assert_eq!(
             seqs(&Tailer::new(dir.path(), 0).next(1 << 20).unwrap()),
             vec![1, 2]
