@@ -14,7 +14,7 @@
 //! Segments are preallocated: a background thread writes the next segment's file full of
 //! zeros and fsyncs it before it is needed, and frames then overwrite those zeros. An
 //! fdatasync after an overwrite of blocks already written needs no journal commit (the
-//! file's size and block map do not change): 0.11–0.15 ms against 0.18–0.34 ms after an
+//! file's size and block map do not change): p50 0.10–0.24 ms against 0.17–0.57 ms after an
 //! append on this project's test machine (docs/BENCHMARKS.md). Zeros after the last whole
 //! frame are therefore the unwritten rest of a segment (a frame is never all zeros, see
 //! [`frame_at`]); a segment is cut back to its frames when it is left and at open.
