@@ -495,15 +495,21 @@ impl Storage {
         h.get(name).map_or(0, |x| x.1)
     }
 
-    /// Bytes of log segments holding records after sequence `after` (a reader's backlog).
-    pub fn wal_bytes_after(&self, after: u64) -> u64 {
-        let segs = self
+    /// The log's segments and the bytes of frames in each ([`wal::segment_sizes`]); the
+    /// directory is listed outside the log's lock, which commits take.
+    pub(crate) fn wal_segment_sizes(&self) -> Result<Vec<(u64, u64)>, StorageError> {
+        let current = self
             .inner
             .wal
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .segment_sizes()
-            .unwrap_or_default();
+            .current();
+        wal::segment_sizes(&self.inner.dir.join("wal"), current)
+    }
+
+    /// Bytes of log segments holding records after sequence `after` (a reader's backlog).
+    pub fn wal_bytes_after(&self, after: u64) -> u64 {
+        let segs = self.wal_segment_sizes().unwrap_or_default();
         segs.iter()
             .enumerate()
             .filter(|(i, _)| segs.get(i + 1).is_none_or(|n| n.0 > after + 1))

@@ -269,12 +269,7 @@ impl Storage {
             return Ok(keep_from);
         }
         let dir = self.inner.dir.join("wal");
-        let segs = self
-            .inner
-            .wal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .segment_sizes()?;
+        let segs = self.wal_segment_sizes()?;
         // Segments that would be kept for the holds (those not wholly before `min_hold`).
         let held: Vec<(u64, u64)> = segs
             .iter()

@@ -676,18 +676,11 @@ impl Wal {
         }
     }
 
-    /// The segments, oldest first: first sequence and bytes of frames in it (on-disk
-    /// sizes, except the segment being written: its frames without its zeros).
-    pub fn segment_sizes(&self) -> Result<Vec<(u64, u64)>, StorageError> {
-        let mut segs = segments(&self.dir)?;
-        if self.file.is_some() {
-            if let Some(last) = segs.last_mut() {
-                if Some(&last.0) == self.segments.last() {
-                    last.1 = last.1.min(self.written);
-                }
-            }
-        }
-        Ok(segs)
+    /// The segment being written and the bytes of frames in it (`None`: none is open), for
+    /// [`segment_sizes`]: the caller lists the directory after releasing the log's lock.
+    pub fn current(&self) -> Option<(u64, u64)> {
+        self.file.as_ref()?;
+        Some((*self.segments.last()?, self.written))
     }
 }
 
@@ -812,6 +805,21 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
     frame.extend_from_slice(payload);
     frame
+}
+
+/// The segments in `dir`, oldest first: first sequence and bytes of frames in it (on-disk
+/// sizes, except `current` ([`Wal::current`]): its frames without its zeros).
+pub fn segment_sizes(
+    dir: &Path,
+    current: Option<(u64, u64)>,
+) -> Result<Vec<(u64, u64)>, StorageError> {
+    let mut segs = segments(dir)?;
+    if let Some((first, written)) = current {
+        if let Some(last) = segs.iter_mut().rfind(|s| s.0 == first) {
+            last.1 = last.1.min(written);
+        }
+    }
+    Ok(segs)
 }
 
 /// Segment files of the log in `dir`: first sequence and size, oldest first.
@@ -1386,7 +1394,10 @@ mod tests {
         assert_eq!(len(&seg), bytes, "the spare became segment 1");
         let framed =
             |to: u64| -> u64 { (1..=to).map(|s| frame(&rec(s).encode()).len() as u64).sum() };
-        assert_eq!(w.segment_sizes().unwrap(), vec![(1, framed(3))]);
+        assert_eq!(
+            segment_sizes(dir.path(), w.current()).unwrap(),
+            vec![(1, framed(3))]
+        );
         assert_eq!(seqs(&t.next(1 << 20).unwrap()), vec![1, 2, 3]);
         assert!(t.next(1 << 20).unwrap().is_empty(), "zeros are no record");
         w.append(&rec(4)).unwrap();
