@@ -63,10 +63,20 @@ impl InFlight {
     }
 }
 
-/// The turns of the ordered stages (see the module doc).
+/// The turns of the ordered stages (see the module doc). Each stage has its own condition
+/// variable, so that a stage's progress wakes only the commits waiting for that stage (one
+/// for all woke every waiting commit at each step: ~13 context switches per commit at
+/// the remote-write ceiling, docs/BENCHMARKS.md).
 pub(crate) struct Pipeline {
     stages: Mutex<Stages>,
-    changed: Condvar,
+    /// `next_write` moved.
+    written: Condvar,
+    /// An fsync ended (or failed).
+    synced: Condvar,
+    /// `next_apply` moved.
+    applied: Condvar,
+    /// `next_stage` moved.
+    staged: Condvar,
     /// Sequence through which every log record is fsynced; readers of the log stop there.
     pub durable: Arc<AtomicU64>,
 }
@@ -96,7 +106,10 @@ impl Pipeline {
     pub fn new() -> Pipeline {
         Pipeline {
             stages: Mutex::new(Stages::default()),
-            changed: Condvar::new(),
+            written: Condvar::new(),
+            synced: Condvar::new(),
+            applied: Condvar::new(),
+            staged: Condvar::new(),
             durable: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -105,8 +118,8 @@ impl Pipeline {
         self.stages.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wait<'a>(&self, g: MutexGuard<'a, Stages>) -> MutexGuard<'a, Stages> {
-        self.changed.wait(g).unwrap_or_else(|e| e.into_inner())
+    fn wait<'a>(cv: &Condvar, g: MutexGuard<'a, Stages>) -> MutexGuard<'a, Stages> {
+        cv.wait(g).unwrap_or_else(|e| e.into_inner())
     }
 
     /// After replay: the next commit has sequence `next`; everything before is durable.
@@ -138,7 +151,7 @@ impl Pipeline {
     pub fn drain(&self, next_seq: u64) {
         let mut s = self.lock();
         while s.next_stage < next_seq {
-            s = self.wait(s);
+            s = Self::wait(&self.staged, s);
         }
         if !s.broken {
             s.failed = None;
@@ -166,14 +179,14 @@ impl Pipeline {
     ) -> Result<(), StorageError> {
         let mut s = self.lock();
         while s.next_write != seq {
-            s = self.wait(s);
+            s = Self::wait(&self.written, s);
         }
         if let Some((from, why)) = &s.failed {
             if seq >= *from {
                 let why = why.clone();
                 s.next_write += 1;
                 drop(s);
-                self.changed.notify_all();
+                self.written.notify_all();
                 return Err(StorageError::Aborted(why));
             }
         }
@@ -192,7 +205,7 @@ impl Pipeline {
         }
         s.next_write += 1;
         drop(s);
-        self.changed.notify_all();
+        self.written.notify_all();
         r
     }
 
@@ -209,7 +222,7 @@ impl Pipeline {
                 }
             }
             if s.syncing {
-                s = self.wait(s);
+                s = Self::wait(&self.synced, s);
                 continue;
             }
             // Lead an fsync covering every frame written so far.
@@ -231,26 +244,26 @@ impl Pipeline {
                     fail(&mut s, from, e);
                 }
             }
-            self.changed.notify_all();
+            self.synced.notify_all();
             r?;
         }
     }
 
     fn advance_apply(&self) {
         self.lock().next_apply += 1;
-        self.changed.notify_all();
+        self.applied.notify_all();
     }
 
     fn wait_stage(&self, seq: u64) {
         let mut s = self.lock();
         while s.next_stage != seq {
-            s = self.wait(s);
+            s = Self::wait(&self.staged, s);
         }
     }
 
     fn advance_stage(&self) {
         self.lock().next_stage += 1;
-        self.changed.notify_all();
+        self.staged.notify_all();
     }
 }
 
@@ -331,7 +344,7 @@ impl Turn<'_> {
         self.durable = durable.is_ok();
         let mut s = p.lock();
         while s.next_apply != seq {
-            s = p.wait(s);
+            s = Pipeline::wait(&p.applied, s);
         }
         if let Some((from, why)) = &s.failed {
             // Only a commit before this one that was not applied after its record was
@@ -370,26 +383,26 @@ impl Drop for Turn<'_> {
         }
         if !self.written {
             while s.next_write != self.seq {
-                s = self.p.wait(s);
+                s = Pipeline::wait(&self.p.written, s);
             }
             s.next_write += 1;
-            self.p.changed.notify_all();
+            self.p.written.notify_all();
         }
         if !self.applied {
             while s.next_apply != self.seq {
-                s = self.p.wait(s);
+                s = Pipeline::wait(&self.p.applied, s);
             }
             s.next_apply += 1;
-            self.p.changed.notify_all();
+            self.p.applied.notify_all();
         }
         // A commit that stages nothing (it failed, or staging panicked) leaves its chunks,
         // if any, in `Head::unstaged`, where the next staging writes them.
         if !self.staged {
             while s.next_stage != self.seq {
-                s = self.p.wait(s);
+                s = Pipeline::wait(&self.p.staged, s);
             }
             s.next_stage += 1;
-            self.p.changed.notify_all();
+            self.p.staged.notify_all();
         }
     }
 }
