@@ -111,26 +111,36 @@ impl<'a> BitReader<'a> {
         Some(bit)
     }
 
+    /// Reads `n` bits (at most 64), most significant first: the bytes holding them are
+    /// loaded as one big-endian word and shifted, no loop over bits (staging decodes every
+    /// cut chunk with this, and queries every chunk they read).
     pub(crate) fn read_bits(&mut self, n: u32) -> Option<u64> {
         if self.pos + n as usize > self.bytes.len() * 8 {
             return None;
         }
-        let mut v = 0u64;
-        let mut n = n;
-        while n > 0 && !self.pos.is_multiple_of(8) {
-            v = (v << 1) | self.read_bit()? as u64;
-            n -= 1;
+        if n == 0 {
+            return Some(0);
         }
-        while n >= 8 {
-            v = (v << 8) | self.bytes[self.pos / 8] as u64;
-            self.pos += 8;
-            n -= 8;
+        // Bits of the first byte already read.
+        let used = (self.pos % 8) as u32;
+        if used + n > 64 {
+            // More than one word (n > 57): the high bits, then the low 32.
+            let high = self.read_bits(n - 32)?;
+            return Some(high << 32 | self.read_bits(32)?);
         }
-        while n > 0 {
-            v = (v << 1) | self.read_bit()? as u64;
-            n -= 1;
-        }
-        Some(v)
+        let start = self.pos / 8;
+        let word = match self.bytes.get(start..start + 8) {
+            Some(b) => u64::from_be_bytes(b.try_into().expect("8 bytes")),
+            None => {
+                // Near the end: the bytes left, then zeros.
+                let mut b = [0u8; 8];
+                let left = &self.bytes[start..];
+                b[..left.len()].copy_from_slice(left);
+                u64::from_be_bytes(b)
+            }
+        };
+        self.pos += n as usize;
+        Some((word << used) >> (64 - n))
     }
 
     pub(crate) fn read_uvarint(&mut self) -> Option<u64> {
@@ -438,6 +448,37 @@ mod tests {
             assert_eq!(fast.free, slow.free);
         }
         assert_eq!(fast.into_bytes(), slow.into_bytes());
+    }
+    /// `read_bits` reads what reading the bits one at a time reads, and refuses to read
+    /// past the end.
+    #[test]
+    fn read_bits_matches_single_bits() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut w = BitWriter::default();
+        let mut widths = Vec::new();
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (x % 65) as u32;
+            w.write_bits(x, n);
+            widths.push(n);
+        }
+        let bytes = w.into_bytes();
+        let (mut fast, mut slow) = (BitReader::new(&bytes), BitReader::new(&bytes));
+        for n in widths {
+            let mut v = 0u64;
+            for _ in 0..n {
+                v = (v << 1) | u64::from(slow.read_bit().unwrap());
+            }
+            assert_eq!(fast.read_bits(n), Some(v));
+            assert_eq!(fast.pos, slow.pos);
+        }
+        let left = (bytes.len() * 8 - fast.pos) as u32;
+        assert_eq!(fast.read_bits(left + 1), None);
+        assert!(fast.read_bits(left).is_some());
+        assert_eq!(fast.read_bits(1), None);
+        assert_eq!(fast.read_bits(0), Some(0));
     }
     use super::*;
     use crate::STALE_NAN_BITS;
