@@ -9,6 +9,9 @@
 //! same series. Reports samples/s (wall time from first send to last answer), the
 //! receiving process's CPU per sample and the 1-minute load average.
 //!
+//! `--also-collector` adds other collector builds to each round, so that builds are
+//! compared with the same bodies, interleaved, in one run.
+//!
 //! `--churn-every N` starts a new generation of every series each N steps (a `pod` label
 //! that changes, as when pods are replaced): the store sees ever new series.
 //!
@@ -52,6 +55,11 @@ struct Args {
     kappie_only: bool,
     #[arg(long, default_value = "target/release/kappie-collector")]
     collector: String,
+    /// Another collector binary, run after `--collector` in each round with the same
+    /// bodies (repeatable; reported as `kappie#1`, `kappie#2`, ...): builds compared
+    /// side by side in one run.
+    #[arg(long = "also-collector")]
+    also_collectors: Vec<String>,
     /// Extra collector flags.
     #[arg(long = "collector-arg", allow_hyphen_values = true)]
     collector_args: Vec<String>,
@@ -208,15 +216,22 @@ fn main() -> anyhow::Result<()> {
         bytes as f64 / 1e6,
         args.clients
     );
+    let mut systems: Vec<(String, Option<&str>)> = vec![("kappie".into(), Some(&args.collector))];
+    for (i, c) in args.also_collectors.iter().enumerate() {
+        systems.push((format!("kappie#{}", i + 1), Some(c)));
+    }
+    if !args.kappie_only {
+        systems.push(("prometheus".into(), None));
+    }
     for round in 0..args.rounds {
-        for system in ["kappie", "prometheus"] {
-            if system == "prometheus" && args.kappie_only {
-                continue;
-            }
-            let work = work_dir(&format!("ingest-bench-{round}-{system}"))?;
+        for (system, binary) in &systems {
+            let work = work_dir(&format!(
+                "ingest-bench-{round}-{}",
+                system.replace('#', "-")
+            ))?;
             let load_before = load1();
-            let (secs, cpu, rss) = if system == "kappie" {
-                let k = Collector::start(&args.collector, &work, &args.collector_args)?;
+            let (secs, cpu, rss) = if let Some(binary) = binary {
+                let k = Collector::start(binary, &work, &args.collector_args)?;
                 let pid = k.pid();
                 let c0 = cpu_seconds(pid);
                 let secs = send(&format!("{}/api/v1/write", k.base), &clients)?;
