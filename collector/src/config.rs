@@ -135,7 +135,9 @@ pub struct Cli {
     pub wal_segment_bytes: Option<u64>,
     /// Zero-fill write-ahead log segments ahead of use, in the background, so that the
     /// fsync every acknowledgement waits for overwrites blocks instead of growing the file
-    /// (about half the fsync time on ext4). Costs up to two segments of disk.
+    /// (about half the fsync time on ext4). The next segment is prepared once the current
+    /// one is half written: a log that stays small holds no zeros, a busy one up to two
+    /// segments of disk.
     #[arg(long, env = "KAPPIE_WAL_PREALLOCATE")]
     pub wal_preallocate: Option<bool>,
     /// Requests to the HTTP API and `/metrics` served at once; past it, 503 at once (the

@@ -55,7 +55,8 @@ pub struct StorageConfig {
     pub wal_segment_bytes: u64,
     /// Write-ahead log segments are zero-filled ahead of use by a background thread, so
     /// that each commit's fsync overwrites blocks instead of growing the file (see
-    /// `wal`'s module doc). Costs up to two segments of disk beyond the log's frames.
+    /// `wal`'s module doc). The next segment is prepared once the current one is half
+    /// written: up to two segments of disk beyond the log's frames, none for a small log.
     pub wal_preallocate: bool,
     /// Most bytes of write-ahead log kept for readers that hold it (remote write
     /// destinations behind); past it the oldest held segments go and the samples in them
