@@ -431,16 +431,22 @@ pub fn decode_into(bytes: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkE
 #[cfg(test)]
 mod tests {
 
-    /// `write_bits` writes what writing the bits one at a time writes.
-    #[test]
-    fn write_bits_matches_single_bits() {
+    /// 5,000 pseudo-random words and widths (0..=64), the same every run.
+    fn words_and_widths() -> impl Iterator<Item = (u64, u32)> {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let (mut fast, mut slow) = (BitWriter::default(), BitWriter::default());
-        for _ in 0..5000 {
+        (0..5000).map(move |_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let n = (x % 65) as u32;
+            (x, (x % 65) as u32)
+        })
+    }
+
+    /// `write_bits` writes what writing the bits one at a time writes.
+    #[test]
+    fn write_bits_matches_single_bits() {
+        let (mut fast, mut slow) = (BitWriter::default(), BitWriter::default());
+        for (x, n) in words_and_widths() {
             fast.write_bits(x, n);
             for i in (0..n).rev() {
                 slow.write_bit((x >> i) & 1 == 1);
@@ -449,24 +455,18 @@ mod tests {
         }
         assert_eq!(fast.into_bytes(), slow.into_bytes());
     }
+
     /// `read_bits` reads what reading the bits one at a time reads, and refuses to read
     /// past the end.
     #[test]
     fn read_bits_matches_single_bits() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut w = BitWriter::default();
-        let mut widths = Vec::new();
-        for _ in 0..5000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let n = (x % 65) as u32;
+        for (x, n) in words_and_widths() {
             w.write_bits(x, n);
-            widths.push(n);
         }
         let bytes = w.into_bytes();
         let (mut fast, mut slow) = (BitReader::new(&bytes), BitReader::new(&bytes));
-        for n in widths {
+        for (_, n) in words_and_widths() {
             let mut v = 0u64;
             for _ in 0..n {
                 v = (v << 1) | u64::from(slow.read_bit().unwrap());
@@ -480,6 +480,7 @@ mod tests {
         assert_eq!(fast.read_bits(1), None);
         assert_eq!(fast.read_bits(0), Some(0));
     }
+
     use super::*;
     use crate::STALE_NAN_BITS;
 
