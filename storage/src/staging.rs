@@ -644,11 +644,9 @@ pub(crate) fn open_staging(
 /// Reads a sled staging database (the layout before 2026-12-01) into a staging file,
 /// fsyncs it, then removes the database.
 fn migrate_sled_staging(db_dir: &Path, file_path: &Path) -> Result<(), StorageError> {
-    // Opened as `open_block` wrote it (sled refuses another compression setting).
-    let db = sled::Config::new()
-        .path(db_dir)
-        .use_compression(true)
-        .open()?;
+    // Opened as `open_block` wrote it (sled refuses another compression setting); waiting
+    // for its lock as every sled open does (a handle just dropped releases it late).
+    let db = crate::db::open_retrying(sled::Config::new().path(db_dir).use_compression(true))?;
     let tmp = file_path.with_extension("kps.tmp");
     let _ = std::fs::remove_file(&tmp);
     let file = StagingFile::create(&tmp)?;
