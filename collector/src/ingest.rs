@@ -514,8 +514,9 @@ impl Core {
         Ok(&mut state.session.as_mut().expect("set above").1)
     }
 
-    /// Applies a batch; the answer goes to `reply` as soon as the commit is durable and
-    /// visible, while this thread goes on to stage the chunks it cut (see
+    /// Applies a batch; the answer goes to `reply` as soon as the commit is durable (its
+    /// ingest state readable; queries started after it wait for its samples), while this
+    /// thread goes on to apply it and stage the chunks it cut (see
     /// `StorageAppender::commit_then`).
     fn push(
         &self,

@@ -251,11 +251,13 @@ impl Appender for StorageAppender {
 
 impl StorageAppender {
     /// [`Appender::commit`], handing its outcome to `decided` as soon as it is known: when
-    /// the commit is durable and visible, or failed. The chunks the commit cut from the
-    /// head are staged after that (in order with the other commits, before this returns),
-    /// so a server can answer its client from `decided` while this thread stages: staging
-    /// is not what makes samples durable (the log is) nor visible (the head keeps them
-    /// readable until staged).
+    /// the commit is durable (its ingest state readable), or failed. The commit is then
+    /// applied to the head and the chunks it cut are staged (in order with the other
+    /// commits, before this returns), so a server can answer its client from `decided`
+    /// while this thread applies and stages: a read started after `decided` waits for the
+    /// apply (`Pipeline::settle`), and staging is not what makes samples durable (the log
+    /// is) nor visible (the head keeps them readable until staged). `decided` must not read
+    /// samples or series from the store: such a read waits for this very commit's apply.
     pub fn commit_then(mut self, decided: impl FnOnce(Result<CommitReport, StorageError>)) {
         if let Err(e) = self.resolve() {
             return decided(Err(e));
@@ -322,14 +324,19 @@ impl StorageAppender {
             frame,
             || {
                 if logged {
-                    inner.last_record.store(seq, Ordering::SeqCst);
+                    inner.last_record.fetch_max(seq, Ordering::SeqCst);
                     // Durable in the log: visible to reads now, into sled at the next durable
-                    // mark.
+                    // mark. Commits made durable by one fsync get here in any order; the
+                    // map keeps each key's newest.
                     let mut pending = inner.meta_pending.lock().unwrap_or_else(|e| e.into_inner());
                     for (k, v) in meta {
                         pending.insert(k, (seq, v));
                     }
                 }
+                count(&inner.stats, &report, &accepted);
+                report
+            },
+            || {
                 // New series' postings and entries wait for the next durable mark (the log
                 // has them; a crash replays them). A failure from here on leaves memory and
                 // disk apart: no more writes until reopened.
@@ -344,8 +351,7 @@ impl StorageAppender {
                         return Err(e);
                     }
                 };
-                count(&inner.stats, &report, &accepted);
-                Ok((report, cut))
+                Ok(cut)
             },
             decided,
             // Cut chunks are encoded for staging outside the head's lock (in parallel with

@@ -518,8 +518,9 @@ impl Storage {
             .sum()
     }
 
-    /// Number of series the store knows.
+    /// Number of series the store knows (with those of every commit acknowledged before).
     pub fn series_count(&self) -> usize {
+        self.inner.pipeline.settle();
         read_lock(&self.inner.head).series.len()
     }
 

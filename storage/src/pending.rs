@@ -44,13 +44,28 @@ impl PendingMap {
         }
     }
 
-    /// Sets `key`'s pending change.
+    /// Sets `key`'s pending change, unless the key has one of a later sequence (commits
+    /// made durable by one fsync insert in any order).
     pub fn insert(&mut self, key: MetaBytes, value: PendingMeta) {
         let found = self.sorted.binary_search_by(|(k, _)| k.cmp(&key)).ok();
         match found {
-            Some(i) => self.sorted[i].1 = value,
+            Some(i) => {
+                let old = &mut self.sorted[i].1;
+                if old.0 <= value.0 {
+                    *old = value;
+                }
+            }
             None => {
-                self.recent.insert(key, value);
+                match self.recent.entry(key) {
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        if e.get().0 <= value.0 {
+                            e.insert(value);
+                        }
+                    }
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(value);
+                    }
+                }
                 if self.recent.len() > MIN_RECENT.max(self.sorted.len() / 8) {
                     self.merge();
                 }
@@ -137,6 +152,26 @@ fn merge_sorted<'a>(
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// A change of an earlier sequence never replaces a later one, whether the key is in
+    /// the recent map or already merged into the vector.
+    #[test]
+    fn an_earlier_sequence_does_not_replace_a_later_one() {
+        let mut m = PendingMap::default();
+        let v = |s: &str| Some(MetaBytes::new(s.as_bytes()));
+        m.insert(MetaBytes::new(b"tot/a"), (7, v("seven")));
+        m.insert(MetaBytes::new(b"tot/a"), (6, v("six")));
+        assert_eq!(m.get(b"tot/a"), Some(&(7, v("seven"))));
+        // Enough other keys that `tot/a` moves into the sorted vector.
+        for i in 0..=MIN_RECENT {
+            m.insert(MetaBytes::from(format!("k/{i:05}").into_bytes()), (1, None));
+        }
+        assert!(m.position(b"tot/a").is_ok(), "merged");
+        m.insert(MetaBytes::new(b"tot/a"), (5, None));
+        assert_eq!(m.get(b"tot/a"), Some(&(7, v("seven"))));
+        m.insert(MetaBytes::new(b"tot/a"), (8, None));
+        assert_eq!(m.get(b"tot/a"), Some(&(8, None)));
+    }
 
     /// Inserts, updates, removals and prefix scans agree with a `BTreeMap` through many
     /// merges.

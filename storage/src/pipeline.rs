@@ -7,11 +7,14 @@
 //!    order they were validated;
 //! 3. group commit: one fdatasync makes every frame written before it durable, and a commit
 //!    waits until its own frame is; whoever finds no fsync running starts one;
-//! 4. commits are applied (head, ingest state) in sequence order, each after its record is
-//!    durable, so readers never see what a crash can take back; under the head's read
-//!    lock and each series' own lock, so that the next commits' validation, the handlers'
-//!    lookups and queries go on meanwhile (a query may see a commit in some series and not
-//!    yet in others, as it could before between two series);
+//! 4. once its record is durable a commit's ingest state becomes readable and its outcome
+//!    is handed over (the client can be answered); then commits are applied to the head in
+//!    sequence order, so readers never see what a crash can take back; under the head's
+//!    read lock and each series' own lock, so that the next commits' validation, the
+//!    handlers' lookups and queries go on meanwhile (a query may see a commit in some
+//!    series and not yet in others, as it could before between two series). A read first
+//!    waits until every commit durable when it starts is applied ([`Pipeline::settle`]),
+//!    so what was acknowledged before a read is in it;
 //! 5. the chunks a commit cut from the head are encoded for staging (in parallel with
 //!    others; until then readers find them in the head, `Head::unstaged`), then written
 //!    to staging in sequence order, so each series' chunks reach staging in time order.
@@ -133,6 +136,18 @@ impl Pipeline {
             ..Stages::default()
         };
         self.durable.store(next.saturating_sub(1), Ordering::SeqCst);
+    }
+
+    /// Waits until every commit durable now is applied (or gave up its turn). Commits are
+    /// acknowledged once durable, before they are applied: a read that starts with this
+    /// sees every commit acknowledged before it. The wait is at most the applies in
+    /// flight (one or two commits' worth at the remote-write ceiling).
+    pub fn settle(&self) {
+        let mut s = self.lock();
+        let target = s.synced_before;
+        while s.next_apply < target {
+            s = Self::wait(&self.applied, s);
+        }
     }
 
     /// The first commit not yet applied.
@@ -305,14 +320,18 @@ impl Turn<'_> {
     }
 
     /// The stages after validation: `frame` (`None`: the commit changes nothing in the
-    /// log) written in order and made durable, then `apply` in order, whose outcome goes
-    /// to `decided`; what it leaves to stage goes through `prepare` (in parallel with
-    /// other commits), then `stage` in order.
+    /// log) written in order and made durable, then `durable` (the commit's ingest state
+    /// made readable), whose outcome goes to `decided`, then `apply` in order; what it
+    /// leaves to stage goes through `prepare` (in parallel with other commits), then
+    /// `stage` in order. `durable` may run out of sequence order (commits made durable by
+    /// the same fsync).
+    #[allow(clippy::too_many_arguments)]
     pub fn run<T, C, D>(
         self,
         wal: &Mutex<wal::Wal>,
         frame: Option<Vec<u8>>,
-        apply: impl FnOnce() -> Result<(T, C), StorageError>,
+        durable: impl FnOnce() -> T,
+        apply: impl FnOnce() -> Result<C, StorageError>,
         decided: impl FnOnce(Result<T, StorageError>),
         prepare: impl FnOnce(C) -> D,
         stage: impl FnOnce(D),
@@ -323,16 +342,18 @@ impl Turn<'_> {
                 f(r)
             }
         };
-        if let Err(e) = self.run_stages(wal, frame, apply, &mut tell, prepare, stage) {
+        if let Err(e) = self.run_stages(wal, frame, durable, apply, &mut tell, prepare, stage) {
             tell(Err(e));
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_stages<T, C, D>(
         mut self,
         wal: &Mutex<wal::Wal>,
         frame: Option<Vec<u8>>,
-        apply: impl FnOnce() -> Result<(T, C), StorageError>,
+        on_durable: impl FnOnce() -> T,
+        apply: impl FnOnce() -> Result<C, StorageError>,
         decided: &mut impl FnMut(Result<T, StorageError>),
         prepare: impl FnOnce(C) -> D,
         stage: impl FnOnce(D),
@@ -342,6 +363,11 @@ impl Turn<'_> {
         self.written = true;
         let durable = wrote.and_then(|()| p.wait_durable(seq, wal));
         self.durable = durable.is_ok();
+        if durable.is_ok() {
+            // Acknowledged now: a read waits for the apply below (`Pipeline::settle`), and
+            // if the apply fails the log still has the commit (reopening replays it).
+            decided(Ok(on_durable()));
+        }
         let mut s = p.lock();
         while s.next_apply != seq {
             s = Pipeline::wait(&p.applied, s);
@@ -359,9 +385,7 @@ impl Turn<'_> {
         self.applied = true;
         p.advance_apply();
         // On an error the drop gives up the staging turn.
-        let (t, c) = r?;
-        decided(Ok(t));
-        let d = prepare(c);
+        let d = prepare(r?);
         p.wait_stage(seq);
         stage(d);
         self.staged = true;

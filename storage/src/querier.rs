@@ -44,6 +44,8 @@ impl Storage {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<(SeriesId, Labels)>, StorageError> {
+        // Every commit acknowledged before this read is in it.
+        self.inner.pipeline.settle();
         let all = || {
             read_lock(&self.inner.head)
                 .series
@@ -163,6 +165,7 @@ impl Storage {
     ) -> Result<Vec<String>, StorageError> {
         let mut values: HashSet<String> = HashSet::new();
         if matchers.is_empty() {
+            self.inner.pipeline.settle();
             let head = read_lock(&self.inner.head);
             for p in index::postings_of_name(self.postings(), name) {
                 let (value, ids) = p?;

@@ -1261,21 +1261,23 @@ fn overlapping_commits_that_cut_chunks_lose_and_double_nothing() {
     check(&Storage::open(dir.path(), &cfg).unwrap());
 }
 
-/// `commit_then` hands over the outcome once the commit is visible (the chunks it cut
-/// still wait to be staged, readable from the head), and a commit it refuses says so.
+/// `commit_then` hands over the outcome once the commit is durable, before it is applied
+/// and before the chunks it cut are staged; a read started after that sees the commit (it
+/// waits for the apply), and a commit it refuses says so.
 #[test]
-fn commit_then_answers_when_the_commit_is_visible() {
+fn commit_then_answers_when_the_commit_is_durable() {
     let dir = tempfile::tempdir().unwrap();
     let (s, cfg, t0) = minute_windows(dir.path());
     let l = labels("early", "a");
     let m = Matcher::new(MatchOp::Equal, "__name__", "early").unwrap();
-    let read = |s: &Storage| -> Vec<i64> {
+    let read = move |s: &Storage| -> Vec<i64> {
         s.select(std::slice::from_ref(&m), i64::MIN, i64::MAX)
             .unwrap()
             .into_iter()
             .flat_map(|x| x.samples.into_iter().map(|p| p.t))
             .collect()
     };
+    let read = std::sync::Arc::new(read);
     let mut want = Vec::new();
     // Each commit a minute of 10 s steps: every commit cuts the chunk of the one before.
     for step in 0..5i64 {
@@ -1285,20 +1287,39 @@ fn commit_then_answers_when_the_commit_is_visible() {
             a.append(&l, t, t as f64).unwrap();
             want.push(t);
         }
-        let mut seen = None;
         let staged = || {
             s.stats()
                 .chunks_cut
                 .load(std::sync::atomic::Ordering::SeqCst)
         };
+        let mut seen = None;
+        let mut reader = None;
         a.commit_then(|r| {
             assert_eq!(r.unwrap().appended, 6);
-            seen = Some((read(&s), staged()));
+            seen = Some(staged());
+            // A read started now, on another thread, must see this commit: it waits until
+            // the commit is applied, which happens after this callback returns.
+            let (s2, read2) = (s.clone(), read.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            let h = std::thread::spawn(move || tx.send(read2(&s2)).unwrap());
+            if step == 0 {
+                // Still waiting while the commit is not applied (without the wait it
+                // answers at once, without the commit's samples).
+                let early = rx.recv_timeout(std::time::Duration::from_millis(300));
+                assert!(
+                    early.is_err(),
+                    "a read finished before the commit was applied: {early:?}"
+                );
+            }
+            reader = Some((h, rx));
         });
         // Answered before the chunk this commit cut (the one before) was staged.
         let before = (step - 1).max(0) as u64;
-        assert_eq!(seen, Some((want.clone(), before)), "step {step}");
+        assert_eq!(seen, Some(before), "step {step}");
         assert_eq!(staged(), step as u64);
+        let (h, rx) = reader.expect("answered");
+        assert_eq!(rx.recv().unwrap(), want, "step {step}");
+        h.join().unwrap();
     }
     // A commit whose samples are all refused is answered too.
     let mut answered = false;

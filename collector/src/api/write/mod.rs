@@ -22,8 +22,9 @@ pub(super) async fn remote_write(
 ) -> Result<Response, ApiError> {
     let batch = decode_write_request(&body, st.limits.max_remote_write_bytes, &st.limits.labels)?;
     let store = st.store.clone();
-    // The answer goes out as soon as the commit is durable and visible; the worker then
-    // stages the chunks the commit cut (see `StorageAppender::commit_then`).
+    // The answer goes out as soon as the commit is durable (a query started after it waits
+    // until the commit is applied); the worker then applies it and stages the chunks it
+    // cut (see `StorageAppender::commit_then`).
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
         let mut app = store.appender();
