@@ -555,7 +555,7 @@ pub fn remote_read(
     }
 }
 
-/// The store's defaults without a preallocated log: a 16 MiB zero-filled spare segment per
+/// The store's defaults without a preallocated log: a zero-filled spare segment per
 /// input would take most of the fuzzer's time (the replay of zeros is still fuzzed: they are
 /// whatever bytes the input holds).
 fn fuzz_config() -> StorageConfig {

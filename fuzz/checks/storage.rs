@@ -259,7 +259,7 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
 }
 
-/// The store's defaults without a preallocated log: a 16 MiB zero-filled spare segment per
+/// The store's defaults without a preallocated log: a zero-filled spare segment per
 /// input would take most of the fuzzer's time (the replay of zeros is still fuzzed: they are
 /// whatever bytes the input holds).
 fn fuzz_config() -> StorageConfig {

@@ -65,6 +65,9 @@ struct Args {
     /// Size of the pages compaction writes (`StorageConfig::page_bytes`).
     #[arg(long, default_value_t = StorageConfig::default().page_bytes)]
     page_bytes: usize,
+    /// Size of the write-ahead log's segments (`StorageConfig::wal_segment_bytes`).
+    #[arg(long, default_value_t = StorageConfig::default().wal_segment_bytes)]
+    wal_segment_bytes: u64,
     /// Measure Kappie only (no Prometheus column): for trying out storage changes.
     #[arg(long)]
     kappie_only: bool,
@@ -168,6 +171,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let config = StorageConfig {
         page_bytes: args.page_bytes,
+        wal_segment_bytes: args.wal_segment_bytes,
         ..StorageConfig::default()
     };
     let rss0 = rss_kib(std::process::id());
