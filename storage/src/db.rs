@@ -189,6 +189,21 @@ pub(crate) struct Inner {
     pub index_pending: RwLock<crate::index::IndexPending>,
 }
 
+/// What the replay of the log has done so far (`Storage::replay_record`).
+#[derive(Default)]
+struct Replay {
+    records: usize,
+    samples: usize,
+    last_seq: u64,
+    /// Chunks cut by replayed samples, not yet staged.
+    cut: Vec<crate::head::CutChunk>,
+    /// Sled entries of the series the log created.
+    batch: Writes,
+}
+
+/// Cut chunks the replay stages at once.
+const REPLAY_CUT_BATCH: usize = 16_384;
+
 pub(crate) fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(what.into())
 }
@@ -275,13 +290,9 @@ impl Storage {
             }
             leftover.apply(&main)?;
         }
-        let (wal, records) = wal::Wal::open(
-            &dir.join("wal"),
-            config.wal_segment_bytes,
-            config.wal_preallocate,
-        )?;
         let inner = Inner {
-            wal: Mutex::new(wal),
+            // Replaced by the log once it is replayed, below.
+            wal: Mutex::new(wal::Wal::unopened(&dir.join("wal"))),
             dir: dir.to_owned(),
             config: config.clone(),
             main,
@@ -304,7 +315,18 @@ impl Storage {
         let store = Storage {
             inner: Arc::new(inner),
         };
-        let (records, samples) = store.replay(records)?;
+        let mut replay = Replay::default();
+        {
+            let mut head = write_lock(&store.inner.head);
+            let wal = wal::Wal::open_each(
+                &dir.join("wal"),
+                config.wal_segment_bytes,
+                config.wal_preallocate,
+                |rec| store.replay_record(&mut head, &mut replay, rec),
+            )?;
+            *store.inner.wal.lock().unwrap_or_else(|e| e.into_inner()) = wal;
+        }
+        let (records, samples) = store.finish_replay(replay)?;
         let compacted = read_lock(&store.inner.windows).files.len();
         let staged_n = read_lock(&store.inner.windows).staging.len();
         tracing::info!(dir = %dir.display(), series = store.series_count(), compacted_windows = compacted,
@@ -313,56 +335,72 @@ impl Storage {
         Ok(store)
     }
 
-    /// Applies the records still in the write-ahead log: series to sled (idempotent),
-    /// ingest state to `meta_pending` with the sequence of its record (the log keeps it
-    /// until `mark_durable` writes it), samples to the head unless a block already has them.
-    fn replay(&self, records: Vec<wal::Record>) -> Result<(usize, usize), StorageError> {
+    /// Applies one record still in the write-ahead log (the log hands them over in order,
+    /// one segment decoded at a time): series to sled (idempotent, at the end), ingest
+    /// state to `meta_pending` with the sequence of its record (the log keeps it until
+    /// `mark_durable` writes it), samples to the head unless a block already has them.
+    fn replay_record(
+        &self,
+        head: &mut Head,
+        r: &mut Replay,
+        rec: wal::Record,
+    ) -> Result<(), StorageError> {
         let inner = &self.inner;
-        let mut head = write_lock(&inner.head);
-        let mut samples = 0;
-        let mut last_seq = 0;
-        let mut cut = Vec::new();
-        let mut batch = Writes::default();
-        let n = records.len();
-        for rec in records {
-            last_seq = rec.seq;
-            let mut first_times: HashMap<SeriesId, i64> = HashMap::new();
-            if !rec.series.is_empty() {
-                for &(id, t, _) in &rec.samples {
-                    first_times.entry(id).or_insert(t);
-                }
-            }
-            for (id, enc) in rec.series {
-                if head.series.contains_key(id) {
-                    continue;
-                }
-                let labels = Labels::decode(&enc)?;
-                let first_t = first_times.get(&id).copied().unwrap_or(i64::MIN);
-                series_keys(&mut batch, id, &labels, first_t);
-                head.insert_series(id, Arc::from(enc), first_t, i64::MIN);
-                inner.next_id.fetch_max(id + 1, Ordering::SeqCst);
-            }
-            // Ingest state stays pending, carried by its record as before the stop (the
-            // newest record wins); `mark_durable` writes it before the log may lose it.
-            let mut pending = self.pending_meta();
-            for (k, v) in rec.meta {
-                pending.insert(k.into(), (rec.seq, v.map(MetaBytes::from)));
-            }
-            drop(pending);
-            for (id, t, v) in rec.samples {
-                let Some(s) = head.series.get_mut(id).map(MemSeries::open_mut) else {
-                    continue;
-                };
-                if t <= s.maxt {
-                    continue; // already in a block, or replayed
-                }
-                if let Some(c) = append_to_head(&inner.config, id, s, t, v, rec.seq) {
-                    cut.push(c);
-                }
-                samples += 1;
+        r.records += 1;
+        r.last_seq = rec.seq;
+        let mut first_times: HashMap<SeriesId, i64> = HashMap::new();
+        if !rec.series.is_empty() {
+            for &(id, t, _) in &rec.samples {
+                first_times.entry(id).or_insert(t);
             }
         }
-        drop(head);
+        for (id, enc) in rec.series {
+            if head.series.contains_key(id) {
+                continue;
+            }
+            let labels = Labels::decode(&enc)?;
+            let first_t = first_times.get(&id).copied().unwrap_or(i64::MIN);
+            series_keys(&mut r.batch, id, &labels, first_t);
+            head.insert_series(id, Arc::from(enc), first_t, i64::MIN);
+            inner.next_id.fetch_max(id + 1, Ordering::SeqCst);
+        }
+        // Ingest state stays pending, carried by its record as before the stop (the
+        // newest record wins); `mark_durable` writes it before the log may lose it.
+        let mut pending = self.pending_meta();
+        for (k, v) in rec.meta {
+            pending.insert(k.into(), (rec.seq, v.map(MetaBytes::from)));
+        }
+        drop(pending);
+        for (id, t, v) in rec.samples {
+            let Some(s) = head.series.get_mut(id).map(MemSeries::open_mut) else {
+                continue;
+            };
+            if t <= s.maxt {
+                continue; // already in a block, or replayed
+            }
+            if let Some(c) = append_to_head(&inner.config, id, s, t, v, rec.seq) {
+                r.cut.push(c);
+            }
+            r.samples += 1;
+        }
+        // Cut chunks go to staging as they pile up, not all at the end (memory).
+        if r.cut.len() >= REPLAY_CUT_BATCH {
+            self.write_chunks(head, std::mem::take(&mut r.cut));
+        }
+        Ok(())
+    }
+
+    /// After the last record: series to sled, the sequences, the chunks still cut.
+    /// Returns how many records and samples were replayed.
+    fn finish_replay(&self, r: Replay) -> Result<(usize, usize), StorageError> {
+        let inner = &self.inner;
+        let Replay {
+            records,
+            samples,
+            last_seq,
+            cut,
+            batch,
+        } = r;
         batch.apply(&inner.main)?;
         // A segment whose only record was torn off still names a sequence that was handed
         // out; never hand it out again (log readers keep positions by sequence).
@@ -384,7 +422,7 @@ impl Storage {
             .newest_sample_ms
             .store(newest.max(0), Ordering::Relaxed);
         self.write_chunks(&mut write_lock(&inner.head), cut);
-        Ok((n, samples))
+        Ok((records, samples))
     }
 
     /// Reads an ingest-state value written with [`crate::Appender::set_meta`].

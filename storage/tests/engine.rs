@@ -1343,3 +1343,44 @@ fn log_bytes(dir: &std::path::Path) -> u64 {
         .map(|e| e.metadata().unwrap().len())
         .sum()
 }
+
+/// A replay that cuts more chunks than it stages at once (16,384: it stages them as they
+/// pile up instead of holding every one until the end) keeps every sample, in order.
+#[test]
+fn a_long_replay_stages_as_it_goes_and_keeps_every_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, cfg, t0) = minute_windows(dir.path());
+    let n = 9_000;
+    let steps = 26i64;
+    let series: Vec<Labels> = (0..n).map(|i| labels("long", &format!("s{i}"))).collect();
+    for step in 0..steps {
+        let mut a = s.appender();
+        for (i, l) in series.iter().enumerate() {
+            a.append(l, t0 + step * 10_000, (i as i64 * step) as f64)
+                .unwrap();
+        }
+        assert_eq!(a.commit().unwrap().appended, n);
+    }
+    // No maintenance ran: nothing is marked durable in staging, so the reopened store
+    // cuts every chunk again from the log (samples in 5 minute windows: 4 cut a series).
+    drop(s);
+    let s = Storage::open(dir.path(), &cfg).unwrap();
+    let cut = s
+        .stats()
+        .chunks_cut
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        cut > 16_384,
+        "the replay cut {cut} chunks, fewer than one batch"
+    );
+    let got = all(&s);
+    assert_eq!(got.len(), n);
+    for x in &got {
+        let i: i64 = x.labels.get("job").unwrap()[1..].parse().unwrap();
+        let want: Vec<(i64, f64)> = (0..steps)
+            .map(|step| (t0 + step * 10_000, (i * step) as f64))
+            .collect();
+        let have: Vec<(i64, f64)> = x.samples.iter().map(|p| (p.t, p.v)).collect();
+        assert_eq!(have, want, "{:?}", x.labels);
+    }
+}
