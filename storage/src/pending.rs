@@ -48,24 +48,18 @@ impl PendingMap {
     /// made durable by one fsync insert in any order).
     pub fn insert(&mut self, key: MetaBytes, value: PendingMeta) {
         let found = self.sorted.binary_search_by(|(k, _)| k.cmp(&key)).ok();
-        match found {
-            Some(i) => {
-                let old = &mut self.sorted[i].1;
+        let old = match found {
+            Some(i) => Some(&mut self.sorted[i].1),
+            None => self.recent.get_mut(&key),
+        };
+        match old {
+            Some(old) => {
                 if old.0 <= value.0 {
                     *old = value;
                 }
             }
             None => {
-                match self.recent.entry(key) {
-                    std::collections::btree_map::Entry::Occupied(mut e) => {
-                        if e.get().0 <= value.0 {
-                            e.insert(value);
-                        }
-                    }
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        e.insert(value);
-                    }
-                }
+                self.recent.insert(key, value);
                 if self.recent.len() > MIN_RECENT.max(self.sorted.len() / 8) {
                     self.merge();
                 }
